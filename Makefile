@@ -1,0 +1,98 @@
+# prism - Layer-4 any-port edge proxy. `make help` lists the targets.
+
+PREFIX   ?= /usr/local
+BUILD    ?= build
+CC       ?= cc
+PYTHON   ?= /usr/bin/python3
+VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo 0.1)
+
+PKGS     := libnftables libmnl yaml-0.1 libcap
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+            -Wvla -Wimplicit-fallthrough
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 $(WARN) -D_GNU_SOURCE -DPRISM_VERSION='"$(VERSION)"' -Isrc
+ifeq ($(WERROR),1)
+CFLAGS   += -Werror
+endif
+ifeq ($(SANITIZE),1)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lnftables -lmnl -lyaml -lcap) -lpthread
+
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HDRS     := $(wildcard src/*.h)
+
+.PHONY: all deps test unit integration demo fuzz fuzz-run asan format format-check \
+        install clean help
+
+all: $(BUILD)/prism $(UNIT_BIN)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libprism.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/prism: $(BUILD)/obj/main.o $(BUILD)/libprism.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libprism.a $(HDRS) | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libprism.a $(LDLIBS) -lcmocka
+
+$(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+deps:
+	@sh scripts/deps.sh
+
+# Everything: unit tests (cmocka, each binary one pytest case) and the
+# integration tests in network namespaces, in one pytest run.
+test: deps
+	$(MAKE) all
+	PRISM_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+unit: all
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+# The same tests against an ASan+UBSan build.
+asan: deps
+	$(MAKE) test BUILD=build-asan SANITIZE=1 CFLAGS="-O1 -g"
+
+demo: deps
+	$(MAKE) $(BUILD)/prism
+	PRISM=$(abspath $(BUILD)/prism) bash demo/demo.sh
+
+# libFuzzer target for the config loader. FUZZ_SECONDS bounds `make fuzz-run`.
+FUZZ_SECONDS ?= 30
+$(BUILD)/fuzz_cfg: fuzz/fuzz_cfg.c $(LIB_SRC) $(HDRS)
+	@mkdir -p $(BUILD)
+	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -DPRISM_VERSION='"fuzz"' -Isrc \
+	  -fsanitize=fuzzer,address,undefined -o $@ fuzz/fuzz_cfg.c $(LIB_SRC) $(LDLIBS)
+fuzz: deps
+	$(MAKE) $(BUILD)/fuzz_cfg
+	mkdir -p $(BUILD)/fuzz-corpus
+	$(BUILD)/fuzz_cfg -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  $(BUILD)/fuzz-corpus tests/configs/good tests/configs/bad
+
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c
+format-check:
+	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c fuzz/*.c
+
+install: $(BUILD)/prism
+	install -D -m 0755 $(BUILD)/prism $(DESTDIR)$(PREFIX)/sbin/prism
+
+clean:
+	rm -rf build build-asan
+
+help:
+	@echo "make demo      install deps, build, run prism in namespaces (DEMO_SECONDS=N)"
+	@echo "make test      install deps, build, run unit + integration tests"
+	@echo "make asan      the tests against an ASan+UBSan build"
+	@echo "make fuzz      run the config-loader fuzzer (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+	@echo "make install   install build/prism to $(PREFIX)/sbin"
+	@echo "make format    clang-format the sources"

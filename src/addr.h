@@ -1,0 +1,60 @@
+/* addr.h - IP addresses, prefixes and socket addresses as prism uses them.
+ *
+ * Every address inside prism is kept as a 128-bit IPv6 address; IPv4 is
+ * stored v4-mapped (::ffff:a.b.c.d), so one routing trie and one set of
+ * helpers serve both families. A prefix length is always in that 128-bit
+ * space: an IPv4 /24 is stored as len 120 (96 + 24).
+ */
+#ifndef PRISM_ADDR_H
+#define PRISM_ADDR_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Big enough for "[ffff:...:ffff]:65535" and for a prefix with "/128". */
+#define ADDR_STRLEN 64
+
+struct addr_prefix {
+	struct in6_addr addr; /* network address, host bits zero, v4-mapped for IPv4 */
+	uint8_t len;          /* 0..128 in the 128-bit space (IPv4: 96..128) */
+};
+
+/* Returns true when <a> is a v4-mapped address. */
+bool addr_is_v4(const struct in6_addr *a);
+
+/* Parses "192.0.2.10", "192.0.2.0/24", "2001:db8::/64" into <out>. A bare
+ * address is a /32 (IPv4) or /128 (IPv6). Returns 0, or -EINVAL with <*why>
+ * set to a static sentence: not an address, bad length, or host bits set
+ * (as iproute2 refuses "192.0.2.1/24").
+ */
+int addr_parse_prefix(const char *s, struct addr_prefix *out, const char **why);
+
+/* Parses an origin "198.51.100.10:22", "198.51.100.10", "[2001:db8::10]:22"
+ * or "2001:db8::10" into <out> (sockaddr_in or sockaddr_in6). <*has_port> is
+ * set to whether a port was given; without one the port in <out> is 0.
+ * Returns 0, or -EINVAL with <*why> set to a static sentence.
+ */
+int addr_parse_hostport(const char *s, struct sockaddr_storage *out, bool *has_port,
+			const char **why);
+
+/* Formats <sa> as "192.0.2.1:80" or "[2001:db8::1]:80" into <buf>
+ * (ADDR_STRLEN bytes). A v4-mapped IPv6 socket address prints as IPv4.
+ * Returns <buf>.
+ */
+const char *addr_fmt_sa(const struct sockaddr *sa, char *buf);
+
+/* Formats <p> as "192.0.2.0/24" or "2001:db8::/64" into <buf>. Returns <buf>. */
+const char *addr_fmt_prefix(const struct addr_prefix *p, char *buf);
+
+/* Formats a bare address (v4-mapped prints as IPv4) into <buf>. Returns <buf>. */
+const char *addr_fmt(const struct in6_addr *a, char *buf);
+
+/* Extracts the 128-bit key (v4-mapped for AF_INET) and port of <sa>. */
+void addr_from_sa(const struct sockaddr *sa, struct in6_addr *addr, uint16_t *port);
+
+/* socklen of <sa> by its family. */
+socklen_t addr_sa_len(const struct sockaddr *sa);
+
+#endif

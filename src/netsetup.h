@@ -1,0 +1,50 @@
+/* netsetup.h - the network state prism owns: AnyIP routes and one nft table.
+ *
+ * AnyIP: "local PREFIX dev lo" routes in table local, v4 and v6, added over
+ * netlink (libmnl) and tagged with protocol RTPROT_PRISM so that "net down"
+ * removes exactly those. nftables (libnftables): one table of family inet,
+ * replaced atomically in a single transaction, with a prerouting chain at
+ * priority mangle that TPROXYs TCP whose (daddr . dport) is in the set of
+ * configured claims to the listener. No conntrack is involved.
+ */
+#ifndef PRISM_NETSETUP_H
+#define PRISM_NETSETUP_H
+
+#include <stdio.h>
+
+struct cfg;
+
+/* The route protocol number that marks a route as prism's (see
+ * /etc/iproute2/rt_protos; "ip route show proto 249").
+ */
+#define RTPROT_PRISM 249
+
+/* Returns a malloc'd nft script that replaces the table atomically: the
+ * exact text net_up hands to libnftables and net_show prints. NULL on ENOMEM.
+ */
+char *net_nft_script(const struct cfg *cfg);
+
+/* Checks that this process may set up TPROXY: CAP_NET_ADMIN in its
+ * effective set and a kernel with nft tproxy support. Returns 0, or -EPERM /
+ * -EOPNOTSUPP with a malloc'd explanation in <*err>.
+ */
+int net_check(char **err);
+
+/* Installs routes and the table. Idempotent: existing identical routes are
+ * kept, the table is replaced. Returns 0, or -errno with a malloc'd message
+ * in <*err>.
+ */
+int net_up(const struct cfg *cfg, char **err);
+
+/* Removes the table named in <cfg> (if present) and every route tagged
+ * RTPROT_PRISM. Returns 0 (also when nothing was there) or -errno with
+ * <*err>.
+ */
+int net_down(const struct cfg *cfg, char **err);
+
+/* Prints what net_up would install ("ip route" lines and the nft script)
+ * without touching the system. Returns 0.
+ */
+int net_show(const struct cfg *cfg, FILE *out);
+
+#endif
