@@ -1,0 +1,531 @@
+/* conn.c - one proxied connection: origin connect, relay, finalize, log.
+ *
+ * The relay moves bytes with splice(2): socket -> pipe -> socket, so payload
+ * never enters user space. A pipe is borrowed from the worker's pool when a
+ * direction has bytes to move and given back as soon as it is empty again,
+ * so an idle connection holds two sockets and this struct, nothing else.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cfg.h"
+#include "conn.h"
+#include "log.h"
+#include "rt.h"
+
+#define SPLICE_LEN  (64 * 1024) /* a default pipe's capacity */
+#define FALLBACK_SZ (16 * 1024) /* read/write buffer when no pipe can be had */
+
+static const char *const reason_names[CR__COUNT] = {
+    [CR_NONE] = "none",
+    [CR_CLIENT_CLOSED] = "client_closed",
+    [CR_ORIGIN_CLOSED] = "origin_closed",
+    [CR_CLIENT_RESET] = "client_reset",
+    [CR_ORIGIN_RESET] = "origin_reset",
+    [CR_ORIGIN_REFUSED] = "origin_refused",
+    [CR_ORIGIN_UNREACHABLE] = "origin_unreachable",
+    [CR_CONNECT_TIMEOUT] = "connect_timeout",
+    [CR_IDLE_TIMEOUT] = "idle_timeout",
+    [CR_SHUTDOWN] = "shutdown",
+    [CR_NO_APP] = "no_app",
+    [CR_RESOURCE] = "resource",
+};
+
+const char *conn_reason_str(enum conn_reason r)
+{
+	return r < CR__COUNT ? reason_names[r] : "unknown";
+}
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* Closes <fd> with an RST instead of a FIN: SO_LINGER with a zero timeout
+ * makes close() abort the connection, which is how a reset, a refused or a
+ * timed-out origin is passed on to the other side.
+ */
+static void close_reset(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+}
+
+static void log_conn(const struct conn *c, const char *app, enum conn_reason reason)
+{
+	char cl[ADDR_STRLEN], ed[ADDR_STRLEN], og[ADDR_STRLEN];
+	uint64_t dur = c->w->now - c->start;
+
+	log_access("app=%s client=%s edge=%s origin=%s c2o=%llu o2c=%llu duration_ms=%llu "
+		   "reason=%s",
+		   app, addr_fmt_sa((const struct sockaddr *)&c->client, cl),
+		   addr_fmt_sa((const struct sockaddr *)&c->edge, ed),
+		   c->origin.ss_family ? addr_fmt_sa((const struct sockaddr *)&c->origin, og) : "-",
+		   (unsigned long long)c->c2o.bytes, (unsigned long long)c->o2c.bytes,
+		   (unsigned long long)dur, conn_reason_str(reason));
+}
+
+static void half_release(struct worker *w, struct half *h, bool reuse)
+{
+	if (h->pipe.rd != -1) {
+		if (reuse && h->pending == 0) {
+			worker_pipe_put(w, &h->pipe);
+		} else {
+			close(h->pipe.rd);
+			close(h->pipe.wr);
+			h->pipe.rd = h->pipe.wr = -1;
+		}
+	}
+	free(h->buf);
+	h->buf = NULL;
+}
+
+void conn_finalize(struct conn *c, enum conn_reason reason)
+{
+	struct worker *w = c->w;
+	bool reset;
+
+	if (c->state == CS_DEAD)
+		return;
+	c->state = CS_DEAD;
+	timer_cancel(&w->timers, &c->timer);
+
+	/* Errors are passed on as errors: a peer that reset, an origin that
+	 * refused or never answered. Orderly ends and our own timeouts close
+	 * with a FIN (the kernel still sends an RST if unread data remains).
+	 */
+	switch (reason) {
+	case CR_CLIENT_RESET:
+	case CR_ORIGIN_RESET:
+	case CR_ORIGIN_REFUSED:
+	case CR_ORIGIN_UNREACHABLE:
+	case CR_CONNECT_TIMEOUT:
+	case CR_NO_APP:
+	case CR_RESOURCE:
+		reset = true;
+		break;
+	default:
+		reset = false;
+	}
+	if (c->cli.fd != -1)
+		reset ? close_reset(c->cli.fd) : (void)close(c->cli.fd);
+	if (c->org.fd != -1)
+		reset ? close_reset(c->org.fd) : (void)close(c->org.fd);
+	c->cli.fd = c->org.fd = -1;
+	half_release(w, &c->c2o, true);
+	half_release(w, &c->o2c, true);
+
+	log_conn(c, c->app ? c->app->name : "-", reason);
+
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (w->conns == c)
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	w->n_conns--;
+	c->next_dead = w->dead;
+	w->dead = c;
+}
+
+void conn_free(struct conn *c)
+{
+	free(c);
+}
+
+static void conn_timeout(struct timer *t);
+
+static enum conn_reason connect_error_reason(int err)
+{
+	switch (err) {
+	case ECONNREFUSED:
+		return CR_ORIGIN_REFUSED;
+	case ETIMEDOUT:
+		return CR_CONNECT_TIMEOUT;
+	case EMFILE:
+	case ENFILE:
+	case ENOBUFS:
+	case ENOMEM:
+		return CR_RESOURCE;
+	default:
+		/* EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL... */
+		return CR_ORIGIN_UNREACHABLE;
+	}
+}
+
+static void origin_pick(struct conn *c)
+{
+	const struct cfg_app *app = c->app;
+	const struct cfg_origin *o;
+	uint32_t i = c->w->rr[c->app_idx]++;
+
+	o = &app->origins[i % app->n_origins];
+	memcpy(&c->origin, &o->addr, sizeof(c->origin));
+	if (!o->has_port) {
+		uint16_t port;
+		struct in6_addr unused;
+
+		/* A port-less origin gets the port the client dialed. */
+		addr_from_sa((const struct sockaddr *)&c->edge, &unused, &port);
+		if (c->origin.ss_family == AF_INET)
+			((struct sockaddr_in *)&c->origin)->sin_port = htons(port);
+		else
+			((struct sockaddr_in6 *)&c->origin)->sin6_port = htons(port);
+	}
+}
+
+int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
+		const struct sockaddr_storage *edge)
+{
+	struct conn *c;
+	struct in6_addr daddr;
+	uint16_t dport;
+	uint32_t app;
+	int one = 1, ofd, err;
+
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close_reset(fd);
+		return -ENOMEM;
+	}
+	c->w = w;
+	c->cli.fd = fd;
+	c->cli.kind = IO_CLIENT;
+	c->org.fd = -1;
+	c->org.kind = IO_ORIGIN;
+	c->c2o.pipe.rd = c->c2o.pipe.wr = -1;
+	c->o2c.pipe.rd = c->o2c.pipe.wr = -1;
+	c->start = c->last_active = w->now;
+	c->client = *client;
+	c->edge = *edge;
+	timer_init(&c->timer, conn_timeout);
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	w->n_conns++;
+
+	addr_from_sa((const struct sockaddr *)edge, &daddr, &dport);
+	app = rt_lookup(w->cfg->rt, &daddr, dport);
+	if (app == RT_NONE) {
+		/* The nft set and the routing table come from the same claims,
+		 * so this only happens when someone else's rule sends us
+		 * traffic (network.manage: false with a broader rule).
+		 */
+		conn_finalize(c, CR_NO_APP);
+		return 0;
+	}
+	c->app_idx = app;
+	c->app = &w->cfg->apps[app];
+	origin_pick(c);
+
+	ofd = socket(c->origin.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (ofd == -1) {
+		err = errno;
+		conn_finalize(c, CR_RESOURCE);
+		return -err;
+	}
+	c->org.fd = ofd;
+	setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(ofd, (struct sockaddr *)&c->origin,
+		    addr_sa_len((struct sockaddr *)&c->origin)) == -1 &&
+	    errno != EINPROGRESS) {
+		err = errno;
+		conn_finalize(c, connect_error_reason(err));
+		return connect_error_reason(err) == CR_RESOURCE ? -err : 0;
+	}
+
+	/* Both sockets are registered once, edge-triggered, for both
+	 * directions; readiness is cached in c->cli/c->org from then on.
+	 * While connecting, client readiness is only recorded.
+	 */
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+	ev.data.ptr = &c->org;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1)
+		goto ep_fail;
+	ev.data.ptr = &c->cli;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
+		goto ep_fail;
+
+	if (c->app->proxy_protocol != PP_OFF) {
+		ssize_t n = pp_encode(c->app->proxy_protocol, (struct sockaddr *)&c->client,
+				      (struct sockaddr *)&c->edge, c->pp, sizeof(c->pp));
+		if (n > 0)
+			c->pp_len = (uint8_t)n;
+	}
+	if (timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms) < 0) {
+		err = ENOMEM;
+		conn_finalize(c, CR_RESOURCE);
+		return -err;
+	}
+	return 0;
+ep_fail:
+	err = errno;
+	conn_finalize(c, CR_RESOURCE);
+	return -err;
+}
+
+static void arm_idle(struct conn *c)
+{
+	uint32_t idle = c->app->idle_timeout_ms;
+
+	if (idle)
+		timer_set(&c->w->timers, &c->timer, c->last_active + idle);
+	else
+		timer_cancel(&c->w->timers, &c->timer);
+}
+
+static void conn_timeout(struct timer *t)
+{
+	struct conn *c = container_of(t, struct conn, timer);
+	uint64_t idle;
+
+	if (c->state == CS_CONNECTING) {
+		conn_finalize(c, CR_CONNECT_TIMEOUT);
+		return;
+	}
+	/* Activity does not move the timer (that would be a heap operation
+	 * per read); the timer checks when it fires and re-arms if needed.
+	 */
+	idle = c->app->idle_timeout_ms;
+	if (c->w->now >= c->last_active + idle)
+		conn_finalize(c, CR_IDLE_TIMEOUT);
+	else
+		arm_idle(c);
+}
+
+/* Result of moving one direction as far as it can go now. */
+enum pump_res {
+	PUMP_OK = 0,	/* blocked on EAGAIN somewhere, or done */
+	PUMP_SRC_RESET, /* reading the source failed: it reset */
+	PUMP_DST_RESET, /* writing to the destination failed: it reset/closed */
+	PUMP_NOMEM,	/* neither a pipe nor a buffer could be had */
+};
+
+/* Read/write fallback for a direction that could not get a pipe (the
+ * process is out of fds): same contract as the splice path, through a
+ * heap buffer held only while bytes are pending.
+ */
+static enum pump_res pump_copy(struct conn *c, struct half *h, struct io *src, struct io *dst)
+{
+	ssize_t n;
+
+	for (;;) {
+		if (h->pending) {
+			if (!dst->wr)
+				return PUMP_OK;
+			n = send(dst->fd, h->buf + h->buf_off, h->pending, MSG_NOSIGNAL);
+			if (n == -1) {
+				if (errno == EAGAIN) {
+					dst->wr = false;
+					return PUMP_OK;
+				}
+				if (errno == EINTR)
+					continue;
+				return PUMP_DST_RESET;
+			}
+			h->pending -= (uint32_t)n;
+			h->buf_off += (uint32_t)n;
+			h->bytes += (uint64_t)n;
+			c->last_active = c->w->now;
+			continue;
+		}
+		/* Drained: drop the buffer, so the next pump tries for a
+		 * pipe again and an idle connection holds no memory.
+		 */
+		free(h->buf);
+		h->buf = NULL;
+		if (h->eof || !src->rd)
+			return PUMP_OK;
+		h->buf = malloc(FALLBACK_SZ);
+		if (!h->buf)
+			return PUMP_NOMEM;
+		n = recv(src->fd, h->buf, FALLBACK_SZ, 0);
+		if (n == -1) {
+			if (errno == EAGAIN) {
+				src->rd = false;
+				continue;
+			}
+			if (errno == EINTR)
+				continue;
+			return PUMP_SRC_RESET;
+		}
+		if (n == 0) {
+			h->eof = true;
+			continue;
+		}
+		h->pending = (uint32_t)n;
+		h->buf_off = 0;
+	}
+}
+
+/* Moves bytes from <src> to <dst> through the half's pipe until a socket
+ * would block, the source is at EOF, or an error ends the connection.
+ *
+ * Invariant: the source is read only when the pipe is empty. A full
+ * destination therefore stops the reading, which leaves the bytes in the
+ * source's receive buffer, shrinks its TCP window, and slows the sender:
+ * backpressure costs prism at most one pipe per direction.
+ */
+static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct io *dst)
+{
+	ssize_t n;
+
+	for (;;) {
+		if (h->pending) {
+			if (!dst->wr)
+				return PUMP_OK;
+			n = splice(h->pipe.rd, NULL, dst->fd, NULL, h->pending,
+				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n == -1) {
+				/* EAGAIN here can only mean the socket's send
+				 * buffer is full: the pipe holds h->pending
+				 * bytes, so it is not the pipe that is empty.
+				 */
+				if (errno == EAGAIN) {
+					dst->wr = false;
+					return PUMP_OK;
+				}
+				if (errno == EINTR)
+					continue;
+				return PUMP_DST_RESET;
+			}
+			h->pending -= (uint32_t)n;
+			h->bytes += (uint64_t)n;
+			c->last_active = c->w->now;
+			continue;
+		}
+		if (h->pipe.rd != -1 && (!src->rd || h->eof)) {
+			/* Empty and nothing more to read now: give it back. */
+			worker_pipe_put(c->w, &h->pipe);
+		}
+		if (h->eof || !src->rd)
+			return PUMP_OK;
+		if (h->pipe.rd == -1) {
+			if (h->buf || worker_pipe_get(c->w, &h->pipe) < 0)
+				return pump_copy(c, h, src, dst);
+		}
+		/* The pipe is empty, so EAGAIN from this splice means the
+		 * socket has nothing to read (not that the pipe is full).
+		 */
+		n = splice(src->fd, NULL, h->pipe.wr, NULL, SPLICE_LEN,
+			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n == -1) {
+			if (errno == EAGAIN) {
+				src->rd = false;
+				continue;
+			}
+			if (errno == EINTR)
+				continue;
+			return PUMP_SRC_RESET;
+		}
+		if (n == 0) {
+			h->eof = true;
+			continue;
+		}
+		h->pending = (uint32_t)n;
+	}
+}
+
+/* Forwards a FIN once a direction's source ended and its pipe drained. */
+static void half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_reason who)
+{
+	if (!h->eof || h->pending || h->shut)
+		return;
+	h->shut = true;
+	if (c->first_close == CR_NONE)
+		c->first_close = who;
+	/* shutdown(SHUT_WR) sends our FIN while keeping the socket open for
+	 * the other direction: that is the half-close being passed on.
+	 */
+	shutdown(dst->fd, SHUT_WR);
+}
+
+static void relay(struct conn *c)
+{
+	enum pump_res r;
+
+	if (c->pp_off < c->pp_len) {
+		/* The PROXY header goes first, before any payload byte. */
+		if (!c->org.wr)
+			return;
+		ssize_t n = send(c->org.fd, c->pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
+		if (n == -1) {
+			if (errno == EAGAIN) {
+				c->org.wr = false;
+				return;
+			}
+			conn_finalize(c, CR_ORIGIN_RESET);
+			return;
+		}
+		c->pp_off += (uint8_t)n;
+		if (c->pp_off < c->pp_len)
+			return;
+	}
+
+	r = pump(c, &c->c2o, &c->cli, &c->org);
+	if (r == PUMP_SRC_RESET || r == PUMP_DST_RESET || r == PUMP_NOMEM) {
+		conn_finalize(c, r == PUMP_SRC_RESET   ? CR_CLIENT_RESET
+				 : r == PUMP_DST_RESET ? CR_ORIGIN_RESET
+						       : CR_RESOURCE);
+		return;
+	}
+	half_shut(c, &c->c2o, &c->org, CR_CLIENT_CLOSED);
+
+	r = pump(c, &c->o2c, &c->org, &c->cli);
+	if (r == PUMP_SRC_RESET || r == PUMP_DST_RESET || r == PUMP_NOMEM) {
+		conn_finalize(c, r == PUMP_SRC_RESET   ? CR_ORIGIN_RESET
+				 : r == PUMP_DST_RESET ? CR_CLIENT_RESET
+						       : CR_RESOURCE);
+		return;
+	}
+	half_shut(c, &c->o2c, &c->cli, CR_ORIGIN_CLOSED);
+
+	if (c->c2o.shut && c->o2c.shut)
+		conn_finalize(c, c->first_close);
+}
+
+static void connected(struct conn *c, uint32_t events)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		/* The only way to learn why a non-blocking connect failed. */
+		if (getsockopt(c->org.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+			err = errno;
+		conn_finalize(c, connect_error_reason(err ? err : ECONNREFUSED));
+		return;
+	}
+	if (!(events & EPOLLOUT))
+		return;
+	c->state = CS_RELAYING;
+	c->last_active = c->w->now;
+	arm_idle(c);
+}
+
+void conn_io(struct conn *c, struct io *io, uint32_t events)
+{
+	if (c->state == CS_DEAD)
+		return; /* stale event from earlier in this epoll batch */
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		io->rd = true;
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		io->wr = true;
+	if (c->state == CS_CONNECTING) {
+		if (io != &c->org)
+			return;
+		connected(c, events);
+		if (c->state != CS_RELAYING)
+			return;
+	}
+	relay(c);
+}

@@ -1,0 +1,372 @@
+/* main.c - command line: parse arguments, load the config, hand off.
+ *
+ *   prism run -c FILE        serve in the foreground
+ *   prism check -c FILE      validate a config
+ *   prism net up|down|show -c FILE
+ *   prism version | help [CMD] | --help
+ *
+ * Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cfg.h"
+#include "log.h"
+#include "netsetup.h"
+#include "worker.h"
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE   2
+
+struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *usage;
+	const char *help;
+};
+
+static int cmd_run(int argc, char **argv);
+static int cmd_check(int argc, char **argv);
+static int cmd_net(int argc, char **argv);
+static int cmd_version(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const struct command commands[] = {
+    {"run", cmd_run, "prism run -c FILE",
+     "Serve in the foreground, logging to stderr. Installs the AnyIP routes and\n"
+     "the nftables table the config implies (unless network.manage: false),\n"
+     "prints a line containing \"ready\" once it accepts traffic, and removes\n"
+     "them again on exit. SIGTERM/SIGINT: stop accepting, let open connections\n"
+     "finish for up to shutdown_grace, then exit 0; a second signal closes them\n"
+     "at once.\n"},
+    {"check", cmd_check, "prism check -c FILE",
+     "Validate FILE. Prints \"ok\" and exits 0, or prints one\n"
+     "FILE:LINE:COL: message line per problem and exits 2.\n"},
+    {"net", cmd_net, "prism net up|down|show -c FILE",
+     "up    install the AnyIP routes and the nftables table (idempotent)\n"
+     "down  remove prism's nftables table and every route tagged as prism's\n"
+     "      (protocol 249); nothing else is touched\n"
+     "show  print what \"up\" would install, changing nothing\n"},
+    {"version", cmd_version, "prism version", "Print the version.\n"},
+    {"help", cmd_help, "prism help [COMMAND]", "Show help for COMMAND.\n"},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *out)
+{
+	fprintf(out, "prism - Layer-4 edge proxy: any address, any port, whole prefixes\n\n"
+		     "usage:\n");
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		fprintf(out, "  %s\n", commands[i].usage);
+	fprintf(out, "\nSee \"prism help COMMAND\" and docs/config.md.\n");
+}
+
+static const struct command *command_find(const char *name)
+{
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (!strcmp(commands[i].name, name))
+			return &commands[i];
+	return NULL;
+}
+
+/* Parses "-c FILE" / "--config FILE" after the command word. Returns the
+ * path, or NULL after printing a usage error.
+ */
+static const char *parse_config_opt(int argc, char **argv, const struct command *cmd)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *path = NULL;
+	int o;
+
+	optind = 1;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, "+c:", opts, NULL)) != -1) {
+		if (o == 'c') {
+			path = optarg;
+		} else {
+			fprintf(stderr, "prism %s: bad option %s\nusage: %s\n", cmd->name,
+				argv[optind - 1], cmd->usage);
+			return NULL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "prism %s: unexpected argument \"%s\"\nusage: %s\n", cmd->name,
+			argv[optind], cmd->usage);
+		return NULL;
+	}
+	if (!path)
+		fprintf(stderr, "prism %s: missing -c FILE\nusage: %s\n", cmd->name, cmd->usage);
+	return path;
+}
+
+/* Loads <path>; on failure prints the problems and returns NULL. */
+static struct cfg *load(const char *path)
+{
+	struct cfg *cfg = NULL;
+	char *errors = NULL;
+
+	if (cfg_load(path, &cfg, &errors) < 0) {
+		fputs(errors ? errors : "prism: cannot load config\n", stderr);
+		free(errors);
+		return NULL;
+	}
+	free(errors);
+	log_max_level = (enum log_level)cfg->log_level;
+	if (cfg->n_apps == 0)
+		log_warn("%s: no apps configured: prism will accept nothing", path);
+	return cfg;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	const char *path = parse_config_opt(argc, argv, command_find("check"));
+	struct cfg *cfg;
+
+	if (!path)
+		return EXIT_USAGE;
+	cfg = load(path);
+	if (!cfg)
+		return EXIT_USAGE;
+	printf("ok\n");
+	cfg_unref(cfg);
+	return 0;
+}
+
+static int cmd_net(int argc, char **argv)
+{
+	const struct command *cmd = command_find("net");
+	const char *path, *verb;
+	struct cfg *cfg;
+	char *err = NULL;
+	int r = 0;
+
+	if (argc < 2 ||
+	    (strcmp(argv[1], "up") && strcmp(argv[1], "down") && strcmp(argv[1], "show"))) {
+		fprintf(stderr, "usage: %s\n", cmd->usage);
+		return EXIT_USAGE;
+	}
+	verb = argv[1];
+	path = parse_config_opt(argc - 1, argv + 1, cmd);
+	if (!path)
+		return EXIT_USAGE;
+	cfg = load(path);
+	if (!cfg)
+		return EXIT_USAGE;
+	if (!strcmp(verb, "show")) {
+		r = net_show(cfg, stdout);
+	} else {
+		r = net_check(&err);
+		if (r == 0)
+			r = !strcmp(verb, "up") ? net_up(cfg, &err) : net_down(cfg, &err);
+		if (r < 0)
+			fprintf(stderr, "prism net %s: %s\n", verb, err ? err : strerror(-r));
+	}
+	free(err);
+	cfg_unref(cfg);
+	return r < 0 ? EXIT_RUNTIME : 0;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("prism %s\n", PRISM_VERSION);
+	return 0;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	const struct command *cmd;
+
+	if (argc < 2) {
+		usage(stdout);
+		return 0;
+	}
+	cmd = command_find(argv[1]);
+	if (!cmd) {
+		fprintf(stderr, "prism help: unknown command \"%s\"\n", argv[1]);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	printf("usage: %s\n\n%s", cmd->usage, cmd->help);
+	return 0;
+}
+
+/* Two fds per proxied connection plus pipes in flight: take all the fds
+ * the hard limit allows.
+ */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int all_joined(struct worker *ws, int n, bool *joined)
+{
+	int left = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (joined[i])
+			continue;
+		if (pthread_tryjoin_np(ws[i].thread, NULL) == 0) {
+			joined[i] = true;
+			ws[i].thread = 0;
+		} else {
+			left++;
+		}
+	}
+	return left == 0;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	const char *path = parse_config_opt(argc, argv, command_find("run"));
+	struct worker *ws = NULL;
+	bool *joined = NULL;
+	struct cfg *cfg;
+	sigset_t sigs;
+	char *err = NULL;
+	int n = 0, started = 0, rc = EXIT_RUNTIME, stops = 0;
+	bool net_installed = false;
+
+	if (!path)
+		return EXIT_USAGE;
+	cfg = load(path);
+	if (!cfg)
+		return EXIT_USAGE;
+
+	/* splice() has no MSG_NOSIGNAL: a peer gone mid-write must give
+	 * EPIPE, not kill the process.
+	 */
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
+
+	/* Workers inherit this mask, so only sigtimedwait below sees them. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	if (cfg->net_manage && net_check(&err) < 0) {
+		log_err("%s", err);
+		goto out;
+	}
+
+	ws = calloc((size_t)cfg->workers, sizeof(*ws));
+	joined = calloc((size_t)cfg->workers, sizeof(*joined));
+	if (!ws || !joined) {
+		log_err("out of memory");
+		goto out;
+	}
+	for (n = 0; n < cfg->workers; n++) {
+		if (worker_init(&ws[n], n, cfg) < 0) {
+			n++;
+			goto out;
+		}
+	}
+	if (cfg->net_manage) {
+		if (net_up(cfg, &err) < 0) {
+			log_err("network setup failed: %s", err);
+			goto out;
+		}
+		net_installed = true;
+	}
+	for (started = 0; started < n; started++) {
+		int r = worker_start(&ws[started]);
+
+		if (r < 0) {
+			log_err("cannot start worker %d: %s", started, strerror(-r));
+			goto out;
+		}
+	}
+
+	char a4[ADDR_STRLEN], a6[ADDR_STRLEN];
+	log_info("ready: listening on %s%s%s, %d workers, %zu apps",
+		 addr_fmt_sa((struct sockaddr *)&cfg->listen4, a4), cfg->listen6_on ? " " : "",
+		 cfg->listen6_on ? addr_fmt_sa((struct sockaddr *)&cfg->listen6, a6) : "",
+		 cfg->workers, cfg->n_apps);
+
+	struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+	while (!all_joined(ws, started, joined)) {
+		int sig = sigtimedwait(&sigs, NULL, &tick);
+
+		if (sig == SIGHUP) {
+			log_warn("SIGHUP: configuration reload is not supported yet; ignored");
+		} else if (sig == SIGINT || sig == SIGTERM) {
+			stops++;
+			if (stops == 1)
+				log_info("%s: stopping: no new connections, open ones may finish "
+					 "within %u ms",
+					 strsignal(sig), cfg->shutdown_grace_ms);
+			else
+				log_info("%s again: closing all connections now", strsignal(sig));
+			for (int i = 0; i < started; i++)
+				if (!joined[i])
+					worker_stop(&ws[i], stops > 1);
+		}
+	}
+	rc = stops ? 0 : EXIT_RUNTIME;
+	if (!stops)
+		log_err("all workers exited unexpectedly");
+out:
+	for (int i = 0; i < started; i++)
+		if (!joined || !joined[i])
+			worker_stop(&ws[i], true);
+	for (int i = 0; i < n; i++)
+		worker_join(&ws[i]);
+	if (net_installed) {
+		free(err);
+		err = NULL;
+		if (net_down(cfg, &err) < 0) {
+			log_err("network cleanup failed: %s", err);
+			rc = EXIT_RUNTIME;
+		}
+	}
+	if (rc == 0)
+		log_info("stopped");
+	free(err);
+	free(ws);
+	free(joined);
+	cfg_unref(cfg);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	const struct command *cmd;
+
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "--version"))
+		return cmd_version(0, NULL);
+	cmd = command_find(argv[1]);
+	if (!cmd) {
+		fprintf(stderr, "prism: unknown command \"%s\"\n", argv[1]);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	return cmd->fn(argc - 1, argv + 1);
+}

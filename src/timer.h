@@ -1,0 +1,58 @@
+/* timer.h - a binary min-heap of deadlines, one per worker thread.
+ *
+ * Timers are intrusive (embedded in their owner, found with container_of)
+ * and the heap stores pointers, so arming, moving and cancelling are
+ * O(log n) with no allocation on the data path beyond the heap array's
+ * occasional growth. Not thread-safe: each worker owns its heap.
+ */
+#ifndef PRISM_TIMER_H
+#define PRISM_TIMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct timer {
+	uint64_t deadline;	     /* ms, monotonic */
+	size_t idx;		     /* position in the heap, TIMER_IDLE when not armed */
+	void (*fn)(struct timer *t); /* called when it expires, already disarmed */
+};
+
+#define TIMER_IDLE SIZE_MAX
+
+struct timer_heap {
+	struct timer **v;
+	size_t n, cap;
+};
+
+void timer_heap_init(struct timer_heap *h);
+void timer_heap_deinit(struct timer_heap *h);
+
+static inline void timer_init(struct timer *t, void (*fn)(struct timer *t))
+{
+	t->idx = TIMER_IDLE;
+	t->fn = fn;
+}
+
+static inline int timer_armed(const struct timer *t)
+{
+	return t->idx != TIMER_IDLE;
+}
+
+/* Arms <t> at <deadline>, or moves it if already armed. Returns 0 or -ENOMEM. */
+int timer_set(struct timer_heap *h, struct timer *t, uint64_t deadline);
+
+/* Disarms <t>; harmless when not armed. */
+void timer_cancel(struct timer_heap *h, struct timer *t);
+
+/* Disarms and runs every timer whose deadline is <= <now>; the callbacks may
+ * arm or cancel timers. Returns ms until the next deadline, or -1 if none.
+ */
+int timer_run(struct timer_heap *h, uint64_t now);
+
+/* Returns the earliest timer, or NULL. */
+static inline struct timer *timer_peek(const struct timer_heap *h)
+{
+	return h->n ? h->v[0] : NULL;
+}
+
+#endif

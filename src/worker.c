@@ -1,0 +1,390 @@
+/* worker.c - the per-thread event loop: accept, dispatch, timers, pipe pool.
+ *
+ * Sockets are registered edge-triggered once, for both directions, and the
+ * readiness is cached in struct io (rd/wr) until a syscall returns EAGAIN.
+ * That keeps epoll_ctl off the data path entirely: a connection costs two
+ * EPOLL_CTL_ADDs in its life and nothing else (closing an fd removes it from
+ * the set). Listeners are level-triggered and drained in bounded batches so
+ * one busy listener cannot starve established connections.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cfg.h"
+#include "conn.h"
+#include "log.h"
+#include "worker.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define EVENTS_PER_TURN	 256
+#define ACCEPTS_PER_TURN 64
+#define POOL_MAX	 32    /* spare pipes kept per worker */
+#define ACCEPT_PAUSE_MS	 100   /* after EMFILE/ENOMEM: let connections drain */
+#define LISTEN_BACKLOG	 65535 /* capped by net.core.somaxconn */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	/* Coarse is a vDSO read with no TSC access; its ~4 ms resolution is
+	 * plenty for timeouts in the hundreds of ms and up.
+	 */
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Opens one transparent listener. IP_TRANSPARENT is what lets the TPROXY
+ * rule hand this socket connections addressed to any (address, port) of
+ * the served prefixes; without it nft's tproxy expression skips the socket.
+ * SO_REUSEPORT gives every worker its own accept queue.
+ */
+static int listen_open(const struct sockaddr *sa, int id)
+{
+	char name[ADDR_STRLEN];
+	int one = 1, fd, v6 = sa->sa_family == AF_INET6;
+
+	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1)
+		goto fail;
+	if (v6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one)) == -1
+	       : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) == -1) {
+		int err = errno;
+		log_err("listener %s: cannot set IP_TRANSPARENT: %s (needs CAP_NET_ADMIN)",
+			addr_fmt_sa(sa, name), strerror(err));
+		close(fd);
+		return -err;
+	}
+	if (v6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1)
+		goto fail;
+	/* Accepted sockets inherit TCP_NODELAY: a relay must not hold back a
+	 * partial segment waiting for an ACK that depends on the other side.
+	 */
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+		goto fail;
+	if (bind(fd, sa, addr_sa_len(sa)) == -1 || listen(fd, LISTEN_BACKLOG) == -1)
+		goto fail;
+	return fd;
+fail:;
+	int err = errno;
+	log_err("worker %d: listener %s: %s", id, addr_fmt_sa(sa, name), strerror(err));
+	if (fd != -1)
+		close(fd);
+	return -err;
+}
+
+static int ep_add(struct worker *w, struct io *io, uint32_t events)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = io};
+
+	return epoll_ctl(w->epfd, EPOLL_CTL_ADD, io->fd, &ev) == -1 ? -errno : 0;
+}
+
+static void accept_resume(struct timer *t);
+static void grace_expired(struct timer *t);
+
+int worker_init(struct worker *w, int id, struct cfg *cfg)
+{
+	int r;
+
+	memset(w, 0, sizeof(*w));
+	w->id = id;
+	w->epfd = -1;
+	w->wake.fd = w->lis[0].fd = w->lis[1].fd = -1;
+	w->cfg = cfg_ref(cfg);
+	w->now = now_ms();
+	timer_heap_init(&w->timers);
+	timer_init(&w->accept_timer, accept_resume);
+	timer_init(&w->grace_timer, grace_expired);
+	w->rr = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*w->rr));
+	w->pool = calloc(POOL_MAX, sizeof(*w->pool));
+	if (!w->rr || !w->pool)
+		return -ENOMEM;
+	/* Start each worker's round robin elsewhere so N workers with few
+	 * connections each don't all pick the first origin.
+	 */
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		w->rr[i] = (uint32_t)id;
+
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd == -1)
+		return -errno;
+	w->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->wake.fd == -1)
+		return -errno;
+	w->wake.kind = IO_WAKE;
+	if ((r = ep_add(w, &w->wake, EPOLLIN)) < 0)
+		return r;
+
+	r = listen_open((const struct sockaddr *)&cfg->listen4, id);
+	if (r < 0)
+		return r;
+	w->lis[0].fd = r;
+	if (cfg->listen6_on) {
+		r = listen_open((const struct sockaddr *)&cfg->listen6, id);
+		if (r < 0)
+			return r;
+		w->lis[1].fd = r;
+	}
+	for (int i = 0; i < 2; i++) {
+		w->lis[i].kind = IO_LISTEN;
+		if (w->lis[i].fd != -1 && (r = ep_add(w, &w->lis[i], EPOLLIN)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+int worker_pipe_get(struct worker *w, struct pipe_pair *p)
+{
+	int fds[2];
+
+	if (w->pool_n > 0) {
+		*p = w->pool[--w->pool_n];
+		return 0;
+	}
+	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) == -1)
+		return -errno;
+	p->rd = fds[0];
+	p->wr = fds[1];
+	return 0;
+}
+
+void worker_pipe_put(struct worker *w, struct pipe_pair *p)
+{
+	if (w->pool_n < POOL_MAX && !w->stopping) {
+		w->pool[w->pool_n++] = *p;
+	} else {
+		close(p->rd);
+		close(p->wr);
+	}
+	p->rd = p->wr = -1;
+}
+
+static void listeners_enable(struct worker *w, bool on)
+{
+	for (int i = 0; i < 2; i++) {
+		struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.ptr = &w->lis[i]};
+
+		if (w->lis[i].fd != -1)
+			epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->lis[i].fd, &ev);
+	}
+}
+
+void worker_pause_accept(struct worker *w, int err)
+{
+	if (w->accept_paused || w->stopping)
+		return;
+	w->accept_paused = true;
+	listeners_enable(w, false);
+	timer_set(&w->timers, &w->accept_timer, w->now + ACCEPT_PAUSE_MS);
+	if (w->now - w->last_exhaust_log >= 1000 || !w->last_exhaust_log) {
+		w->last_exhaust_log = w->now;
+		log_warn("worker %d: %s with %llu connections open: not accepting for %d ms, "
+			 "open connections keep being served",
+			 w->id, strerror(err), (unsigned long long)w->n_conns, ACCEPT_PAUSE_MS);
+	}
+}
+
+static void accept_resume(struct timer *t)
+{
+	struct worker *w = container_of(t, struct worker, accept_timer);
+
+	if (!w->accept_paused || w->stopping)
+		return;
+	w->accept_paused = false;
+	listeners_enable(w, true);
+}
+
+static void do_accept(struct worker *w, struct io *lis)
+{
+	for (int i = 0; i < ACCEPTS_PER_TURN && !w->accept_paused; i++) {
+		struct sockaddr_storage client, edge;
+		socklen_t clen = sizeof(client), elen = sizeof(edge);
+		int fd, r;
+
+		fd = accept4(lis->fd, (struct sockaddr *)&client, &clen,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd == -1) {
+			switch (errno) {
+			case EAGAIN:
+			case EINTR:
+				return;
+			case EMFILE:
+			case ENFILE:
+			case ENOBUFS:
+			case ENOMEM:
+				w->st.accept_errors++;
+				worker_pause_accept(w, errno);
+				return;
+			default:
+				/* ECONNABORTED, EPERM (netfilter), EPROTO...:
+				 * that one connection is gone, the listener is fine.
+				 */
+				w->st.accept_errors++;
+				continue;
+			}
+		}
+		/* The original destination: TPROXY never rewrote the packet,
+		 * so the accepted socket's local address is what the client
+		 * dialed (the listener's own address is not involved).
+		 */
+		if (getsockname(fd, (struct sockaddr *)&edge, &elen) == -1) {
+			close(fd);
+			continue;
+		}
+		w->st.accepted++;
+		r = conn_accept(w, fd, &client, &edge);
+		if (r < 0)
+			worker_pause_accept(w, -r);
+	}
+}
+
+static void close_listeners(struct worker *w)
+{
+	for (int i = 0; i < 2; i++) {
+		if (w->lis[i].fd != -1) {
+			close(w->lis[i].fd);
+			w->lis[i].fd = -1;
+		}
+	}
+}
+
+static void finalize_all(struct worker *w, enum conn_reason reason)
+{
+	while (w->conns)
+		conn_finalize(w->conns, reason);
+}
+
+static void grace_expired(struct timer *t)
+{
+	struct worker *w = container_of(t, struct worker, grace_timer);
+
+	if (w->n_conns)
+		log_info("worker %d: shutdown grace over, closing %llu connections", w->id,
+			 (unsigned long long)w->n_conns);
+	finalize_all(w, CR_SHUTDOWN);
+}
+
+static void on_wake(struct worker *w)
+{
+	uint64_t v;
+	int stop = __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE);
+
+	while (read(w->wake.fd, &v, sizeof(v)) > 0)
+		;
+	if (!stop)
+		return;
+	if (!w->stopping) {
+		w->stopping = true;
+		/* Closing the listeners ends accepting at once: new SYNs find
+		 * no transparent socket and are reset by the stack.
+		 */
+		close_listeners(w);
+		timer_cancel(&w->timers, &w->accept_timer);
+		timer_set(&w->timers, &w->grace_timer, w->now + w->cfg->shutdown_grace_ms);
+	}
+	if (stop >= 2)
+		finalize_all(w, CR_SHUTDOWN);
+}
+
+static void free_dead(struct worker *w)
+{
+	while (w->dead) {
+		struct conn *c = w->dead;
+
+		w->dead = c->next_dead;
+		conn_free(c);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event evs[EVENTS_PER_TURN];
+	int timeout = -1;
+
+	while (!(w->stopping && w->n_conns == 0)) {
+		int n = epoll_wait(w->epfd, evs, EVENTS_PER_TURN, timeout);
+
+		if (n == -1 && errno != EINTR) {
+			log_err("worker %d: epoll_wait: %s", w->id, strerror(errno));
+			break;
+		}
+		w->now = now_ms();
+		for (int i = 0; i < n; i++) {
+			struct io *io = evs[i].data.ptr;
+
+			switch (io->kind) {
+			case IO_LISTEN:
+				do_accept(w, io);
+				break;
+			case IO_WAKE:
+				on_wake(w);
+				break;
+			case IO_CLIENT:
+				conn_io(container_of(io, struct conn, cli), io, evs[i].events);
+				break;
+			case IO_ORIGIN:
+				conn_io(container_of(io, struct conn, org), io, evs[i].events);
+				break;
+			}
+		}
+		timeout = timer_run(&w->timers, w->now);
+		free_dead(w);
+	}
+	free_dead(w);
+	return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+	int r = pthread_create(&w->thread, NULL, worker_main, w);
+
+	return r ? -r : 0;
+}
+
+void worker_stop(struct worker *w, bool now)
+{
+	uint64_t one = 1;
+	int v = now ? 2 : 1;
+
+	__atomic_store_n(&w->stop, v, __ATOMIC_RELEASE);
+	if (write(w->wake.fd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_err("worker %d: cannot wake: %s", w->id, strerror(errno));
+}
+
+void worker_join(struct worker *w)
+{
+	if (w->thread)
+		pthread_join(w->thread, NULL);
+	close_listeners(w);
+	while (w->pool_n > 0) {
+		struct pipe_pair *p = &w->pool[--w->pool_n];
+
+		close(p->rd);
+		close(p->wr);
+	}
+	if (w->wake.fd != -1)
+		close(w->wake.fd);
+	if (w->epfd != -1)
+		close(w->epfd);
+	timer_heap_deinit(&w->timers);
+	free(w->pool);
+	free(w->rr);
+	if (w->cfg)
+		cfg_unref(w->cfg);
+	memset(w, 0, sizeof(*w));
+}

@@ -1,0 +1,102 @@
+/* worker.h - one epoll loop per thread: listeners, timers, pipe pool.
+ *
+ * Each worker owns its own IP_TRANSPARENT listening sockets (SO_REUSEPORT:
+ * the kernel spreads new connections across workers, no accept lock), its
+ * connections, its timer heap and its pool of spare pipes. Nothing on the
+ * data path is shared between workers except the immutable configuration
+ * snapshot, so the hot path takes no locks.
+ */
+#ifndef PRISM_WORKER_H
+#define PRISM_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "timer.h"
+
+struct cfg;
+struct conn;
+
+/* What an epoll registration points at. Connections embed two (client and
+ * origin side) and are found from them with container_of.
+ */
+enum io_kind {
+	IO_LISTEN = 1,
+	IO_WAKE,
+	IO_CLIENT,
+	IO_ORIGIN,
+};
+
+struct io {
+	int fd;
+	uint8_t kind; /* enum io_kind */
+	bool rd;      /* readable: edge seen, EAGAIN not yet hit */
+	bool wr;      /* writable, likewise */
+};
+
+struct pipe_pair {
+	int rd, wr;
+};
+
+struct worker_stats {
+	uint64_t accepted, active, accept_errors;
+};
+
+struct worker {
+	int id;
+	pthread_t thread;
+	int epfd;
+	struct io wake;	  /* eventfd: main thread asks the worker to stop */
+	struct io lis[2]; /* IPv4 and IPv6 listeners; fd -1 when absent */
+	struct cfg *cfg;  /* one reference held */
+	uint32_t *rr;	  /* per-app round-robin position */
+	uint64_t now;	  /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
+	struct timer_heap timers;
+
+	struct pipe_pair *pool; /* spare empty pipes */
+	int pool_n;
+
+	struct conn *conns; /* live connections, doubly linked */
+	uint64_t n_conns;
+	struct conn *dead; /* finalized in this loop turn; freed after it */
+
+	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
+	bool accept_paused;
+	uint64_t last_exhaust_log;
+
+	int stop; /* atomic: 1 = graceful, 2 = now */
+	bool stopping;
+	struct timer grace_timer;
+	bool exit;
+
+	struct worker_stats st;
+};
+
+/* Creates the worker's epoll set and listening sockets and takes a reference
+ * to <cfg>. Returns 0 or -errno with a message logged.
+ */
+int worker_init(struct worker *w, int id, struct cfg *cfg);
+
+/* Starts the thread. Returns 0 or -errno. */
+int worker_start(struct worker *w);
+
+/* Asks the worker to stop: <now> false lets open connections finish within
+ * shutdown_grace, true closes them at once. Safe from any thread.
+ */
+void worker_stop(struct worker *w, bool now);
+
+/* Joins the thread and frees everything the worker holds. */
+void worker_join(struct worker *w);
+
+/* Pipe pool: returns 0 and a pipe, or -errno. */
+int worker_pipe_get(struct worker *w, struct pipe_pair *p);
+/* Returns an empty pipe to the pool (or closes it if the pool is full). */
+void worker_pipe_put(struct worker *w, struct pipe_pair *p);
+
+/* Stops accepting for a moment after fd or memory exhaustion; open
+ * connections keep being served. Logs at most once a second.
+ */
+void worker_pause_accept(struct worker *w, int err);
+
+#endif
