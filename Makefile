@@ -26,7 +26,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS     := $(wildcard src/*.h)
 
-.PHONY: all deps test unit integration demo fuzz fuzz-run asan format format-check \
+.PHONY: all deps test unit demo fuzz asan format format-check \
         install clean help
 
 all: $(BUILD)/prism $(UNIT_BIN)
@@ -66,17 +66,26 @@ demo: deps
 	$(MAKE) $(BUILD)/prism
 	PRISM=$(abspath $(BUILD)/prism) bash demo/demo.sh
 
-# libFuzzer target for the config loader. FUZZ_SECONDS bounds `make fuzz-run`.
+# libFuzzer targets (fuzz/fuzz_*.c): the config loader and the PROXY
+# protocol parser. `make fuzz` runs each for FUZZ_SECONDS, seeded from the
+# config corpus; CI runs it briefly.
 FUZZ_SECONDS ?= 30
-$(BUILD)/fuzz_cfg: fuzz/fuzz_cfg.c $(LIB_SRC) $(HDRS)
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(BUILD)/%)
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(LIB_SRC) $(HDRS)
 	@mkdir -p $(BUILD)
 	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -DPRISM_VERSION='"fuzz"' -Isrc \
-	  -fsanitize=fuzzer,address,undefined -o $@ fuzz/fuzz_cfg.c $(LIB_SRC) $(LDLIBS)
+	  -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_SRC) $(LDLIBS)
 fuzz: deps
-	$(MAKE) $(BUILD)/fuzz_cfg
-	mkdir -p $(BUILD)/fuzz-corpus
-	$(BUILD)/fuzz_cfg -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	  $(BUILD)/fuzz-corpus tests/configs/good tests/configs/bad
+	$(MAKE) $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do \
+	  mkdir -p $(BUILD)/corpus-$${f##*/}; \
+	  seeds=; [ "$${f##*/}" = fuzz_cfg ] && seeds="tests/configs/good tests/configs/bad"; \
+	  echo "== $$f ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    $(BUILD)/corpus-$${f##*/} $$seeds >$$f.log 2>&1 || { tail -n 60 $$f.log; exit 1; }; \
+	  tail -n 1 $$f.log; \
+	done
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c
