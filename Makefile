@@ -9,15 +9,17 @@ VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo 0.1)
 PKGS     := libnftables libmnl yaml-0.1 libcap
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
             -Wvla -Wimplicit-fallthrough
-CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 $(WARN) -D_GNU_SOURCE -DPRISM_VERSION='"$(VERSION)"' -Isrc
+# OPT: optimisation/debug flags; CFLAGS/LDFLAGS: the user's own additions.
+OPT      ?= -O2 -g
+XCFLAGS  := -std=gnu11 $(WARN) -D_GNU_SOURCE -DPRISM_VERSION='"$(VERSION)"' -Isrc $(OPT)
 ifeq ($(WERROR),1)
-CFLAGS   += -Werror
+XCFLAGS  += -Werror
 endif
 ifeq ($(SANITIZE),1)
-CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+XCFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
 endif
+XCFLAGS  += $(CFLAGS)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lnftables -lmnl -lyaml -lcap) -lpthread
 
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
@@ -32,7 +34,7 @@ HDRS     := $(wildcard src/*.h)
 all: $(BUILD)/prism $(UNIT_BIN)
 
 $(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(XCFLAGS) -c -o $@ $<
 
 $(BUILD)/libprism.a: $(LIB_OBJ)
 	ar rcs $@ $^
@@ -41,7 +43,7 @@ $(BUILD)/prism: $(BUILD)/obj/main.o $(BUILD)/libprism.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libprism.a $(HDRS) | $(BUILD)/tests
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libprism.a $(LDLIBS) -lcmocka
+	$(CC) $(XCFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libprism.a $(LDLIBS) -lcmocka
 
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
@@ -60,7 +62,7 @@ unit: all
 
 # The same tests against an ASan+UBSan build.
 asan: deps
-	$(MAKE) test BUILD=build-asan SANITIZE=1 CFLAGS="-O1 -g"
+	$(MAKE) test BUILD=build-asan SANITIZE=1 OPT="-O1 -g"
 
 demo: deps
 	$(MAKE) $(BUILD)/prism

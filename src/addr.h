@@ -18,7 +18,7 @@
 
 struct addr_prefix {
 	struct in6_addr addr; /* network address, host bits zero, v4-mapped for IPv4 */
-	uint8_t len;          /* 0..128 in the 128-bit space (IPv4: 96..128) */
+	uint8_t len;	      /* 0..128 in the 128-bit space (IPv4: 96..128) */
 };
 
 /* Returns true when <a> is a v4-mapped address. */

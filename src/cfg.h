@@ -28,7 +28,7 @@ struct cfg_range {
 
 struct cfg_origin {
 	struct sockaddr_storage addr; /* port 0 when !has_port */
-	bool has_port;                /* false: use the port the client dialed */
+	bool has_port;		      /* false: use the port the client dialed */
 };
 
 enum cfg_proto {
@@ -54,10 +54,10 @@ struct cfg {
 	int refs; /* atomic; see cfg_ref/cfg_unref */
 	char *path;
 
-	struct sockaddr_in listen4;   /* address + port */
-	struct sockaddr_in6 listen6;  /* address + port */
-	bool listen6_on;              /* false when address6: off */
-	int workers;                  /* >= 1; "auto" resolved to online CPUs */
+	struct sockaddr_in listen4;  /* address + port */
+	struct sockaddr_in6 listen6; /* address + port */
+	bool listen6_on;	     /* false when address6: off */
+	int workers;		     /* >= 1; "auto" resolved to online CPUs */
 
 	bool net_manage;
 	char *nft_table;
@@ -70,6 +70,8 @@ struct cfg {
 	size_t n_apps;
 
 	struct rt *rt; /* app index = position in apps[] */
+
+	int log_level; /* enum log_level (log.h); default LOG_INFO */
 };
 
 /* Loads and validates <path>. On success stores a snapshot with one
@@ -81,8 +83,7 @@ struct cfg {
 int cfg_load(const char *path, struct cfg **out, char **errors);
 
 /* As cfg_load, from memory; <name> is used as FILE in messages. */
-int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out,
-		 char **errors);
+int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out, char **errors);
 
 /* Parses "500ms", "5s", "2m", "1h", "1d", or "0" into milliseconds.
  * Returns 0 or -EINVAL (also on overflow past UINT32_MAX ms).

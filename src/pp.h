@@ -23,8 +23,9 @@ enum pp_version {
 #define PP_MAX_LEN 108
 
 /* Writes the header of version <v> for a connection from <src> to <dst>
- * into <buf> (<len> bytes). Both must be of one family (AF_INET or
- * AF_INET6; a v4-mapped IPv6 address is written as IPv4). Returns the number
+ * into <buf> (<len> bytes). A v4-mapped IPv6 address is written as IPv4;
+ * if the two ends then differ in family, both are written as TCP6 (the IPv4
+ * one v4-mapped). PP_OFF writes nothing and returns 0. Returns the number
  * of bytes written, or -ENOSPC if <len> is too small, or -EAFNOSUPPORT.
  */
 ssize_t pp_encode(enum pp_version v, const struct sockaddr *src, const struct sockaddr *dst,

@@ -27,7 +27,7 @@ struct rt;
 struct rt_claim {
 	struct addr_prefix prefix;
 	uint16_t lo, hi; /* inclusive port range, 1 <= lo <= hi */
-	uint32_t app;    /* caller's app index; RT_NONE is not allowed */
+	uint32_t app;	 /* caller's app index; RT_NONE is not allowed */
 };
 
 struct rt_conflict {
@@ -56,7 +56,7 @@ void rt_free(struct rt *rt);
  */
 struct rt_elem {
 	struct in6_addr lo, hi; /* inclusive address range, same family */
-	uint16_t plo, phi;      /* inclusive port range */
+	uint16_t plo, phi;	/* inclusive port range */
 };
 
 /* Calls <fn> for each element of the cover of the family <v4> (true: IPv4
@@ -64,7 +64,6 @@ struct rt_elem {
  * intervals that map to any app are merged. Stops and returns the first
  * non-zero value <fn> returns; otherwise 0.
  */
-int rt_cover(const struct rt *rt, int v4, int (*fn)(const struct rt_elem *e, void *arg),
-	     void *arg);
+int rt_cover(const struct rt *rt, int v4, int (*fn)(const struct rt_elem *e, void *arg), void *arg);
 
 #endif

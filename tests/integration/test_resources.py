@@ -1,0 +1,87 @@
+"""Running out of fds never crashes prism: it stops accepting for a moment,
+keeps serving the connections it has, logs it, and recovers when fds free up.
+
+prism runs under `prlimit --nofile=N:N` (hard limit too, so prism cannot
+raise it) with one worker, and the test holds more connections open than
+that many fds allow."""
+
+import os
+import socket
+import stat
+
+import nstopo
+import peers
+
+ECHO_PORT = 7000
+NOFILE = 40  # ~10 fds of prism's own, 2 per proxied connection
+HELD = 30  # more connections than the fds left can proxy
+
+CFG = f"""
+listen: {{workers: 1, address6: "off"}}
+apps:
+  - name: echo
+    edge: 192.0.2.0/24
+    ports: "8000-8999"
+    origins: {nstopo.ORIGIN4}:{ECHO_PORT}
+"""
+
+
+def ping(s, payload):
+    s.sendall(payload)
+    return peers.recv_exact(s, len(payload)) == payload
+
+
+def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin):
+    wrapper = os.path.join(topo.tmp, "prism-lowfd")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec prlimit --nofile={NOFILE}:{NOFILE} {prism_bin} "$@"\n')
+    os.chmod(wrapper, stat.S_IRWXU)
+
+    srv = peers.ThreadServer(topo.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
+    topo.on_teardown(srv.close)
+    path = topo.write("prism.yaml", CFG)
+    p = nstopo.Prism(path, ns=topo.e, binary=wrapper)
+    topo.procs.append(p)
+    p.wait_ready()
+
+    # Open HELD connections; the kernel completes every handshake (the
+    # backlog is large) but prism can only proxy as many as its fds allow.
+    socks = []
+    topo.on_teardown(lambda: [s.close() for s in socks])
+    for i in range(HELD):
+        socks.append(peers.connect(topo.c, "192.0.2.10", 8000 + i, timeout=5))
+    p.wait_log(r"warn .*not accepting", timeout=10)
+    assert p.alive()
+
+    served, waiting = [], []
+    for i, s in enumerate(socks):
+        s.settimeout(0.3 if waiting else 2)
+        try:
+            ok = ping(s, b"x%d\n" % i)
+        except (socket.timeout, TimeoutError):
+            ok = False
+        (served if ok else waiting).append(s)
+    assert served, "no connection was served at all"
+    assert waiting, "the fd limit was never reached: raise HELD"
+
+    # The served connections keep working while prism is out of fds.
+    for s in served:
+        assert ping(s, b"still here\n")
+
+    # Free the fds: the connections that waited in the backlog are accepted
+    # and relayed now (recovery), without restarting anything.
+    for s in served:
+        s.close()
+    for s in waiting:
+        s.settimeout(10)
+        # A waiting connection may already hold bytes from the probe above.
+        s.sendall(b"after\n")
+        got = b""
+        while not got.endswith(b"after\n"):
+            b = s.recv(4096)
+            assert b, "connection closed instead of being served"
+            got += b
+    assert p.alive()
+    for s in waiting:
+        s.close()
+    assert p.stop(timeout=10) == 0
