@@ -1,0 +1,744 @@
+/* rt.c - the routing table: (address, port) -> app, built once per config.
+ *
+ * Layout: a path-compressed binary (Patricia) trie over the distinct claimed
+ * prefixes, all nodes in one array linked by 32-bit indices (32 bytes a node,
+ * two per cache line). A node that carries claims owns a slice of one entry
+ * array (lo, hi, app): a sorted, disjoint port-interval map that is the
+ * flattening of its own claims AND of every ancestor's claims by priority
+ * (longer prefix, then narrower range). So a lookup descends the trie
+ * remembering the deepest matching node with a map, then binary-searches
+ * that one map; an unclaimed port of a /32 falls back to the /24 above it
+ * because the /24's claims were already copied into the /32's map.
+ *
+ * Tables with 8 or more prefixes also get a jump table per family, indexed
+ * by the top bits of the address (up to 16), that says where the descent
+ * resumes below that block. Random lookups in a 100,000-app table then touch
+ * the jump entry, one or two nodes and one map line, instead of ~20 nodes.
+ *
+ * Design notes:
+ * - Build cost is O(n log n) per node for its own claims plus linear in the
+ *   parent's map. Maps repeat their ancestors' intervals, so memory is
+ *   O(sum over nodes of the ancestors' map sizes): fine for real configs
+ *   (few wide claims, many narrow ones); a pathological config with a huge
+ *   /0 map and many nested prefixes pays for it at build time, never in
+ *   lookup.
+ * - A disjoint map over ports 1..65535 has at most 65535 intervals, so the
+ *   map length fits in 16 bits and stays inside the node.
+ * - Keys are used literally in the 128-bit space: an IPv6 claim shorter than
+ *   /96 that covers ::ffff:0:0/96 also covers IPv4. rt_cover splits by
+ *   family so both nft sets agree with rt_lookup.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rt.h"
+
+typedef unsigned __int128 rt_u128;
+
+#define NIL	  UINT32_MAX
+#define U128_MAX  (~(rt_u128)0)
+#define V4MAP_LO  ((rt_u128)0xffff << 32)
+#define V4MAP_HI  (V4MAP_LO | 0xffffffffu)
+#define PORT_LAST 65535u
+
+struct rt_node {
+	rt_u128 key;	   /* prefix, host bits zero */
+	uint32_t child[2]; /* by the bit at position <len>, or NIL */
+	uint32_t off;	   /* first entry of this node's map */
+	uint16_t n;	   /* entries in the map; 0: no claims here */
+	uint8_t len;
+};
+
+/* One interval of a port map. Entries are kept whole (not as parallel
+ * lo/hi/app arrays) so the final check of a lookup touches one cache line.
+ */
+struct rt_ent {
+	uint16_t lo, hi;
+	uint32_t app;
+};
+
+/* Where a lookup of a key in one 2^-jbits block of a family starts: the
+ * first trie node below the block (or NIL), and the deepest claimed node
+ * containing the whole block (or NIL). It replaces the top ~jbits levels of
+ * the descent, which for large tables are the cache misses.
+ */
+struct rt_jump {
+	uint32_t node, best;
+};
+
+struct rt {
+	struct rt_node *nodes;
+	uint32_t nnodes;
+	uint32_t root;
+	struct rt_ent *ent; /* map entries of all nodes */
+	size_t nent, cap;
+	struct rt_jump *jump[2]; /* [1]: IPv4, [0]: the rest; NULL: none */
+	unsigned jbits;
+};
+
+/* One claim as sorted for building: by prefix, then width, then lo. */
+struct rt_rec {
+	rt_u128 key;
+	uint32_t idx, app;
+	uint16_t lo, hi;
+	uint8_t len;
+};
+
+/* Scratch space of one rt_build, sized for the largest group of claims. */
+struct rt_builder {
+	struct rt *rt;
+	struct rt_rec *recs;   /* all claims, sorted */
+	uint32_t *grp_start;   /* per node: first rec of its own claims */
+	uint32_t *grp_n;       /* per node: number of own claims (0: none) */
+	struct rt_rec *by_lo;  /* one group re-sorted by lo */
+	uint32_t *pts;	       /* sweep points */
+	uint32_t *heap;	       /* active claims, narrowest on top */
+	uint32_t *f_lo, *f_hi; /* a group's own claims, flattened */
+	uint32_t *f_app;
+	uint32_t nf;
+};
+
+static rt_u128 key_of(const struct in6_addr *a)
+{
+	uint64_t h, l;
+
+	memcpy(&h, a->s6_addr, 8);
+	memcpy(&l, a->s6_addr + 8, 8);
+	return ((rt_u128)be64toh(h) << 64) | be64toh(l);
+}
+
+static void addr_of(rt_u128 k, struct in6_addr *a)
+{
+	uint64_t h = htobe64((uint64_t)(k >> 64)), l = htobe64((uint64_t)k);
+
+	memcpy(a->s6_addr, &h, 8);
+	memcpy(a->s6_addr + 8, &l, 8);
+}
+
+static inline rt_u128 mask_of(unsigned len)
+{
+	/* A shift by 128 is undefined, hence the branch for /0. */
+	return len == 0 ? 0 : U128_MAX << (128 - len);
+}
+
+/* The bit at position <pos> (0 is the most significant), pos < 128. */
+static inline unsigned bit_at(rt_u128 k, unsigned pos)
+{
+	return (unsigned)(k >> (127 - pos)) & 1;
+}
+
+static unsigned common_len(rt_u128 a, rt_u128 b)
+{
+	rt_u128 x = a ^ b;
+	uint64_t h = (uint64_t)(x >> 64), l = (uint64_t)x;
+
+	if (h)
+		return (unsigned)__builtin_clzll(h);
+	if (l)
+		return 64 + (unsigned)__builtin_clzll(l);
+	return 128;
+}
+
+static int rec_cmp(const void *pa, const void *pb)
+{
+	const struct rt_rec *a = pa, *b = pb;
+	unsigned wa = (unsigned)a->hi - a->lo, wb = (unsigned)b->hi - b->lo;
+
+	if (a->key != b->key)
+		return a->key < b->key ? -1 : 1;
+	if (a->len != b->len)
+		return a->len < b->len ? -1 : 1;
+	if (wa != wb)
+		return wa < wb ? -1 : 1;
+	if (a->lo != b->lo)
+		return a->lo < b->lo ? -1 : 1;
+	return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static int rec_lo_cmp(const void *pa, const void *pb)
+{
+	const struct rt_rec *a = pa, *b = pb;
+
+	return a->lo < b->lo ? -1 : a->lo > b->lo;
+}
+
+static int u32_cmp(const void *pa, const void *pb)
+{
+	uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+
+	return a < b ? -1 : a > b;
+}
+
+static int validate(const struct rt_claim *c)
+{
+	rt_u128 k = key_of(&c->prefix.addr);
+
+	if (c->lo < 1 || c->lo > c->hi || c->prefix.len > 128 || c->app == RT_NONE)
+		return -EINVAL;
+	if (k & ~mask_of(c->prefix.len))
+		return -EINVAL;
+	return 0;
+}
+
+/* Claims of one prefix with the same width: overlapping ones of different
+ * apps are adjacent when sorted by lo. If i < j overlap, every k between them
+ * starts in [lo_i, lo_j] and, having the same width, ends at or after hi_i, so
+ * the chain i..j overlaps pairwise at each step and, its ends differing in
+ * app, some adjacent step does too. O(n) after the O(n log n) sort.
+ */
+static bool find_conflict(const struct rt_rec *r, size_t n, struct rt_conflict *conflict)
+{
+	for (size_t i = 0; i + 1 < n; i++) {
+		const struct rt_rec *a = &r[i], *b = &r[i + 1];
+
+		if (a->key != b->key || a->len != b->len || a->hi - a->lo != b->hi - b->lo)
+			continue;
+		if (b->lo > a->hi || a->app == b->app)
+			continue;
+		if (conflict) {
+			conflict->a = a->idx < b->idx ? a->idx : b->idx;
+			conflict->b = a->idx < b->idx ? b->idx : a->idx;
+		}
+		return true;
+	}
+	return false;
+}
+
+static uint32_t node_new(struct rt *rt, rt_u128 key, unsigned len)
+{
+	struct rt_node *n = &rt->nodes[rt->nnodes];
+
+	n->key = key;
+	n->len = (uint8_t)len;
+	n->child[0] = n->child[1] = NIL;
+	n->off = 0;
+	n->n = 0;
+	return rt->nnodes++;
+}
+
+/* Inserts a prefix, returning its node. Never reallocates: the node array
+ * is sized for 2 nodes per distinct prefix (one glue node at most each), so
+ * <link> stays valid across node_new.
+ */
+static uint32_t trie_insert(struct rt *rt, rt_u128 key, unsigned len)
+{
+	uint32_t *link = &rt->root;
+
+	for (;;) {
+		uint32_t i = *link, j, g;
+		struct rt_node *n;
+		unsigned common;
+
+		if (i == NIL) {
+			j = node_new(rt, key, len);
+			*link = j;
+			return j;
+		}
+		n = &rt->nodes[i];
+		common = common_len(key, n->key);
+		if (common > len)
+			common = len;
+		if (common > n->len)
+			common = n->len;
+		if (common == n->len) {
+			if (n->len == len)
+				return i;
+			link = &n->child[bit_at(key, n->len)];
+			continue;
+		}
+		if (common == len) {
+			/* The new prefix sits above <n>. */
+			j = node_new(rt, key, len);
+			rt->nodes[j].child[bit_at(n->key, len)] = i;
+			*link = j;
+			return j;
+		}
+		/* They part at <common>: a glue node without claims. */
+		g = node_new(rt, key & mask_of(common), common);
+		j = node_new(rt, key, len);
+		rt->nodes[g].child[bit_at(key, common)] = j;
+		rt->nodes[g].child[bit_at(n->key, common)] = i;
+		*link = g;
+		return j;
+	}
+}
+
+static int reserve(struct rt *rt, size_t more)
+{
+	size_t cap = rt->cap ? rt->cap : 64;
+	void *p;
+
+	if (rt->nent + more <= rt->cap)
+		return 0;
+	/* Map offsets are 32 bits; only a pathological nesting gets here. */
+	if (rt->nent + more > UINT32_MAX)
+		return -ENOMEM;
+	while (cap < rt->nent + more)
+		cap *= 2;
+	if (!(p = realloc(rt->ent, cap * sizeof(*rt->ent))))
+		return -ENOMEM;
+	rt->ent = p;
+	rt->cap = cap;
+	return 0;
+}
+
+static void heap_push(struct rt_builder *b, uint32_t *hn, uint32_t v)
+{
+	const struct rt_rec *s = b->by_lo;
+	uint32_t i = (*hn)++;
+
+	while (i > 0) {
+		uint32_t p = (i - 1) / 2;
+
+		if (s[b->heap[p]].hi - s[b->heap[p]].lo <= s[v].hi - s[v].lo)
+			break;
+		b->heap[i] = b->heap[p];
+		i = p;
+	}
+	b->heap[i] = v;
+}
+
+static void heap_pop(struct rt_builder *b, uint32_t *hn)
+{
+	const struct rt_rec *s = b->by_lo;
+	uint32_t v = b->heap[--(*hn)], i = 0;
+
+	for (;;) {
+		uint32_t c = 2 * i + 1;
+
+		if (c >= *hn)
+			break;
+		if (c + 1 < *hn && s[b->heap[c + 1]].hi - s[b->heap[c + 1]].lo <
+				       s[b->heap[c]].hi - s[b->heap[c]].lo)
+			c++;
+		if (s[v].hi - s[v].lo <= s[b->heap[c]].hi - s[b->heap[c]].lo)
+			break;
+		b->heap[i] = b->heap[c];
+		i = c;
+	}
+	b->heap[i] = v;
+}
+
+static void flat_emit(struct rt_builder *b, uint32_t lo, uint32_t hi, uint32_t app)
+{
+	if (b->nf && b->f_hi[b->nf - 1] + 1 == lo && b->f_app[b->nf - 1] == app) {
+		b->f_hi[b->nf - 1] = hi;
+		return;
+	}
+	b->f_lo[b->nf] = lo;
+	b->f_hi[b->nf] = hi;
+	b->f_app[b->nf] = app;
+	b->nf++;
+}
+
+/* Flattens the <k> claims of one prefix into b->f_*: a sweep over the sorted
+ * end points with a heap of active claims keyed by width. Expired claims are
+ * dropped lazily when they reach the top, which is all the top needs.
+ */
+static void flatten_own(struct rt_builder *b, const struct rt_rec *r, uint32_t k)
+{
+	uint32_t np = 0, hn = 0, j = 0;
+
+	memcpy(b->by_lo, r, k * sizeof(*r));
+	qsort(b->by_lo, k, sizeof(*r), rec_lo_cmp);
+	for (uint32_t i = 0; i < k; i++) {
+		b->pts[np++] = b->by_lo[i].lo;
+		b->pts[np++] = (uint32_t)b->by_lo[i].hi + 1;
+	}
+	qsort(b->pts, np, sizeof(*b->pts), u32_cmp);
+	b->nf = 0;
+	for (uint32_t i = 0; i < np; i++) {
+		uint32_t p = b->pts[i];
+		const struct rt_rec *top;
+
+		if (i && p == b->pts[i - 1])
+			continue;
+		while (j < k && b->by_lo[j].lo <= p)
+			heap_push(b, &hn, j++);
+		while (hn && b->by_lo[b->heap[0]].hi < p)
+			heap_pop(b, &hn);
+		if (!hn)
+			continue;
+		top = &b->by_lo[b->heap[0]];
+		/* top->hi + 1 is a point above p, so a next point exists. */
+		while (b->pts[i + 1] == p)
+			i++;
+		flat_emit(b, p, b->pts[i + 1] - 1, top->app);
+	}
+}
+
+static void map_emit(struct rt *rt, struct rt_node *n, uint32_t lo, uint32_t hi, uint32_t app)
+{
+	size_t last = rt->nent - 1;
+
+	if (n->n && rt->ent[last].hi + 1u == lo && rt->ent[last].app == app) {
+		rt->ent[last].hi = (uint16_t)hi;
+		return;
+	}
+	rt->ent[rt->nent++] = (struct rt_ent){(uint16_t)lo, (uint16_t)hi, app};
+	n->n++;
+}
+
+/* Emits the parent's map clipped to [from, to]. <*pi> only moves past
+ * intervals that end before <from>, so one straddling <to> is seen again.
+ */
+static void fill_parent(struct rt *rt, struct rt_node *n, uint32_t poff, uint32_t pn, uint32_t *pi,
+			uint32_t from, uint32_t to)
+{
+	if (from > to)
+		return;
+	while (*pi < pn && rt->ent[poff + *pi].hi < from)
+		(*pi)++;
+	for (uint32_t k = *pi; k < pn && rt->ent[poff + k].lo <= to; k++) {
+		struct rt_ent e = rt->ent[poff + k];
+
+		map_emit(rt, n, e.lo > from ? e.lo : from, e.hi < to ? e.hi : to, e.app);
+	}
+}
+
+/* Builds the map of node <i>: its own claims flattened, laid over the map of
+ * its nearest claimed ancestor (<poff>, <pn>), whose claims all lose to its
+ * own by the longer-prefix rule.
+ */
+static int node_map(struct rt_builder *b, uint32_t i, uint32_t poff, uint32_t pn)
+{
+	struct rt *rt = b->rt;
+	struct rt_node *n;
+	uint32_t cur = 1, pi = 0;
+	int err;
+
+	flatten_own(b, &b->recs[b->grp_start[i]], b->grp_n[i]);
+	/* Each own interval adds itself and splits at most one parent one. */
+	if ((err = reserve(rt, (size_t)pn + 2 * (size_t)b->nf + 1)))
+		return err;
+	n = &rt->nodes[i];
+	n->off = (uint32_t)rt->nent;
+	n->n = 0;
+	for (uint32_t k = 0; k < b->nf; k++) {
+		fill_parent(rt, n, poff, pn, &pi, cur, b->f_lo[k] - 1);
+		map_emit(rt, n, b->f_lo[k], b->f_hi[k], b->f_app[k]);
+		cur = b->f_hi[k] + 1;
+	}
+	fill_parent(rt, n, poff, pn, &pi, cur, PORT_LAST);
+	return 0;
+}
+
+/* Depth is bounded by 129 (lengths strictly grow), so recursion is fine. */
+static int build_maps(struct rt_builder *b, uint32_t i, uint32_t poff, uint32_t pn)
+{
+	int err;
+
+	if (i == NIL)
+		return 0;
+	if (b->grp_n[i]) {
+		if ((err = node_map(b, i, poff, pn)))
+			return err;
+		poff = b->rt->nodes[i].off;
+		pn = b->rt->nodes[i].n;
+	}
+	if ((err = build_maps(b, b->rt->nodes[i].child[0], poff, pn)))
+		return err;
+	return build_maps(b, b->rt->nodes[i].child[1], poff, pn);
+}
+
+/* The block of <k> in its family's jump table: the top <bits> bits of the
+ * IPv4 address, or of the 128-bit key for everything else.
+ */
+static inline uint32_t jump_index(rt_u128 k, int v4, unsigned bits)
+{
+	if (v4)
+		return (uint32_t)k >> (32 - bits);
+	return (uint32_t)((uint64_t)(k >> 64) >> (64 - bits));
+}
+
+/* Fills one family's jump table by walking the trie once per block: the
+ * walk stops at the first node as long as the block or longer, which is
+ * where a lookup of any key in the block resumes. O(2^bits * depth).
+ */
+static int jump_fill(struct rt *rt, int v4)
+{
+	unsigned bits = rt->jbits, plen = (v4 ? 96 : 0) + bits;
+	uint32_t nblk = 1u << bits;
+
+	if (!(rt->jump[v4] = malloc(nblk * sizeof(struct rt_jump))))
+		return -ENOMEM;
+	for (uint32_t c = 0; c < nblk; c++) {
+		rt_u128 x =
+		    v4 ? V4MAP_LO | ((rt_u128)c << (32 - bits)) : (rt_u128)c << (128 - bits);
+		uint32_t i = rt->root, best = NIL;
+
+		while (i != NIL) {
+			const struct rt_node *nd = &rt->nodes[i];
+
+			if (nd->len >= plen)
+				break;
+			if ((x ^ nd->key) & mask_of(nd->len)) {
+				i = NIL;
+				break;
+			}
+			if (nd->n)
+				best = i;
+			i = nd->child[bit_at(x, nd->len)];
+		}
+		rt->jump[v4][c] = (struct rt_jump){i, best};
+	}
+	return 0;
+}
+
+int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt_conflict *conflict)
+{
+	struct rt_builder b = {0};
+	struct rt *rt = NULL;
+	size_t ndist = 0, maxgrp = 0, cap;
+	int err = -ENOMEM;
+
+	for (size_t i = 0; i < n; i++)
+		if (validate(&claims[i]))
+			return -EINVAL;
+	/* Node and entry indices are 32 bits. */
+	if (n > UINT32_MAX / 4)
+		return -ENOMEM;
+	if (!(rt = calloc(1, sizeof(*rt))))
+		return -ENOMEM;
+	rt->root = NIL;
+	if (n == 0)
+		goto done;
+
+	if (!(b.recs = malloc(n * sizeof(*b.recs))))
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		b.recs[i] = (struct rt_rec){.key = key_of(&claims[i].prefix.addr),
+					    .idx = (uint32_t)i,
+					    .app = claims[i].app,
+					    .lo = claims[i].lo,
+					    .hi = claims[i].hi,
+					    .len = claims[i].prefix.len};
+	}
+	qsort(b.recs, n, sizeof(*b.recs), rec_cmp);
+	if (find_conflict(b.recs, n, conflict)) {
+		err = -EEXIST;
+		goto out;
+	}
+
+	for (size_t i = 0, g = 0; i < n; i++) {
+		if (i + 1 < n && b.recs[i + 1].key == b.recs[i].key &&
+		    b.recs[i + 1].len == b.recs[i].len)
+			continue;
+		ndist++;
+		if (i + 1 - g > maxgrp)
+			maxgrp = i + 1 - g;
+		g = i + 1;
+	}
+	cap = 2 * ndist;
+	/* 64-byte aligned so a 32-byte node never straddles a cache line. */
+	rt->nodes = aligned_alloc(64, (cap * sizeof(struct rt_node) + 63) & ~(size_t)63);
+	b.grp_start = calloc(cap, sizeof(*b.grp_start));
+	b.grp_n = calloc(cap, sizeof(*b.grp_n));
+	b.by_lo = malloc(maxgrp * sizeof(*b.by_lo));
+	b.pts = malloc(2 * maxgrp * sizeof(*b.pts));
+	b.heap = malloc(maxgrp * sizeof(*b.heap));
+	b.f_lo = malloc(2 * maxgrp * sizeof(*b.f_lo));
+	b.f_hi = malloc(2 * maxgrp * sizeof(*b.f_hi));
+	b.f_app = malloc(2 * maxgrp * sizeof(*b.f_app));
+	if (!rt->nodes || !b.grp_start || !b.grp_n || !b.by_lo || !b.pts || !b.heap || !b.f_lo ||
+	    !b.f_hi || !b.f_app)
+		goto out;
+
+	for (size_t i = 0, g = 0; i < n; i++) {
+		uint32_t node;
+
+		if (i + 1 < n && b.recs[i + 1].key == b.recs[i].key &&
+		    b.recs[i + 1].len == b.recs[i].len)
+			continue;
+		node = trie_insert(rt, b.recs[g].key, b.recs[g].len);
+		b.grp_start[node] = (uint32_t)g;
+		b.grp_n[node] = (uint32_t)(i + 1 - g);
+		g = i + 1;
+	}
+	b.rt = rt;
+	if ((err = build_maps(&b, rt->root, 0, 0)))
+		goto out;
+	/* About 2 blocks per distinct prefix, at most 2^16 per family: small
+	 * tables keep a table that fits in L1, large ones skip ~16 levels.
+	 */
+	if (ndist >= 8) {
+		while (rt->jbits < 16 && (1u << rt->jbits) < 2 * ndist)
+			rt->jbits++;
+		if ((err = jump_fill(rt, 0)) || (err = jump_fill(rt, 1)))
+			goto out;
+	}
+
+done:
+	*out = rt;
+	rt = NULL;
+	err = 0;
+out:
+	rt_free(rt);
+	free(b.recs);
+	free(b.grp_start);
+	free(b.grp_n);
+	free(b.by_lo);
+	free(b.pts);
+	free(b.heap);
+	free(b.f_lo);
+	free(b.f_hi);
+	free(b.f_app);
+	return err;
+}
+
+uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port)
+{
+	rt_u128 k = key_of(addr);
+	const struct rt_node *best = NULL;
+	const struct rt_ent *ent;
+	uint32_t i = rt->root, lo, n;
+
+	if (rt->jbits) {
+		int v4 = (k >> 32) == 0xffff;
+		const struct rt_jump *j = &rt->jump[v4][jump_index(k, v4, rt->jbits)];
+
+		i = j->node;
+		if (j->best != NIL)
+			best = &rt->nodes[j->best];
+	}
+	while (i != NIL) {
+		const struct rt_node *nd = &rt->nodes[i];
+
+		if ((k ^ nd->key) & mask_of(nd->len))
+			break;
+		if (nd->n)
+			best = nd;
+		if (nd->len == 128)
+			break;
+		i = nd->child[bit_at(k, nd->len)];
+	}
+	if (!best)
+		return RT_NONE;
+	/* First interval whose hi >= port; branch-light halving. */
+	ent = rt->ent + best->off;
+	lo = 0;
+	n = best->n;
+	while (n > 1) {
+		uint32_t half = n / 2;
+
+		if (ent[lo + half - 1].hi < port)
+			lo += half;
+		n -= half;
+	}
+	if (ent[lo].hi < port || ent[lo].lo > port)
+		return RT_NONE;
+	return ent[lo].app;
+}
+
+void rt_free(struct rt *rt)
+{
+	if (!rt)
+		return;
+	free(rt->nodes);
+	free(rt->ent);
+	free(rt->jump[0]);
+	free(rt->jump[1]);
+	free(rt);
+}
+
+struct rt_cover_ctx {
+	const struct rt *rt;
+	int v4;
+	int (*fn)(const struct rt_elem *e, void *arg);
+	void *arg;
+};
+
+/* One element per maximal run of adjacent port intervals of <owner>'s map. */
+static int cover_emit(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u128 lo, rt_u128 hi)
+{
+	const struct rt *rt = c->rt;
+	struct rt_elem e;
+	int ret;
+
+	addr_of(lo, &e.lo);
+	addr_of(hi, &e.hi);
+	for (uint32_t k = 0; k < owner->n;) {
+		uint32_t j = k;
+
+		while (j + 1 < owner->n &&
+		       rt->ent[owner->off + j].hi + 1u == rt->ent[owner->off + j + 1].lo)
+			j++;
+		e.plo = rt->ent[owner->off + k].lo;
+		e.phi = rt->ent[owner->off + j].hi;
+		if ((ret = c->fn(&e, c->arg)))
+			return ret;
+		k = j + 1;
+	}
+	return 0;
+}
+
+/* Clips [lo, hi] to the family asked for: IPv4 is the v4-mapped /96, IPv6
+ * everything else (at most two pieces, on either side of it).
+ */
+static int cover_range(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u128 lo, rt_u128 hi)
+{
+	int ret;
+
+	if (c->v4) {
+		if (lo < V4MAP_LO)
+			lo = V4MAP_LO;
+		if (hi > V4MAP_HI)
+			hi = V4MAP_HI;
+		return lo <= hi ? cover_emit(c, owner, lo, hi) : 0;
+	}
+	if (lo < V4MAP_LO && (ret = cover_emit(c, owner, lo, hi < V4MAP_LO ? hi : V4MAP_LO - 1)))
+		return ret;
+	if (hi > V4MAP_HI)
+		return cover_emit(c, owner, lo > V4MAP_HI ? lo : V4MAP_HI + 1, hi);
+	return 0;
+}
+
+/* In-order walk. <owner> is the nearest claimed ancestor; <*cur> the first
+ * address of its range not yet emitted, <*past> set once its range is done
+ * (its end may be the last address, where cur would wrap).
+ */
+static int cover_walk(struct rt_cover_ctx *c, uint32_t i, const struct rt_node *owner, rt_u128 *cur,
+		      bool *past)
+{
+	const struct rt_node *n;
+	rt_u128 start, end, ccur;
+	bool cpast = false;
+	int ret;
+
+	if (i == NIL)
+		return 0;
+	n = &c->rt->nodes[i];
+	if (!n->n) {
+		if ((ret = cover_walk(c, n->child[0], owner, cur, past)))
+			return ret;
+		return cover_walk(c, n->child[1], owner, cur, past);
+	}
+	start = n->key;
+	end = n->key | ~mask_of(n->len);
+	if (owner && !*past && *cur < start && (ret = cover_range(c, owner, *cur, start - 1)))
+		return ret;
+	ccur = start;
+	if ((ret = cover_walk(c, n->child[0], n, &ccur, &cpast)))
+		return ret;
+	if ((ret = cover_walk(c, n->child[1], n, &ccur, &cpast)))
+		return ret;
+	if (!cpast && ccur <= end && (ret = cover_range(c, n, ccur, end)))
+		return ret;
+	if (owner) {
+		*past = end == U128_MAX;
+		*cur = end + 1;
+	}
+	return 0;
+}
+
+int rt_cover(const struct rt *rt, int v4, int (*fn)(const struct rt_elem *e, void *arg), void *arg)
+{
+	struct rt_cover_ctx c = {.rt = rt, .v4 = v4, .fn = fn, .arg = arg};
+	rt_u128 cur = 0;
+	bool past = false;
+
+	return cover_walk(&c, rt->root, NULL, &cur, &past);
+}
