@@ -1,0 +1,1403 @@
+/* cfg.c - loads prism's YAML configuration into an immutable snapshot.
+ *
+ * libyaml's document API gives us a node tree with positions (aliases are
+ * already resolved into shared nodes). Every value is then interpreted here,
+ * by the key it belongs to, and never through YAML's implicit typing: YAML
+ * 1.1 would turn an unquoted `off` into false and `010` into 8, which is not
+ * what a person writing `address6: off` or `ports: 010` means.
+ *
+ * Every problem is collected, sorted by position and reported at once, so a
+ * user fixes a file in one round trip rather than one error per run. The
+ * walk never recurses into arbitrary YAML: the schema has a fixed depth, so
+ * recursive aliases (`&a [*a]`) and alias bombs cannot make it loop or blow
+ * up.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+#include "cfg.h"
+#include "log.h"
+#include "rt.h"
+
+#define CFG_MAX_FILE	 (4 << 20) /* a config is a few KiB; refuse to slurp a disk image */
+#define CFG_KEEP_ERRORS	 1000	   /* collected, then sorted ... */
+#define CFG_SHOW_ERRORS	 100	   /* ... and the first this many printed */
+#define CFG_MAX_CLAIMS	 100000	   /* edges x port ranges, over all apps */
+#define CFG_MAX_REBUILDS 64	   /* rt_build retries to find more overlaps */
+#define CFG_NAME_MAX	 64
+#define CFG_TABLE_MAX	 31
+#define CFG_WORKERS_MAX	 1024
+#define CFG_QUOTE_MAX	 64 /* user text quoted in a message is cut here */
+
+#define DEF_LISTEN4    "127.0.0.1"
+#define DEF_LISTEN6    "::1"
+#define DEF_PORT       15001
+#define DEF_TABLE      "prism"
+#define DEF_CONNECT_MS 5000
+#define DEF_IDLE_MS    300000
+#define DEF_GRACE_MS   10000
+
+struct cfg_err {
+	int line, col; /* 1-based; line 0: no position */
+	size_t seq;    /* keeps the sort stable */
+	char *msg;
+};
+
+/* Where one routing claim came from, to place an overlap message. */
+struct claim_src {
+	size_t app;
+	yaml_mark_t mark; /* of the edge scalar */
+};
+
+/* Per-app facts that the snapshot does not keep. */
+struct app_src {
+	yaml_mark_t *edge_marks; /* one per cfg_app.edges[] */
+	bool ok;		 /* no problem found in this app */
+};
+
+struct loader {
+	const char *name;
+	yaml_document_t *doc;
+	struct cfg *cfg;
+
+	struct cfg_err *errs;
+	size_t n_errs, cap_errs, n_dropped;
+	bool oom;
+
+	struct app_src *src; /* parallel to cfg->apps */
+	size_t n_src;
+};
+
+/* One key of a mapping as the schema knows it. */
+struct field {
+	const char *key;
+	yaml_node_t *val; /* NULL when absent */
+	int id;		  /* of val */
+	yaml_mark_t mark; /* of the key */
+};
+
+/* ---- error collection ---- */
+
+__attribute__((format(printf, 4, 0))) static void err_add(struct loader *ld, int line, int col,
+							  const char *fmt, va_list ap)
+{
+	struct cfg_err *e;
+	char *msg;
+
+	if (ld->n_errs >= CFG_KEEP_ERRORS) {
+		ld->n_dropped++;
+		return;
+	}
+	if (ld->n_errs == ld->cap_errs) {
+		size_t cap = ld->cap_errs ? ld->cap_errs * 2 : 16;
+
+		e = realloc(ld->errs, cap * sizeof(*e));
+		if (!e) {
+			ld->oom = true;
+			return;
+		}
+		ld->errs = e;
+		ld->cap_errs = cap;
+	}
+	if (vasprintf(&msg, fmt, ap) == -1) {
+		ld->oom = true;
+		return;
+	}
+	e = &ld->errs[ld->n_errs];
+	e->line = line;
+	e->col = col;
+	e->seq = ld->n_errs;
+	e->msg = msg;
+	ld->n_errs++;
+}
+
+/* Reports a problem at <m> (libyaml's 0-based mark, printed 1-based). */
+__attribute__((format(printf, 3, 4))) static void err_at(struct loader *ld, const yaml_mark_t *m,
+							 const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	err_add(ld, (int)m->line + 1, (int)m->column + 1, fmt, ap);
+	va_end(ap);
+}
+
+static int err_cmp(const void *a, const void *b)
+{
+	const struct cfg_err *x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	if (x->col != y->col)
+		return x->col < y->col ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Turns the collected problems into the text cfg_load hands back. */
+static char *err_text(struct loader *ld)
+{
+	size_t i, n = ld->n_errs < CFG_SHOW_ERRORS ? ld->n_errs : CFG_SHOW_ERRORS;
+	size_t more = ld->n_errs - n + ld->n_dropped;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	qsort(ld->errs, ld->n_errs, sizeof(*ld->errs), err_cmp);
+	f = open_memstream(&buf, &len);
+	if (!f)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		const struct cfg_err *e = &ld->errs[i];
+
+		if (e->line > 0)
+			fprintf(f, "%s:%d:%d: %s\n", ld->name, e->line, e->col, e->msg);
+		else
+			fprintf(f, "%s: %s\n", ld->name, e->msg);
+	}
+	if (more)
+		fprintf(f, "%s: %zu more problems not shown\n", ld->name, more);
+	if (ld->oom)
+		fprintf(f, "%s: out of memory while checking the configuration\n", ld->name);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* Writes <s> into <buf> in double quotes, control bytes escaped and cut
+ * after CFG_QUOTE_MAX bytes, so that text from the file can neither break
+ * the one-line-per-problem format nor flood the terminal.
+ */
+static const char *quote(const char *s, char *buf, size_t size)
+{
+	size_t o = 0, i;
+
+	buf[o++] = '"';
+	for (i = 0; s[i] && o + 8 < size; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (i == CFG_QUOTE_MAX) {
+			memcpy(buf + o, "...", 3);
+			o += 3;
+			break;
+		}
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(buf + o, size - o, "\\x%02x", c);
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
+
+/* Big enough for CFG_QUOTE_MAX bytes each escaped to 4, quotes and "...". */
+#define QBUF 300
+
+/* ---- node helpers ---- */
+
+static yaml_node_t *node_get(struct loader *ld, int id)
+{
+	return yaml_document_get_node(ld->doc, id);
+}
+
+static const char *node_kind(const yaml_node_t *n)
+{
+	switch (n->type) {
+	case YAML_SCALAR_NODE:
+		return "a single value";
+	case YAML_SEQUENCE_NODE:
+		return "a list";
+	case YAML_MAPPING_NODE:
+		return "a mapping";
+	default:
+		return "nothing";
+	}
+}
+
+/* `key:` with nothing after it: YAML's null, an empty plain scalar. */
+static bool node_is_null(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE && n->data.scalar.length == 0 &&
+	       n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+/* Returns the text of scalar <n> for key <key>, or NULL after reporting why
+ * it is unusable. <expect> says what the key takes, for the message.
+ */
+static const char *node_str(struct loader *ld, yaml_node_t *n, const char *key, const char *expect)
+{
+	if (n->type != YAML_SCALAR_NODE) {
+		err_at(ld, &n->start_mark, "%s: expected %s, got %s", key, expect, node_kind(n));
+		return NULL;
+	}
+	if (n->data.scalar.length == 0) {
+		err_at(ld, &n->start_mark, "%s: no value given (expected %s)", key, expect);
+		return NULL;
+	}
+	if (memchr(n->data.scalar.value, '\0', n->data.scalar.length)) {
+		err_at(ld, &n->start_mark, "%s: value contains a NUL character", key);
+		return NULL;
+	}
+	return (const char *)n->data.scalar.value;
+}
+
+/* Resolves the items of a value that may be one scalar or a list of them
+ * into <*items>/<*n> (node ids; for a scalar, its own id in <*one>).
+ * Returns 0, or -EINVAL after reporting.
+ */
+static int node_items(struct loader *ld, int id, const char *key, const char *expect,
+		      const char *noun, yaml_node_item_t *one, yaml_node_item_t **items, size_t *n)
+{
+	yaml_node_t *v = node_get(ld, id);
+
+	if (v->type == YAML_SCALAR_NODE) {
+		*one = id;
+		*items = one;
+		*n = 1;
+		return 0;
+	}
+	if (v->type != YAML_SEQUENCE_NODE) {
+		err_at(ld, &v->start_mark, "%s: expected %s or a list of them, got %s", key, expect,
+		       node_kind(v));
+		return -EINVAL;
+	}
+	*items = v->data.sequence.items.start;
+	*n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	if (*n == 0) {
+		err_at(ld, &v->start_mark, "%s: empty list (expected at least one %s)", key, noun);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Matches the keys of mapping <map> against <f> (<nf> entries): fills each
+ * field's value, and reports keys that are unknown, duplicated or not plain
+ * strings. <where> names the mapping ("at top level", "in listen").
+ * Returns 0, or -EINVAL when <map> is not a mapping (reported; a null value
+ * counts as an empty mapping).
+ */
+static int map_fields(struct loader *ld, yaml_node_t *map, const char *key, const char *where,
+		      struct field *f, size_t nf)
+{
+	yaml_node_pair_t *p;
+	size_t i;
+
+	for (i = 0; i < nf; i++)
+		f[i].val = NULL;
+	if (node_is_null(map))
+		return 0;
+	if (map->type != YAML_MAPPING_NODE) {
+		err_at(ld, &map->start_mark, "%s: expected a mapping of keys, got %s", key,
+		       node_kind(map));
+		return -EINVAL;
+	}
+	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_get(ld, p->key);
+		const char *ks;
+		char q[QBUF];
+
+		if (k->type != YAML_SCALAR_NODE) {
+			err_at(ld, &k->start_mark, "keys %s must be plain names, got %s", where,
+			       node_kind(k));
+			continue;
+		}
+		ks = (const char *)k->data.scalar.value;
+		for (i = 0; i < nf; i++)
+			if (strlen(f[i].key) == k->data.scalar.length && strcmp(f[i].key, ks) == 0)
+				break;
+		if (i == nf) {
+			char list[256];
+			size_t o = 0, j;
+
+			list[0] = '\0';
+			for (j = 0; j < nf; j++)
+				o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
+						      j ? ", " : "", f[j].key);
+			err_at(ld, &k->start_mark, "unknown key %s %s (expected one of: %s)",
+			       quote(ks, q, sizeof(q)), where, list);
+			continue;
+		}
+		if (f[i].val) {
+			err_at(ld, &k->start_mark, "duplicate key \"%s\" %s (first at line %zu)",
+			       f[i].key, where, f[i].mark.line + 1);
+			continue;
+		}
+		f[i].val = node_get(ld, p->value);
+		f[i].id = p->value;
+		f[i].mark = k->start_mark;
+	}
+	return 0;
+}
+
+/* ---- scalar parsers ---- */
+
+/* Parses a decimal number of digits only (no sign, no spaces) into <*v>.
+ * Returns 0, -EINVAL (not a number) or -ERANGE (above <max>).
+ */
+static int parse_uint(const char *s, unsigned long max, unsigned long *v)
+{
+	unsigned long x = 0;
+	bool big = false;
+
+	if (!isdigit((unsigned char)*s))
+		return -EINVAL;
+	for (; *s; s++) {
+		if (!isdigit((unsigned char)*s))
+			return -EINVAL;
+		if (x > (max - (unsigned long)(*s - '0')) / 10)
+			big = true;
+		else
+			x = x * 10 + (unsigned long)(*s - '0');
+	}
+	if (big)
+		return -ERANGE;
+	*v = x;
+	return 0;
+}
+
+/* cfg_parse_duration, telling overflow (-ERANGE) apart for the message. */
+static int parse_duration(const char *s, uint32_t *ms)
+{
+	static const struct {
+		const char *suffix;
+		uint64_t mult;
+	} units[] = {
+	    {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
+	};
+	uint64_t v = 0;
+	bool big = false;
+	size_t i;
+
+	if (!isdigit((unsigned char)*s))
+		return -EINVAL;
+	for (; isdigit((unsigned char)*s); s++) {
+		v = v * 10 + (uint64_t)(*s - '0');
+		if (v > UINT32_MAX) {
+			big = true;
+			v = UINT32_MAX; /* keep scanning: "99999999999x" is still garbage */
+		}
+	}
+	if (*s == '\0') {
+		/* A bare number has no unit; only zero means the same in all. */
+		if (v != 0)
+			return -EINVAL;
+		*ms = 0;
+		return 0;
+	}
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (strcmp(s, units[i].suffix) == 0)
+			break;
+	if (i == sizeof(units) / sizeof(units[0]))
+		return -EINVAL;
+	if (big || v * units[i].mult > UINT32_MAX)
+		return -ERANGE;
+	*ms = (uint32_t)(v * units[i].mult);
+	return 0;
+}
+
+int cfg_parse_duration(const char *s, uint32_t *ms)
+{
+	return parse_duration(s, ms) == 0 ? 0 : -EINVAL;
+}
+
+/* Reads a duration value; <positive> refuses zero. Returns 0 or -EINVAL. */
+static int get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool positive,
+			uint32_t *ms)
+{
+	const char *s = node_str(ld, n, key, "a duration such as 500ms, 5s, 2m, 1h or 1d");
+	char q[QBUF];
+	int rc;
+
+	if (!s)
+		return -EINVAL;
+	rc = parse_duration(s, ms);
+	if (rc == -ERANGE) {
+		err_at(ld, &n->start_mark, "%s: %s is too long (at most 49d)", key,
+		       quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (rc != 0 && s[0] == '-') {
+		err_at(ld, &n->start_mark, "%s: %s is negative (durations are 0 or more)", key,
+		       quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (rc != 0) {
+		err_at(ld, &n->start_mark,
+		       "%s: %s is not a duration (expected a number with a unit: ms, s, m, h or d, "
+		       "e.g. 500ms or 5s; or 0)",
+		       key, quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (positive && *ms == 0) {
+		err_at(ld, &n->start_mark, "%s: must be more than 0", key);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b)
+{
+	const char *s = node_str(ld, n, key, "true or false");
+	char q[QBUF];
+
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, "true") == 0)
+		*b = true;
+	else if (strcmp(s, "false") == 0)
+		*b = false;
+	else {
+		err_at(ld, &n->start_mark, "%s: %s is not a boolean (expected true or false)", key,
+		       quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Looks <s> up in <words> (NULL-terminated). Returns its index or -EINVAL
+ * after reporting.
+ */
+static int get_word(struct loader *ld, yaml_node_t *n, const char *key, const char *const *words)
+{
+	char list[128], q[QBUF];
+	size_t o = 0;
+	const char *s;
+	int i;
+
+	for (i = 0; words[i]; i++)
+		o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? ", " : "", words[i]);
+	s = node_str(ld, n, key, list);
+	if (!s)
+		return -EINVAL;
+	for (i = 0; words[i]; i++)
+		if (strcmp(s, words[i]) == 0)
+			return i;
+	err_at(ld, &n->start_mark, "%s: %s is not one of: %s", key, quote(s, q, sizeof(q)), list);
+	return -EINVAL;
+}
+
+static int get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t *port)
+{
+	const char *s = node_str(ld, n, key, "a port number (1-65535)");
+	unsigned long v;
+	char q[QBUF];
+	int rc;
+
+	if (!s)
+		return -EINVAL;
+	rc = parse_uint(s, 65535, &v);
+	if (rc == -EINVAL) {
+		err_at(ld, &n->start_mark, "%s: %s is not a port number (1-65535)", key,
+		       quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (rc == -ERANGE || v == 0) {
+		err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, s);
+		return -EINVAL;
+	}
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* ---- sections ---- */
+
+static void load_log_level(struct loader *ld, yaml_node_t *n)
+{
+	static const char *const names[] = {"error", "warn", "info", "debug", NULL};
+	static const int levels[] = {LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG};
+	int i = get_word(ld, n, "log_level", names);
+
+	if (i >= 0)
+		ld->cfg->log_level = levels[i];
+}
+
+static void load_listen(struct loader *ld, yaml_node_t *map)
+{
+	struct field f[] = {
+	    {.key = "address"}, {.key = "address6"}, {.key = "port"}, {.key = "workers"}};
+	struct cfg *c = ld->cfg;
+	char q[QBUF];
+	const char *s;
+	uint16_t port;
+
+	if (map_fields(ld, map, "listen", "in listen", f, 4) != 0)
+		return;
+	if (f[0].val && (s = node_str(ld, f[0].val, "listen.address", "an IPv4 address"))) {
+		struct in6_addr a6;
+
+		if (inet_pton(AF_INET, s, &c->listen4.sin_addr) != 1)
+			err_at(ld, &f[0].val->start_mark,
+			       inet_pton(AF_INET6, s, &a6) == 1
+				   ? "listen.address: %s is IPv6; put it in listen.address6"
+				   : "listen.address: %s is not an IPv4 address",
+			       quote(s, q, sizeof(q)));
+	}
+	if (f[1].val && (s = node_str(ld, f[1].val, "listen.address6", "an IPv6 address or off"))) {
+		struct in_addr a4;
+
+		if (strcmp(s, "off") == 0)
+			c->listen6_on = false;
+		else if (inet_pton(AF_INET6, s, &c->listen6.sin6_addr) != 1)
+			err_at(ld, &f[1].val->start_mark,
+			       inet_pton(AF_INET, s, &a4) == 1
+				   ? "listen.address6: %s is IPv4; put it in listen.address "
+				     "(address6 takes an IPv6 address or off)"
+				   : "listen.address6: %s is not an IPv6 address or off",
+			       quote(s, q, sizeof(q)));
+	}
+	if (f[2].val && get_port(ld, f[2].val, "listen.port", &port) == 0) {
+		c->listen4.sin_port = htons(port);
+		c->listen6.sin6_port = htons(port);
+	}
+	if (f[3].val && (s = node_str(ld, f[3].val, "listen.workers", "auto or 1-1024"))) {
+		unsigned long v;
+
+		if (strcmp(s, "auto") != 0) {
+			int rc = parse_uint(s, CFG_WORKERS_MAX, &v);
+
+			if (rc == 0 && v > 0)
+				c->workers = (int)v;
+			else if (rc == -EINVAL)
+				err_at(ld, &f[3].val->start_mark,
+				       "listen.workers: %s is not auto or a number of threads "
+				       "(1-1024)",
+				       quote(s, q, sizeof(q)));
+			else
+				err_at(ld, &f[3].val->start_mark,
+				       "listen.workers: %s out of range (1-1024, or auto)", s);
+		}
+	}
+}
+
+static void load_network(struct loader *ld, yaml_node_t *map)
+{
+	struct field f[] = {{.key = "manage"}, {.key = "table"}};
+	const char *s;
+	char q[QBUF];
+	size_t i, n;
+
+	if (map_fields(ld, map, "network", "in network", f, 2) != 0)
+		return;
+	if (f[0].val)
+		get_bool(ld, f[0].val, "network.manage", &ld->cfg->net_manage);
+	if (!f[1].val || !(s = node_str(ld, f[1].val, "network.table", "an nftables table name")))
+		return;
+	/* nft accepts more, but this set needs no quoting in an nft script. */
+	n = strlen(s);
+	bool ok = n <= CFG_TABLE_MAX && (isalpha((unsigned char)s[0]) || s[0] == '_');
+	for (i = 1; ok && i < n; i++)
+		ok = isalnum((unsigned char)s[i]) || s[i] == '_';
+	if (!ok) {
+		err_at(ld, &f[1].val->start_mark,
+		       "network.table: %s is not a valid table name (a letter or _, then up to "
+		       "30 letters, digits or _)",
+		       quote(s, q, sizeof(q)));
+		return;
+	}
+	free(ld->cfg->nft_table);
+	ld->cfg->nft_table = strdup(s);
+	if (!ld->cfg->nft_table)
+		ld->oom = true;
+}
+
+/* timeouts{connect, idle}, globally (<prefix> "timeouts") or in an app. */
+static int load_timeouts(struct loader *ld, yaml_node_t *map, const char *where,
+			 uint32_t *connect_ms, uint32_t *idle_ms)
+{
+	struct field f[] = {{.key = "connect"}, {.key = "idle"}};
+	int rc = 0;
+
+	if (map_fields(ld, map, "timeouts", where, f, 2) != 0)
+		return -EINVAL;
+	if (f[0].val && get_duration(ld, f[0].val, "timeouts.connect", true, connect_ms) != 0)
+		rc = -EINVAL;
+	if (f[1].val && get_duration(ld, f[1].val, "timeouts.idle", false, idle_ms) != 0)
+		rc = -EINVAL;
+	return rc;
+}
+
+/* ---- apps ---- */
+
+static bool name_ok(const char *s)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0 || n > CFG_NAME_MAX)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
+			return false;
+	return true;
+}
+
+/* True when IPv6 prefix <p> contains ::ffff:0:0/96 (only possible below /96). */
+static bool v6_covers_mapped(const struct addr_prefix *p)
+{
+	static const uint8_t mapped[16] = {[10] = 0xff, [11] = 0xff};
+
+	for (int bit = 0; bit < p->len; bit++) {
+		int byte = bit / 8, mask = 0x80 >> (bit % 8);
+
+		if ((p->addr.s6_addr[byte] & mask) != (mapped[byte] & mask))
+			return false;
+	}
+	return p->len <= 96;
+}
+
+/* Reports an edge that addr_parse_prefix refused; for host bits set, with
+ * the network the user most likely meant.
+ */
+static void edge_error(struct loader *ld, yaml_node_t *n, const char *s, const char *why)
+{
+	const char *slash = strchr(s, '/');
+	struct addr_prefix p;
+	char q[QBUF], fix[ADDR_STRLEN];
+	const char *w;
+	unsigned long len;
+
+	if (slash && slash - s < 64) {
+		char host[64];
+
+		memcpy(host, s, (size_t)(slash - s));
+		host[slash - s] = '\0';
+		bool v4 = !strchr(host, ':');
+		if (addr_parse_prefix(host, &p, &w) == 0 && parse_uint(slash + 1, 128, &len) == 0 &&
+		    (!v4 || len <= 32)) {
+			unsigned bits = (unsigned)len + (v4 ? 96 : 0), i;
+
+			for (i = bits; i < 128; i++)
+				p.addr.s6_addr[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
+			p.len = (uint8_t)bits;
+			err_at(ld, &n->start_mark, "edge: %s has host bits set; did you mean %s?",
+			       s, addr_fmt_prefix(&p, fix));
+			return;
+		}
+	}
+	err_at(ld, &n->start_mark, "edge: %s is not a valid address or prefix: %s",
+	       quote(s, q, sizeof(q)), why);
+}
+
+static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *src, int id)
+{
+	const char *expect = "an address or prefix";
+	yaml_node_item_t one, *items;
+	size_t i, n;
+	int rc = 0;
+
+	if (node_items(ld, id, "edge", expect, "address or prefix", &one, &items, &n) != 0)
+		return -EINVAL;
+	app->edges = calloc(n, sizeof(*app->edges));
+	src->edge_marks = calloc(n, sizeof(*src->edge_marks));
+	if (!app->edges || !src->edge_marks) {
+		ld->oom = true;
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		yaml_node_t *e = node_get(ld, items[i]);
+		struct addr_prefix p;
+		const char *s = node_str(ld, e, "edge", expect), *why = "";
+		char buf[ADDR_STRLEN];
+
+		if (!s) {
+			rc = -EINVAL;
+			continue;
+		}
+		if (addr_parse_prefix(s, &p, &why) != 0) {
+			edge_error(ld, e, s, why);
+			rc = -EINVAL;
+			continue;
+		}
+		if (!addr_is_v4(&p.addr) && !ld->cfg->listen6_on) {
+			err_at(ld, &e->start_mark,
+			       "edge: %s is IPv6 but listen.address6 is off (IPv6 is disabled)",
+			       addr_fmt_prefix(&p, buf));
+			rc = -EINVAL;
+			continue;
+		}
+		if (!addr_is_v4(&p.addr) && v6_covers_mapped(&p)) {
+			/* Routing keeps IPv4 as ::ffff:a.b.c.d, so such a prefix
+			 * would also claim every IPv4 destination.
+			 */
+			err_at(ld, &e->start_mark,
+			       "edge: %s includes the IPv4-mapped range ::ffff:0:0/96; "
+			       "use a narrower IPv6 prefix, and IPv4 prefixes for IPv4",
+			       addr_fmt_prefix(&p, buf));
+			rc = -EINVAL;
+			continue;
+		}
+		app->edges[app->n_edges] = p;
+		src->edge_marks[app->n_edges] = e->start_mark;
+		app->n_edges++;
+	}
+	return rc;
+}
+
+/* One element of `ports`: 22, "8000-8999" or "*". */
+static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
+{
+	const char *s = node_str(ld, n, "ports", "a port, a range \"LO-HI\" or \"*\"");
+	char q[QBUF], lo_s[16];
+	const char *dash;
+	unsigned long lo = 0, hi = 0;
+	int rc1, rc2;
+
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, "*") == 0) {
+		r->lo = 1;
+		r->hi = 65535;
+		return 0;
+	}
+	dash = strchr(s, '-');
+	if (!dash) {
+		rc1 = parse_uint(s, 65535, &lo);
+		hi = lo;
+		rc2 = rc1;
+	} else if (dash - s < (ptrdiff_t)sizeof(lo_s)) {
+		memcpy(lo_s, s, (size_t)(dash - s));
+		lo_s[dash - s] = '\0';
+		rc1 = parse_uint(lo_s, 65535, &lo);
+		rc2 = parse_uint(dash + 1, 65535, &hi);
+	} else {
+		rc1 = rc2 = -EINVAL;
+	}
+	if (rc1 == -EINVAL || rc2 == -EINVAL) {
+		err_at(
+		    ld, &n->start_mark,
+		    "ports: %s is not a port, a range \"LO-HI\" or \"*\" (e.g. 22, \"8000-8999\")",
+		    quote(s, q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (rc1 == -ERANGE || lo == 0) {
+		err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)",
+		       dash ? lo_s : s);
+		return -EINVAL;
+	}
+	if (rc2 == -ERANGE || hi == 0) {
+		err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)", dash + 1);
+		return -EINVAL;
+	}
+	if (lo > hi) {
+		err_at(ld, &n->start_mark,
+		       "ports: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo, hi, hi, lo);
+		return -EINVAL;
+	}
+	r->lo = (uint16_t)lo;
+	r->hi = (uint16_t)hi;
+	return 0;
+}
+
+static int load_ports(struct loader *ld, struct cfg_app *app, int id)
+{
+	yaml_node_item_t one, *items;
+	size_t i, n;
+	int rc = 0;
+
+	if (node_items(ld, id, "ports", "a port or range", "port or range", &one, &items, &n) != 0)
+		return -EINVAL;
+	app->ports = calloc(n, sizeof(*app->ports));
+	if (!app->ports) {
+		ld->oom = true;
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		if (parse_range(ld, node_get(ld, items[i]), &app->ports[app->n_ports]) == 0)
+			app->n_ports++;
+		else
+			rc = -EINVAL;
+	}
+	return rc;
+}
+
+static int load_origins(struct loader *ld, struct cfg_app *app, int id)
+{
+	const char *expect = "an origin address[:port]";
+	yaml_node_item_t one, *items;
+	size_t i, n;
+	int rc = 0;
+
+	if (node_items(ld, id, "origins", expect, "origin", &one, &items, &n) != 0)
+		return -EINVAL;
+	app->origins = calloc(n, sizeof(*app->origins));
+	if (!app->origins) {
+		ld->oom = true;
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		yaml_node_t *o = node_get(ld, items[i]);
+		struct cfg_origin *org = &app->origins[app->n_origins];
+		const char *s = node_str(ld, o, "origins", expect), *why = "";
+		char q[QBUF];
+
+		if (!s) {
+			rc = -EINVAL;
+			continue;
+		}
+		if (addr_parse_hostport(s, &org->addr, &org->has_port, &why) != 0) {
+			err_at(ld, &o->start_mark, "origins: %s is not a valid origin: %s",
+			       quote(s, q, sizeof(q)), why);
+			rc = -EINVAL;
+			continue;
+		}
+		app->n_origins++;
+	}
+	return rc;
+}
+
+/* Loads apps[<idx>] from <map> into cfg->apps[<idx>]. */
+static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
+{
+	static const char *const protos[] = {"tcp", NULL};
+	static const char *const pps[] = {"off", "v1", "v2", NULL};
+	struct field f[] = {{.key = "name"},	{.key = "protocol"}, {.key = "edge"},
+			    {.key = "ports"},	{.key = "origins"},  {.key = "proxy_protocol"},
+			    {.key = "timeouts"}};
+	enum { F_NAME, F_PROTO, F_EDGE, F_PORTS, F_ORIGINS, F_PP, F_TIMEOUTS, F_N };
+	struct cfg_app *app = &ld->cfg->apps[idx];
+	struct app_src *src = &ld->src[idx];
+	size_t errs_before = ld->n_errs + ld->n_dropped;
+	char where[CFG_NAME_MAX + 64], label[CFG_NAME_MAX + 32];
+	yaml_node_pair_t *p;
+	size_t i;
+	int v;
+
+	app->pos.line = (int)map->start_mark.line + 1;
+	app->pos.col = (int)map->start_mark.column + 1;
+	app->connect_timeout_ms = ld->cfg->connect_timeout_ms;
+	app->idle_timeout_ms = ld->cfg->idle_timeout_ms;
+	src->ok = false;
+	if (map->type != YAML_MAPPING_NODE) {
+		err_at(ld, &map->start_mark,
+		       "apps: each app is a mapping (name, edge, ports, origins, ...), got %s",
+		       node_kind(map));
+		return;
+	}
+	/* Name the app in messages by its name when it has a usable one. */
+	snprintf(label, sizeof(label), "app #%zu", idx + 1);
+	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_get(ld, p->key), *val = node_get(ld, p->value);
+
+		if (k->type == YAML_SCALAR_NODE &&
+		    strcmp((char *)k->data.scalar.value, "name") == 0 &&
+		    val->type == YAML_SCALAR_NODE &&
+		    strlen((char *)val->data.scalar.value) == val->data.scalar.length &&
+		    name_ok((char *)val->data.scalar.value)) {
+			snprintf(label, sizeof(label), "app \"%s\"",
+				 (char *)val->data.scalar.value);
+			break;
+		}
+	}
+	snprintf(where, sizeof(where), "in %s", label);
+	map_fields(ld, map, "app", where, f, F_N);
+
+	if (f[F_NAME].val) {
+		const char *s = node_str(ld, f[F_NAME].val, "name", "an app name");
+		char q[QBUF];
+
+		if (s && !name_ok(s)) {
+			err_at(ld, &f[F_NAME].val->start_mark,
+			       "name: %s is not a valid app name (1-64 letters, digits, '_', '.' "
+			       "or '-')",
+			       quote(s, q, sizeof(q)));
+		} else if (s) {
+			for (i = 0; i < idx; i++)
+				if (ld->cfg->apps[i].name && strcmp(ld->cfg->apps[i].name, s) == 0)
+					break;
+			if (i < idx)
+				err_at(ld, &f[F_NAME].val->start_mark,
+				       "duplicate app name \"%s\" (first at line %d)", s,
+				       ld->cfg->apps[i].pos.line);
+			app->name = strdup(s);
+			if (!app->name)
+				ld->oom = true;
+		}
+	}
+	if (f[F_PROTO].val && (v = get_word(ld, f[F_PROTO].val, "protocol", protos)) >= 0)
+		app->protocol = (enum cfg_proto)v;
+	if (f[F_PP].val && (v = get_word(ld, f[F_PP].val, "proxy_protocol", pps)) >= 0)
+		app->proxy_protocol = v == 0 ? PP_OFF : v == 1 ? PP_V1 : PP_V2;
+	if (f[F_EDGE].val)
+		load_edges(ld, app, src, f[F_EDGE].id);
+	else
+		err_at(ld, &map->start_mark,
+		       "%s: missing required key \"edge\" (the addresses "
+		       "it serves, e.g. 192.0.2.10 or 192.0.2.0/24)",
+		       label);
+	if (f[F_PORTS].val)
+		load_ports(ld, app, f[F_PORTS].id);
+	else
+		err_at(ld, &map->start_mark,
+		       "%s: missing required key \"ports\" (e.g. 22, "
+		       "\"8000-8999\", \"*\" or a list)",
+		       label);
+	if (f[F_ORIGINS].val)
+		load_origins(ld, app, f[F_ORIGINS].id);
+	else
+		err_at(ld, &map->start_mark,
+		       "%s: missing required key \"origins\" (where to "
+		       "relay, e.g. 198.51.100.10:22)",
+		       label);
+	if (!f[F_NAME].val)
+		err_at(ld, &map->start_mark, "%s: missing required key \"name\"", label);
+	snprintf(where, sizeof(where), "in timeouts of %s", label);
+	if (f[F_TIMEOUTS].val)
+		load_timeouts(ld, f[F_TIMEOUTS].val, where, &app->connect_timeout_ms,
+			      &app->idle_timeout_ms);
+	src->ok = ld->n_errs + ld->n_dropped == errs_before && !ld->oom;
+}
+
+/* ---- routing ---- */
+
+/* Describes the ports two claims share, e.g. "ports 8000-8100". */
+static void fmt_shared_ports(const struct rt_claim *a, const struct rt_claim *b, char *buf,
+			     size_t size)
+{
+	uint16_t lo = a->lo > b->lo ? a->lo : b->lo, hi = a->hi < b->hi ? a->hi : b->hi;
+
+	if (lo > hi) { /* not expected from a tie; show b's own range */
+		lo = b->lo;
+		hi = b->hi;
+	}
+	if (lo == hi)
+		snprintf(buf, size, "port %u", lo);
+	else
+		snprintf(buf, size, "ports %u-%u", lo, hi);
+}
+
+/* Makes one claim per (edge, port range) of every app that loaded cleanly
+ * and builds the routing table. rt_build names one conflict at a time; to
+ * report them all, the later claim of each conflict is dropped and the
+ * table rebuilt, a bounded number of times. Each pair of apps is reported
+ * once, at the first edge where they collide.
+ */
+static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
+{
+	struct cfg *c = ld->cfg;
+	struct rt_claim *claims = NULL, dummy = {.lo = 1, .hi = 1};
+	struct claim_src *srcs = NULL;
+	size_t pairs[CFG_MAX_REBUILDS][2], n_pairs = 0;
+	size_t total = 0, n = 0, a, e, r, k, i;
+
+	for (a = 0; a < c->n_apps; a++)
+		if (ld->src[a].ok) {
+			total += c->apps[a].n_edges * c->apps[a].n_ports;
+			if (total > CFG_MAX_CLAIMS)
+				break;
+		}
+	if (total > CFG_MAX_CLAIMS) {
+		err_at(ld, apps_mark,
+		       "apps: more than %d (edge, port range) combinations in all; merge edges "
+		       "into prefixes or ports into ranges",
+		       CFG_MAX_CLAIMS);
+		return;
+	}
+	claims = calloc(total ? total : 1, sizeof(*claims));
+	srcs = calloc(total ? total : 1, sizeof(*srcs));
+	if (!claims || !srcs) {
+		ld->oom = true;
+		goto out;
+	}
+	for (a = 0; a < c->n_apps; a++) {
+		const struct cfg_app *app = &c->apps[a];
+
+		if (!ld->src[a].ok)
+			continue;
+		for (e = 0; e < app->n_edges; e++)
+			for (r = 0; r < app->n_ports; r++) {
+				claims[n].prefix = app->edges[e];
+				claims[n].lo = app->ports[r].lo;
+				claims[n].hi = app->ports[r].hi;
+				claims[n].app = (uint32_t)a;
+				srcs[n].app = a;
+				srcs[n].mark = ld->src[a].edge_marks[e];
+				n++;
+			}
+	}
+	for (k = 0;; k++) {
+		struct rt_conflict cf = {0, 0};
+		struct rt *rt = NULL;
+		int rc = rt_build(n ? claims : &dummy, n, &rt, &cf);
+
+		if (rc == 0) {
+			c->rt = rt;
+			break;
+		}
+		if (rc == -ENOMEM) {
+			ld->oom = true;
+			break;
+		}
+		if (rc != -EEXIST || cf.a >= n || cf.b >= n || cf.a == cf.b) {
+			err_at(ld, apps_mark, "apps: cannot build the routing table: %s",
+			       strerror(rc < 0 ? -rc : EINVAL));
+			break;
+		}
+		if (cf.a > cf.b) {
+			size_t t = cf.a;
+
+			cf.a = cf.b;
+			cf.b = t;
+		}
+		size_t app_a = srcs[cf.a].app, app_b = srcs[cf.b].app;
+
+		for (i = 0; i < n_pairs; i++)
+			if (pairs[i][0] == app_a && pairs[i][1] == app_b)
+				break;
+		if (i == n_pairs) {
+			char pfx[ADDR_STRLEN], ports[32];
+
+			pairs[n_pairs][0] = app_a;
+			pairs[n_pairs][1] = app_b;
+			n_pairs++;
+			fmt_shared_ports(&claims[cf.a], &claims[cf.b], ports, sizeof(ports));
+			err_at(
+			    ld, &srcs[cf.b].mark,
+			    "app \"%s\" overlaps app \"%s\" (line %zu): both claim %s %s with no "
+			    "more specific winner",
+			    c->apps[app_b].name, c->apps[app_a].name, srcs[cf.a].mark.line + 1,
+			    addr_fmt_prefix(&claims[cf.b].prefix, pfx), ports);
+		}
+		if (k + 1 == CFG_MAX_REBUILDS)
+			break;
+		memmove(&claims[cf.b], &claims[cf.b + 1], (n - cf.b - 1) * sizeof(*claims));
+		memmove(&srcs[cf.b], &srcs[cf.b + 1], (n - cf.b - 1) * sizeof(*srcs));
+		n--;
+	}
+out:
+	free(claims);
+	free(srcs);
+}
+
+/* ---- document ---- */
+
+static void load_apps(struct loader *ld, yaml_node_t *seq)
+{
+	struct cfg *c = ld->cfg;
+	yaml_node_item_t *it;
+	size_t n, i;
+
+	if (node_is_null(seq))
+		goto routes;
+	if (seq->type != YAML_SEQUENCE_NODE) {
+		err_at(ld, &seq->start_mark, "apps: expected a list of apps, got %s",
+		       node_kind(seq));
+		return;
+	}
+	n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+	if (n == 0)
+		goto routes;
+	c->apps = calloc(n, sizeof(*c->apps));
+	ld->src = calloc(n, sizeof(*ld->src));
+	if (!c->apps || !ld->src) {
+		ld->oom = true;
+		return;
+	}
+	c->n_apps = n;
+	ld->n_src = n;
+	for (i = 0, it = seq->data.sequence.items.start; i < n; i++, it++)
+		load_app(ld, i, node_get(ld, *it));
+routes:
+	build_routes(ld, &seq->start_mark);
+}
+
+static void load_root(struct loader *ld, yaml_node_t *root)
+{
+	struct field f[] = {{.key = "listen"},	       {.key = "network"}, {.key = "timeouts"},
+			    {.key = "shutdown_grace"}, {.key = "apps"},	   {.key = "log_level"}};
+	enum { F_LISTEN, F_NETWORK, F_TIMEOUTS, F_GRACE, F_APPS, F_LOG, F_N };
+	static const yaml_mark_t start = {0, 0, 0};
+
+	if (!root || node_is_null(root)) {
+		build_routes(ld, &start);
+		return;
+	}
+	if (root->type != YAML_MAPPING_NODE) {
+		err_at(ld, &root->start_mark,
+		       "the top level must be a mapping of keys (listen, network, timeouts, "
+		       "shutdown_grace, apps, log_level), got %s",
+		       node_kind(root));
+		return;
+	}
+	map_fields(ld, root, "config", "at top level", f, F_N);
+	if (f[F_LOG].val)
+		load_log_level(ld, f[F_LOG].val);
+	/* Before the apps: their defaults and the IPv6 check depend on these. */
+	if (f[F_LISTEN].val)
+		load_listen(ld, f[F_LISTEN].val);
+	if (f[F_NETWORK].val)
+		load_network(ld, f[F_NETWORK].val);
+	if (f[F_TIMEOUTS].val)
+		load_timeouts(ld, f[F_TIMEOUTS].val, "in timeouts", &ld->cfg->connect_timeout_ms,
+			      &ld->cfg->idle_timeout_ms);
+	if (f[F_GRACE].val)
+		get_duration(ld, f[F_GRACE].val, "shutdown_grace", false,
+			     &ld->cfg->shutdown_grace_ms);
+	if (f[F_APPS].val)
+		load_apps(ld, f[F_APPS].val);
+	else
+		build_routes(ld, &root->start_mark);
+}
+
+/* Reports what libyaml refused. Its marks are 0-based like node marks. */
+static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *buf, size_t len)
+{
+	const char *what = p->problem ? p->problem : "unknown error";
+
+	if (p->error == YAML_MEMORY_ERROR) {
+		ld->oom = true;
+		return;
+	}
+	if (p->error == YAML_READER_ERROR) {
+		/* The reader only knows a byte offset: find its line. */
+		yaml_mark_t m = {0, 0, 0};
+		size_t i;
+
+		for (i = 0; i < p->problem_offset && i < len; i++) {
+			if (buf[i] == '\n') {
+				m.line++;
+				m.column = 0;
+			} else {
+				m.column++;
+			}
+		}
+		err_at(ld, &m, "not valid text: %s (the file must be UTF-8)", what);
+		return;
+	}
+	if (p->context)
+		err_at(ld, &p->problem_mark, "YAML syntax error: %s (%s at line %zu, column %zu)",
+		       what, p->context, p->context_mark.line + 1, p->context_mark.column + 1);
+	else
+		err_at(ld, &p->problem_mark, "YAML syntax error: %s", what);
+}
+
+static struct cfg *cfg_new(const char *path)
+{
+	struct cfg *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->refs = 1;
+	c->listen4.sin_family = AF_INET;
+	c->listen4.sin_port = htons(DEF_PORT);
+	inet_pton(AF_INET, DEF_LISTEN4, &c->listen4.sin_addr);
+	c->listen6.sin6_family = AF_INET6;
+	c->listen6.sin6_port = htons(DEF_PORT);
+	inet_pton(AF_INET6, DEF_LISTEN6, &c->listen6.sin6_addr);
+	c->listen6_on = true;
+	c->workers = 0; /* auto, resolved once the file is accepted */
+	c->net_manage = true;
+	c->connect_timeout_ms = DEF_CONNECT_MS;
+	c->idle_timeout_ms = DEF_IDLE_MS;
+	c->shutdown_grace_ms = DEF_GRACE_MS;
+	c->log_level = LOG_INFO;
+	c->path = strdup(path);
+	c->nft_table = strdup(DEF_TABLE);
+	if (!c->path || !c->nft_table) {
+		free(c->path);
+		free(c->nft_table);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void cfg_free(struct cfg *c)
+{
+	size_t i;
+
+	for (i = 0; i < c->n_apps; i++) {
+		free(c->apps[i].name);
+		free(c->apps[i].edges);
+		free(c->apps[i].ports);
+		free(c->apps[i].origins);
+	}
+	free(c->apps);
+	if (c->rt)
+		rt_free(c->rt);
+	free(c->path);
+	free(c->nft_table);
+	free(c);
+}
+
+static int online_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		return 1;
+	return n > CFG_WORKERS_MAX ? CFG_WORKERS_MAX : (int)n;
+}
+
+int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out, char **errors)
+{
+	struct loader ld = {.name = name};
+	yaml_parser_t parser;
+	yaml_document_t doc, doc2;
+	bool have_parser = false, have_doc = false;
+	size_t i;
+	int rc;
+
+	*out = NULL;
+	if (errors)
+		*errors = NULL;
+	ld.cfg = cfg_new(name);
+	if (!ld.cfg || !yaml_parser_initialize(&parser)) {
+		ld.oom = true;
+		goto out;
+	}
+	have_parser = true;
+	yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+	if (!yaml_parser_load(&parser, &doc)) {
+		syntax_error(&ld, &parser, buf, len);
+		goto out;
+	}
+	have_doc = true;
+	ld.doc = &doc;
+	yaml_node_t *root = yaml_document_get_root_node(&doc);
+
+	/* Only one document: a second one would be silently ignored otherwise,
+	 * and it is most likely a second config pasted into the same file.
+	 */
+	if (root) {
+		if (!yaml_parser_load(&parser, &doc2)) {
+			syntax_error(&ld, &parser, buf, len);
+		} else {
+			if (yaml_document_get_root_node(&doc2))
+				err_at(
+				    &ld, &doc2.start_mark,
+				    "a second YAML document starts here; prism reads one (remove "
+				    "the \"---\" and what follows, or merge the two)");
+			yaml_document_delete(&doc2);
+		}
+	}
+	load_root(&ld, root);
+out:
+	if (ld.n_errs || ld.n_dropped || ld.oom) {
+		rc = ld.n_errs || ld.n_dropped ? -EINVAL : -ENOMEM;
+		if (errors)
+			*errors = err_text(&ld);
+		if (ld.cfg)
+			cfg_free(ld.cfg);
+	} else {
+		if (ld.cfg->workers == 0)
+			ld.cfg->workers = online_cpus();
+		*out = ld.cfg;
+		rc = 0;
+	}
+	for (i = 0; i < ld.n_errs; i++)
+		free(ld.errs[i].msg);
+	free(ld.errs);
+	if (ld.src) {
+		for (i = 0; i < ld.n_src; i++)
+			free(ld.src[i].edge_marks);
+		free(ld.src);
+	}
+	if (have_doc)
+		yaml_document_delete(&doc);
+	if (have_parser)
+		yaml_parser_delete(&parser);
+	return rc;
+}
+
+/* Reads all of <path> into a malloc'd buffer. Returns 0 or -errno. */
+static int read_file(const char *path, char **out, size_t *out_len)
+{
+	size_t len = 0, cap = 4096;
+	char *buf = malloc(cap), *nb;
+	int fd, rc = 0;
+	ssize_t r;
+
+	if (!buf)
+		return -ENOMEM;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1) {
+		rc = -errno;
+		goto out;
+	}
+	for (;;) {
+		if (len == cap) {
+			if (cap > CFG_MAX_FILE) {
+				rc = -EFBIG;
+				goto out;
+			}
+			nb = realloc(buf, cap * 2);
+			if (!nb) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		r = read(fd, buf + len, cap - len);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r == -1) {
+			rc = -errno; /* EISDIR for a directory */
+			goto out;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+	}
+out:
+	if (fd != -1)
+		close(fd);
+	if (rc != 0) {
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*out_len = len;
+	return 0;
+}
+
+int cfg_load(const char *path, struct cfg **out, char **errors)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	*out = NULL;
+	if (errors)
+		*errors = NULL;
+	rc = read_file(path, &buf, &len);
+	if (rc != 0) {
+		if (errors && asprintf(errors, "%s: cannot read: %s\n", path, strerror(-rc)) == -1)
+			*errors = NULL;
+		return rc;
+	}
+	rc = cfg_load_buf(path, buf, len, out, errors);
+	free(buf);
+	return rc;
+}
+
+struct cfg *cfg_ref(struct cfg *c)
+{
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void cfg_unref(struct cfg *c)
+{
+	if (!c)
+		return;
+	/* Release/acquire: the thread that frees must see every other
+	 * thread's last use of the snapshot as done.
+	 */
+	if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		cfg_free(c);
+}
