@@ -1,0 +1,187 @@
+"""test_lifecycle.py - how prism starts and stops: SIGTERM drains open
+connections (within shutdown_grace) and stops accepting, grace expiry closes
+the rest, the network setup is removed on exit; command-line exit codes;
+and no file descriptor leaks after many connections."""
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+import time
+
+import nstopo
+import peers
+from nstopo import ORIGIN4
+
+LISTEN_PORT = 15001
+
+
+def _cfg(grace):
+    return f"""\
+listen: {{workers: 2, port: {LISTEN_PORT}}}
+timeouts: {{connect: 2s, idle: 30s}}
+shutdown_grace: {grace}
+apps:
+  - name: echo
+    edge: 192.0.2.0/25
+    ports: "7000-7009"
+    origins: 198.51.100.10:7000
+  - name: refused
+    edge: 192.0.2.200
+    ports: 7000
+    origins: 198.51.100.10:7999
+"""
+
+
+def _pair(t, ls, port=7000):
+    c = peers.connect(t.c, "192.0.2.10", port, timeout=5)
+    o = ls.accept(timeout=5)
+    return c, o
+
+
+def _net_installed(t):
+    return "prism" in t.edge_nft_tables() and t.edge_prism_routes() != ""
+
+
+def test_sigterm_drains_then_exits_clean(topo):
+    t = topo
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(_cfg("5s"))
+    assert _net_installed(t), (t.edge_nft_tables(), t.edge_prism_routes())
+    assert LISTEN_PORT in prism.listening_ports()
+
+    c, o = _pair(t, ls)
+    c.sendall(b"before")
+    assert peers.recv_exact(o, 6) == b"before"
+    # A transfer far larger than the socket buffers is under way at SIGTERM.
+    size = 16 << 20
+    blob = os.urandom(size)
+    sender = threading.Thread(target=o.sendall, args=(blob,), daemon=True)
+    sender.start()
+    head = peers.recv_exact(c, 1 << 20)
+
+    prism.send_signal(signal.SIGTERM)
+    t_term = time.monotonic()
+    # prism stops accepting: its listeners go away while the connection lives.
+    prism.wait_for(lambda: LISTEN_PORT not in prism.listening_ports(), 3,
+                   what="listeners closed after SIGTERM")
+    assert prism.alive()
+    late = peers.try_connect(t.c, "192.0.2.11", 7000, timeout=2)
+    if late is not None:
+        # The handshake may have been completed by the kernel; it must not
+        # lead anywhere.
+        assert peers.outcome(late, 2) in ("eof", "reset")
+        late.close()
+    assert not ls.pending(), "a connection made after SIGTERM reached the origin"
+
+    # The transfer completes, and the connection still works both ways,
+    # then ends normally.
+    rest = peers.recv_exact(c, size - len(head))
+    sender.join(10)
+    assert hashlib.sha256(head + rest).digest() == hashlib.sha256(blob).digest()
+    c.sendall(b"after SIGTERM")
+    assert peers.recv_exact(o, 13) == b"after SIGTERM"
+    o.sendall(b"still here")
+    assert peers.recv_exact(c, 10) == b"still here"
+    port = c.getsockname()[1]
+    c.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(o) == b""
+    o.close()
+    assert peers.recv_all(c) == b""
+    c.close()
+
+    assert prism.wait(5) == 0, prism.dump()
+    assert time.monotonic() - t_term < 5, "prism waited for the whole grace period"
+    d = prism.access_for(port)
+    assert d["reason"] in ("client_closed", "origin_closed"), d
+    assert (int(d["c2o"]), int(d["o2c"])) == (19, size + 10)
+    assert "prism" not in t.edge_nft_tables()
+    assert t.edge_prism_routes() == ""
+
+
+def test_shutdown_grace_expiry(topo):
+    t = topo
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(_cfg("1s"))
+    c, o = _pair(t, ls)
+    c.sendall(b"hi")
+    assert peers.recv_exact(o, 2) == b"hi"
+    port = c.getsockname()[1]
+    prism.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert peers.outcome(c, 5) in ("eof", "reset")
+    took = time.monotonic() - t0
+    assert peers.outcome(o, 2) in ("eof", "reset")
+    assert 0.8 <= took <= 3.0, took
+    assert prism.wait(5) == 0, prism.dump()
+    d = prism.access_for(port)
+    assert d["reason"] == "shutdown", d
+    assert not _net_installed(t)
+    c.close()
+    o.close()
+
+
+def test_cli_exit_codes(prism_bin, netns, tmp_path):
+    cp = nstopo.run([prism_bin, "version"], check=False)
+    assert cp.returncode == 0 and "prism" in cp.stdout + cp.stderr
+    cp = nstopo.run([prism_bin, "--help"], check=False)
+    assert cp.returncode == 0 and "usage" in (cp.stdout + cp.stderr).lower()
+    cp = nstopo.run([prism_bin, "no-such-command"], check=False)
+    assert cp.returncode == 2, cp
+    # In a namespace of its own, in case it got as far as network setup.
+    ns = netns("x")
+    cp = nstopo.run(nstopo.ns_exec(ns, [prism_bin, "run", "-c",
+                                        str(tmp_path / "missing.yaml")]),
+                    check=False, timeout=10)
+    assert cp.returncode == 2, cp
+    assert "missing.yaml" in cp.stderr
+    cp = nstopo.run(nstopo.ns_exec(ns, ["nft", "list", "tables"]))
+    assert cp.stdout.strip() == ""
+
+
+def test_fd_hygiene(topo):
+    t = topo
+    srv = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    prism = t.start_prism(_cfg("1s"))
+    base = prism.fd_count()
+    n_echo, n_refused, n_reset = 200, 60, 40
+    for i in range(n_echo):
+        c = peers.connect(t.c, f"192.0.2.{1 + i % 100}", 7000 + i % 10, timeout=5)
+        c.sendall(b"x" * (i * 37 % 5000))
+        c.shutdown(socket.SHUT_WR)
+        assert len(peers.recv_all(c)) == i * 37 % 5000
+        c.close()
+    for _ in range(n_refused):
+        _, what, c = peers.open_outcome(t.c, "192.0.2.200", 7000, timeout=5)
+        if c is not None:
+            what = peers.outcome(c, 2)
+            c.close()
+        assert what in ("reset", "refused"), what
+    for i in range(n_reset):
+        c = peers.connect(t.c, "192.0.2.50", 7001, timeout=5)
+        c.sendall(b"abc")
+        assert peers.recv_exact(c, 3) == b"abc"
+        peers.set_linger0(c)
+        c.close()
+    total = n_echo + n_refused + n_reset
+    prism.wait_access(count=total, timeout=15)
+    after = prism.fd_count()
+    assert after <= base + 64, (base, after, sorted(os_fds(prism.pid)))
+    reasons = {}
+    for d in prism.access:
+        reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+    assert reasons.get("origin_refused") == n_refused, reasons
+
+
+def os_fds(pid):
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out

@@ -1,0 +1,340 @@
+"""test_relay.py - byte-exact relaying through prism: bulk transfers, many
+concurrent connections with half-closes, and the ways a connection ends
+(half-close, reset, refused, black hole, idle), with the access log's byte
+counts and reasons checked against what the peers saw."""
+
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import threading
+import time
+
+import nstopo
+import peers
+from nstopo import CLIENT4, ORIGIN4
+
+CFG = """\
+listen: {workers: 2}
+timeouts: {connect: 3s, idle: 60s}
+shutdown_grace: 1s
+apps:
+  - name: echo
+    edge: 192.0.2.0/25
+    ports: 7000
+    origins: 198.51.100.10:7000
+  - name: refused
+    edge: 192.0.2.200
+    ports: 7000
+    origins: 198.51.100.10:7999
+  - name: hole
+    edge: 192.0.2.201
+    ports: 7000
+    origins: 198.51.100.99:7000
+    timeouts: {connect: 1s}
+  - name: idle
+    edge: 192.0.2.202
+    ports: 7000
+    origins: 198.51.100.10:7000
+    timeouts: {idle: 1s}
+"""
+
+MiB = 1 << 20
+
+
+def _client_port(s):
+    return s.getsockname()[1]
+
+
+# --- bulk ----------------------------------------------------------------------
+
+
+def _send_random(s, total, result):
+    """Sends <total> random bytes, then SHUT_WR; result['sent_sha']."""
+    h = hashlib.sha256()
+    try:
+        left = total
+        while left:
+            b = os.urandom(min(MiB, left))
+            h.update(b)
+            s.sendall(b)
+            left -= len(b)
+        s.shutdown(socket.SHUT_WR)
+        result["sent_sha"] = h.hexdigest()
+    except Exception as e:
+        result["send_error"] = repr(e)
+
+
+def _recv_hash(s):
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        b = s.recv(MiB)
+        if not b:
+            return n, h.hexdigest()
+        h.update(b)
+        n += len(b)
+
+
+def test_relay_bulk_256mib_each_way(topo):
+    t = topo
+    total = 256 * MiB
+    origin_res = {}
+
+    def origin(c, rec):
+        c.settimeout(60)
+        th = threading.Thread(target=_send_random, args=(c, total, origin_res), daemon=True)
+        th.start()
+        origin_res["recv"] = _recv_hash(c)
+        th.join(120)
+
+    srv = peers.ThreadServer(t.o, ORIGIN4, 7000, origin)
+    t.on_teardown(srv.close)
+    prism = t.start_prism(CFG)
+
+    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=60)
+    client_res = {}
+    th = threading.Thread(target=_send_random, args=(c, total, client_res), daemon=True)
+    th.start()
+    got = _recv_hash(c)
+    th.join(120)
+    port = _client_port(c)
+    c.close()
+    conns = srv.wait_conns(1, timeout=60)
+    assert "error" not in conns[0], conns[0]
+    assert "send_error" not in client_res and "send_error" not in origin_res
+    assert origin_res["recv"] == (total, client_res["sent_sha"])
+    assert got == (total, origin_res["sent_sha"])
+    d = prism.access_for(port)
+    assert d["app"] == "echo"
+    assert int(d["c2o"]) == total and int(d["o2c"]) == total
+
+
+def test_relay_500_concurrent_half_closes(topo):
+    t = topo
+    oloop = peers.NsLoop(t.o)
+    t.on_teardown(oloop.stop)
+    echo = peers.AsyncEcho(oloop, ORIGIN4, 7000)
+    t.on_teardown(echo.close)
+    prism = t.start_prism(CFG)
+    cloop = peers.NsLoop(t.c)
+    t.on_teardown(cloop.stop)
+
+    n_conns = 500
+    rng = random.Random(500)
+    plans = []
+    for i in range(n_conns):
+        size = rng.randrange(0, 2 * MiB + 1) if i % 10 else rng.choice([0, 1, 2 * MiB])
+        plans.append({"i": i, "size": size, "addr": f"192.0.2.{rng.randrange(1, 127)}",
+                      "early": rng.random() < 0.5, "seed": rng.getrandbits(64)})
+
+    async def one(plan, gate, opened):
+        reader, writer = await asyncio.open_connection(plan["addr"], 7000)
+        plan["port"] = writer.get_extra_info("sockname")[1]
+        opened.append(plan["i"])
+        if len(opened) == n_conns:
+            gate.set()
+        # Every connection is open before any data flows: truly concurrent.
+        await gate.wait()
+        sent = hashlib.sha256()
+        got = hashlib.sha256()
+        n_got = 0
+        done_reading = asyncio.Event()
+        if plan["size"] == 0:
+            done_reading.set()  # nothing to wait for before the half-close
+
+        async def read():
+            nonlocal n_got
+            while True:
+                b = await reader.read(peers.CHUNK)
+                if not b:
+                    break
+                got.update(b)
+                n_got += len(b)
+                if n_got >= plan["size"]:
+                    done_reading.set()
+            done_reading.set()
+
+        rtask = asyncio.ensure_future(read())
+        for chunk in peers.seeded_stream(plan["seed"], plan["size"], 64 * 1024):
+            sent.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        if not plan["early"]:
+            # Half-close only once everything came back.
+            await asyncio.wait_for(done_reading.wait(), 60)
+        writer.write_eof()
+        await asyncio.wait_for(rtask, 60)
+        writer.close()
+        plan["ok"] = (n_got == plan["size"] and got.hexdigest() == sent.hexdigest())
+        plan["n_got"] = n_got
+
+    async def main():
+        gate = asyncio.Event()
+        opened = []
+        await asyncio.wait_for(
+            asyncio.gather(*(one(p, gate, opened) for p in plans)), 240)
+
+    t0 = time.monotonic()
+    cloop.run(main(), timeout=260)
+    took = time.monotonic() - t0
+    bad = [p for p in plans if not p.get("ok")]
+    assert not bad, bad[:5]
+    assert not echo.errors, echo.errors[:5]
+    assert sorted(n for _, n in echo.done) == sorted(p["size"] for p in plans)
+
+    by_key = {(f"{CLIENT4}:{p['port']}", f"{p['addr']}:7000"): p for p in plans}
+    assert len(by_key) == n_conns
+    entries = prism.wait_access(lambda d: (d.get("client"), d.get("edge")) in by_key,
+                                count=n_conns, timeout=20)
+    assert len(entries) == n_conns
+    assert len({(d["client"], d["edge"]) for d in entries}) == n_conns
+    wrong = []
+    for d in entries:
+        p = by_key[(d["client"], d["edge"])]
+        if (d["app"] != "echo" or int(d["c2o"]) != p["size"] or int(d["o2c"]) != p["size"]
+                or d["reason"] not in ("client_closed", "origin_closed")):
+            wrong.append(f"{d['reason']} c2o={d['c2o']} o2c={d['o2c']} size={p['size']} "
+                         f"early={p['early']} duration_ms={d.get('duration_ms')}")
+    assert not wrong, f"{len(wrong)} wrong: " + "; ".join(wrong[:10])
+    # Nothing waited for a timeout (prism's idle timeout here is 60s).
+    assert took < 50, took
+
+
+# --- how connections end ------------------------------------------------------------
+
+
+def _pair(t, prism_edge="192.0.2.10"):
+    """A client socket through prism and the origin's end of it."""
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    c = peers.connect(t.c, prism_edge, 7000, timeout=5)
+    o = ls.accept(timeout=5)
+    return c, o
+
+
+def test_half_close_client_first(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    c.sendall(b"question")
+    c.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(o) == b"question"  # origin sees EOF...
+    o.sendall(b"answer after your EOF")      # ...and can still answer
+    o.close()
+    assert peers.recv_all(c) == b"answer after your EOF"
+    port = _client_port(c)
+    c.close()
+    d = prism.access_for(port)
+    assert (int(d["c2o"]), int(d["o2c"])) == (8, 21)
+    assert d["reason"] in ("client_closed", "origin_closed")
+
+
+def test_half_close_origin_first(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    o.sendall(b"bye")
+    o.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(c) == b"bye"       # client sees EOF...
+    c.sendall(b"but I still talk")           # ...and can still send
+    c.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(o) == b"but I still talk"
+    o.close()
+    assert peers.outcome(c, 5) == "eof"
+    port = _client_port(c)
+    c.close()
+    d = prism.access_for(port)
+    assert (int(d["c2o"]), int(d["o2c"])) == (16, 3)
+
+
+def test_reset_from_client(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    c.sendall(b"x")
+    assert peers.recv_exact(o, 1) == b"x"
+    port = _client_port(c)
+    peers.set_linger0(c)
+    c.close()  # RST
+    assert peers.outcome(o, 5) == "reset"
+    d = prism.access_for(port)
+    assert d["reason"] == "client_reset", d
+    assert int(d["c2o"]) == 1
+
+
+def test_reset_from_origin(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    o.sendall(b"yz")
+    assert peers.recv_exact(c, 2) == b"yz"
+    peers.set_linger0(o)
+    o.close()
+    assert peers.outcome(c, 5) == "reset"
+    d = prism.access_for(_client_port(c))
+    c.close()
+    assert d["reason"] == "origin_reset", d
+    assert int(d["o2c"]) == 2
+
+
+def _expect_reset_soon(t, addr, limit):
+    """Connects through prism; the connection must be refused or reset (not
+    closed cleanly) within <limit> s. Returns (client port or None, seconds)."""
+    t0 = time.monotonic()
+    port, what, c = peers.open_outcome(t.c, addr, 7000, timeout=limit)
+    if c is not None:
+        try:
+            what = peers.outcome(c, limit)
+        finally:
+            c.close()
+    assert what in ("reset", "refused"), what
+    return port, time.monotonic() - t0
+
+
+def test_origin_refused(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    port, took = _expect_reset_soon(t, "192.0.2.200", 2)
+    assert took < 1.0, took
+    d = prism.access_for(port)
+    assert d["reason"] == "origin_refused", d
+    assert d["origin"] == "198.51.100.10:7999"
+    assert d["app"] == "refused"
+    assert (d["c2o"], d["o2c"]) == ("0", "0")
+
+
+def test_origin_black_hole_connect_timeout(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    port, took = _expect_reset_soon(t, "192.0.2.201", 4)
+    assert 0.8 <= took <= 3.0, took  # connect timeout 1s
+    d = prism.access_for(port)
+    assert d["reason"] == "connect_timeout", d
+    assert d["origin"] == f"{nstopo.ORIGIN4_HOLE}:7000"
+    assert int(d["duration_ms"]) >= 900
+
+
+def test_idle_timeout_closes_both_sides(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t, "192.0.2.202")
+    # Activity keeps it open well past the 1s idle timeout...
+    for _ in range(5):
+        c.sendall(b"a")
+        assert peers.recv_exact(o, 1) == b"a"
+        o.sendall(b"b")
+        assert peers.recv_exact(c, 1) == b"b"
+        t_last = time.monotonic()
+        assert peers.outcome(c, 0.4) == "timeout"
+    # ...silence closes it.
+    assert peers.outcome(c, 4) in ("eof", "reset")
+    took = time.monotonic() - t_last
+    assert peers.outcome(o, 2) in ("eof", "reset")
+    assert 0.9 <= took <= 3.0, took
+    d = prism.access_for(_client_port(c))
+    c.close()
+    o.close()
+    assert d["reason"] == "idle_timeout", d
+    assert (int(d["c2o"]), int(d["o2c"])) == (5, 5)
