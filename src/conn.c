@@ -310,61 +310,58 @@ enum pump_res {
 	PUMP_NOMEM,	/* neither a pipe nor a buffer could be had */
 };
 
-/* Read/write fallback for a direction that could not get a pipe (the
- * process is out of fds): same contract as the splice path, through a
- * heap buffer held only while bytes are pending.
+/* Borrows a pipe for <h>, or, when none can be had (the process is out of
+ * fds), a heap buffer for the recv/send fallback. Returns 0 or -ENOMEM.
  */
-static enum pump_res pump_copy(struct conn *c, struct half *h, struct io *src, struct io *dst)
+static int half_acquire(struct worker *w, struct half *h)
+{
+	if (worker_pipe_get(w, &h->pipe) == 0)
+		return 0;
+	h->buf = malloc(FALLBACK_SZ);
+	return h->buf ? 0 : -ENOMEM;
+}
+
+/* Gives back an empty half's pipe or buffer: an idle direction holds none. */
+static void half_drop(struct worker *w, struct half *h)
+{
+	if (h->pipe.rd != -1)
+		worker_pipe_put(w, &h->pipe);
+	free(h->buf);
+	h->buf = NULL;
+}
+
+/* Reads from socket <fd> into <h>'s empty pipe or buffer. Returns the
+ * byte count, 0 at EOF, or -errno. The pipe is empty, so EAGAIN from
+ * splice here means the socket has nothing to read, not that the pipe is
+ * full.
+ */
+static ssize_t half_read(struct half *h, int fd)
 {
 	ssize_t n;
 
-	for (;;) {
-		if (h->pending) {
-			if (!dst->wr)
-				return PUMP_OK;
-			n = send(dst->fd, h->buf + h->buf_off, h->pending, MSG_NOSIGNAL);
-			if (n == -1) {
-				if (errno == EAGAIN) {
-					dst->wr = false;
-					return PUMP_OK;
-				}
-				if (errno == EINTR)
-					continue;
-				return PUMP_DST_RESET;
-			}
-			h->pending -= (uint32_t)n;
-			h->buf_off += (uint32_t)n;
-			h->bytes += (uint64_t)n;
-			c->last_active = c->w->now;
-			continue;
-		}
-		/* Drained: drop the buffer, so the next pump tries for a
-		 * pipe again and an idle connection holds no memory.
-		 */
-		free(h->buf);
-		h->buf = NULL;
-		if (h->eof || !src->rd)
-			return PUMP_OK;
-		h->buf = malloc(FALLBACK_SZ);
-		if (!h->buf)
-			return PUMP_NOMEM;
-		n = recv(src->fd, h->buf, FALLBACK_SZ, 0);
-		if (n == -1) {
-			if (errno == EAGAIN) {
-				src->rd = false;
-				continue;
-			}
-			if (errno == EINTR)
-				continue;
-			return PUMP_SRC_RESET;
-		}
-		if (n == 0) {
-			h->eof = true;
-			continue;
-		}
-		h->pending = (uint32_t)n;
-		h->buf_off = 0;
-	}
+	if (h->pipe.rd != -1)
+		n = splice(fd, NULL, h->pipe.wr, NULL, SPLICE_LEN,
+			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	else
+		n = recv(fd, h->buf, FALLBACK_SZ, 0);
+	h->buf_off = 0;
+	return n == -1 ? -errno : n;
+}
+
+/* Writes <h>'s pending bytes to socket <fd>. Returns the byte count or
+ * -errno. The pipe holds h->pending bytes, so EAGAIN from splice here can
+ * only mean the socket's send buffer is full.
+ */
+static ssize_t half_write(struct half *h, int fd)
+{
+	ssize_t n;
+
+	if (h->pipe.rd != -1)
+		n = splice(h->pipe.rd, NULL, fd, NULL, h->pending,
+			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	else
+		n = send(fd, h->buf + h->buf_off, h->pending, MSG_NOSIGNAL);
+	return n == -1 ? -errno : n;
 }
 
 /* Moves bytes from <src> to <dst> through the half's pipe until a socket
@@ -383,54 +380,38 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 		if (h->pending) {
 			if (!dst->wr)
 				return PUMP_OK;
-			n = splice(h->pipe.rd, NULL, dst->fd, NULL, h->pending,
-				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-			if (n == -1) {
-				/* EAGAIN here can only mean the socket's send
-				 * buffer is full: the pipe holds h->pending
-				 * bytes, so it is not the pipe that is empty.
-				 */
-				if (errno == EAGAIN) {
-					dst->wr = false;
-					return PUMP_OK;
-				}
-				if (errno == EINTR)
-					continue;
-				return PUMP_DST_RESET;
+			n = half_write(h, dst->fd);
+			if (n == -EAGAIN) {
+				dst->wr = false;
+				return PUMP_OK;
 			}
+			if (n == -EINTR)
+				continue;
+			if (n < 0)
+				return PUMP_DST_RESET;
 			h->pending -= (uint32_t)n;
+			h->buf_off += (uint32_t)n;
 			h->bytes += (uint64_t)n;
 			c->last_active = c->w->now;
 			continue;
 		}
-		if (h->pipe.rd != -1 && (!src->rd || h->eof)) {
-			/* Empty and nothing more to read now: give it back. */
-			worker_pipe_put(c->w, &h->pipe);
-		}
-		if (h->eof || !src->rd)
+		if (h->eof || !src->rd) {
+			half_drop(c->w, h);
 			return PUMP_OK;
-		if (h->pipe.rd == -1) {
-			if (h->buf || worker_pipe_get(c->w, &h->pipe) < 0)
-				return pump_copy(c, h, src, dst);
 		}
-		/* The pipe is empty, so EAGAIN from this splice means the
-		 * socket has nothing to read (not that the pipe is full).
-		 */
-		n = splice(src->fd, NULL, h->pipe.wr, NULL, SPLICE_LEN,
-			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-		if (n == -1) {
-			if (errno == EAGAIN) {
-				src->rd = false;
-				continue;
-			}
-			if (errno == EINTR)
-				continue;
-			return PUMP_SRC_RESET;
-		}
-		if (n == 0) {
-			h->eof = true;
+		if (h->pipe.rd == -1 && !h->buf && half_acquire(c->w, h) < 0)
+			return PUMP_NOMEM;
+		n = half_read(h, src->fd);
+		if (n == -EAGAIN) {
+			src->rd = false;
 			continue;
 		}
+		if (n == -EINTR)
+			continue;
+		if (n < 0)
+			return PUMP_SRC_RESET;
+		if (n == 0)
+			h->eof = true;
 		h->pending = (uint32_t)n;
 	}
 }

@@ -1,0 +1,98 @@
+/* test_timer.c - the per-worker deadline heap against a sorted reference. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <cmocka.h>
+
+#include "timer.h"
+
+#define N 2000
+
+static int fired[N];
+static struct timer timers[N];
+static uint64_t order[N];
+static int n_order;
+
+static void on_fire(struct timer *t)
+{
+	int i = (int)(t - timers);
+
+	fired[i]++;
+	order[n_order++] = t->deadline;
+}
+
+static void test_order_and_cancel(void **state)
+{
+	struct timer_heap h;
+	uint64_t deadline[N];
+	unsigned seed = 42;
+
+	(void)state;
+	timer_heap_init(&h);
+	n_order = 0;
+	for (int i = 0; i < N; i++) {
+		fired[i] = 0;
+		timer_init(&timers[i], on_fire);
+		deadline[i] = (uint64_t)(rand_r(&seed) % 10000);
+		assert_int_equal(timer_set(&h, &timers[i], deadline[i]), 0);
+	}
+	/* Move some (both directions), cancel some. */
+	for (int i = 0; i < N; i += 3) {
+		deadline[i] = (uint64_t)(rand_r(&seed) % 10000);
+		assert_int_equal(timer_set(&h, &timers[i], deadline[i]), 0);
+	}
+	for (int i = 1; i < N; i += 7)
+		timer_cancel(&h, &timers[i]);
+	timer_cancel(&h, &timers[1]); /* twice: harmless */
+
+	/* Nothing before the earliest deadline; then everything in order. */
+	assert_int_equal(timer_run(&h, 5000) >= 0, 1);
+	for (int i = 0; i < N; i++)
+		if (i % 7 != 1)
+			assert_int_equal(fired[i], deadline[i] <= 5000);
+	assert_int_equal(timer_run(&h, 20000), -1);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(fired[i], i % 7 == 1 ? 0 : 1);
+	for (int i = 1; i < n_order; i++)
+		assert_true(order[i - 1] <= order[i]);
+	assert_null(timer_peek(&h));
+	timer_heap_deinit(&h);
+}
+
+static struct timer_heap rearm_heap;
+static int rearm_count;
+
+static void rearm(struct timer *t)
+{
+	/* Callbacks may re-arm their own timer, as the idle timer does. */
+	if (++rearm_count < 5)
+		timer_set(&rearm_heap, t, t->deadline + 10);
+}
+
+static void test_rearm_from_callback(void **state)
+{
+	struct timer t;
+
+	(void)state;
+	timer_heap_init(&rearm_heap);
+	timer_init(&t, rearm);
+	timer_set(&rearm_heap, &t, 10);
+	assert_int_equal(timer_run(&rearm_heap, 25), 5); /* fired at 10, 20; next 30 */
+	assert_int_equal(rearm_count, 2);
+	assert_int_equal(timer_run(&rearm_heap, 1000), -1);
+	assert_int_equal(rearm_count, 5);
+	assert_false(timer_armed(&t));
+	timer_heap_deinit(&rearm_heap);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_order_and_cancel),
+	    cmocka_unit_test(test_rearm_from_callback),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
