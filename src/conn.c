@@ -21,7 +21,7 @@
 #include "log.h"
 #include "rt.h"
 
-#define SPLICE_LEN  (64 * 1024) /* a default pipe's capacity */
+#define SPLICE_LEN  PIPE_SIZE	/* as much as the pipe takes */
 #define FALLBACK_SZ (16 * 1024) /* read/write buffer when no pipe can be had */
 
 static const char *const reason_names[CR__COUNT] = {
@@ -425,9 +425,12 @@ static void half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_
 	if (c->first_close == CR_NONE)
 		c->first_close = who;
 	/* shutdown(SHUT_WR) sends our FIN while keeping the socket open for
-	 * the other direction: that is the half-close being passed on.
+	 * the other direction: that is the half-close being passed on. When
+	 * the other direction is already done, the connection is about to be
+	 * finalized and close() sends the FIN: save the syscall.
 	 */
-	shutdown(dst->fd, SHUT_WR);
+	if (!(c->c2o.shut && c->o2c.shut))
+		shutdown(dst->fd, SHUT_WR);
 }
 
 static void relay(struct conn *c)

@@ -50,7 +50,7 @@ enum conn_state {
 /* One direction of the relay. Bytes read from the source wait in a pipe
  * (or, when no pipe can be had, a heap buffer) until the destination takes
  * them; while anything waits there, the source is not read: that is the
- * backpressure, bounded by one pipe (64 KiB) per direction.
+ * backpressure, bounded by one pipe (PIPE_SIZE) per direction.
  */
 struct half {
 	struct pipe_pair pipe; /* rd -1 when none held */

@@ -22,6 +22,12 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 /* Writes an access-log line (level "access"). */
 void log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Starts batching this thread's lines until log_flush() (worker threads
+ * call log_flush() at the end of every loop turn).
+ */
+void log_batch_begin(void);
+void log_flush(void);
+
 #define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)

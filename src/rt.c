@@ -1,19 +1,32 @@
 /* rt.c - the routing table: (address, port) -> app, built once per config.
  *
- * Layout: a path-compressed binary (Patricia) trie over the distinct claimed
- * prefixes, all nodes in one array linked by 32-bit indices (32 bytes a node,
- * two per cache line). A node that carries claims owns a slice of one entry
- * array (lo, hi, app): a sorted, disjoint port-interval map that is the
- * flattening of its own claims AND of every ancestor's claims by priority
- * (longer prefix, then narrower range). So a lookup descends the trie
- * remembering the deepest matching node with a map, then binary-searches
- * that one map; an unclaimed port of a /32 falls back to the /24 above it
- * because the /24's claims were already copied into the /32's map.
+ * Model: a path-compressed binary (Patricia) trie over the distinct claimed
+ * prefixes. A node that carries claims owns a sorted, disjoint port-interval
+ * map (lo, hi, app) that is the flattening of its own claims AND of every
+ * ancestor's claims by priority (longer prefix, then narrower range). So a
+ * lookup descends the trie remembering the deepest matching node with a map,
+ * then searches that one map; an unclaimed port of a /32 falls back to the
+ * /24 above it because the /24's claims were already copied into the /32's
+ * map.
  *
- * Tables with 8 or more prefixes also get a jump table per family, indexed
- * by the top bits of the address (up to 16), that says where the descent
- * resumes below that block. Random lookups in a 100,000-app table then touch
- * the jump entry, one or two nodes and one map line, instead of ~20 nodes.
+ * Layout for lookups (what rt_build leaves behind; the binary trie it builds
+ * first is scratch): one array of 32-byte nodes, two per cache line, of three
+ * kinds:
+ * - a leaf whose map has one interval keeps it inline, so a lookup that
+ *   ends there touches no other line (most apps claim one port range);
+ * - a plain node: two children and a slice of the shared entry array;
+ * - a jump node: instead of children, a table of 2^stride slots indexed by
+ *   the <stride> key bits below the node's prefix. A slot says where the
+ *   descent resumes below that block (the first node as long as the block,
+ *   or none) and which claimed node is the deepest to contain the whole
+ *   block (the fallback). Any node whose subtree is big enough gets one,
+ *   recursively, so a dense cluster deep in the key space (all of IPv4, or
+ *   thousands of apps under one IPv6 /32) is skipped in one step, not just
+ *   the top bits of the key.
+ * The stride is about log2 of the subtree's size (slots ~ nodes below), then
+ * narrowed while most slots would be empty, so memory stays proportional to
+ * the number of prefixes. A random lookup in a 100,000-app table then reads
+ * a hot top node or two, one slot and one leaf: two cache misses.
  *
  * Design notes:
  * - Build cost is O(n log n) per node for its own claims plus linear in the
@@ -44,6 +57,7 @@ typedef unsigned __int128 rt_u128;
 #define V4MAP_HI  (V4MAP_LO | 0xffffffffu)
 #define PORT_LAST 65535u
 
+/* A node of the binary trie rt_build makes first (scratch). */
 struct rt_node {
 	rt_u128 key;	   /* prefix, host bits zero */
 	uint32_t child[2]; /* by the bit at position <len>, or NIL */
@@ -60,23 +74,47 @@ struct rt_ent {
 	uint32_t app;
 };
 
-/* Where a lookup of a key in one 2^-jbits block of a family starts: the
- * first trie node below the block (or NIL), and the deepest claimed node
- * containing the whole block (or NIL). It replaces the top ~jbits levels of
- * the descent, which for large tables are the cache misses.
+enum {
+	LN_LEAF1, /* no children, one interval: in <one> */
+	LN_LEAFN, /* no children, <n> >= 2 intervals at <off> */
+	LN_PLAIN, /* <child>, <n> intervals (maybe 0) at <off> */
+	LN_JUMP,  /* slots at <child[0]>, <n> intervals at <off> */
+};
+
+/* A node as lookups see it: 32 bytes, aligned, so one line read. */
+struct rt_lnode {
+	rt_u128 key;
+	uint8_t len;
+	uint8_t kind; /* LN_*, and for LN_JUMP the stride << 2 */
+	uint16_t n;   /* map entries; 0: no claims here */
+	union {
+		struct rt_ent one;
+		struct {
+			uint32_t child[2];
+			uint32_t off;
+		};
+	};
+};
+
+/* One slot of a jump node: where a lookup of a key in that block resumes
+ * (the first node as long as the block or longer, or NIL) and the deepest
+ * claimed node containing the whole block (or NIL). The slot before a jump
+ * node's first one holds its two children, for walks that need them.
  */
 struct rt_jump {
 	uint32_t node, best;
 };
 
 struct rt {
-	struct rt_node *nodes;
-	uint32_t nnodes;
+	struct rt_lnode *ln;
+	uint32_t nln;
 	uint32_t root;
-	struct rt_ent *ent; /* map entries of all nodes */
+	struct rt_ent *ent; /* map entries of all nodes but LN_LEAF1 ones */
 	size_t nent, cap;
-	struct rt_jump *jump[2]; /* [1]: IPv4, [0]: the rest; NULL: none */
-	unsigned jbits;
+	struct rt_jump *slot;
+	size_t nslot, slotcap;
+	struct rt_node *nodes; /* the binary trie, during rt_build only */
+	uint32_t nnodes;
 };
 
 /* One claim as sorted for building: by prefix, then width, then lo. */
@@ -99,6 +137,7 @@ struct rt_builder {
 	uint32_t *f_lo, *f_hi; /* a group's own claims, flattened */
 	uint32_t *f_app;
 	uint32_t nf;
+	uint32_t *size; /* per node: nodes in its subtree, itself included */
 };
 
 static rt_u128 key_of(const struct in6_addr *a)
@@ -444,31 +483,89 @@ static int build_maps(struct rt_builder *b, uint32_t i, uint32_t poff, uint32_t 
 	return build_maps(b, b->rt->nodes[i].child[1], poff, pn);
 }
 
-/* The block of <k> in its family's jump table: the top <bits> bits of the
- * IPv4 address, or of the 128-bit key for everything else.
+/* Jump nodes: a node gets a jump table when its subtree has this many
+ * nodes; strides are at most MAX_STRIDE bits (2 MB of slots).
  */
-static inline uint32_t jump_index(rt_u128 k, int v4, unsigned bits)
+#define JUMP_MIN   8
+#define MAX_STRIDE 18
+
+static uint32_t subtree_size(struct rt_builder *b, uint32_t i)
 {
-	if (v4)
-		return (uint32_t)k >> (32 - bits);
-	return (uint32_t)((uint64_t)(k >> 64) >> (64 - bits));
+	const struct rt_node *nd;
+
+	if (i == NIL)
+		return 0;
+	nd = &b->rt->nodes[i];
+	b->size[i] = 1 + subtree_size(b, nd->child[0]) + subtree_size(b, nd->child[1]);
+	return b->size[i];
 }
 
-/* Fills one family's jump table by walking the trie once per block: the
- * walk stops at the first node as long as the block or longer, which is
- * where a lookup of any key in the block resumes. O(2^bits * depth).
+/* Blocks of length <plen> below <i> that hold a node: the slots of a jump
+ * table that would not be empty.
  */
-static int jump_fill(struct rt *rt, int v4)
+static uint32_t count_blocks(const struct rt *rt, uint32_t i, unsigned plen)
 {
-	unsigned bits = rt->jbits, plen = (v4 ? 96 : 0) + bits;
-	uint32_t nblk = 1u << bits;
+	const struct rt_node *nd;
 
-	if (!(rt->jump[v4] = malloc(nblk * sizeof(struct rt_jump))))
+	if (i == NIL)
+		return 0;
+	nd = &rt->nodes[i];
+	if (nd->len >= plen)
+		return 1;
+	return count_blocks(rt, nd->child[0], plen) + count_blocks(rt, nd->child[1], plen);
+}
+
+static int slot_reserve(struct rt *rt, size_t more)
+{
+	size_t cap = rt->slotcap ? rt->slotcap : 64;
+	void *p;
+
+	if (rt->nslot + more <= rt->slotcap)
+		return 0;
+	if (rt->nslot + more > UINT32_MAX)
 		return -ENOMEM;
+	while (cap < rt->nslot + more)
+		cap *= 2;
+	if (!(p = realloc(rt->slot, cap * sizeof(*rt->slot))))
+		return -ENOMEM;
+	rt->slot = p;
+	rt->slotcap = cap;
+	return 0;
+}
+
+/* Gives node <j> a jump table and recurses into the slots' subtrees that
+ * are big enough for one of their own. Slot c is the block <j>'s prefix
+ * followed by the <stride> bits of c; each slot is filled by a walk from
+ * <j> that stops at the first node at least as long as the block, which is
+ * where a lookup of any key in it resumes. O(2^stride * depth) per table,
+ * and every node is the first node of at most one slot, so it terminates
+ * with each node visited as a table owner at most once.
+ */
+static int make_jump(struct rt_builder *b, uint32_t j)
+{
+	struct rt *rt = b->rt;
+	const struct rt_node *jn = &rt->nodes[j];
+	unsigned len = jn->len, stride = 1, plen;
+	uint32_t nblk, base;
+	int err;
+
+	while (stride < MAX_STRIDE && len + stride < 128 && (1u << stride) < b->size[j])
+		stride++;
+	/* Narrow while under a quarter of the slots would lead anywhere: a
+	 * few clusters far apart (IPv4 and some IPv6 /32s under the root) need
+	 * a small table, then one per cluster.
+	 */
+	while (stride > 1 && 4 * count_blocks(rt, j, len + stride) < (1u << stride))
+		stride--;
+	plen = len + stride;
+	nblk = 1u << stride;
+	if ((err = slot_reserve(rt, (size_t)nblk + 1)))
+		return err;
+	base = (uint32_t)rt->nslot + 1;
+	rt->slot[base - 1] = (struct rt_jump){jn->child[0], jn->child[1]};
 	for (uint32_t c = 0; c < nblk; c++) {
-		rt_u128 x =
-		    v4 ? V4MAP_LO | ((rt_u128)c << (32 - bits)) : (rt_u128)c << (128 - bits);
-		uint32_t i = rt->root, best = NIL;
+		rt_u128 x = jn->key | ((rt_u128)c << (128 - plen));
+		uint32_t i = j, best = NIL;
 
 		while (i != NIL) {
 			const struct rt_node *nd = &rt->nodes[i];
@@ -483,9 +580,73 @@ static int jump_fill(struct rt *rt, int v4)
 				best = i;
 			i = nd->child[bit_at(x, nd->len)];
 		}
-		rt->jump[v4][c] = (struct rt_jump){i, best};
+		/* The owner itself is the lookup's fallback already. */
+		rt->slot[base + c] = (struct rt_jump){i, best == j ? NIL : best};
+	}
+	rt->nslot += (size_t)nblk + 1;
+	rt->ln[j].kind = (uint8_t)(LN_JUMP | stride << 2);
+	rt->ln[j].child[0] = base;
+	rt->ln[j].child[1] = NIL;
+	for (uint32_t c = 0; c < nblk; c++) {
+		uint32_t i = rt->slot[base + c].node;
+
+		if (i != NIL && b->size[i] >= JUMP_MIN && (err = make_jump(b, i)))
+			return err;
 	}
 	return 0;
+}
+
+/* Turns the binary trie into the lookup layout: lookup nodes with the same
+ * indices, LN_LEAF1 maps moved inline and the entry array compacted to the
+ * rest, then jump tables from the root down. Frees the binary trie.
+ */
+static int make_layout(struct rt_builder *b)
+{
+	struct rt *rt = b->rt;
+	struct rt_ent *ent = NULL;
+	size_t nent = 0;
+	int err = -ENOMEM;
+
+	rt->nln = rt->nnodes;
+	rt->ln = aligned_alloc(64, ((size_t)rt->nln * sizeof(*rt->ln) + 63) & ~(size_t)63);
+	if (!rt->ln || !(b->size = malloc(rt->nnodes * sizeof(*b->size))))
+		goto out;
+	if (rt->nent && !(ent = malloc(rt->nent * sizeof(*ent))))
+		goto out;
+	for (uint32_t i = 0; i < rt->nnodes; i++) {
+		const struct rt_node *nd = &rt->nodes[i];
+		struct rt_lnode *l = &rt->ln[i];
+		bool leaf = nd->child[0] == NIL && nd->child[1] == NIL;
+
+		memset(l, 0, sizeof(*l));
+		l->key = nd->key;
+		l->len = nd->len;
+		l->n = nd->n;
+		if (leaf && nd->n == 1) {
+			l->kind = LN_LEAF1;
+			l->one = rt->ent[nd->off];
+			continue;
+		}
+		l->kind = leaf ? LN_LEAFN : LN_PLAIN;
+		l->child[0] = nd->child[0];
+		l->child[1] = nd->child[1];
+		l->off = (uint32_t)nent;
+		memcpy(ent + nent, rt->ent + nd->off, nd->n * sizeof(*ent));
+		nent += nd->n;
+	}
+	free(rt->ent);
+	rt->ent = ent;
+	rt->nent = rt->cap = nent;
+	ent = NULL;
+	if (rt->root != NIL && subtree_size(b, rt->root) >= JUMP_MIN &&
+	    (err = make_jump(b, rt->root)))
+		goto out;
+	err = 0;
+out:
+	free(ent);
+	free(rt->nodes);
+	rt->nodes = NULL;
+	return err;
 }
 
 int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt_conflict *conflict)
@@ -561,15 +722,8 @@ int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt
 	b.rt = rt;
 	if ((err = build_maps(&b, rt->root, 0, 0)))
 		goto out;
-	/* About 2 blocks per distinct prefix, at most 2^16 per family: small
-	 * tables keep a table that fits in L1, large ones skip ~16 levels.
-	 */
-	if (ndist >= 8) {
-		while (rt->jbits < 16 && (1u << rt->jbits) < 2 * ndist)
-			rt->jbits++;
-		if ((err = jump_fill(rt, 0)) || (err = jump_fill(rt, 1)))
-			goto out;
-	}
+	if ((err = make_layout(&b)))
+		goto out;
 
 done:
 	*out = rt;
@@ -586,41 +740,72 @@ out:
 	free(b.f_lo);
 	free(b.f_hi);
 	free(b.f_app);
+	free(b.size);
 	return err;
+}
+
+/* The map of a claimed node: inline for LN_LEAF1. */
+static inline const struct rt_ent *map_of(const struct rt *rt, const struct rt_lnode *nd)
+{
+	return (nd->kind & 3) == LN_LEAF1 ? &nd->one : rt->ent + nd->off;
+}
+
+/* The children of a node, wherever its kind keeps them. */
+static uint32_t child_of(const struct rt *rt, const struct rt_lnode *nd, unsigned c)
+{
+	switch (nd->kind & 3) {
+	case LN_PLAIN:
+		return nd->child[c];
+	case LN_JUMP:
+		return c ? rt->slot[nd->child[0] - 1].best : rt->slot[nd->child[0] - 1].node;
+	default:
+		return NIL;
+	}
 }
 
 uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port)
 {
 	rt_u128 k = key_of(addr);
-	const struct rt_node *best = NULL;
+	const struct rt_lnode *nd;
 	const struct rt_ent *ent;
-	uint32_t i = rt->root, lo, n;
+	uint32_t i = rt->root, best = NIL, lo, n;
 
-	if (rt->jbits) {
-		int v4 = (k >> 32) == 0xffff;
-		const struct rt_jump *j = &rt->jump[v4][jump_index(k, v4, rt->jbits)];
-
-		i = j->node;
-		if (j->best != NIL)
-			best = &rt->nodes[j->best];
-	}
 	while (i != NIL) {
-		const struct rt_node *nd = &rt->nodes[i];
+		unsigned kind;
 
+		nd = &rt->ln[i];
 		if ((k ^ nd->key) & mask_of(nd->len))
 			break;
+		kind = nd->kind & 3;
+		if (kind == LN_LEAF1) {
+			/* Its map already holds its ancestors' claims. */
+			if (port < nd->one.lo || port > nd->one.hi)
+				return RT_NONE;
+			return nd->one.app;
+		}
 		if (nd->n)
-			best = nd;
-		if (nd->len == 128)
+			best = i;
+		if (kind == LN_LEAFN)
 			break;
-		i = nd->child[bit_at(k, nd->len)];
+		if (kind == LN_JUMP) {
+			unsigned stride = nd->kind >> 2;
+			const struct rt_jump *s =
+			    &rt->slot[nd->child[0] + (uint32_t)((k << nd->len) >> (128 - stride))];
+
+			if (s->best != NIL)
+				best = s->best;
+			i = s->node;
+		} else {
+			i = nd->child[bit_at(k, nd->len)];
+		}
 	}
-	if (!best)
+	if (best == NIL)
 		return RT_NONE;
+	nd = &rt->ln[best];
 	/* First interval whose hi >= port; branch-light halving. */
-	ent = rt->ent + best->off;
+	ent = map_of(rt, nd);
 	lo = 0;
-	n = best->n;
+	n = nd->n;
 	while (n > 1) {
 		uint32_t half = n / 2;
 
@@ -637,10 +822,10 @@ void rt_free(struct rt *rt)
 {
 	if (!rt)
 		return;
-	free(rt->nodes);
+	free(rt->ln);
 	free(rt->ent);
-	free(rt->jump[0]);
-	free(rt->jump[1]);
+	free(rt->slot);
+	free(rt->nodes);
 	free(rt);
 }
 
@@ -652,9 +837,9 @@ struct rt_cover_ctx {
 };
 
 /* One element per maximal run of adjacent port intervals of <owner>'s map. */
-static int cover_emit(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u128 lo, rt_u128 hi)
+static int cover_emit(struct rt_cover_ctx *c, const struct rt_lnode *owner, rt_u128 lo, rt_u128 hi)
 {
-	const struct rt *rt = c->rt;
+	const struct rt_ent *map = map_of(c->rt, owner);
 	struct rt_elem e;
 	int ret;
 
@@ -663,11 +848,10 @@ static int cover_emit(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u1
 	for (uint32_t k = 0; k < owner->n;) {
 		uint32_t j = k;
 
-		while (j + 1 < owner->n &&
-		       rt->ent[owner->off + j].hi + 1u == rt->ent[owner->off + j + 1].lo)
+		while (j + 1 < owner->n && map[j].hi + 1u == map[j + 1].lo)
 			j++;
-		e.plo = rt->ent[owner->off + k].lo;
-		e.phi = rt->ent[owner->off + j].hi;
+		e.plo = map[k].lo;
+		e.phi = map[j].hi;
 		if ((ret = c->fn(&e, c->arg)))
 			return ret;
 		k = j + 1;
@@ -678,7 +862,7 @@ static int cover_emit(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u1
 /* Clips [lo, hi] to the family asked for: IPv4 is the v4-mapped /96, IPv6
  * everything else (at most two pieces, on either side of it).
  */
-static int cover_range(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u128 lo, rt_u128 hi)
+static int cover_range(struct rt_cover_ctx *c, const struct rt_lnode *owner, rt_u128 lo, rt_u128 hi)
 {
 	int ret;
 
@@ -700,30 +884,30 @@ static int cover_range(struct rt_cover_ctx *c, const struct rt_node *owner, rt_u
  * address of its range not yet emitted, <*past> set once its range is done
  * (its end may be the last address, where cur would wrap).
  */
-static int cover_walk(struct rt_cover_ctx *c, uint32_t i, const struct rt_node *owner, rt_u128 *cur,
-		      bool *past)
+static int cover_walk(struct rt_cover_ctx *c, uint32_t i, const struct rt_lnode *owner,
+		      rt_u128 *cur, bool *past)
 {
-	const struct rt_node *n;
+	const struct rt_lnode *n;
 	rt_u128 start, end, ccur;
 	bool cpast = false;
 	int ret;
 
 	if (i == NIL)
 		return 0;
-	n = &c->rt->nodes[i];
+	n = &c->rt->ln[i];
 	if (!n->n) {
-		if ((ret = cover_walk(c, n->child[0], owner, cur, past)))
+		if ((ret = cover_walk(c, child_of(c->rt, n, 0), owner, cur, past)))
 			return ret;
-		return cover_walk(c, n->child[1], owner, cur, past);
+		return cover_walk(c, child_of(c->rt, n, 1), owner, cur, past);
 	}
 	start = n->key;
 	end = n->key | ~mask_of(n->len);
 	if (owner && !*past && *cur < start && (ret = cover_range(c, owner, *cur, start - 1)))
 		return ret;
 	ccur = start;
-	if ((ret = cover_walk(c, n->child[0], n, &ccur, &cpast)))
+	if ((ret = cover_walk(c, child_of(c->rt, n, 0), n, &ccur, &cpast)))
 		return ret;
-	if ((ret = cover_walk(c, n->child[1], n, &ccur, &cpast)))
+	if ((ret = cover_walk(c, child_of(c->rt, n, 1), n, &ccur, &cpast)))
 		return ret;
 	if (!cpast && ccur <= end && (ret = cover_range(c, n, ccur, end)))
 		return ret;

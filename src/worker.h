@@ -35,6 +35,9 @@ struct io {
 	bool wr;      /* writable, likewise */
 };
 
+/* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */
+#define PIPE_SIZE (256 * 1024)
+
 struct pipe_pair {
 	int rd, wr;
 };
