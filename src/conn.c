@@ -21,8 +21,8 @@
 #include "log.h"
 #include "rt.h"
 
-#define SPLICE_LEN  PIPE_SIZE	/* as much as the pipe takes */
-#define FALLBACK_SZ (16 * 1024) /* read/write buffer when no pipe can be had */
+#define SPLICE_LEN  PIPE_SIZE	   /* as much as the pipe takes */
+#define FALLBACK_SZ WORKER_SCRATCH /* read/write buffer when no pipe can be had */
 
 static const char *const reason_names[CR__COUNT] = {
     [CR_NONE] = "none",
@@ -364,16 +364,74 @@ static ssize_t half_write(struct half *h, int fd)
 	return n == -1 ? -errno : n;
 }
 
-/* Moves bytes from <src> to <dst> through the half's pipe until a socket
- * would block, the source is at EOF, or an error ends the connection.
+/* The first reads of a direction go through the worker's scratch buffer
+ * with recv/send rather than through a pipe: for the small messages most
+ * protocols exchange that is two syscalls instead of three (splice needs an
+ * extra read to learn the socket is empty: a short splice may also mean a
+ * full pipe), and it needs no pipe at all. A read that fills the scratch
+ * buffer marks the direction as a stream, which splices from then on.
  *
- * Invariant: the source is read only when the pipe is empty. A full
+ * A short recv() means the receive queue is empty, so the socket is marked
+ * not readable without the EAGAIN round trip; edge-triggered epoll reports
+ * any later data. The exception is a FIN already seen (rdhup): it raised
+ * its edge before this read, so the next read must happen now to see EOF.
+ */
+static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, struct io *dst)
+{
+	char *scratch = c->w->scratch;
+	ssize_t n, m = 0;
+
+	n = recv(src->fd, scratch, WORKER_SCRATCH, 0);
+	if (n == -1) {
+		if (errno == EAGAIN)
+			src->rd = false;
+		else if (errno != EINTR)
+			return PUMP_SRC_RESET;
+		return PUMP_OK;
+	}
+	if (n == 0) {
+		h->eof = true;
+		return PUMP_OK;
+	}
+	if (n == WORKER_SCRATCH)
+		h->bulk = true;
+	else if (!src->rdhup)
+		src->rd = false;
+	if (dst->wr) {
+		m = send(dst->fd, scratch, (size_t)n, MSG_NOSIGNAL);
+		if (m == -1) {
+			if (errno != EAGAIN && errno != EINTR)
+				return PUMP_DST_RESET;
+			dst->wr = errno != EAGAIN;
+			m = 0;
+		}
+		h->bytes += (uint64_t)m;
+		c->last_active = c->w->now;
+	}
+	if (m < n) {
+		/* The destination is slow: keep the rest, and stream from now. */
+		h->buf = malloc(FALLBACK_SZ);
+		if (!h->buf)
+			return PUMP_NOMEM;
+		memcpy(h->buf, scratch + m, (size_t)(n - m));
+		h->buf_off = 0;
+		h->pending = (uint32_t)(n - m);
+		h->bulk = true;
+	}
+	return PUMP_OK;
+}
+
+/* Moves bytes from <src> to <dst> until a socket would block, the source
+ * is at EOF, or an error ends the connection.
+ *
+ * Invariant: the source is read only when nothing is pending. A full
  * destination therefore stops the reading, which leaves the bytes in the
  * source's receive buffer, shrinks its TCP window, and slows the sender:
  * backpressure costs prism at most one pipe per direction.
  */
 static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct io *dst)
 {
+	enum pump_res r;
 	ssize_t n;
 
 	for (;;) {
@@ -399,8 +457,20 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 			half_drop(c->w, h);
 			return PUMP_OK;
 		}
-		if (h->pipe.rd == -1 && !h->buf && half_acquire(c->w, h) < 0)
-			return PUMP_NOMEM;
+		if (!h->bulk) {
+			if ((r = copy_small(c, h, src, dst)) != PUMP_OK)
+				return r;
+			continue;
+		}
+		if (h->pipe.rd == -1) {
+			/* A stream wants a pipe; the buffer (empty now) is only
+			 * the fallback when no pipe can be had.
+			 */
+			free(h->buf);
+			h->buf = NULL;
+			if (half_acquire(c->w, h) < 0)
+				return PUMP_NOMEM;
+		}
 		n = half_read(h, src->fd);
 		if (n == -EAGAIN) {
 			src->rd = false;
@@ -502,6 +572,8 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		return; /* stale event from earlier in this epoll batch */
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		io->rd = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		io->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		io->wr = true;
 	if (c->state == CS_CONNECTING) {

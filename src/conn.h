@@ -58,6 +58,7 @@ struct half {
 	uint32_t buf_off;
 	uint32_t pending; /* bytes read from src, not yet written to dst */
 	uint64_t bytes;	  /* bytes written to dst */
+	bool bulk;	  /* a stream: splice, not the scratch-buffer copy */
 	bool eof;	  /* src sent FIN */
 	bool shut;	  /* FIN forwarded to dst */
 };

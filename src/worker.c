@@ -111,7 +111,8 @@ int worker_init(struct worker *w, int id, struct cfg *cfg)
 	timer_init(&w->grace_timer, grace_expired);
 	w->rr = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*w->rr));
 	w->pool = calloc(POOL_MAX, sizeof(*w->pool));
-	if (!w->rr || !w->pool)
+	w->scratch = malloc(WORKER_SCRATCH);
+	if (!w->rr || !w->pool || !w->scratch)
 		return -ENOMEM;
 	/* Start each worker's round robin elsewhere so N workers with few
 	 * connections each don't all pick the first origin.
@@ -394,6 +395,7 @@ void worker_join(struct worker *w)
 	timer_heap_deinit(&w->timers);
 	free(w->pool);
 	free(w->rr);
+	free(w->scratch);
 	if (w->cfg)
 		cfg_unref(w->cfg);
 	memset(w, 0, sizeof(*w));

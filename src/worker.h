@@ -33,10 +33,14 @@ struct io {
 	uint8_t kind; /* enum io_kind */
 	bool rd;      /* readable: edge seen, EAGAIN not yet hit */
 	bool wr;      /* writable, likewise */
+	bool rdhup;   /* the peer's FIN (or an error) was reported */
 };
 
 /* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */
 #define PIPE_SIZE (256 * 1024)
+
+/* Per-worker buffer for the first, usually small, reads of a direction. */
+#define WORKER_SCRATCH (16 * 1024)
 
 struct pipe_pair {
 	int rd, wr;
@@ -55,6 +59,7 @@ struct worker {
 	struct cfg *cfg;  /* one reference held */
 	uint32_t *rr;	  /* per-app round-robin position */
 	uint64_t now;	  /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
+	char *scratch;	  /* WORKER_SCRATCH bytes, see copy_small() in conn.c */
 	struct timer_heap timers;
 
 	struct pipe_pair *pool; /* spare empty pipes */
