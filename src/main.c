@@ -217,6 +217,39 @@ static void raise_nofile(void)
 	}
 }
 
+static int read_sysctl(const char *path, int *a, int *b)
+{
+	FILE *f = fopen(path, "r");
+	int n;
+
+	if (!f)
+		return 0;
+	n = fscanf(f, "%d %d", a, b);
+	fclose(f);
+	return n;
+}
+
+/* prism sends the origin its FIN first whenever the client closes first,
+ * so the edge keeps those origin-side sockets in TIME_WAIT for 60 s, each
+ * holding a local port towards that origin address:port. Without
+ * tcp_tw_reuse the ports cannot be reused for new connections, which caps
+ * the rate per origin at (port range / 60 s) and then fails connects with
+ * EADDRNOTAVAIL. Warn with the number rather than change the host's
+ * sysctls behind the operator's back.
+ */
+static void check_sysctls(void)
+{
+	int reuse = 0, lo = 32768, hi = 60999, unused;
+
+	if (read_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse", &reuse, &unused) < 1 || reuse == 1)
+		return;
+	read_sysctl("/proc/sys/net/ipv4/ip_local_port_range", &lo, &hi);
+	log_warn("net.ipv4.tcp_tw_reuse is %d: without 1, each origin address:port can take "
+		 "about %d new connections/s from this host (%d local ports, 60 s TIME_WAIT); "
+		 "set net.ipv4.tcp_tw_reuse=1 for high connection rates",
+		 reuse, (hi - lo + 1) / 60, hi - lo + 1);
+}
+
 static int all_joined(struct worker *ws, int n, bool *joined)
 {
 	int left = 0;
@@ -256,6 +289,7 @@ static int cmd_run(int argc, char **argv)
 	 */
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
+	check_sysctls();
 
 	/* Workers inherit this mask, so only sigtimedwait below sees them. */
 	sigemptyset(&sigs);
