@@ -29,7 +29,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS     := $(wildcard src/*.h)
 
 .PHONY: all deps test unit demo fuzz asan format format-check \
-        install clean help
+        install clean help bench
 
 all: $(BUILD)/prism $(UNIT_BIN)
 
@@ -89,6 +89,20 @@ fuzz: deps
 	  tail -n 1 $$f.log; \
 	done
 
+# Benchmarks (docs/benchmarks.md): direct vs HAProxy vs prism in namespaces,
+# under 10 minutes; BENCH_ARGS=--quick for a < 90 s smoke run.
+bench: deps
+	$(MAKE) $(BUILD)/prism $(BUILD)/loadgen $(BUILD)/rt_bench
+	$(PYTHON) bench/run.py --build $(abspath $(BUILD)) $(BENCH_ARGS)
+
+$(BUILD)/loadgen: bench/loadgen.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -o $(BUILD)/loadgen bench/loadgen.c
+
+$(BUILD)/rt_bench: bench/rt_bench.c src/rt.c $(HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Isrc -o $(BUILD)/rt_bench bench/rt_bench.c src/rt.c
+
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c
 format-check:
@@ -104,6 +118,7 @@ help:
 	@echo "make demo      install deps, build, run prism in namespaces (DEMO_SECONDS=N)"
 	@echo "make test      install deps, build, run unit + integration tests"
 	@echo "make asan      the tests against an ASan+UBSan build"
+	@echo "make bench     benchmarks vs HAProxy and direct -> docs/benchmarks.md (BENCH_ARGS=--quick)"
 	@echo "make fuzz      run the config-loader fuzzer (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 	@echo "make install   install build/prism to $(PREFIX)/sbin"
 	@echo "make format    clang-format the sources"
