@@ -1,16 +1,33 @@
 /* rt_bench.c - micro-benchmark of rt_lookup: ns per lookup for tables of
- * 10, 1,000 and 100,000 apps, to check that lookup cost stays flat (only a
- * logarithm) as the table grows.
+ * 10, 1,000 and 100,000 apps, to check that lookup cost stays flat as the
+ * table grows, and the memory the table takes.
  *
  * Build: gcc -std=gnu11 -D_GNU_SOURCE -O2 -Isrc -o rt_bench bench/rt_bench.c src/rt.c
- * Each app claims one random prefix (IPv4 /24../32 or IPv6 /48../128, half
- * each) with one random port range. Lookups are pre-generated, 90% inside a
- * random claim, 10% random, so the timed loop is rt_lookup alone. Each
- * size runs ROUNDS rounds of PASSES * NQUERY lookups; the minimum and the
- * median per-lookup time are printed, since a shared machine adds noise.
+ * Output, one line per size:
+ *   apps=N ns_per_lookup=MIN median=MED hit_rate=H build_ms=T bytes=B
+ * bytes is what the built table holds on the heap (mallinfo2 before and after
+ * rt_build; the builder's scratch is freed by then).
+ *
+ * Workload, meant to look like an edge's: each app claims one prefix with
+ * one port range, half IPv4, half IPv6.
+ * - IPv4: anywhere in the 32-bit space (the worst case for caches: nothing
+ *   clusters). Lengths: /16-/19 2%, /20-/23 8%, /24 20%, /25-/31 20%,
+ *   /32 50%.
+ * - IPv6: under 16 random /24 "provider" blocks, as real allocations cluster
+ *   (this defeats an index on the top bits of the key alone). Lengths:
+ *   /32-/47 5%, /48 15%, /49-/63 10%, /64 30%, /65-/127 10%, /128 30%.
+ * - Ports: a third single ports, a third ranges up to 100 wide, a third
+ *   random ranges (often most of 1-65535).
+ * Lookups are pre-generated, 90% inside a random claim (any of the N, so
+ * the whole table is touched), 10% random addresses of either family, so
+ * the timed loop is rt_lookup alone. Each size runs ROUNDS rounds of
+ * PASSES * NQUERY lookups; the minimum and the median per-lookup time are
+ * printed, since a shared machine adds noise. Run sizes of your own with
+ * `rt_bench 500 20000`.
  */
 #include <endian.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,17 +81,35 @@ static struct in6_addr addr_of(u128 k)
 	return a;
 }
 
+static u128 v6_base[16];
+
+/* A length from a table of (percent, first, last) rows summing to 100. */
+static unsigned pick_len(const unsigned (*t)[3])
+{
+	unsigned r = (unsigned)(rnd() % 100);
+
+	for (;; t++) {
+		if (r < (*t)[0])
+			return (*t)[1] + (unsigned)(rnd() % ((*t)[2] - (*t)[1] + 1));
+		r -= (*t)[0];
+	}
+}
+
 static void make_claim(struct rt_claim *c, uint32_t app)
 {
+	static const unsigned v4_len[][3] = {
+	    {2, 16, 19}, {8, 20, 23}, {20, 24, 24}, {20, 25, 31}, {50, 32, 32}};
+	static const unsigned v6_len[][3] = {{5, 32, 47},  {15, 48, 48},  {10, 49, 63},
+					     {30, 64, 64}, {10, 65, 127}, {30, 128, 128}};
 	u128 k;
 	unsigned len, lo, width;
 
 	if (rnd() & 1) {
 		k = ((u128)0xffff << 32) | (uint32_t)rnd();
-		len = 96 + 24 + (unsigned)(rnd() % 9);
+		len = 96 + pick_len(v4_len);
 	} else {
-		k = ((u128)rnd() << 64) | rnd();
-		len = 48 + (unsigned)(rnd() % 81);
+		k = v6_base[rnd() % 16] | ((((u128)rnd() << 64) | rnd()) & ~mask_of(24));
+		len = pick_len(v6_len);
 	}
 	c->prefix.addr = addr_of(k & mask_of(len));
 	c->prefix.len = (uint8_t)len;
@@ -97,11 +132,15 @@ static void make_claim(struct rt_claim *c, uint32_t app)
 	c->app = app;
 }
 
-static double now_ns(void)
+/* Lookups are timed in this thread's CPU time, so that time the scheduler
+ * gives to other processes on a shared machine is not counted (their cache
+ * pollution still is); the build in wall time.
+ */
+static double now_ns(clockid_t clk)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clk, &ts);
 	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
@@ -117,6 +156,7 @@ static int bench(size_t napps, struct query *q)
 	struct rt_claim *c = calloc(napps, sizeof(*c));
 	struct rt_conflict cf;
 	struct rt *rt = NULL;
+	struct mallinfo2 m0, m1;
 	unsigned long hits = 0;
 	double tb, ns[ROUNDS];
 	int ret;
@@ -125,11 +165,13 @@ static int bench(size_t napps, struct query *q)
 		return -ENOMEM;
 	for (size_t i = 0; i < napps; i++)
 		make_claim(&c[i], (uint32_t)i);
-	tb = now_ns();
+	m0 = mallinfo2();
+	tb = now_ns(CLOCK_MONOTONIC);
 	/* Random data may tie now and then: give the pair one app. */
 	while ((ret = rt_build(c, napps, &rt, &cf)) == -EEXIST)
 		c[cf.b].app = c[cf.a].app;
-	tb = now_ns() - tb;
+	tb = now_ns(CLOCK_MONOTONIC) - tb;
+	m1 = mallinfo2();
 	if (ret) {
 		free(c);
 		return ret;
@@ -143,7 +185,11 @@ static int bench(size_t napps, struct query *q)
 			q[i].addr = addr_of(base | host);
 			q[i].port = (uint16_t)(k->lo + rnd() % ((unsigned)(k->hi - k->lo) + 1));
 		} else {
-			q[i].addr = addr_of(((u128)rnd() << 64) | rnd());
+			u128 k = ((u128)rnd() << 64) | rnd();
+
+			if (rnd() & 1)
+				k = ((u128)0xffff << 32) | (uint32_t)k;
+			q[i].addr = addr_of(k);
 			q[i].port = (uint16_t)rnd();
 		}
 	}
@@ -153,30 +199,37 @@ static int bench(size_t napps, struct query *q)
 		double t0;
 
 		hits = 0;
-		t0 = now_ns();
+		t0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
 		for (int p = 0; p < PASSES; p++)
 			for (size_t i = 0; i < NQUERY; i++)
 				hits += rt_lookup(rt, &q[i].addr, q[i].port) != RT_NONE;
-		ns[r] = (now_ns() - t0) / ((double)NQUERY * PASSES);
+		ns[r] = (now_ns(CLOCK_THREAD_CPUTIME_ID) - t0) / ((double)NQUERY * PASSES);
 	}
 	qsort(ns, ROUNDS, sizeof(ns[0]), dbl_cmp);
-	printf("apps=%zu ns_per_lookup=%.1f median=%.1f hit_rate=%.2f build_ms=%.1f\n", napps,
-	       ns[0], ns[ROUNDS / 2], (double)hits / ((double)NQUERY * PASSES), tb / 1e6);
+	printf("apps=%zu ns_per_lookup=%.1f median=%.1f hit_rate=%.2f build_ms=%.1f bytes=%zu\n",
+	       napps, ns[0], ns[ROUNDS / 2], (double)hits / ((double)NQUERY * PASSES), tb / 1e6,
+	       (m1.uordblks + m1.hblkhd) - (m0.uordblks + m0.hblkhd));
 	rt_free(rt);
 	free(c);
 	return 0;
 }
 
-int main(void)
+/* Sizes to run can be given as arguments (default: 10 1000 100000). */
+int main(int argc, char **argv)
 {
 	static const size_t sizes[] = {10, 1000, 100000};
+	size_t nsizes = argc > 1 ? (size_t)argc - 1 : sizeof(sizes) / sizeof(sizes[0]);
 	struct query *q = malloc(NQUERY * sizeof(*q));
 
 	if (!q)
 		return 1;
-	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		if (bench(sizes[i], q)) {
-			fprintf(stderr, "rt_bench: build failed for %zu apps\n", sizes[i]);
+	for (size_t i = 0; i < 16; i++)
+		v6_base[i] = (((u128)rnd() << 64) | rnd()) & mask_of(24);
+	for (size_t i = 0; i < nsizes; i++) {
+		size_t napps = argc > 1 ? strtoul(argv[i + 1], NULL, 10) : sizes[i];
+
+		if (napps == 0 || bench(napps, q)) {
+			fprintf(stderr, "rt_bench: build failed for %zu apps\n", napps);
 			free(q);
 			return 1;
 		}

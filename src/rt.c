@@ -10,23 +10,42 @@
  * map.
  *
  * Layout for lookups (what rt_build leaves behind; the binary trie it builds
- * first is scratch): one array of 32-byte nodes, two per cache line, of three
- * kinds:
+ * first is scratch): one array of 32-byte nodes, two per cache line:
  * - a leaf whose map has one interval keeps it inline, so a lookup that
  *   ends there touches no other line (most apps claim one port range);
- * - a plain node: two children and a slice of the shared entry array;
- * - a jump node: instead of children, a table of 2^stride slots indexed by
- *   the <stride> key bits below the node's prefix. A slot says where the
- *   descent resumes below that block (the first node as long as the block,
- *   or none) and which claimed node is the deepest to contain the whole
- *   block (the fallback). Any node whose subtree is big enough gets one,
- *   recursively, so a dense cluster deep in the key space (all of IPv4, or
- *   thousands of apps under one IPv6 /32) is skipped in one step, not just
- *   the top bits of the key.
- * The stride is about log2 of the subtree's size (slots ~ nodes below), then
- * narrowed while most slots would be empty, so memory stays proportional to
- * the number of prefixes. A random lookup in a 100,000-app table then reads
- * a hot top node or two, one slot and one leaf: two cache misses.
+ * - other nodes have two children and a slice of the shared entry array
+ *   (glue nodes, without claims, have no slice);
+ * - a jump node has, instead of children, a table of 2^stride slots indexed
+ *   by the <stride> key bits below its prefix. The slots are nodes of the
+ *   same array: slot c IS the first node of block c (the first node as
+ *   long as the block) when that node has a spare word (one-interval leaf,
+ *   glue, jump), else a reference to it, or nothing. The spare word holds
+ *   the block's fallback, the deepest claimed node that contains the whole
+ *   block, which the lookup skipped by jumping. Any node whose subtree is
+ *   big enough gets a table, recursively, so a dense cluster deep in the
+ *   key space (all of IPv4, or thousands of apps under one IPv6 /24) is
+ *   crossed in one step, not only the top bits of the key.
+ * Lookups start at the root, or for IPv4 keys at the node below
+ * ::ffff:0:0/96 (which gets a table of its own when it is big).
+ *
+ * So a random lookup in a 100,000-app table reads a hot node or two at the
+ * top and then, most of the time, one line: the slot that is its leaf. The
+ * cost is memory: slots are 32 bytes, one or two per trie node (see
+ * JUMP_MIN), where an index into the node array would be 4 bytes but a
+ * second miss.
+ * With bench/rt_bench.c's workload (2 vCPU EPYC VM shared with other
+ * jobs, gcc -O2, best of rounds), against the previous layout (binary trie
+ * under one top-bits jump table per family, maps out of line):
+ *   apps     ns/lookup  bytes      before: ns/lookup  bytes
+ *   10       15         5 KB               17         3 KB
+ *   1,000    21         200 KB             34         105 KB
+ *   100,000  50-63      13 MB              195        8.5 MB
+ * At 100,000 apps a lookup still takes about one miss past L2 (1 MB): that
+ * is the floor of any layout of a 100,000-prefix table, and what is left of
+ * the growth. A leaf-pushed multibit trie would also end in one line but
+ * copies each prefix into up to 2^stride slots; here the trie node itself
+ * becomes the slot, one copy of each, so memory stays proportional to the
+ * number of prefixes.
  *
  * Design notes:
  * - Build cost is O(n log n) per node for its own claims plus linear in the
@@ -74,35 +93,34 @@ struct rt_ent {
 	uint32_t app;
 };
 
+/* Kinds of lookup nodes, and what their three words <w> hold. <fb> is a
+ * fallback: when a lookup reaches the node, the deepest claimed node above
+ * it that it has not seen (it came through a jump slot), or NIL.
+ */
 enum {
-	LN_LEAF1, /* no children, one interval: in <one> */
-	LN_LEAFN, /* no children, <n> >= 2 intervals at <off> */
-	LN_PLAIN, /* <child>, <n> intervals (maybe 0) at <off> */
-	LN_JUMP,  /* slots at <child[0]>, <n> intervals at <off> */
+	LN_NODE,  /* w: child[0], child[1] (maybe NIL), map offset */
+	LN_LEAF1, /* no children, one interval: <one>, then w[2]: fb */
+	LN_GLUE,  /* no claims: child[0], child[1], fb */
+	LN_JUMP,  /* w: first slot, map offset, fb; stride in <kind> */
+	LN_REF,	  /* a jump slot whose first node is elsewhere: node, -, fb */
 };
 
-/* A node as lookups see it: 32 bytes, aligned, so one line read. */
+#define KIND_BITS 3
+
+/* A node as lookups see it: 32 bytes, aligned, so one line read. The
+ * slots of a jump table are nodes too, in one run of the same array: a
+ * slot holds its block's first node itself when that node has room for a
+ * fallback (a leaf with one interval, glue, a jump), else an LN_REF.
+ */
 struct rt_lnode {
 	rt_u128 key;
 	uint8_t len;
-	uint8_t kind; /* LN_*, and for LN_JUMP the stride << 2 */
+	uint8_t kind; /* LN_*, and for LN_JUMP the stride << KIND_BITS */
 	uint16_t n;   /* map entries; 0: no claims here */
 	union {
 		struct rt_ent one;
-		struct {
-			uint32_t child[2];
-			uint32_t off;
-		};
+		uint32_t w[3];
 	};
-};
-
-/* One slot of a jump node: where a lookup of a key in that block resumes
- * (the first node as long as the block or longer, or NIL) and the deepest
- * claimed node containing the whole block (or NIL). The slot before a jump
- * node's first one holds its two children, for walks that need them.
- */
-struct rt_jump {
-	uint32_t node, best;
 };
 
 struct rt {
@@ -111,8 +129,10 @@ struct rt {
 	uint32_t root;
 	struct rt_ent *ent; /* map entries of all nodes but LN_LEAF1 ones */
 	size_t nent, cap;
-	struct rt_jump *slot;
-	size_t nslot, slotcap;
+	/* Where lookups start, [1] for IPv4 keys, [0] for the rest: a node
+	 * and a fallback, like a slot. IPv4 starts below ::ffff:0:0/96.
+	 */
+	uint32_t start[2], start_best[2];
 	struct rt_node *nodes; /* the binary trie, during rt_build only */
 	uint32_t nnodes;
 };
@@ -137,7 +157,11 @@ struct rt_builder {
 	uint32_t *f_lo, *f_hi; /* a group's own claims, flattened */
 	uint32_t *f_app;
 	uint32_t nf;
-	uint32_t *size; /* per node: nodes in its subtree, itself included */
+	uint32_t *size;	  /* per node: nodes in its subtree, itself included */
+	uint8_t *stride;  /* per node: its jump table's stride, 0: none */
+	uint32_t *jbase;  /* per node with a jump table: its first slot */
+	uint32_t *newidx; /* per node: its index among the lookup nodes */
+	size_t nl;	  /* lookup nodes placed so far */
 };
 
 static rt_u128 key_of(const struct in6_addr *a)
@@ -157,10 +181,23 @@ static void addr_of(rt_u128 k, struct in6_addr *a)
 	memcpy(a->s6_addr + 8, &l, 8);
 }
 
+/* A shift by 128 is undefined, hence the case for /0 (and the & 127, for
+ * compilers that warn about the arm not taken).
+ */
+#define MASK(len) ((len) == 0 ? 0 : U128_MAX << ((128 - (len)) & 127))
+#define MASK4(l)  MASK(l), MASK(l + 1), MASK(l + 2), MASK(l + 3)
+#define MASK16(l) MASK4(l), MASK4(l + 4), MASK4(l + 8), MASK4(l + 12)
+#define MASK64(l) MASK16(l), MASK16(l + 16), MASK16(l + 32), MASK16(l + 48)
+
+/* The mask of each prefix length, so that matching a node in rt_lookup
+ * is a load, not branches on the length (v4 and v6 lengths interleave
+ * along any descent, so those branches mispredict).
+ */
+static const rt_u128 masks[129] = {MASK64(0), MASK64(64), MASK(128)};
+
 static inline rt_u128 mask_of(unsigned len)
 {
-	/* A shift by 128 is undefined, hence the branch for /0. */
-	return len == 0 ? 0 : U128_MAX << (128 - len);
+	return masks[len];
 }
 
 /* The bit at position <pos> (0 is the most significant), pos < 128. */
@@ -483,11 +520,20 @@ static int build_maps(struct rt_builder *b, uint32_t i, uint32_t poff, uint32_t 
 	return build_maps(b, b->rt->nodes[i].child[1], poff, pn);
 }
 
-/* Jump nodes: a node gets a jump table when its subtree has this many
- * nodes; strides are at most MAX_STRIDE bits (2 MB of slots).
+/* Jump tables. A node gets one when its subtree has JUMP_MIN nodes or more.
+ * Its stride starts at about log2 of the subtree's nodes, at most
+ * MAX_STRIDE bits (8 MB of slots), and narrows while fewer than one slot in
+ * NARROW would lead to a node. Small tables get two slots per node (about
+ * four per prefix, as a binary trie has a glue node per prefix), up to
+ * SMALL_SLOTS slots: blocks then rarely hold more than one node, and small
+ * tables took a third fewer mispredicted branches. Big tables get one slot
+ * per node: measured at 100,000 apps, two were no faster (the table is far
+ * past L2 either way) and took 60% more memory (21 MB against 13).
  */
-#define JUMP_MIN   8
-#define MAX_STRIDE 18
+#define JUMP_MIN    8
+#define NARROW	    8
+#define SMALL_SLOTS 4096
+#define MAX_STRIDE  18
 
 static uint32_t subtree_size(struct rt_builder *b, uint32_t i)
 {
@@ -515,132 +561,220 @@ static uint32_t count_blocks(const struct rt *rt, uint32_t i, unsigned plen)
 	return count_blocks(rt, nd->child[0], plen) + count_blocks(rt, nd->child[1], plen);
 }
 
-static int slot_reserve(struct rt *rt, size_t more)
+/* Where a lookup of any key in the block <x>/<plen> resumes when it is at
+ * node <i>: the first node at least as long as the block (or NIL), with the
+ * deepest claimed node on the way in <*best> (or NIL).
+ */
+static uint32_t block_walk(const struct rt *rt, uint32_t i, rt_u128 x, unsigned plen,
+			   uint32_t *best)
 {
-	size_t cap = rt->slotcap ? rt->slotcap : 64;
-	void *p;
+	*best = NIL;
+	while (i != NIL) {
+		const struct rt_node *nd = &rt->nodes[i];
 
-	if (rt->nslot + more <= rt->slotcap)
-		return 0;
-	if (rt->nslot + more > UINT32_MAX)
-		return -ENOMEM;
-	while (cap < rt->nslot + more)
-		cap *= 2;
-	if (!(p = realloc(rt->slot, cap * sizeof(*rt->slot))))
-		return -ENOMEM;
-	rt->slot = p;
-	rt->slotcap = cap;
-	return 0;
+		/* A node past a compressed path may lie outside the block:
+		 * then nothing in the block is below it.
+		 */
+		if ((x ^ nd->key) & mask_of(nd->len < plen ? nd->len : plen))
+			return NIL;
+		if (nd->len >= plen)
+			return i;
+		if (nd->n)
+			*best = i;
+		i = nd->child[bit_at(x, nd->len)];
+	}
+	return NIL;
 }
 
-/* Gives node <j> a jump table and recurses into the slots' subtrees that
- * are big enough for one of their own. Slot c is the block <j>'s prefix
- * followed by the <stride> bits of c; each slot is filled by a walk from
- * <j> that stops at the first node at least as long as the block, which is
- * where a lookup of any key in it resumes. O(2^stride * depth) per table,
- * and every node is the first node of at most one slot, so it terminates
- * with each node visited as a table owner at most once.
- */
-static int make_jump(struct rt_builder *b, uint32_t j)
+static bool is_leaf(const struct rt_node *nd)
 {
-	struct rt *rt = b->rt;
+	return nd->child[0] == NIL && nd->child[1] == NIL;
+}
+
+/* Whether the lookup node of <i> has a word for a fallback, so that a jump
+ * slot can be that node itself rather than an LN_REF to it.
+ */
+static bool has_fb(const struct rt_builder *b, uint32_t i)
+{
+	const struct rt_node *nd = &b->rt->nodes[i];
+
+	return b->stride[i] || nd->n == 0 || (nd->n == 1 && is_leaf(nd));
+}
+
+/* The block of slot <c> of node <j>'s jump table. */
+static rt_u128 slot_key(const struct rt_builder *b, uint32_t j, uint32_t c)
+{
+	const struct rt_node *jn = &b->rt->nodes[j];
+
+	return jn->key | ((rt_u128)c << (128 - jn->len - b->stride[j]));
+}
+
+/* Plans node <j>'s jump table and, first, those of the slots' subtrees big
+ * enough for one of their own: picks the stride, reserves the slots (after
+ * one spare node that keeps <j>'s children for walks) and places each
+ * block's first node in its slot when it can be. A node is the first node
+ * of at most one slot, and the IPv4 start (see make_layout) is checked for
+ * a table, so each node gets at most one. O(2^stride * depth) per table.
+ */
+static int plan_jump(struct rt_builder *b, uint32_t j)
+{
+	const struct rt *rt = b->rt;
 	const struct rt_node *jn = &rt->nodes[j];
-	unsigned len = jn->len, stride = 1, plen;
+	unsigned len = jn->len, stride = 1;
+	uint64_t want = b->size[j];
 	uint32_t nblk, base;
 	int err;
 
-	while (stride < MAX_STRIDE && len + stride < 128 && (1u << stride) < b->size[j])
+	if (2 * want <= SMALL_SLOTS)
+		want *= 2;
+	while (stride < MAX_STRIDE && len + stride < 128 && (1u << stride) < want)
 		stride++;
-	/* Narrow while under a quarter of the slots would lead anywhere: a
-	 * few clusters far apart (IPv4 and some IPv6 /32s under the root) need
-	 * a small table, then one per cluster.
+	/* A few clusters far apart (IPv4 and some IPv6 /32s under the root)
+	 * need a small table, then one per cluster.
 	 */
-	while (stride > 1 && 4 * count_blocks(rt, j, len + stride) < (1u << stride))
+	while (stride > 1 && NARROW * count_blocks(rt, j, len + stride) < (1u << stride))
 		stride--;
-	plen = len + stride;
 	nblk = 1u << stride;
-	if ((err = slot_reserve(rt, (size_t)nblk + 1)))
-		return err;
-	base = (uint32_t)rt->nslot + 1;
-	rt->slot[base - 1] = (struct rt_jump){jn->child[0], jn->child[1]};
+	/* Node indices are 32 bits and NIL is taken. */
+	if (b->nl + nblk + 1 >= UINT32_MAX)
+		return -ENOMEM;
+	b->stride[j] = (uint8_t)stride;
+	base = (uint32_t)b->nl + 1;
+	b->jbase[j] = base;
+	b->nl += (size_t)nblk + 1;
 	for (uint32_t c = 0; c < nblk; c++) {
-		rt_u128 x = jn->key | ((rt_u128)c << (128 - plen));
-		uint32_t i = j, best = NIL;
+		uint32_t best, i = block_walk(rt, j, slot_key(b, j, c), len + stride, &best);
 
-		while (i != NIL) {
-			const struct rt_node *nd = &rt->nodes[i];
-
-			if (nd->len >= plen)
-				break;
-			if ((x ^ nd->key) & mask_of(nd->len)) {
-				i = NIL;
-				break;
-			}
-			if (nd->n)
-				best = i;
-			i = nd->child[bit_at(x, nd->len)];
-		}
-		/* The owner itself is the lookup's fallback already. */
-		rt->slot[base + c] = (struct rt_jump){i, best == j ? NIL : best};
-	}
-	rt->nslot += (size_t)nblk + 1;
-	rt->ln[j].kind = (uint8_t)(LN_JUMP | stride << 2);
-	rt->ln[j].child[0] = base;
-	rt->ln[j].child[1] = NIL;
-	for (uint32_t c = 0; c < nblk; c++) {
-		uint32_t i = rt->slot[base + c].node;
-
-		if (i != NIL && b->size[i] >= JUMP_MIN && (err = make_jump(b, i)))
+		if (i == NIL)
+			continue;
+		if (b->size[i] >= JUMP_MIN && !b->stride[i] && (err = plan_jump(b, i)))
 			return err;
+		if (has_fb(b, i))
+			b->newidx[i] = base + c;
 	}
 	return 0;
 }
 
-/* Turns the binary trie into the lookup layout: lookup nodes with the same
- * indices, LN_LEAF1 maps moved inline and the entry array compacted to the
- * rest, then jump tables from the root down. Frees the binary trie.
+/* Writes the lookup node of trie node <i> at its place, fallback NIL. */
+static void put_node(struct rt_builder *b, uint32_t i, struct rt_ent *ent, size_t *nent)
+{
+	struct rt *rt = b->rt;
+	const struct rt_node *nd = &rt->nodes[i];
+	struct rt_lnode *l = &rt->ln[b->newidx[i]];
+	uint32_t c0 = nd->child[0] == NIL ? NIL : b->newidx[nd->child[0]];
+	uint32_t c1 = nd->child[1] == NIL ? NIL : b->newidx[nd->child[1]];
+
+	memset(l, 0, sizeof(*l));
+	l->key = nd->key;
+	l->len = nd->len;
+	l->n = nd->n;
+	if (nd->n == 1 && is_leaf(nd) && !b->stride[i]) {
+		l->kind = LN_LEAF1;
+		l->one = rt->ent[nd->off];
+		l->w[2] = NIL;
+		return;
+	}
+	if (b->stride[i]) {
+		struct rt_lnode *kids = &rt->ln[b->jbase[i] - 1];
+
+		/* Lookups never reach the spare node: no kind needed. */
+		memset(kids, 0, sizeof(*kids));
+		kids->w[0] = c0;
+		kids->w[1] = c1;
+		l->kind = (uint8_t)(LN_JUMP | b->stride[i] << KIND_BITS);
+		l->w[0] = b->jbase[i];
+		l->w[1] = (uint32_t)*nent;
+		l->w[2] = NIL;
+	} else {
+		l->kind = nd->n ? LN_NODE : LN_GLUE;
+		l->w[0] = c0;
+		l->w[1] = c1;
+		l->w[2] = nd->n ? (uint32_t)*nent : NIL;
+	}
+	memcpy(ent + *nent, rt->ent + nd->off, nd->n * sizeof(*ent));
+	*nent += nd->n;
+}
+
+/* Fills node <j>'s slots: the fallback of a first node placed in its slot,
+ * or an LN_REF to where it is (NIL: nothing in the block).
+ */
+static void put_slots(struct rt_builder *b, uint32_t j)
+{
+	struct rt *rt = b->rt;
+	uint32_t base = b->jbase[j], nblk = 1u << b->stride[j];
+
+	for (uint32_t c = 0; c < nblk; c++) {
+		uint32_t best, i = block_walk(rt, j, slot_key(b, j, c),
+					      rt->nodes[j].len + b->stride[j], &best);
+		struct rt_lnode *l = &rt->ln[base + c];
+
+		/* The owner itself is the lookup's fallback already. */
+		best = best == NIL || best == j ? NIL : b->newidx[best];
+		if (i != NIL && b->newidx[i] == base + c) {
+			l->w[2] = best;
+			continue;
+		}
+		memset(l, 0, sizeof(*l));
+		l->kind = LN_REF;
+		l->w[0] = i == NIL ? NIL : b->newidx[i];
+		l->w[1] = NIL;
+		l->w[2] = best;
+	}
+}
+
+/* Turns the binary trie into the lookup layout: plans the jump tables from
+ * the root and the IPv4 start down, places every node (in its slot, or
+ * after all tables), writes them with LN_LEAF1 maps inline and the entry
+ * array compacted to the rest, then the slots. Frees the binary trie.
  */
 static int make_layout(struct rt_builder *b)
 {
 	struct rt *rt = b->rt;
+	uint32_t nn = rt->nnodes, v4node, v4best;
 	struct rt_ent *ent = NULL;
 	size_t nent = 0;
 	int err = -ENOMEM;
 
-	rt->nln = rt->nnodes;
-	rt->ln = aligned_alloc(64, ((size_t)rt->nln * sizeof(*rt->ln) + 63) & ~(size_t)63);
-	if (!rt->ln || !(b->size = malloc(rt->nnodes * sizeof(*b->size))))
+	b->size = malloc(nn * sizeof(*b->size));
+	b->stride = calloc(nn, sizeof(*b->stride));
+	b->jbase = malloc(nn * sizeof(*b->jbase));
+	b->newidx = malloc(nn * sizeof(*b->newidx));
+	if (!b->size || !b->stride || !b->jbase || !b->newidx)
 		goto out;
-	if (rt->nent && !(ent = malloc(rt->nent * sizeof(*ent))))
+	memset(b->newidx, 0xff, nn * sizeof(*b->newidx));
+	subtree_size(b, rt->root);
+	/* Lookups of IPv4 keys start below ::ffff:0:0/96, so they skip the
+	 * top of the trie; that node gets its own table when it is big.
+	 */
+	v4node = block_walk(rt, rt->root, V4MAP_LO, 96, &v4best);
+	if (b->size[rt->root] >= JUMP_MIN && (err = plan_jump(b, rt->root)))
 		goto out;
-	for (uint32_t i = 0; i < rt->nnodes; i++) {
-		const struct rt_node *nd = &rt->nodes[i];
-		struct rt_lnode *l = &rt->ln[i];
-		bool leaf = nd->child[0] == NIL && nd->child[1] == NIL;
-
-		memset(l, 0, sizeof(*l));
-		l->key = nd->key;
-		l->len = nd->len;
-		l->n = nd->n;
-		if (leaf && nd->n == 1) {
-			l->kind = LN_LEAF1;
-			l->one = rt->ent[nd->off];
-			continue;
-		}
-		l->kind = leaf ? LN_LEAFN : LN_PLAIN;
-		l->child[0] = nd->child[0];
-		l->child[1] = nd->child[1];
-		l->off = (uint32_t)nent;
-		memcpy(ent + nent, rt->ent + nd->off, nd->n * sizeof(*ent));
-		nent += nd->n;
-	}
+	if (v4node != NIL && b->size[v4node] >= JUMP_MIN && !b->stride[v4node] &&
+	    (err = plan_jump(b, v4node)))
+		goto out;
+	err = -ENOMEM;
+	for (uint32_t i = 0; i < nn; i++)
+		if (b->newidx[i] == NIL)
+			b->newidx[i] = (uint32_t)b->nl++;
+	if (b->nl >= UINT32_MAX)
+		goto out;
+	rt->nln = (uint32_t)b->nl;
+	rt->ln = aligned_alloc(64, (b->nl * sizeof(*rt->ln) + 63) & ~(size_t)63);
+	if (!rt->ln || (rt->nent && !(ent = malloc(rt->nent * sizeof(*ent)))))
+		goto out;
+	for (uint32_t i = 0; i < nn; i++)
+		put_node(b, i, ent, &nent);
+	for (uint32_t i = 0; i < nn; i++)
+		if (b->stride[i])
+			put_slots(b, i);
+	rt->root = rt->start[0] = b->newidx[rt->root];
+	rt->start_best[1] = v4best == NIL ? NIL : b->newidx[v4best];
+	if (v4node != NIL)
+		rt->start[1] = b->newidx[v4node];
 	free(rt->ent);
 	rt->ent = ent;
 	rt->nent = rt->cap = nent;
 	ent = NULL;
-	if (rt->root != NIL && subtree_size(b, rt->root) >= JUMP_MIN &&
-	    (err = make_jump(b, rt->root)))
-		goto out;
 	err = 0;
 out:
 	free(ent);
@@ -664,7 +798,7 @@ int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt
 		return -ENOMEM;
 	if (!(rt = calloc(1, sizeof(*rt))))
 		return -ENOMEM;
-	rt->root = NIL;
+	rt->root = rt->start[0] = rt->start[1] = rt->start_best[0] = rt->start_best[1] = NIL;
 	if (n == 0)
 		goto done;
 
@@ -741,23 +875,34 @@ out:
 	free(b.f_hi);
 	free(b.f_app);
 	free(b.size);
+	free(b.stride);
+	free(b.jbase);
+	free(b.newidx);
 	return err;
 }
 
 /* The map of a claimed node: inline for LN_LEAF1. */
 static inline const struct rt_ent *map_of(const struct rt *rt, const struct rt_lnode *nd)
 {
-	return (nd->kind & 3) == LN_LEAF1 ? &nd->one : rt->ent + nd->off;
+	switch (nd->kind & 7) {
+	case LN_LEAF1:
+		return &nd->one;
+	case LN_JUMP:
+		return rt->ent + nd->w[1];
+	default:
+		return rt->ent + nd->w[2];
+	}
 }
 
 /* The children of a node, wherever its kind keeps them. */
 static uint32_t child_of(const struct rt *rt, const struct rt_lnode *nd, unsigned c)
 {
-	switch (nd->kind & 3) {
-	case LN_PLAIN:
-		return nd->child[c];
+	switch (nd->kind & 7) {
+	case LN_NODE:
+	case LN_GLUE:
+		return nd->w[c];
 	case LN_JUMP:
-		return c ? rt->slot[nd->child[0] - 1].best : rt->slot[nd->child[0] - 1].node;
+		return rt->ln[nd->w[0] - 1].w[c];
 	default:
 		return NIL;
 	}
@@ -768,15 +913,24 @@ uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t po
 	rt_u128 k = key_of(addr);
 	const struct rt_lnode *nd;
 	const struct rt_ent *ent;
-	uint32_t i = rt->root, best = NIL, lo, n;
+	/* An index, not a branch: the family of a key is not predictable. */
+	int v4 = (k >> 32) == 0xffff;
+	uint32_t i = rt->start[v4], best = rt->start_best[v4], lo, n;
 
 	while (i != NIL) {
 		unsigned kind;
 
 		nd = &rt->ln[i];
+		kind = nd->kind & 7;
+		/* Claimed nodes above a jump slot that the jump skipped. */
+		if (kind != LN_NODE && nd->w[2] != NIL)
+			best = nd->w[2];
+		if (kind == LN_REF) {
+			i = nd->w[0];
+			continue;
+		}
 		if ((k ^ nd->key) & mask_of(nd->len))
 			break;
-		kind = nd->kind & 3;
 		if (kind == LN_LEAF1) {
 			/* Its map already holds its ancestors' claims. */
 			if (port < nd->one.lo || port > nd->one.hi)
@@ -785,18 +939,13 @@ uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t po
 		}
 		if (nd->n)
 			best = i;
-		if (kind == LN_LEAFN)
-			break;
 		if (kind == LN_JUMP) {
-			unsigned stride = nd->kind >> 2;
-			const struct rt_jump *s =
-			    &rt->slot[nd->child[0] + (uint32_t)((k << nd->len) >> (128 - stride))];
+			unsigned stride = nd->kind >> KIND_BITS;
 
-			if (s->best != NIL)
-				best = s->best;
-			i = s->node;
+			i = nd->w[0] + (uint32_t)((k << nd->len) >> (128 - stride));
 		} else {
-			i = nd->child[bit_at(k, nd->len)];
+			/* A /128 has no children: any bit will do. */
+			i = nd->w[bit_at(k, nd->len & 127)];
 		}
 	}
 	if (best == NIL)
@@ -824,7 +973,6 @@ void rt_free(struct rt *rt)
 		return;
 	free(rt->ln);
 	free(rt->ent);
-	free(rt->slot);
 	free(rt->nodes);
 	free(rt);
 }

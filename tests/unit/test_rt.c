@@ -819,6 +819,134 @@ static void test_random_large(void **state)
 	free(c);
 }
 
+/* Tables shaped to reach every part of the lookup layout: clusters of
+ * prefixes under a few bases at any depth (jump tables below jump tables,
+ * strides cut short near /128), short claims covering whole jump blocks
+ * (a slot's fallback, the IPv4 start's fallback), single-interval leaves
+ * (inline maps) and prefixes with several claims or nested under claimed
+ * ones (maps in the entry array, /128s among them). Checked against the
+ * brute force, and the cover against rt_lookup.
+ */
+static void test_random_clustered(void **state)
+{
+	static const size_t sizes[] = {40, 300, 3000, 12000};
+	struct rt_claim *c = calloc(12000, sizeof(*c));
+	struct elems es = {0};
+	struct rt_conflict cf;
+	long hits = 0, probes = 0;
+
+	(void)state;
+	assert_non_null(c);
+	for (uint64_t seed = 1; seed <= 12; seed++) {
+		size_t n = sizes[seed % 4];
+		u128 base[8];
+		unsigned blen[8], nbase = 1 + rnd_below(8);
+		struct rt *rt = NULL;
+		int ret;
+
+		rng_state = seed * 2654435761u;
+		for (unsigned i = 0; i < nbase; i++) {
+			/* IPv6 bases at any depth, IPv4 ones at /96../120. */
+			if (rnd_below(3)) {
+				blen[i] = 8 + rnd_below(113);
+				base[i] = rnd128() & mask_of(blen[i]);
+			} else {
+				blen[i] = 96 + rnd_below(25);
+				base[i] = (V4MAP_LO | (uint32_t)rnd()) & mask_of(blen[i]);
+			}
+		}
+		for (size_t i = 0; i < n; i++) {
+			unsigned b = rnd_below(nbase), len;
+			u128 k;
+
+			switch (rnd_below(40)) {
+			case 0: /* covers everything, or all of IPv4 */
+				len = rnd_below(2) ? 0 : 96;
+				k = len ? V4MAP_LO : 0;
+				break;
+			case 1: /* a short prefix above a base: whole blocks */
+				len = blen[b] ? rnd_below(blen[b]) : 0;
+				k = base[b];
+				break;
+			case 2: /* anywhere */
+				k = rnd_below(2) ? rnd128() : V4MAP_LO | (uint32_t)rnd();
+				len = k >= V4MAP_LO && k <= V4MAP_HI ? 96 + rnd_below(33)
+								     : rnd_below(129);
+				break;
+			default:
+				k = base[b] | (rnd128() & ~mask_of(blen[b]));
+				len = blen[b] + rnd_below(129 - blen[b]);
+				/* Often a host or near-host prefix: leaves. */
+				if (rnd_below(2))
+					len = 128 - rnd_below(4) < len ? len : 128 - rnd_below(4);
+				break;
+			}
+			if (i && rnd_below(4) == 0) {
+				/* Another claim on an earlier prefix: a longer map. */
+				c[i] = c[rnd_below((uint32_t)i)];
+				rnd_range(&c[i].lo, &c[i].hi);
+			} else {
+				c[i].prefix.addr = addr_of(k & mask_of(len));
+				c[i].prefix.len = (uint8_t)len;
+				if (rnd_below(2)) {
+					/* One whole range per app, as most configs. */
+					c[i].lo = 1;
+					c[i].hi = 65535;
+				} else {
+					rnd_range(&c[i].lo, &c[i].hi);
+				}
+			}
+			c[i].app = rnd_below(1000);
+		}
+		while ((ret = rt_build(c, n, &rt, &cf)) == -EEXIST)
+			c[cf.b] = c[--n];
+		assert_int_equal(ret, 0);
+		cover_all(rt, &es);
+		check_cover_shape(&es);
+		for (int t = 0; t < 4000; t++) {
+			u128 k;
+			uint16_t p;
+			struct in6_addr a;
+			uint32_t got, want;
+
+			if (t % 4 == 3) {
+				/* Near a base: in it, just outside, or a sibling. */
+				unsigned b = rnd_below(nbase);
+
+				k = base[b] | (rnd128() & ~mask_of(blen[b]));
+				if (rnd_below(4) == 0)
+					k ^= (u128)1
+					     << (127 -
+						 rnd_below(blen[b] + 1 > 128 ? 128 : blen[b] + 1));
+				p = (uint16_t)rnd();
+			} else if (t % 8 == 2) {
+				const struct elem *e = &es.e[rnd_below((uint32_t)es.n)];
+				u128 ks[4] = {e->lo, e->hi, e->lo - 1, e->hi + 1};
+
+				k = ks[rnd_below(4)];
+				p = rnd_below(2) ? e->plo : e->phi;
+			} else {
+				probe_points(&c[rnd_below((uint32_t)n)], &k, &p);
+			}
+			a = addr_of(k);
+			got = rt_lookup(rt, &a, p);
+			want = brute_lookup(c, n, k, p);
+			if (got != want)
+				fail_msg("seed %llu n %zu probe %d: got %u want %u",
+					 (unsigned long long)seed, n, t, got, want);
+			if (t % 16 == 0)
+				assert_int_equal(in_cover(&es, k, p), got != RT_NONE);
+			hits += got != RT_NONE;
+			probes++;
+		}
+		rt_free(rt);
+	}
+	free(es.e);
+	free(c);
+	print_message("hits %ld of %ld probes\n", hits, probes);
+	assert_true(hits > probes / 4 && hits < probes * 19 / 20);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -837,6 +965,7 @@ int main(void)
 	    cmocka_unit_test(test_random_conflicts),
 	    cmocka_unit_test(test_random_lookup_and_cover),
 	    cmocka_unit_test(test_random_large),
+	    cmocka_unit_test(test_random_clustered),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
