@@ -26,9 +26,52 @@ struct cfg_range {
 	uint16_t lo, hi; /* inclusive */
 };
 
+enum cfg_port_mode {
+	CFG_PORT_DIALED = 0, /* no port: the port the client dialed */
+	CFG_PORT_FIXED,	     /* one port */
+	CFG_PORT_MAP,	     /* a range, mapped by offset from the app's range */
+};
+
 struct cfg_origin {
-	struct sockaddr_storage addr; /* port 0 when !has_port */
-	bool has_port;		      /* false: use the port the client dialed */
+	char *host;			/* as written: an address or a DNS name */
+	bool is_name;			/* host is a DNS name (re-resolved at run time) */
+	struct sockaddr_storage *addrs; /* resolved at load; port 0; may be empty for a
+					 * name that did not resolve (warned) */
+	size_t n_addrs;
+	enum cfg_port_mode port_mode;
+	uint16_t port;	 /* FIXED: the port; MAP: the first of the range */
+	uint32_t weight; /* default 1 */
+	bool backup;	 /* used only when no primary is usable */
+	struct cfg_pos pos;
+	/* compatibility with the single-address core: addrs[0] and
+	 * port_mode != CFG_PORT_DIALED, filled when n_addrs > 0 */
+	struct sockaddr_storage addr;
+	bool has_port;
+};
+
+enum cfg_balance {
+	CFG_LB_ROUND_ROBIN = 0, /* smooth weighted round robin */
+	CFG_LB_LEAST_CONN,
+	CFG_LB_MAGLEV,
+	CFG_LB_RANDOM_TWO,
+	CFG_LB_SOURCE_HASH,
+};
+
+struct cfg_health {
+	bool on;	      /* health_check present */
+	uint32_t interval_ms; /* default 2s */
+	uint32_t timeout_ms;  /* default 1s */
+	uint32_t rise, fall;  /* defaults 2, 3 */
+	uint16_t port;	      /* 0: the origin's own port */
+	char *send;	      /* NULL: connect-only check */
+	size_t send_len;
+	char *expect; /* reply prefix, NULL: none */
+	size_t expect_len;
+};
+
+struct cfg_passive {
+	uint32_t failures;    /* consecutive connect failures; 0 = off; default 3 */
+	uint32_t cooldown_ms; /* default 10s */
 };
 
 enum cfg_proto {
@@ -48,6 +91,12 @@ struct cfg_app {
 	uint32_t connect_timeout_ms; /* app's own, or the global default */
 	uint32_t idle_timeout_ms;
 	struct cfg_pos pos; /* of the app's mapping in the file */
+
+	enum cfg_balance balance; /* default round_robin */
+	uint32_t retries;	  /* connect attempts on other origins; default 2 */
+	struct cfg_health health;
+	struct cfg_passive passive;
+	uint32_t dns_refresh_ms; /* default 30s */
 };
 
 struct cfg {
@@ -72,6 +121,12 @@ struct cfg {
 	struct rt *rt; /* app index = position in apps[] */
 
 	int log_level; /* enum log_level (log.h); default LOG_INFO */
+
+	/* One "FILE:LINE:COL: warning: ..." line per thing that loaded but
+	 * deserves attention (an origin name that does not resolve yet), or
+	 * NULL. Printed by the caller; freed with the snapshot.
+	 */
+	char *warnings;
 };
 
 /* Loads and validates <path>. On success stores a snapshot with one
@@ -89,6 +144,16 @@ int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out
  * Returns 0 or -EINVAL (also on overflow past UINT32_MAX ms).
  */
 int cfg_parse_duration(const char *s, uint32_t *ms);
+
+/* Resolves DNS name <host> (TCP, IPv4 and IPv6). Returns 0 with a malloc'd
+ * array of at least one address in <*addrs> (sockaddr_in or sockaddr_in6,
+ * port 0, duplicates removed) and its length in <*n>; or returns a negative
+ * value with <*why> set to a static sentence (e.g. gai_strerror's). The
+ * default uses getaddrinfo(AF_UNSPEC, SOCK_STREAM); tests and the fuzzer
+ * point it at a stub so that loading never touches the network.
+ */
+extern int (*cfg_resolver)(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			   const char **why);
 
 struct cfg *cfg_ref(struct cfg *c);
 void cfg_unref(struct cfg *c);

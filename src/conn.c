@@ -19,6 +19,9 @@
 #include "cfg.h"
 #include "conn.h"
 #include "log.h"
+#include "hc.h"
+#include "lb.h"
+#include "origin.h"
 #include "rt.h"
 
 #define SPLICE_LEN  PIPE_SIZE	   /* as much as the pipe takes */
@@ -37,6 +40,7 @@ static const char *const reason_names[CR__COUNT] = {
     [CR_SHUTDOWN] = "shutdown",
     [CR_NO_APP] = "no_app",
     [CR_RESOURCE] = "resource",
+    [CR_NO_ORIGIN] = "no_origin",
 };
 
 const char *conn_reason_str(enum conn_reason r)
@@ -57,6 +61,8 @@ static void close_reset(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	close(fd);
 }
+
+static void origin_release(struct conn *c);
 
 static void log_conn(const struct conn *c, const char *app, enum conn_reason reason)
 {
@@ -108,6 +114,7 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	case CR_ORIGIN_UNREACHABLE:
 	case CR_CONNECT_TIMEOUT:
 	case CR_NO_APP:
+	case CR_NO_ORIGIN:
 	case CR_RESOURCE:
 		reset = true;
 		break;
@@ -123,6 +130,9 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	half_release(w, &c->o2c, true);
 
 	log_conn(c, c->app ? c->app->name : "-", reason);
+	origin_release(c);
+	origin_set_unref(c->set);
+	c->set = NULL;
 
 	if (c->prev)
 		c->prev->next = c->next;
@@ -161,25 +171,150 @@ static enum conn_reason connect_error_reason(int err)
 	}
 }
 
-static void origin_pick(struct conn *c)
+struct pick_ctx {
+	const struct origin_set *set;
+	uint64_t now, tried;
+};
+
+static bool pick_usable(size_t i, void *arg)
+{
+	const struct pick_ctx *p = arg;
+
+	if (i < 64 && (p->tried & (1ull << i)))
+		return false;
+	return origin_usable(p->set->v[i], p->now);
+}
+
+/* Chooses an origin for <c> with the app's balancer, skipping origins this
+ * connection already tried, and fills c->origin. Returns 0, or -ENOENT when
+ * no usable origin is left.
+ */
+static int origin_pick(struct conn *c)
 {
 	const struct cfg_app *app = c->app;
-	const struct cfg_origin *o;
-	uint32_t i = c->w->rr[c->app_idx]++;
+	struct worker *w = c->w;
+	struct pick_ctx ctx;
+	struct in6_addr caddr, unused;
+	uint16_t cport, dport, port;
+	struct origin *o;
+	size_t i;
 
-	o = &app->origins[i % app->n_origins];
+	if (!c->set)
+		c->set = app_origins_get(&w->origins[c->app_idx]);
+	ctx.set = c->set;
+	ctx.now = w->now;
+	ctx.tried = c->tried;
+	addr_from_sa((const struct sockaddr *)&c->client, &caddr, &cport);
+	i = lb_pick(app->balance, c->set, &w->lbw[c->app_idx], &caddr, pick_usable, &ctx);
+	if (i == LB_NONE)
+		return -ENOENT;
+	if (i < 64)
+		c->tried |= 1ull << i;
+	o = c->set->v[i];
+	origin_ref(o);
+	__atomic_add_fetch(&o->active, 1, __ATOMIC_RELAXED);
+	c->o = o;
+
 	memcpy(&c->origin, &o->addr, sizeof(c->origin));
-	if (!o->has_port) {
-		uint16_t port;
-		struct in6_addr unused;
-
-		/* A port-less origin gets the port the client dialed. */
-		addr_from_sa((const struct sockaddr *)&c->edge, &unused, &port);
-		if (c->origin.ss_family == AF_INET)
-			((struct sockaddr_in *)&c->origin)->sin_port = htons(port);
-		else
-			((struct sockaddr_in6 *)&c->origin)->sin6_port = htons(port);
+	addr_from_sa((const struct sockaddr *)&c->edge, &unused, &dport);
+	switch (o->co->port_mode) {
+	case CFG_PORT_FIXED:
+		return 0; /* already in o->addr */
+	case CFG_PORT_MAP:
+		/* The app has one range, of the origin's range's size. */
+		port = (uint16_t)(o->co->port + (dport - app->ports[0].lo));
+		break;
+	default:
+		port = dport; /* a port-less origin gets the port the client dialed */
 	}
+	if (c->origin.ss_family == AF_INET)
+		((struct sockaddr_in *)&c->origin)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)&c->origin)->sin6_port = htons(port);
+	return 0;
+}
+
+/* Lets go of the origin of the current attempt. */
+static void origin_release(struct conn *c)
+{
+	if (!c->o)
+		return;
+	__atomic_sub_fetch(&c->o->active, 1, __ATOMIC_RELAXED);
+	origin_unref(c->o);
+	c->o = NULL;
+}
+
+/* Picks an origin and starts a non-blocking connect to it, moving on to
+ * the next origin while connect() fails at once. Returns 0, or -errno when
+ * the worker should pause accepting (fds or memory ran out); on every
+ * failure the connection is already finalized.
+ */
+static int origin_connect(struct conn *c)
+{
+	struct worker *w = c->w;
+	int one = 1, ofd, err;
+
+	for (;;) {
+		if (origin_pick(c) < 0) {
+			conn_finalize(c, c->attempts ? c->last_fail : CR_NO_ORIGIN);
+			return 0;
+		}
+		c->attempts++;
+		ofd = socket(c->origin.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (ofd == -1) {
+			err = errno;
+			conn_finalize(c, CR_RESOURCE);
+			return -err;
+		}
+		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(ofd, (struct sockaddr *)&c->origin,
+			    addr_sa_len((struct sockaddr *)&c->origin)) == 0 ||
+		    errno == EINPROGRESS)
+			break;
+		err = errno;
+		close(ofd);
+		if (connect_error_reason(err) == CR_RESOURCE) {
+			conn_finalize(c, CR_RESOURCE);
+			return -err;
+		}
+		hc_connect_failed(c->app, c->o, w->now, err);
+		origin_release(c);
+		c->last_fail = connect_error_reason(err);
+		if (c->attempts > c->app->retries) {
+			conn_finalize(c, c->last_fail);
+			return 0;
+		}
+	}
+	c->org.fd = ofd;
+	c->org.rd = c->org.wr = c->org.rdhup = false;
+
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+	ev.data.ptr = &c->org;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1 ||
+	    timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms) < 0) {
+		err = errno ? errno : ENOMEM;
+		conn_finalize(c, CR_RESOURCE);
+		return -err;
+	}
+	return 0;
+}
+
+/* The current attempt failed (refused, unreachable, timed out): tell the
+ * health accounting, and try another origin while retries remain, so the
+ * client sees no failure while a healthy origin exists.
+ */
+static void connect_failed(struct conn *c, int err, enum conn_reason reason)
+{
+	hc_connect_failed(c->app, c->o, c->w->now, err);
+	origin_release(c);
+	close(c->org.fd);
+	c->org.fd = -1;
+	c->last_fail = reason;
+	if (c->attempts > c->app->retries) {
+		conn_finalize(c, reason);
+		return;
+	}
+	origin_connect(c);
 }
 
 int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
@@ -189,7 +324,6 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 	struct in6_addr daddr;
 	uint16_t dport;
 	uint32_t app;
-	int one = 1, ofd, err;
 
 	c = calloc(1, sizeof(*c));
 	if (!c) {
@@ -225,52 +359,26 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 	}
 	c->app_idx = app;
 	c->app = &w->cfg->apps[app];
-	origin_pick(c);
-
-	ofd = socket(c->origin.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (ofd == -1) {
-		err = errno;
-		conn_finalize(c, CR_RESOURCE);
-		return -err;
-	}
-	c->org.fd = ofd;
-	setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(ofd, (struct sockaddr *)&c->origin,
-		    addr_sa_len((struct sockaddr *)&c->origin)) == -1 &&
-	    errno != EINPROGRESS) {
-		err = errno;
-		conn_finalize(c, connect_error_reason(err));
-		return connect_error_reason(err) == CR_RESOURCE ? -err : 0;
-	}
 
 	/* Both sockets are registered once, edge-triggered, for both
 	 * directions; readiness is cached in c->cli/c->org from then on.
 	 * While connecting, client readiness is only recorded.
 	 */
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-	ev.data.ptr = &c->org;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1)
-		goto ep_fail;
 	ev.data.ptr = &c->cli;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
-		goto ep_fail;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+		int err = errno;
 
+		conn_finalize(c, CR_RESOURCE);
+		return -err;
+	}
 	if (c->app->proxy_protocol != PP_OFF) {
 		ssize_t n = pp_encode(c->app->proxy_protocol, (struct sockaddr *)&c->client,
 				      (struct sockaddr *)&c->edge, c->pp, sizeof(c->pp));
 		if (n > 0)
 			c->pp_len = (uint8_t)n;
 	}
-	if (timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms) < 0) {
-		err = ENOMEM;
-		conn_finalize(c, CR_RESOURCE);
-		return -err;
-	}
-	return 0;
-ep_fail:
-	err = errno;
-	conn_finalize(c, CR_RESOURCE);
-	return -err;
+	return origin_connect(c);
 }
 
 static void arm_idle(struct conn *c)
@@ -289,7 +397,7 @@ static void conn_timeout(struct timer *t)
 	uint64_t idle;
 
 	if (c->state == CS_CONNECTING) {
-		conn_finalize(c, CR_CONNECT_TIMEOUT);
+		connect_failed(c, ETIMEDOUT, CR_CONNECT_TIMEOUT);
 		return;
 	}
 	/* Activity does not move the timer (that would be a heap operation
@@ -556,11 +664,16 @@ static void connected(struct conn *c, uint32_t events)
 		/* The only way to learn why a non-blocking connect failed. */
 		if (getsockopt(c->org.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
 			err = errno;
-		conn_finalize(c, connect_error_reason(err ? err : ECONNREFUSED));
+		if (!err)
+			err = ECONNREFUSED;
+		connect_failed(c, err, connect_error_reason(err));
 		return;
 	}
 	if (!(events & EPOLLOUT))
 		return;
+	hc_connect_ok(c->app, c->o);
+	origin_set_unref(c->set); /* tried bits are meaningless from here on */
+	c->set = NULL;
 	c->state = CS_RELAYING;
 	c->last_active = c->w->now;
 	arm_idle(c);

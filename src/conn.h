@@ -21,6 +21,8 @@
 #include "worker.h"
 
 struct cfg_app;
+struct origin;
+struct origin_set;
 
 /* Termination reasons: one enum for the access log and (later) metrics. */
 enum conn_reason {
@@ -36,6 +38,7 @@ enum conn_reason {
 	CR_SHUTDOWN,
 	CR_NO_APP,
 	CR_RESOURCE,
+	CR_NO_ORIGIN,
 	CR__COUNT,
 };
 
@@ -78,6 +81,12 @@ struct conn {
 	struct sockaddr_storage client, edge, origin;
 	struct conn *prev, *next; /* worker's live list */
 	struct conn *next_dead;
+
+	struct origin *o;	    /* the current attempt's origin (reference held) */
+	struct origin_set *set;	    /* while connecting: the set the tried bits index */
+	uint64_t tried;		    /* set indices already tried by this connection */
+	uint8_t attempts;	    /* connect attempts so far */
+	enum conn_reason last_fail; /* reason of the last failed attempt */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

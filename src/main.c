@@ -20,7 +20,10 @@
 #include "addr.h"
 #include "cfg.h"
 #include "log.h"
+#include "dns.h"
+#include "hc.h"
 #include "netsetup.h"
+#include "origin.h"
 #include "worker.h"
 
 #define EXIT_RUNTIME 1
@@ -123,6 +126,8 @@ static struct cfg *load(const char *path)
 		return NULL;
 	}
 	free(errors);
+	if (cfg->warnings)
+		fputs(cfg->warnings, stderr);
 	log_max_level = (enum log_level)cfg->log_level;
 	if (cfg->n_apps == 0)
 		log_warn("%s: no apps configured: prism will accept nothing", path);
@@ -271,6 +276,9 @@ static int cmd_run(int argc, char **argv)
 {
 	const char *path = parse_config_opt(argc, argv, command_find("run"));
 	struct worker *ws = NULL;
+	struct app_origins *origins = NULL;
+	struct hc *hc = NULL;
+	struct dns *dns = NULL;
 	bool *joined = NULL;
 	struct cfg *cfg;
 	sigset_t sigs;
@@ -303,6 +311,11 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	}
 
+	origins = app_origins_new(cfg);
+	if (!origins) {
+		log_err("out of memory");
+		goto out;
+	}
 	ws = calloc((size_t)cfg->workers, sizeof(*ws));
 	joined = calloc((size_t)cfg->workers, sizeof(*joined));
 	if (!ws || !joined) {
@@ -310,7 +323,7 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	}
 	for (n = 0; n < cfg->workers; n++) {
-		if (worker_init(&ws[n], n, cfg) < 0) {
+		if (worker_init(&ws[n], n, cfg, origins) < 0) {
 			n++;
 			goto out;
 		}
@@ -322,9 +335,18 @@ static int cmd_run(int argc, char **argv)
 		}
 		net_installed = true;
 	}
+	int r = hc_start(&hc, origins, cfg->n_apps);
+	if (r < 0) {
+		log_err("cannot start health checks: %s", strerror(-r));
+		goto out;
+	}
+	r = dns_start(&dns, origins, cfg->n_apps);
+	if (r < 0) {
+		log_err("cannot start the origin resolver: %s", strerror(-r));
+		goto out;
+	}
 	for (started = 0; started < n; started++) {
-		int r = worker_start(&ws[started]);
-
+		r = worker_start(&ws[started]);
 		if (r < 0) {
 			log_err("cannot start worker %d: %s", started, strerror(-r));
 			goto out;
@@ -365,6 +387,10 @@ out:
 			worker_stop(&ws[i], true);
 	for (int i = 0; i < n; i++)
 		worker_join(&ws[i]);
+	if (hc)
+		hc_stop(hc);
+	dns_stop(dns);
+	app_origins_free(origins, cfg->n_apps);
 	if (net_installed) {
 		free(err);
 		err = NULL;

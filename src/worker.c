@@ -22,6 +22,7 @@
 #include "addr.h"
 #include "cfg.h"
 #include "conn.h"
+#include "lb.h"
 #include "log.h"
 #include "worker.h"
 
@@ -96,7 +97,7 @@ static int ep_add(struct worker *w, struct io *io, uint32_t events)
 static void accept_resume(struct timer *t);
 static void grace_expired(struct timer *t);
 
-int worker_init(struct worker *w, int id, struct cfg *cfg)
+int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins)
 {
 	int r;
 
@@ -109,16 +110,19 @@ int worker_init(struct worker *w, int id, struct cfg *cfg)
 	timer_heap_init(&w->timers);
 	timer_init(&w->accept_timer, accept_resume);
 	timer_init(&w->grace_timer, grace_expired);
-	w->rr = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*w->rr));
+	w->origins = origins;
+	w->lbw = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*w->lbw));
 	w->pool = calloc(POOL_MAX, sizeof(*w->pool));
 	w->scratch = malloc(WORKER_SCRATCH);
-	if (!w->rr || !w->pool || !w->scratch)
+	if (!w->lbw || !w->pool || !w->scratch)
 		return -ENOMEM;
-	/* Start each worker's round robin elsewhere so N workers with few
-	 * connections each don't all pick the first origin.
+	/* Seed each worker differently, and start its rotations elsewhere, so
+	 * N workers with few connections each don't all pick the same origin.
 	 */
-	for (size_t i = 0; i < cfg->n_apps; i++)
-		w->rr[i] = (uint32_t)id;
+	for (size_t i = 0; i < cfg->n_apps; i++) {
+		lb_worker_init(&w->lbw[i], 0x9e3779b97f4a7c15ull * (uint64_t)(id + 1) + i);
+		w->lbw[i].rr = (uint32_t)id;
+	}
 
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd == -1)
@@ -394,7 +398,10 @@ void worker_join(struct worker *w)
 		close(w->epfd);
 	timer_heap_deinit(&w->timers);
 	free(w->pool);
-	free(w->rr);
+	if (w->lbw && w->cfg)
+		for (size_t i = 0; i < w->cfg->n_apps; i++)
+			lb_worker_deinit(&w->lbw[i]);
+	free(w->lbw);
 	free(w->scratch);
 	if (w->cfg)
 		cfg_unref(w->cfg);

@@ -15,8 +15,10 @@
 
 #include "timer.h"
 
+struct app_origins;
 struct cfg;
 struct conn;
+struct lb_worker;
 
 /* What an epoll registration points at. Connections embed two (client and
  * origin side) and are found from them with container_of.
@@ -54,12 +56,13 @@ struct worker {
 	int id;
 	pthread_t thread;
 	int epfd;
-	struct io wake;	  /* eventfd: main thread asks the worker to stop */
-	struct io lis[2]; /* IPv4 and IPv6 listeners; fd -1 when absent */
-	struct cfg *cfg;  /* one reference held */
-	uint32_t *rr;	  /* per-app round-robin position */
-	uint64_t now;	  /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
-	char *scratch;	  /* WORKER_SCRATCH bytes, see copy_small() in conn.c */
+	struct io wake;		     /* eventfd: main thread asks the worker to stop */
+	struct io lis[2];	     /* IPv4 and IPv6 listeners; fd -1 when absent */
+	struct cfg *cfg;	     /* one reference held */
+	struct app_origins *origins; /* per app, borrowed from main */
+	struct lb_worker *lbw;	     /* per app: this worker's balancer state */
+	uint64_t now;		     /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
+	char *scratch;		     /* WORKER_SCRATCH bytes, see copy_small() in conn.c */
 	struct timer_heap timers;
 
 	struct pipe_pair *pool; /* spare empty pipes */
@@ -84,7 +87,7 @@ struct worker {
 /* Creates the worker's epoll set and listening sockets and takes a reference
  * to <cfg>. Returns 0 or -errno with a message logged.
  */
-int worker_init(struct worker *w, int id, struct cfg *cfg);
+int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins);
 
 /* Starts the thread. Returns 0 or -errno. */
 int worker_start(struct worker *w);

@@ -113,6 +113,29 @@ def test_no_apps_warns(tmp_path):
     assert warn and "no apps" in warn[0], r.stderr
 
 
+def test_unresolved_origin_warns(tmp_path):
+    # A name that does not resolve is no error: prism warns and retries.
+    # .invalid never resolves (RFC 6761); localhost always does (/etc/hosts).
+    p = tmp_path / "dns.yaml"
+    p.write_text(
+        "apps:\n"
+        "  - name: a\n"
+        "    edge: 192.0.2.1\n"
+        "    ports: 80\n"
+        "    origins: [localhost, origin-c.invalid:8080]\n"
+        "    dns: {refresh: 1m}\n"
+    )
+    r = check(str(p))
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.strip() == "ok"
+    want = (
+        f"{p}:5:26: warning: origin origin-c.invalid does not resolve ("
+    )
+    lines = [line for line in r.stderr.splitlines() if "warning:" in line]
+    assert len(lines) == 1 and lines[0].startswith(want), r.stderr
+    assert lines[0].endswith("; prism will retry every dns.refresh (1m)"), lines[0]
+
+
 def test_missing_option():
     r = subprocess.run([prism(), "check"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, (r.returncode, r.stderr)

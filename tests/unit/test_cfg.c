@@ -413,7 +413,8 @@ static void test_error_positions(void **state)
 			     "network, timeouts, shutdown_grace, apps, log_level)"},
 	    {"apps:\n  - name: web\n    edgee: 192.0.2.1\n",
 	     "3:5: unknown key \"edgee\" in app \"web\" (expected one of: name, protocol, edge, "
-	     "ports, origins, proxy_protocol, timeouts)"},
+	     "ports, origins, proxy_protocol, timeouts, balance, retries, health_check, passive, "
+	     "dns)"},
 	    {"network: {tabel: x}\n", "1:11: unknown key \"tabel\" in network"},
 	    {"timeouts: {conect: 1s}\n", "1:12: unknown key \"conect\" in timeouts"},
 	    {"listen: 5\n", "1:9: listen: expected a mapping of keys, got a single value"},
@@ -617,7 +618,7 @@ static void test_several_errors(void **state)
 			   "  - name: web\n"
 			   "    edge: 192.0.2.1\n"
 			   "    ports: 80\n"
-			   "    origins: nowhere\n";
+			   "    origins: no_where\n";
 	const char *want = "t.yaml:2:9: listen.port: port 70000 out of range (1-65535)\n"
 			   "t.yaml:3:3: unknown key \"bogus\" in listen (expected one of: address, "
 			   "address6, port, workers)\n"
@@ -629,8 +630,10 @@ static void test_several_errors(void **state)
 			   "192.0.2.0/24?\n"
 			   "t.yaml:8:17: ports: port 0 out of range (1-65535)\n"
 			   "t.yaml:9:11: duplicate app name \"web\" (first at line 6)\n"
-			   "t.yaml:12:14: origins: \"nowhere\" is not a valid origin: not an IP "
-			   "address (expected e.g. 198.51.100.10:22 or [2001:db8::10]:22)\n";
+			   "t.yaml:12:14: origins: \"no_where\" is not a valid origin: not an IP "
+			   "address or host name (expected e.g. 198.51.100.10:22, "
+			   "[2001:db8::10]:22 or origin.internal:8080; a host name is letters, "
+			   "digits, '-' and '.')\n";
 	char *e = load_bad(yaml);
 
 	assert_string_equal(e, want);
@@ -734,6 +737,538 @@ static void test_refs(void **state)
 	cfg_unref(NULL);
 }
 
+/* ---- origins, balancing, health (the "origins" keys) ---- */
+
+/* The resolver the loader calls for names: no network in unit tests. */
+static int stub_calls;
+
+static int stub_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			 const char **why)
+{
+	static const char *const two[] = {"198.51.100.1", "2001:db8::1", "198.51.100.1"};
+	const char *const *v = NULL;
+	size_t k = 0, i;
+
+	stub_calls++;
+	if (strcmp(host, "two.test") == 0) {
+		v = two;
+		k = 3; /* with a duplicate the loader must drop */
+	} else if (strcmp(host, "origin-c.internal") == 0 || strcmp(host, "one.test") == 0) {
+		static const char *const one[] = {"198.51.100.9"};
+
+		v = one;
+		k = 1;
+	}
+	if (!v) {
+		*why = "Name or service not known";
+		return -ENOENT;
+	}
+	*addrs = calloc(k, sizeof(**addrs));
+	assert_non_null(*addrs);
+	for (i = 0; i < k; i++) {
+		bool has_port;
+		const char *w;
+
+		assert_int_equal(addr_parse_hostport(v[i], &(*addrs)[i], &has_port, &w), 0);
+	}
+	*n = k;
+	return 0;
+}
+
+static int use_stub(void **state)
+{
+	(void)state;
+	cfg_resolver = stub_resolver;
+	stub_calls = 0;
+	return 0;
+}
+
+static int (*saved_resolver)(const char *, struct sockaddr_storage **, size_t *, const char **);
+
+static int restore_resolver(void **state)
+{
+	(void)state;
+	cfg_resolver = saved_resolver;
+	return 0;
+}
+
+static uint16_t sa_port_of(const struct sockaddr_storage *ss)
+{
+	struct in6_addr a;
+	uint16_t p;
+
+	addr_from_sa((const struct sockaddr *)ss, &a, &p);
+	return p;
+}
+
+static const char *sa(const struct sockaddr_storage *ss, char *buf)
+{
+	return addr_fmt_sa((const struct sockaddr *)ss, buf);
+}
+
+/* The issue's example, whole. */
+static const char *pool_yaml = "apps:\n"
+			       "  - name: pool\n"
+			       "    edge: [192.0.2.0/24, \"2001:db8::/64\"]\n"
+			       "    ports: \"8000-8999\"\n"
+			       "    origins:\n"
+			       "      - address: 198.51.100.21\n"
+			       "        weight: 3\n"
+			       "      - address: 198.51.100.22\n"
+			       "        port: \"9000-9999\"\n"
+			       "      - address: origin-c.internal:8080\n"
+			       "        backup: true\n"
+			       "      - \"198.51.100.23:7000\"\n"
+			       "    balance: least_conn\n"
+			       "    retries: 4\n"
+			       "    health_check:\n"
+			       "      interval: 3s\n"
+			       "      timeout: 500ms\n"
+			       "      rise: 5\n"
+			       "      fall: 7\n"
+			       "      port: 8000\n"
+			       "      send: \"PING\\r\\n\"\n"
+			       "      expect: \"+PONG\"\n"
+			       "    passive:\n"
+			       "      failures: 0\n"
+			       "      cooldown: 1m\n"
+			       "    dns:\n"
+			       "      refresh: 45s\n";
+
+static void test_origins_example(void **state)
+{
+	(void)state;
+	struct cfg *c = load_ok(pool_yaml);
+	const struct cfg_app *a = &c->apps[0];
+	const struct cfg_origin *o = a->origins;
+	char buf[ADDR_STRLEN];
+
+	assert_null(c->warnings);
+	assert_int_equal(stub_calls, 1); /* only the name */
+	assert_int_equal(a->n_origins, 4);
+
+	assert_string_equal(o[0].host, "198.51.100.21");
+	assert_false(o[0].is_name);
+	assert_int_equal(o[0].n_addrs, 1);
+	assert_string_equal(sa(&o[0].addrs[0], buf), "198.51.100.21:0");
+	assert_int_equal(o[0].port_mode, CFG_PORT_DIALED);
+	assert_int_equal(o[0].weight, 3);
+	assert_false(o[0].backup);
+	assert_int_equal(o[0].pos.line, 6);
+	assert_int_equal(o[0].pos.col, 18);
+	assert_false(o[0].has_port);
+	assert_string_equal(sa(&o[0].addr, buf), "198.51.100.21:0");
+
+	assert_int_equal(o[1].port_mode, CFG_PORT_MAP);
+	assert_int_equal(o[1].port, 9000);
+	assert_int_equal(o[1].weight, 1);
+	assert_true(o[1].has_port);
+
+	assert_string_equal(o[2].host, "origin-c.internal");
+	assert_true(o[2].is_name);
+	assert_int_equal(o[2].n_addrs, 1);
+	assert_string_equal(sa(&o[2].addrs[0], buf), "198.51.100.9:0");
+	assert_int_equal(o[2].port_mode, CFG_PORT_FIXED);
+	assert_int_equal(o[2].port, 8080);
+	assert_true(o[2].backup);
+	assert_true(o[2].has_port);
+	assert_string_equal(sa(&o[2].addr, buf), "198.51.100.9:8080");
+
+	assert_string_equal(o[3].host, "198.51.100.23");
+	assert_int_equal(o[3].port_mode, CFG_PORT_FIXED);
+	assert_int_equal(o[3].port, 7000);
+	assert_string_equal(sa(&o[3].addrs[0], buf), "198.51.100.23:0");
+	assert_string_equal(sa(&o[3].addr, buf), "198.51.100.23:7000");
+	assert_int_equal(o[3].pos.line, 12);
+	assert_int_equal(o[3].pos.col, 9);
+
+	assert_int_equal(a->balance, CFG_LB_LEAST_CONN);
+	assert_int_equal(a->retries, 4);
+	assert_true(a->health.on);
+	assert_int_equal(a->health.interval_ms, 3000);
+	assert_int_equal(a->health.timeout_ms, 500);
+	assert_int_equal(a->health.rise, 5);
+	assert_int_equal(a->health.fall, 7);
+	assert_int_equal(a->health.port, 8000);
+	assert_int_equal(a->health.send_len, 6);
+	assert_memory_equal(a->health.send, "PING\r\n", 7);
+	assert_int_equal(a->health.expect_len, 5);
+	assert_string_equal(a->health.expect, "+PONG");
+	assert_int_equal(a->passive.failures, 0);
+	assert_int_equal(a->passive.cooldown_ms, 60000);
+	assert_int_equal(a->dns_refresh_ms, 45000);
+	cfg_unref(c);
+}
+
+static void test_origin_defaults(void **state)
+{
+	(void)state;
+	struct cfg *c = load_ok(app_line);
+	const struct cfg_app *a = &c->apps[0];
+
+	assert_int_equal(a->balance, CFG_LB_ROUND_ROBIN);
+	assert_int_equal(a->retries, 2);
+	assert_false(a->health.on);
+	assert_int_equal(a->health.interval_ms, 2000);
+	assert_int_equal(a->health.timeout_ms, 1000);
+	assert_int_equal(a->health.rise, 2);
+	assert_int_equal(a->health.fall, 3);
+	assert_int_equal(a->health.port, 0);
+	assert_null(a->health.send);
+	assert_null(a->health.expect);
+	assert_int_equal(a->passive.failures, 3);
+	assert_int_equal(a->passive.cooldown_ms, 10000);
+	assert_int_equal(a->dns_refresh_ms, 30000);
+	assert_int_equal(a->origins[0].weight, 1);
+	assert_false(a->origins[0].backup);
+	assert_false(a->origins[0].is_name);
+	assert_int_equal(a->origins[0].port_mode, CFG_PORT_DIALED);
+	assert_null(c->warnings);
+	cfg_unref(c);
+
+	/* An empty health_check turns checks on with every default; empty
+	 * passive and dns keep theirs.
+	 */
+	c = load_ok("apps:\n"
+		    "  - {name: a, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1:80,\n"
+		    "     health_check: {}, passive: {}, dns: {}}\n"
+		    "  - {name: b, edge: 192.0.2.2, ports: 80, origins: 198.51.100.1,\n"
+		    "     health_check: {interval: 500ms, port: 81}, passive: {failures: 1000}}\n");
+	a = &c->apps[0];
+	assert_true(a->health.on);
+	assert_int_equal(a->health.interval_ms, 2000);
+	assert_int_equal(a->health.timeout_ms, 1000);
+	assert_int_equal(a->health.rise, 2);
+	assert_int_equal(a->health.fall, 3);
+	assert_int_equal(a->passive.failures, 3);
+	assert_int_equal(a->dns_refresh_ms, 30000);
+	/* A short interval shortens the default timeout with it. */
+	a = &c->apps[1];
+	assert_int_equal(a->health.interval_ms, 500);
+	assert_int_equal(a->health.timeout_ms, 500);
+	assert_int_equal(a->health.port, 81);
+	assert_int_equal(a->passive.failures, 1000);
+	assert_int_equal(a->passive.cooldown_ms, 10000);
+	cfg_unref(c);
+}
+
+static void test_origin_forms(void **state)
+{
+	(void)state;
+	static const char *const lbs[] = {"round_robin", "least_conn", "maglev", "random_two",
+					  "source_hash"};
+	static const enum cfg_balance want_lb[] = {CFG_LB_ROUND_ROBIN, CFG_LB_LEAST_CONN,
+						   CFG_LB_MAGLEV, CFG_LB_RANDOM_TWO,
+						   CFG_LB_SOURCE_HASH};
+	struct cfg *c =
+	    load_ok("apps:\n"
+		    "  - name: a\n"
+		    "    edge: 192.0.2.1\n"
+		    "    ports: 80\n"
+		    "    origins:\n"
+		    "      - \"[2001:db8::10]:22\"\n"
+		    "      - 2001:db8::11\n"
+		    "      - localhost\n"
+		    "      - one.test:8080\n"
+		    "      - {address: \"2001:db8::12\", port: 9, weight: 0}\n"
+		    "      - {address: \"[2001:db8::13]\", weight: 1000, backup: false}\n"
+		    "      - {address: two.test, port: \"7-7\"}\n"
+		    "      - {address: 198.51.100.1, port: 8080}\n"
+		    "      - {address: 198.51.100.1, port: \"8081\"}\n"
+		    "      - {address: \"::ffff:198.51.100.1\"}\n"
+		    "      - {address: One.Test.}\n");
+	const struct cfg_origin *o = c->apps[0].origins;
+	char buf[ADDR_STRLEN];
+	size_t i;
+
+	assert_int_equal(c->apps[0].n_origins, 11);
+	assert_string_equal(o[0].host, "2001:db8::10");
+	assert_int_equal(o[0].port, 22);
+	assert_string_equal(sa(&o[0].addr, buf), "[2001:db8::10]:22");
+	assert_string_equal(o[1].host, "2001:db8::11");
+	assert_int_equal(o[1].port_mode, CFG_PORT_DIALED);
+	assert_string_equal(o[2].host, "localhost");
+	assert_true(o[2].is_name);
+	assert_int_equal(o[2].n_addrs, 0); /* the stub knows no localhost */
+	assert_true(o[3].is_name);
+	assert_int_equal(o[3].port, 8080);
+	assert_int_equal(o[4].weight, 0);
+	assert_int_equal(o[4].port_mode, CFG_PORT_FIXED);
+	assert_int_equal(o[4].port, 9);
+	assert_int_equal(o[5].weight, 1000);
+	assert_string_equal(o[5].host, "2001:db8::13");
+	/* A name resolving to 2 addresses (and a duplicate): 2. */
+	assert_true(o[6].is_name);
+	assert_int_equal(o[6].n_addrs, 2);
+	assert_string_equal(sa(&o[6].addrs[0], buf), "198.51.100.1:0");
+	assert_string_equal(sa(&o[6].addrs[1], buf), "[2001:db8::1]:0");
+	assert_int_equal(o[6].port_mode, CFG_PORT_MAP); /* app port 80 -> 7 */
+	assert_int_equal(o[6].port, 7);
+	assert_int_equal(o[8].port_mode, CFG_PORT_FIXED);
+	assert_int_equal(o[8].port, 8081);
+	/* v4-mapped is dialed as IPv4 */
+	assert_int_equal(o[9].addrs[0].ss_family, AF_INET);
+	assert_true(o[10].is_name);
+	assert_int_equal(o[10].n_addrs, 0); /* the stub is case-sensitive */
+	assert_int_equal(stub_calls, 4);
+	assert_non_null(c->warnings);
+	cfg_unref(c);
+
+	/* One origin as a mapping, without a list. */
+	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: {address: "
+		    "198.51.100.1, port: 81}}\n");
+	assert_int_equal(c->apps[0].n_origins, 1);
+	assert_int_equal(c->apps[0].origins[0].port, 81);
+	cfg_unref(c);
+
+	for (i = 0; i < sizeof(lbs) / sizeof(lbs[0]); i++) {
+		char yaml[256];
+
+		snprintf(yaml, sizeof(yaml),
+			 "apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1, "
+			 "balance: %s, retries: %zu}\n",
+			 lbs[i], i * 4);
+		c = load_ok(yaml);
+		assert_int_equal(c->apps[0].balance, want_lb[i]);
+		assert_int_equal(c->apps[0].retries, i * 4);
+		cfg_unref(c);
+	}
+
+	/* Payloads keep their length, NUL bytes included. */
+	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1:80,\n"
+		    "     health_check: {send: \"a\\0b\\x01\", expect: \"\\r\\n\"}}\n");
+	assert_int_equal(c->apps[0].health.send_len, 4);
+	assert_memory_equal(c->apps[0].health.send, "a\0b\x01", 5);
+	assert_int_equal(c->apps[0].health.expect_len, 2);
+	cfg_unref(c);
+}
+
+static void test_origin_names(void **state)
+{
+	(void)state;
+	struct cfg *c = load_ok("apps:\n"
+				"  - name: a\n"
+				"    edge: 192.0.2.1\n"
+				"    ports: 80\n"
+				"    origins: [two.test, gone.test:81]\n"
+				"    dns: {refresh: 2m}\n"
+				"  - name: b\n"
+				"    edge: 192.0.2.2\n"
+				"    ports: 80\n"
+				"    origins: {address: also-gone.test}\n");
+	const struct cfg_origin *o = c->apps[0].origins;
+
+	assert_int_equal(o[0].n_addrs, 2);
+	assert_true(o[0].is_name);
+	assert_int_equal(o[1].n_addrs, 0);
+	assert_null(o[1].addrs);
+	assert_true(o[1].is_name);
+	assert_string_equal(o[1].host, "gone.test");
+	assert_false(o[1].has_port); /* compat fields stay empty without an address */
+	assert_int_equal(c->apps[1].origins[0].n_addrs, 0);
+	assert_string_equal(c->warnings,
+			    "t.yaml:5:25: warning: origin gone.test does not resolve (Name or "
+			    "service not known); prism will retry every dns.refresh (2m)\n"
+			    "t.yaml:10:24: warning: origin also-gone.test does not resolve (Name "
+			    "or service not known); prism will retry every dns.refresh (30s)\n");
+	cfg_unref(c);
+
+	/* A refused config resolves nothing: errors come fast. */
+	stub_calls = 0;
+	expect_error("apps:\n  - {name: a, edge: 192.0.2.1, ports: 0, origins: two.test}\n",
+		     "2:39: ports: port 0 out of range");
+	assert_int_equal(stub_calls, 0);
+
+	/* The real resolver: localhost is in /etc/hosts. */
+	cfg_resolver = saved_resolver;
+	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: localhost:7}\n");
+	o = c->apps[0].origins;
+	assert_true(o[0].n_addrs >= 1);
+	for (size_t i = 0; i < o[0].n_addrs; i++) {
+		char buf[ADDR_STRLEN];
+		const char *s = sa(&o[0].addrs[i], buf);
+
+		if (strcmp(s, "127.0.0.1:0") != 0 && strcmp(s, "[::1]:0") != 0)
+			fail_msg("localhost resolved to %s", s);
+	}
+	assert_int_equal(sa_port_of(&o[0].addr), 7);
+	assert_null(c->warnings);
+	cfg_unref(c);
+	cfg_resolver = stub_resolver;
+}
+
+static void test_origin_errors(void **state)
+{
+	(void)state;
+#define APP "apps:\n  - name: p\n    edge: 192.0.2.1\n    ports: \"8000-8999\"\n"
+	static const struct {
+		const char *yaml, *want;
+	} t[] = {
+	    /* forms */
+	    {APP "    origins: [{address: 198.51.100.1, wieght: 2}]\n",
+	     "5:39: unknown key \"wieght\" in an origin of app \"p\" (expected one of: address, "
+	     "port, weight, backup)"},
+	    {APP "    origins: [{port: 80}]\n", "5:15: origins: missing required key \"address\""},
+	    {APP "    origins: [{address: 198.51.100.1:80, port: 81}]\n",
+	     "5:42: origins: \"198.51.100.1:80\" has a port already, and so does key \"port\""},
+	    {APP "    origins: [{address: one.test:80, port: 81}]\n",
+	     "5:38: origins: \"one.test:80\" has a port already"},
+	    {APP "    origins: [{address: 198.51.100.1, port: 0}]\n",
+	     "5:45: origins.port: port 0 out of range (1-65535)"},
+	    {APP "    origins: [{address: 198.51.100.1, port: \"9000-70000\"}]\n",
+	     "5:45: origins.port: port 70000 out of range (1-65535)"},
+	    {APP "    origins: [{address: 198.51.100.1, port: \"9999-9000\"}]\n",
+	     "5:45: origins.port: range 9999-9000 is reversed (did you mean 9000-9999?)"},
+	    {APP "    origins: [{address: 198.51.100.1, port: http}]\n",
+	     "5:45: origins.port: \"http\" is not a port or a range"},
+	    {APP "    origins: [{address: 198.51.100.1, weight: 1001}]\n",
+	     "5:47: origins.weight: 1001 out of range (0-1000)"},
+	    {APP "    origins: [{address: 198.51.100.1, weight: -1}]\n",
+	     "5:47: origins.weight: \"-1\" is not a number (0-1000)"},
+	    {APP "    origins: [{address: 198.51.100.1, backup: yes}]\n",
+	     "5:47: origins.backup: \"yes\" is not a boolean"},
+	    {APP "    origins: [{address: [198.51.100.1]}]\n",
+	     "5:25: origins.address: expected an IP address or host name, with an optional "
+	     ":port, got a list"},
+	    {APP "    origins: [[198.51.100.1]]\n", "5:15: origins: expected an origin"},
+	    {APP "    origins: bad_name.test\n", "5:14: origins: \"bad_name.test\" is not a valid "
+						 "origin: not an IP address or host name"},
+	    {APP "    origins: -bad.test\n", "5:14: origins: \"-bad.test\" is not a valid origin"},
+	    {APP "    origins: a..b\n", "5:14: origins: \"a..b\" is not a valid origin"},
+	    {APP "    origins: 192.0.2.300\n",
+	     "5:14: origins: \"192.0.2.300\" is not a valid origin: not an IP address (expected"},
+	    {APP "    origins: 1.2.3.0x4\n", "5:14: origins: \"1.2.3.0x4\" is not a valid origin"},
+	    {APP "    origins: one.test:0\n",
+	     "5:14: origins: \"one.test:0\" is not a valid origin: bad port (expected 1 to "
+	     "65535)"},
+	    {APP "    origins: one.test:1:2\n", "5:14: origins: \"one.test:1:2\" is not a valid"},
+	    {APP "    origins: "
+		 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.test\n",
+	     "5:14: origins: "
+	     "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" is "
+	     "not a valid origin"},
+	    /* combinations */
+	    {APP "    origins: [{address: 198.51.100.1, port: \"9000-9998\"}]\n",
+	     "5:45: origins: port range 9000-9998 has 999 ports but the app's range 8000-8999 "
+	     "has 1000"},
+	    {"apps:\n  - {name: p, edge: 192.0.2.1, ports: [80, 81], origins: [{address: "
+	     "198.51.100.1, port: \"9000-9001\"}]}\n",
+	     "2:89: origins: port range 9000-9001 maps ports by offset from the app's port "
+	     "range, but app \"p\" has 2 port entries (give it exactly one range"},
+	    {APP "    origins: [{address: 198.51.100.1, weight: 0}, {address: 198.51.100.2, "
+		 "weight: 0}, {address: 198.51.100.3, backup: true}]\n",
+	     "5:14: origins: every primary (non-backup) origin has weight 0, so no origin can be "
+	     "chosen"},
+	    {APP "    origins: {address: 198.51.100.1, weight: 0, backup: true}\n",
+	     "5:14: origins: every origin has weight 0, so no origin can be chosen"},
+	    {APP "    origins: [198.51.100.1:80, {address: \"::ffff:198.51.100.1\", port: 80}]\n",
+	     "5:42: origins: 198.51.100.1:80 is listed twice (first at line 5)"},
+	    {APP "    origins:\n      - 198.51.100.1:80\n      - {address: 198.51.100.1, port: "
+		 "80}\n",
+	     "7:19: origins: 198.51.100.1:80 is listed twice (first at line 6)"},
+	    {APP "    origins: [\"[2001:db8::1]:80\", \"[2001:db8:0::1]:80\"]\n",
+	     "5:35: origins: [2001:db8::1]:80 is listed twice (first at line 5)"},
+	    {APP "    origins: [one.test, ONE.test]\n",
+	     "5:25: origins: ONE.test is listed twice (first at line 5)"},
+	    {APP "    origins: [{address: 198.51.100.1, port: \"1-1000\"}, {address: 198.51.100.1, "
+		 "port: \"1-1000\"}]\n",
+	     "5:66: origins: 198.51.100.1:1-1000 is listed twice"},
+	    /* balance, retries */
+	    {APP "    origins: 198.51.100.1\n    balance: fastest\n",
+	     "6:14: balance: \"fastest\" is not one of: round_robin, least_conn, maglev, "
+	     "random_two, source_hash"},
+	    {APP "    origins: 198.51.100.1\n    retries: 17\n",
+	     "6:14: retries: 17 out of range (0-16)"},
+	    {APP "    origins: 198.51.100.1\n    retries: two\n",
+	     "6:14: retries: \"two\" is not a number (0-16)"},
+	    /* health_check */
+	    {APP "    origins: 198.51.100.1\n    health_check: {}\n",
+	     "6:5: health_check: origins without a port need health_check.port (198.51.100.1 "
+	     "is dialed on the port the client dialed"},
+	    {APP "    origins: [198.51.100.1:80, {address: one.test, port: \"1-1000\"}]\n"
+		 "    health_check: {}\n",
+	     "6:5: health_check: origins with a port range need health_check.port (one.test is "
+	     "dialed on a port that follows the client's"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {intervall: 1s}\n",
+	     "6:20: unknown key \"intervall\" in health_check of app \"p\" (expected one of: "
+	     "interval, timeout, rise, fall, port, send, expect)"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {interval: 0}\n",
+	     "6:30: health_check.interval: must be more than 0"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {timeout: 0}\n",
+	     "6:29: health_check.timeout: must be more than 0"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {timeout: 3s}\n",
+	     "6:29: health_check.timeout: 3s is longer than the interval 2s"},
+	    {APP
+	     "    origins: 198.51.100.1:80\n    health_check: {interval: 1s, timeout: 1001ms}\n",
+	     "6:43: health_check.timeout: 1001ms is longer than the interval 1s"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {rise: 0}\n",
+	     "6:26: health_check.rise: 0 out of range (1-100)"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {fall: 101}\n",
+	     "6:26: health_check.fall: 101 out of range (1-100)"},
+	    {APP "    origins: 198.51.100.1\n    health_check: {port: 65536}\n",
+	     "6:26: health_check.port: port 65536 out of range (1-65535)"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {expect: ok}\n",
+	     "6:20: health_check: expect needs send"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {send: \"\"}\n",
+	     "6:26: health_check.send: empty"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {send: [a]}\n",
+	     "6:26: health_check.send: expected a string, got a list"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: 5\n",
+	     "6:19: health_check: expected a mapping of keys, got a single value"},
+	    /* passive, dns */
+	    {APP "    origins: 198.51.100.1\n    passive: {failures: 1001}\n",
+	     "6:25: passive.failures: 1001 out of range (0-1000)"},
+	    {APP "    origins: 198.51.100.1\n    passive: {cooldown: 0}\n",
+	     "6:25: passive.cooldown: must be more than 0"},
+	    {APP "    origins: 198.51.100.1\n    passive: {x: 1}\n",
+	     "6:15: unknown key \"x\" in passive of app \"p\" (expected one of: failures, "
+	     "cooldown)"},
+	    {APP "    origins: 198.51.100.1\n    dns: {refresh: 0}\n",
+	     "6:20: dns.refresh: must be more than 0"},
+	    {APP "    origins: 198.51.100.1\n    dns: {ttl: 1s}\n",
+	     "6:11: unknown key \"ttl\" in dns of app \"p\" (expected one of: refresh)"},
+	};
+#undef APP
+	size_t i;
+	int bad = 0;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		int before = stub_calls;
+
+		bad += check_error(t[i].yaml, t[i].want);
+		if (stub_calls != before)
+			print_error("case %zu resolved a name\n", i);
+	}
+	assert_int_equal(bad, 0);
+	assert_int_equal(stub_calls, 0);
+}
+
+/* A long payload is refused; so are too many origins. */
+static void test_origin_limits(void **state)
+{
+	(void)state;
+	size_t cap = 64 * 1024, o = 0, i;
+	char *yaml = malloc(cap);
+
+	assert_non_null(yaml);
+	o += (size_t)snprintf(yaml + o, cap - o,
+			      "apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: "
+			      "198.51.100.1:80, health_check: {send: \"");
+	memset(yaml + o, 'x', 1025);
+	o += 1025;
+	o += (size_t)snprintf(yaml + o, cap - o, "\"}}\n");
+	expect_error(yaml, "2:90: health_check.send: 1025 bytes is too long (at most 1024)");
+
+	o = (size_t)snprintf(yaml, cap,
+			     "apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: [");
+	for (i = 0; i < 1001; i++)
+		o += (size_t)snprintf(yaml + o, cap - o, "%s198.51.%zu.%zu", i ? "," : "", i / 250,
+				      i % 250);
+	snprintf(yaml + o, cap - o, "]}\n");
+	expect_error(yaml, "2:52: origins: 1001 origins in one app (at most 1000)");
+	free(yaml);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -752,7 +1287,14 @@ int main(void)
 	    cmocka_unit_test(test_message_quoting),
 	    cmocka_unit_test(test_load_file),
 	    cmocka_unit_test(test_refs),
+	    cmocka_unit_test_setup_teardown(test_origins_example, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_origin_defaults, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_origin_forms, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_origin_names, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_origin_errors, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_origin_limits, use_stub, restore_resolver),
 	};
 
+	saved_resolver = cfg_resolver;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

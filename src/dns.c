@@ -1,0 +1,242 @@
+/* dns.c - re-resolve named origins in the background (see dns.h). */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "dns.h"
+#include "log.h"
+
+struct dns {
+	pthread_t thread;
+	int evfd;
+	struct app_origins *apps;
+	size_t n;
+	uint64_t *due; /* per app: ms monotonic of the next resolution, 0 = never */
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	struct in6_addr x, y;
+	uint16_t p;
+
+	addr_from_sa((const struct sockaddr *)a, &x, &p);
+	addr_from_sa((const struct sockaddr *)b, &y, &p);
+	return !memcmp(&x, &y, sizeof(x));
+}
+
+/* Resolves <host> through cfg_resolver (the loader's resolver, so tests can
+ * stub both) into at most <max> addresses (port 0). Returns the count, or
+ * -1 with <*why> set.
+ */
+static int resolve(const char *host, struct sockaddr_storage *out, int max, const char **why)
+{
+	struct sockaddr_storage *v = NULL;
+	size_t n = 0;
+
+	if (cfg_resolver(host, &v, &n, why) < 0)
+		return -1;
+	if (n > (size_t)max)
+		n = (size_t)max;
+	memcpy(out, v, n * sizeof(*v));
+	free(v);
+	return (int)n;
+}
+
+#define MAX_ADDRS 64
+
+/* Re-resolves the named origins of one app; swaps in a new set if any
+ * address changed.
+ */
+static void refresh_app(struct app_origins *ao)
+{
+	const struct cfg_app *app = ao->app;
+	struct origin_set *cur = app_origins_get(ao);
+	struct origin **v = NULL;
+	struct sockaddr_storage addrs[MAX_ADDRS];
+	size_t n = 0, cap = 0;
+	bool changed = false;
+
+	for (size_t i = 0; i < app->n_origins; i++)
+		cap += app->origins[i].is_name ? MAX_ADDRS : app->origins[i].n_addrs;
+	v = calloc(cap ? cap : 1, sizeof(*v));
+	if (!v)
+		goto out;
+
+	for (size_t i = 0; i < app->n_origins; i++) {
+		const struct cfg_origin *co = &app->origins[i];
+		const char *why = NULL;
+		size_t had = 0;
+		int got;
+
+		/* What this configured origin has in the current set. */
+		for (size_t k = 0; k < cur->n; k++)
+			had += cur->v[k]->co == co;
+		if (!co->is_name) {
+			for (size_t k = 0; k < cur->n; k++)
+				if (cur->v[k]->co == co) {
+					origin_ref(cur->v[k]);
+					v[n++] = cur->v[k];
+				}
+			continue;
+		}
+		got = resolve(co->host, addrs, MAX_ADDRS, &why);
+		if (got < 0) {
+			log_warn("app %s: cannot resolve origin %s (%s); keeping its %zu "
+				 "address(es)",
+				 app->name, co->host, why, had);
+			for (size_t k = 0; k < cur->n; k++)
+				if (cur->v[k]->co == co) {
+					origin_ref(cur->v[k]);
+					v[n++] = cur->v[k];
+				}
+			continue;
+		}
+		/* Keep the origin objects (health, counts) of addresses that stay. */
+		size_t kept = 0;
+		char list[512] = "";
+		for (int a = 0; a < got; a++) {
+			struct origin *o = NULL;
+			char buf[ADDR_STRLEN];
+
+			for (size_t k = 0; k < cur->n && !o; k++)
+				if (cur->v[k]->co == co && same_ip(&cur->v[k]->addr, &addrs[a]))
+					o = cur->v[k];
+			if (o) {
+				origin_ref(o);
+				kept++;
+			} else {
+				o = origin_new(co, &addrs[a]);
+				if (!o)
+					continue;
+			}
+			v[n++] = o;
+			addr_fmt_sa((const struct sockaddr *)&addrs[a], buf);
+			*strrchr(buf, ':') = '\0';
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+				 a ? ", " : "", buf);
+		}
+		if (kept != had || (size_t)got != had) {
+			changed = true;
+			log_info("app %s: origin %s now resolves to %s (had %zu address(es))",
+				 app->name, co->host, list, had);
+		}
+	}
+	if (changed) {
+		struct origin_set *s = origin_set_new(app, v, n);
+
+		if (s)
+			app_origins_swap(ao, s);
+		else
+			log_warn("app %s: out of memory applying DNS changes", app->name);
+	}
+out:
+	for (size_t i = 0; i < n; i++)
+		origin_unref(v[i]);
+	free(v);
+	origin_set_unref(cur);
+}
+
+static void *dns_main(void *arg)
+{
+	struct dns *d = arg;
+
+	for (;;) {
+		uint64_t now = mono_ms(), next = UINT64_MAX;
+		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
+		int timeout;
+
+		for (size_t i = 0; i < d->n; i++) {
+			if (!d->due[i])
+				continue;
+			if (d->due[i] <= now) {
+				refresh_app(&d->apps[i]);
+				now = mono_ms();
+				d->due[i] = now + d->apps[i].app->dns_refresh_ms;
+			}
+			if (d->due[i] < next)
+				next = d->due[i];
+		}
+		timeout = next == UINT64_MAX ? -1 : (int)(next - now);
+		if (poll(&pfd, 1, timeout) > 0)
+			return NULL; /* dns_stop */
+	}
+}
+
+int dns_start(struct dns **out, struct app_origins *apps, size_t n)
+{
+	struct dns *d;
+	bool any = false;
+	int r;
+
+	*out = NULL;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->apps = apps;
+	d->n = n;
+	d->evfd = -1;
+	d->due = calloc(n ? n : 1, sizeof(*d->due));
+	if (!d->due) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < apps[i].app->n_origins; k++)
+			if (apps[i].app->origins[k].is_name) {
+				/* Resolved at load: the first refresh is one
+				 * interval away.
+				 */
+				d->due[i] = mono_ms() + apps[i].app->dns_refresh_ms;
+				any = true;
+			}
+	if (!any) {
+		free(d->due);
+		free(d);
+		return 0;
+	}
+	d->evfd = eventfd(0, EFD_CLOEXEC);
+	if (d->evfd == -1) {
+		r = -errno;
+		goto fail;
+	}
+	r = -pthread_create(&d->thread, NULL, dns_main, d);
+	if (r < 0)
+		goto fail;
+	*out = d;
+	return 0;
+fail:
+	if (d->evfd != -1)
+		close(d->evfd);
+	free(d->due);
+	free(d);
+	return r;
+}
+
+void dns_stop(struct dns *d)
+{
+	uint64_t one = 1;
+
+	if (!d)
+		return;
+	if (write(d->evfd, &one, sizeof(one)) == -1)
+		log_err("dns: cannot wake resolver thread: %s", strerror(errno));
+	pthread_join(d->thread, NULL);
+	close(d->evfd);
+	free(d->due);
+	free(d);
+}

@@ -1,0 +1,771 @@
+/* hc.c - origin health: the active-check thread and passive accounting.
+ *
+ * Active checks run in one thread with its own epoll loop and timer heap,
+ * apart from the workers so a slow or silent origin never costs a worker a
+ * loop turn. Each app with a health_check has a tick timer firing every
+ * interval; a tick re-reads the app's current origin set (a DNS resolver may
+ * have swapped it since) and schedules one check per origin, spread evenly
+ * over the interval so a thousand origins do not all connect at once. At most
+ * HC_MAX_INFLIGHT checks run at a time; the rest wait in a FIFO.
+ *
+ * A check is one non-blocking TCP connect, then optionally a payload sent
+ * and a reply prefix compared, all within timeout_ms. Its result feeds the
+ * rise/fall state machine (hc_record_result), the only writer of
+ * origin->up.
+ *
+ * Passive accounting (hc_connect_failed/hc_connect_ok) is called by the
+ * workers on their data path: a few atomics, no lock, and a log line only
+ * on a transition.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "hc.h"
+#include "log.h"
+#include "timer.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define HC_MAX_INFLIGHT 256 /* checks connecting/talking at once */
+#define HC_EVENTS	64
+#define HC_SHOW_MAX	48 /* reply bytes quoted in a failure reason */
+
+enum check_state {
+	CK_PENDING,    /* timer armed at its due time */
+	CK_QUEUED,     /* due, waiting for a free slot */
+	CK_CONNECTING, /* the rest own a socket and a slot */
+	CK_SENDING,
+	CK_READING,
+	CK_DONE, /* finished, freed at the end of the loop turn */
+};
+
+struct hc_app {
+	struct hc *hc;
+	struct app_origins *ao;
+	const struct cfg_app *app;
+	struct timer tick;
+	bool warned_port; /* logged once that an origin has no port to check */
+};
+
+struct check {
+	struct hc_app *ha;
+	struct origin *o; /* reference held */
+	enum check_state state;
+	int fd;
+	struct timer timer; /* due time, then the check's timeout */
+	size_t sent, got;
+	struct check *prev, *next; /* all live checks */
+	struct check *qnext;	   /* wait queue, or the dead list */
+	char reply[];		   /* expect_len bytes */
+};
+
+struct hc {
+	pthread_t thread;
+	int epfd, wakefd;
+	int stop; /* atomic */
+	uint64_t now;
+	uint64_t rng;
+	struct timer_heap timers;
+	struct hc_app *apps;
+	size_t n_apps;
+	struct check *all;
+	struct check *q_head, *q_tail;
+	struct check *dead;
+	size_t inflight;
+	bool draining; /* check_end is starting queued checks */
+	uint64_t last_resource_log;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t hc_rand(struct hc *hc)
+{
+	/* xorshift64: jitter only, nothing depends on its quality */
+	hc->rng ^= hc->rng << 13;
+	hc->rng ^= hc->rng >> 7;
+	hc->rng ^= hc->rng << 17;
+	return hc->rng;
+}
+
+/* ---- the rise/fall state machine ---- */
+
+void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, const char *why)
+{
+	const struct cfg_health *h = &app->health;
+	int up = __atomic_load_n(&o->up, __ATOMIC_RELAXED);
+
+	/* hc_ok/hc_fail belong to the health thread; the atomic stores only
+	 * let others (tests, a future status endpoint) read them race-free.
+	 */
+	if (ok) {
+		uint32_t n = o->hc_ok + (o->hc_ok < UINT32_MAX);
+
+		__atomic_store_n(&o->hc_ok, n, __ATOMIC_RELAXED);
+		__atomic_store_n(&o->hc_fail, 0, __ATOMIC_RELAXED);
+		if (!up && n >= h->rise) {
+			__atomic_store_n(&o->up, 1, __ATOMIC_RELAXED);
+			log_info("app %s: origin %s is up: %u successful checks", app->name,
+				 o->name, n);
+		}
+	} else {
+		uint32_t n = o->hc_fail + (o->hc_fail < UINT32_MAX);
+
+		__atomic_store_n(&o->hc_fail, n, __ATOMIC_RELAXED);
+		__atomic_store_n(&o->hc_ok, 0, __ATOMIC_RELAXED);
+		log_debug("app %s: origin %s: check failed: %s", app->name, o->name, why);
+		if (up && n >= h->fall) {
+			__atomic_store_n(&o->up, 0, __ATOMIC_RELAXED);
+			log_warn("app %s: origin %s is down: %u failed checks (last: %s)",
+				 app->name, o->name, n, why);
+		}
+	}
+}
+
+/* ---- passive accounting ---- */
+
+/* "10s", "2m", "1500ms": the way the config spells durations. */
+static const char *fmt_duration(char *buf, uint32_t ms)
+{
+	if (ms && ms % 3600000 == 0)
+		snprintf(buf, 24, "%uh", ms / 3600000);
+	else if (ms && ms % 60000 == 0)
+		snprintf(buf, 24, "%um", ms / 60000);
+	else if (ms && ms % 1000 == 0)
+		snprintf(buf, 24, "%us", ms / 1000);
+	else
+		snprintf(buf, 24, "%ums", ms);
+	return buf;
+}
+
+void hc_connect_failed(const struct cfg_app *app, struct origin *o, uint64_t now, int err)
+{
+	uint32_t limit = app->passive.failures;
+	uint64_t until, cur;
+	uint32_t n, f;
+
+	if (limit == 0)
+		return;
+	n = __atomic_add_fetch(&o->fails, 1, __ATOMIC_RELAXED);
+	if (n < limit)
+		return;
+
+	/* Several workers can get here at once for the same origin. The CAS
+	 * makes the cooldown only ever grow, and only the worker that moves
+	 * it from "expired" to "running" logs: one line per transition.
+	 */
+	until = now + app->passive.cooldown_ms;
+	cur = __atomic_load_n(&o->cooldown_until, __ATOMIC_RELAXED);
+	while (cur < until) {
+		if (__atomic_compare_exchange_n(&o->cooldown_until, &cur, until, false,
+						__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			char d[24];
+
+			if (cur <= now)
+				log_warn("app %s: origin %s is out for %s: %u consecutive "
+					 "connect failures (last: %s)",
+					 app->name, o->name,
+					 fmt_duration(d, app->passive.cooldown_ms), n,
+					 strerror(err));
+			break;
+		}
+	}
+
+	/* Back to one short of the limit, so that once the cooldown is over a
+	 * single further failure puts it back. A CAS rather than a store: a
+	 * concurrent hc_connect_ok's reset to 0 must not be overwritten.
+	 */
+	f = __atomic_load_n(&o->fails, __ATOMIC_RELAXED);
+	while (f >= limit && !__atomic_compare_exchange_n(&o->fails, &f, limit - 1, false,
+							  __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+void hc_connect_ok(const struct cfg_app *app, struct origin *o)
+{
+	/* The common case, a healthy origin, costs two relaxed loads. Both
+	 * are needed: with passive.failures 1 fails stays 0 in a cooldown.
+	 */
+	if (__atomic_load_n(&o->fails, __ATOMIC_RELAXED) == 0 &&
+	    __atomic_load_n(&o->cooldown_until, __ATOMIC_RELAXED) == 0)
+		return;
+	__atomic_store_n(&o->fails, 0, __ATOMIC_RELAXED);
+	/* A success ends a cooldown at once: the origin evidently answers. The
+	 * exchange picks the one caller that logs it.
+	 */
+	if (__atomic_exchange_n(&o->cooldown_until, 0, __ATOMIC_RELAXED) != 0)
+		log_info("app %s: origin %s answers again", app->name, o->name);
+}
+
+/* ---- active checks ---- */
+
+static void check_start(struct check *c);
+static void check_due(struct timer *t);
+static void check_timeout(struct timer *t);
+
+/* Quotes <n> bytes of <s> into <out> (size <cap>) with C escapes. */
+static void quote(char *out, size_t cap, const char *s, size_t n)
+{
+	size_t o = 0, shown = n > HC_SHOW_MAX ? HC_SHOW_MAX : n;
+
+	for (size_t i = 0; i < shown && o + 8 < cap; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch == '\r')
+			o += (size_t)snprintf(out + o, cap - o, "\\r");
+		else if (ch == '\n')
+			o += (size_t)snprintf(out + o, cap - o, "\\n");
+		else if (ch == '\t')
+			o += (size_t)snprintf(out + o, cap - o, "\\t");
+		else if (ch == '\'' || ch == '\\')
+			o += (size_t)snprintf(out + o, cap - o, "\\%c", ch);
+		else if (ch < 0x20 || ch >= 0x7f)
+			o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
+		else
+			out[o++] = (char)ch;
+	}
+	if (shown < n && o + 4 < cap)
+		o += (size_t)snprintf(out + o, cap - o, "...");
+	out[o] = '\0';
+}
+
+static uint16_t check_port(const struct hc_app *ha, const struct origin *o)
+{
+	if (ha->app->health.port)
+		return ha->app->health.port;
+	if (o->co->port_mode == CFG_PORT_FIXED)
+		return o->co->port;
+	return 0;
+}
+
+static void queue_push(struct hc *hc, struct check *c)
+{
+	c->state = CK_QUEUED;
+	c->qnext = NULL;
+	if (hc->q_tail)
+		hc->q_tail->qnext = c;
+	else
+		hc->q_head = c;
+	hc->q_tail = c;
+}
+
+/* Ends <c>: feeds the state machine unless <counted> is false (a local
+ * resource problem says nothing about the origin), releases its slot and
+ * starts the next queued check. The memory is freed at the end of the loop
+ * turn, so a later event in the same epoll batch finds CK_DONE, not garbage.
+ */
+static void check_end(struct check *c, bool counted, bool ok, const char *why)
+{
+	struct hc *hc = c->ha->hc;
+
+	if (counted)
+		hc_record_result(c->o, c->ha->app, ok, why);
+	if (c->fd != -1) {
+		/* Reset rather than close gracefully: a check per origin per
+		 * interval would otherwise pile up TIME_WAIT sockets here and
+		 * eat the local ports the relay needs (HAProxy does the same).
+		 */
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		close(c->fd);
+		c->fd = -1;
+	}
+	if (c->state >= CK_CONNECTING)
+		hc->inflight--;
+	timer_cancel(&hc->timers, &c->timer);
+	c->o->hc_next = 0;
+	c->state = CK_DONE;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		hc->all = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->qnext = hc->dead;
+	hc->dead = c;
+
+	/* A queued check that fails at once ends here again: the outer call
+	 * keeps draining, so the recursion stays one level deep.
+	 */
+	if (hc->draining)
+		return;
+	hc->draining = true;
+	while (hc->q_head && hc->inflight < HC_MAX_INFLIGHT) {
+		struct check *n = hc->q_head;
+
+		hc->q_head = n->qnext;
+		if (!hc->q_head)
+			hc->q_tail = NULL;
+		check_start(n);
+	}
+	hc->draining = false;
+}
+
+static void check_fail(struct check *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void check_fail(struct check *c, const char *fmt, ...)
+{
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	check_end(c, true, false, why);
+}
+
+static int ep_set(struct check *c, int op, uint32_t events)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = c};
+
+	return epoll_ctl(c->ha->hc->epfd, op, c->fd, &ev) == -1 ? -errno : 0;
+}
+
+static void check_mismatch(struct check *c)
+{
+	char shown[HC_SHOW_MAX * 4 + 8];
+
+	quote(shown, sizeof(shown), c->reply, c->got);
+	check_fail(c, "reply mismatch: got '%s'", shown);
+}
+
+/* Reads until the reply holds expect_len bytes, then compares. */
+static void check_read(struct check *c)
+{
+	const struct cfg_health *h = &c->ha->app->health;
+
+	while (c->got < h->expect_len) {
+		ssize_t r = recv(c->fd, c->reply + c->got, h->expect_len - c->got, 0);
+
+		if (r > 0) {
+			c->got += (size_t)r;
+			continue;
+		}
+		if (r == 0) {
+			char shown[HC_SHOW_MAX * 4 + 8];
+
+			if (memcmp(c->reply, h->expect, c->got) != 0) {
+				check_mismatch(c);
+				return;
+			}
+			quote(shown, sizeof(shown), c->reply, c->got);
+			check_fail(c, "closed by origin after %zu bytes of reply (got '%s')",
+				   c->got, shown);
+			return;
+		}
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		if (errno == ECONNRESET)
+			check_fail(c, "connection reset by origin");
+		else
+			check_fail(c, "recv: %s", strerror(errno));
+		return;
+	}
+	if (memcmp(c->reply, h->expect, h->expect_len) != 0)
+		check_mismatch(c);
+	else
+		check_end(c, true, true, NULL);
+}
+
+static void check_send(struct check *c)
+{
+	const struct cfg_health *h = &c->ha->app->health;
+
+	while (c->sent < h->send_len) {
+		ssize_t r = send(c->fd, h->send + c->sent, h->send_len - c->sent, MSG_NOSIGNAL);
+
+		if (r >= 0) {
+			c->sent += (size_t)r;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EINTR)
+			return; /* EPOLLOUT is still registered */
+		if (errno == ECONNRESET || errno == EPIPE)
+			check_fail(c, "connection reset by origin while sending");
+		else
+			check_fail(c, "send: %s", strerror(errno));
+		return;
+	}
+	if (!h->expect) {
+		check_end(c, true, true, NULL);
+		return;
+	}
+	c->state = CK_READING;
+	if (ep_set(c, EPOLL_CTL_MOD, EPOLLIN) < 0) {
+		check_end(c, false, false, NULL);
+		return;
+	}
+	check_read(c); /* the reply may be there already */
+}
+
+static void check_connected(struct check *c)
+{
+	if (!c->ha->app->health.send) {
+		check_end(c, true, true, NULL);
+		return;
+	}
+	c->state = CK_SENDING;
+	check_send(c);
+}
+
+static void check_io(struct check *c, uint32_t events)
+{
+	switch (c->state) {
+	case CK_CONNECTING: {
+		int err = 0;
+		socklen_t len = sizeof(err);
+
+		/* The only way to learn how a non-blocking connect ended. */
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+			err = errno;
+		if (err) {
+			check_fail(c, "connect: %s", strerror(err));
+			return;
+		}
+		if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+			check_connected(c);
+		return;
+	}
+	case CK_SENDING:
+		check_send(c);
+		return;
+	case CK_READING:
+		check_read(c);
+		return;
+	case CK_PENDING:
+	case CK_QUEUED:
+	case CK_DONE:
+		return; /* stale event */
+	}
+}
+
+static void resource_problem(struct check *c, const char *what, int err)
+{
+	struct hc *hc = c->ha->hc;
+
+	if (!hc->last_resource_log || hc->now - hc->last_resource_log >= 10000) {
+		hc->last_resource_log = hc->now;
+		log_warn("health checks: %s: %s (checks skipped, not counted)", what,
+			 strerror(err));
+	}
+	check_end(c, false, false, NULL);
+}
+
+static void check_start(struct check *c)
+{
+	struct hc *hc = c->ha->hc;
+	struct sockaddr_storage sa = c->o->addr;
+	uint16_t port = check_port(c->ha, c->o);
+
+	if (sa.ss_family == AF_INET)
+		((struct sockaddr_in *)&sa)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)&sa)->sin6_port = htons(port);
+
+	c->state = CK_CONNECTING;
+	hc->inflight++;
+	if (timer_set(&hc->timers, &c->timer, hc->now + c->ha->app->health.timeout_ms) < 0) {
+		resource_problem(c, "timer", ENOMEM);
+		return;
+	}
+	c->timer.fn = check_timeout;
+	c->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd == -1) {
+		resource_problem(c, "socket", errno);
+		return;
+	}
+	if (connect(c->fd, (struct sockaddr *)&sa, addr_sa_len((struct sockaddr *)&sa)) == 0) {
+		/* Loopback can complete at once; still register, the send
+		 * path may need EPOLLOUT.
+		 */
+		if (ep_set(c, EPOLL_CTL_ADD, EPOLLOUT) < 0) {
+			resource_problem(c, "epoll", errno);
+			return;
+		}
+		check_connected(c);
+		return;
+	}
+	if (errno != EINPROGRESS) {
+		int err = errno;
+
+		if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
+		    err == EADDRNOTAVAIL)
+			resource_problem(c, "connect", err);
+		else
+			check_fail(c, "connect: %s", strerror(err));
+		return;
+	}
+	if (ep_set(c, EPOLL_CTL_ADD, EPOLLOUT) < 0)
+		resource_problem(c, "epoll", errno);
+}
+
+static void check_timeout(struct timer *t)
+{
+	struct check *c = container_of(t, struct check, timer);
+	const struct cfg_health *h = &c->ha->app->health;
+
+	switch (c->state) {
+	case CK_CONNECTING:
+		check_fail(c, "connect timeout after %u ms", h->timeout_ms);
+		return;
+	case CK_SENDING:
+		check_fail(c, "timeout after %u ms sending the check (%zu of %zu bytes sent)",
+			   h->timeout_ms, c->sent, h->send_len);
+		return;
+	case CK_READING:
+		if (memcmp(c->reply, h->expect, c->got) != 0) {
+			check_mismatch(c);
+			return;
+		}
+		check_fail(c, "timeout after %u ms waiting for the reply (%zu of %zu bytes)",
+			   h->timeout_ms, c->got, h->expect_len);
+		return;
+	case CK_PENDING:
+	case CK_QUEUED:
+	case CK_DONE:
+		return;
+	}
+}
+
+static void check_due(struct timer *t)
+{
+	struct check *c = container_of(t, struct check, timer);
+	struct hc *hc = c->ha->hc;
+
+	if (hc->inflight >= HC_MAX_INFLIGHT)
+		queue_push(hc, c);
+	else
+		check_start(c);
+}
+
+/* Schedules one check of <o> at <due>. An origin whose previous check is
+ * still pending or running (hc_next != 0: timeout longer than the interval,
+ * or the in-flight bound reached) is skipped rather than checked twice.
+ */
+static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due)
+{
+	struct hc *hc = ha->hc;
+	struct check *c;
+
+	if (o->hc_next != 0)
+		return;
+	if (check_port(ha, o) == 0) {
+		if (!ha->warned_port)
+			log_err(
+			    "app %s: origin %s: no port to health-check (set health_check.port)",
+			    ha->app->name, o->name);
+		ha->warned_port = true;
+		return;
+	}
+	c = calloc(1, sizeof(*c) + ha->app->health.expect_len);
+	if (!c)
+		return; /* try again next interval */
+	c->ha = ha;
+	c->o = o;
+	c->fd = -1;
+	c->state = CK_PENDING;
+	timer_init(&c->timer, check_due);
+	if (timer_set(&hc->timers, &c->timer, due) < 0) {
+		free(c);
+		return;
+	}
+	origin_ref(o);
+	o->hc_next = due ? due : 1;
+	c->next = hc->all;
+	if (hc->all)
+		hc->all->prev = c;
+	hc->all = c;
+}
+
+/* Every interval: the app's origins as they are now, one check each, at
+ * evenly spaced offsets across the interval.
+ */
+static void app_tick(struct timer *t)
+{
+	struct hc_app *ha = container_of(t, struct hc_app, tick);
+	struct hc *hc = ha->hc;
+	uint64_t interval = ha->app->health.interval_ms ? ha->app->health.interval_ms : 1;
+	struct origin_set *s = app_origins_get(ha->ao);
+	uint64_t next = t->deadline + interval;
+
+	for (size_t i = 0; i < s->n; i++)
+		check_schedule(ha, s->v[i], hc->now + i * interval / s->n);
+	origin_set_unref(s);
+	/* Keep the cadence, unless the thread fell behind by a whole interval. */
+	if (next <= hc->now)
+		next = hc->now + interval;
+	if (timer_set(&hc->timers, t, next) < 0)
+		log_err("app %s: health checks stopped: out of memory", ha->app->name);
+}
+
+static void check_free(struct check *c)
+{
+	if (c->fd != -1)
+		close(c->fd);
+	origin_unref(c->o);
+	free(c);
+}
+
+static void free_dead(struct hc *hc)
+{
+	while (hc->dead) {
+		struct check *c = hc->dead;
+
+		hc->dead = c->qnext;
+		check_free(c);
+	}
+}
+
+static void *hc_main(void *arg)
+{
+	struct hc *hc = arg;
+	struct epoll_event evs[HC_EVENTS];
+	int timeout;
+
+	hc->now = now_ms();
+	timeout = timer_run(&hc->timers, hc->now);
+	while (!__atomic_load_n(&hc->stop, __ATOMIC_ACQUIRE)) {
+		int n = epoll_wait(hc->epfd, evs, HC_EVENTS, timeout);
+
+		if (n == -1 && errno != EINTR) {
+			log_err("health checks: epoll_wait: %s", strerror(errno));
+			break;
+		}
+		hc->now = now_ms();
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.ptr == hc) {
+				uint64_t v;
+
+				while (read(hc->wakefd, &v, sizeof(v)) > 0)
+					;
+				continue;
+			}
+			check_io(evs[i].data.ptr, evs[i].events);
+		}
+		timeout = timer_run(&hc->timers, hc->now);
+		free_dead(hc);
+	}
+	return NULL;
+}
+
+static void hc_free(struct hc *hc)
+{
+	free_dead(hc);
+	while (hc->all) {
+		struct check *c = hc->all;
+
+		hc->all = c->next;
+		c->o->hc_next = 0; /* a later hc (reload) starts afresh */
+		check_free(c);
+	}
+	timer_heap_deinit(&hc->timers);
+	if (hc->wakefd != -1)
+		close(hc->wakefd);
+	if (hc->epfd != -1)
+		close(hc->epfd);
+	free(hc->apps);
+	free(hc);
+}
+
+int hc_start(struct hc **out, struct app_origins *apps, size_t n)
+{
+	struct hc *hc;
+	size_t n_on = 0;
+	int r;
+
+	*out = NULL;
+	for (size_t i = 0; i < n; i++)
+		n_on += apps[i].app->health.on;
+	if (n_on == 0)
+		return 0;
+
+	hc = calloc(1, sizeof(*hc));
+	if (!hc)
+		return -ENOMEM;
+	hc->epfd = hc->wakefd = -1;
+	timer_heap_init(&hc->timers);
+	hc->apps = calloc(n_on, sizeof(*hc->apps));
+	if (!hc->apps) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	hc->now = now_ms();
+	hc->rng = hc->now * 0x9e3779b97f4a7c15ULL + (uint64_t)getpid();
+	if (!hc->rng)
+		hc->rng = 1;
+	for (size_t i = 0; i < n; i++) {
+		struct hc_app *ha = &hc->apps[hc->n_apps];
+		uint32_t interval = apps[i].app->health.interval_ms;
+
+		if (!apps[i].app->health.on)
+			continue;
+		ha->hc = hc;
+		ha->ao = &apps[i];
+		ha->app = apps[i].app;
+		timer_init(&ha->tick, app_tick);
+		/* Apps start at random points of their interval, so their
+		 * origins' checks interleave instead of coinciding.
+		 */
+		if (timer_set(&hc->timers, &ha->tick,
+			      hc->now + (interval ? hc_rand(hc) % interval : 0)) < 0) {
+			r = -ENOMEM;
+			goto fail;
+		}
+		hc->n_apps++;
+	}
+
+	hc->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (hc->epfd == -1) {
+		r = -errno;
+		goto fail;
+	}
+	hc->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (hc->wakefd == -1) {
+		r = -errno;
+		goto fail;
+	}
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = hc};
+	if (epoll_ctl(hc->epfd, EPOLL_CTL_ADD, hc->wakefd, &ev) == -1) {
+		r = -errno;
+		goto fail;
+	}
+	r = pthread_create(&hc->thread, NULL, hc_main, hc);
+	if (r) {
+		r = -r;
+		goto fail;
+	}
+	*out = hc;
+	return 0;
+fail:
+	hc_free(hc);
+	return r;
+}
+
+void hc_stop(struct hc *hc)
+{
+	uint64_t one = 1;
+
+	if (!hc)
+		return;
+	__atomic_store_n(&hc->stop, 1, __ATOMIC_RELEASE);
+	if (write(hc->wakefd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_err("health checks: cannot wake: %s", strerror(errno));
+	pthread_join(hc->thread, NULL);
+	hc_free(hc);
+}

@@ -1,0 +1,91 @@
+"""test_dns.py - an origin given by host name: resolved at load through the
+edge namespace's /etc/hosts (ip netns exec bind-mounts /etc/netns/NS/hosts
+over it), and re-resolved in the background every dns.refresh, so new
+connections follow the name to its new address."""
+
+import os
+import shutil
+import time
+
+import nstopo
+from test_balance import fetch_many, host_of, start_tags
+
+OLD, NEW = nstopo.ORIGIN4_EXTRA  # 198.51.100.11, 198.51.100.12
+
+DNS_CFG = """\
+listen: {workers: 2}
+timeouts: {connect: 1s, idle: 30s}
+shutdown_grace: 500ms
+apps:
+  - name: named
+    edge: 192.0.2.0/24
+    ports: 8000
+    dns: {refresh: 500ms}
+    origins:
+      - address: "origin-c.test:8000"
+"""
+
+
+def _hosts_line(addr):
+    return f"{addr} origin-c.test\n"
+
+
+def _round(t, n, salt):
+    res = fetch_many(t.c, [(f"192.0.2.{1 + (i + salt) % 250}", 8000, None) for i in range(n)])
+    errs = [e for _, e, _ in res if e]
+    assert not errs, errs[:5]
+    return [host_of(tag) for tag, _, _ in res]
+
+
+def test_dns_origin_follows_the_name(topo):
+    t = topo
+    start_tags(t, [f"{OLD}:8000", f"{NEW}:8000"])
+    etc = f"/etc/netns/{t.e}"
+    made_parent = not os.path.isdir("/etc/netns")
+    os.makedirs(etc)
+    prism_box = []
+
+    def cleanup():
+        # prism holds the bind mount: stop it before removing the file.
+        for p in prism_box:
+            p.stop(timeout=3)
+        shutil.rmtree(etc, ignore_errors=True)
+        assert not os.path.exists(etc)
+        if made_parent:
+            try:
+                os.rmdir("/etc/netns")  # only if nobody else put anything there
+            except OSError:
+                pass
+
+    t.on_teardown(cleanup)
+    hosts = os.path.join(etc, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n" + _hosts_line(OLD))
+    prism = t.start_prism(DNS_CFG)
+    prism_box.append(prism)
+
+    got = _round(t, 10, 0)
+    assert set(got) == {OLD}, got
+    d = prism.wait_access(lambda d: d.get("app") == "named", count=10)[0]
+    assert d["origin"] == f"{OLD}:8000", d
+
+    # Same length: rewritten in place, the bind-mounted inode sees it, and
+    # a concurrent reader never sees an empty file.
+    new_text = "127.0.0.1 localhost\n" + _hosts_line(NEW)
+    with open(hosts, "r+") as f:
+        assert len(f.read()) == len(new_text)
+        f.seek(0)
+        f.write(new_text)
+    t_change = time.monotonic()
+    # Within refresh (500ms) + slack, new connections go to the new address.
+    moved_at = None
+    for i in range(60):
+        if _round(t, 1, i) == [NEW]:
+            moved_at = time.monotonic()
+            break
+        assert time.monotonic() - t_change < 2.5, "still on the old address after 2.5s"
+        time.sleep(0.05)  # polling prism's background refresh
+    assert moved_at is not None
+    assert moved_at - t_change < 1.5, moved_at - t_change
+    got = _round(t, 10, 100)
+    assert set(got) == {NEW}, got

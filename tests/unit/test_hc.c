@@ -1,0 +1,712 @@
+/* test_hc.c - origin health: the rise/fall state machine and passive
+ * accounting as pure functions, then the real check thread against
+ * listeners and a tiny responder on 127.0.0.1.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cfg.h"
+#include "hc.h"
+#include "log.h"
+#include "origin.h"
+
+/* ---- log capture: stderr into a memfd, read back for assertions ---- */
+
+static int cap_fd = -1, saved_fd = -1;
+
+/* In a sanitizer build, a report must reach the real stderr, not the
+ * capture that dies with the process. Weak: absent in a plain build.
+ */
+extern void __sanitizer_set_report_fd(void *fd) __attribute__((weak));
+
+static void report_fd(int fd)
+{
+	if (__sanitizer_set_report_fd)
+		__sanitizer_set_report_fd((void *)(intptr_t)fd);
+}
+
+static void cap_begin(void)
+{
+	cap_fd = memfd_create("hc-log", MFD_CLOEXEC);
+	assert_true(cap_fd >= 0);
+	saved_fd = dup(STDERR_FILENO);
+	assert_true(saved_fd >= 0);
+	report_fd(saved_fd);
+	assert_int_equal(dup2(cap_fd, STDERR_FILENO), STDERR_FILENO);
+}
+
+/* The log so far (malloc'd, NUL-terminated). */
+static char *cap_text(void)
+{
+	off_t len = lseek(cap_fd, 0, SEEK_END);
+	char *buf;
+
+	assert_true(len >= 0);
+	buf = calloc(1, (size_t)len + 1);
+	assert_non_null(buf);
+	assert_int_equal(pread(cap_fd, buf, (size_t)len, 0), len);
+	return buf;
+}
+
+/* Restores stderr, echoes what was captured (for a failing run's output)
+ * and returns it.
+ */
+static char *cap_end(void)
+{
+	char *buf = cap_text();
+
+	dup2(saved_fd, STDERR_FILENO);
+	report_fd(STDERR_FILENO);
+	close(saved_fd);
+	close(cap_fd);
+	cap_fd = saved_fd = -1;
+	fputs(buf, stderr);
+	return buf;
+}
+
+static int count(const char *hay, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Open descriptors of this process, to catch leaks across a test. */
+static int open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	assert_non_null(d);
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/* ---- the rise/fall state machine ---- */
+
+static void test_rise_fall(void **state)
+{
+	struct cfg_app app = {.name = "web", .health = {.on = true, .rise = 2, .fall = 3}};
+	struct origin o = {.up = 1, .name = "192.0.2.10:80"};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	hc_record_result(&o, &app, false, "boom");
+	hc_record_result(&o, &app, false, "boom");
+	assert_int_equal(o.up, 1);
+	assert_int_equal(o.hc_fail, 2);
+	/* A success in between restarts the count. */
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.hc_fail, 0);
+	assert_int_equal(o.hc_ok, 1);
+	hc_record_result(&o, &app, false, "first");
+	hc_record_result(&o, &app, false, "second");
+	assert_int_equal(o.up, 1);
+	hc_record_result(&o, &app, false, "connect: Connection refused");
+	assert_int_equal(o.up, 0);
+	/* Further failures: still down, no more lines. */
+	for (int i = 0; i < 5; i++)
+		hc_record_result(&o, &app, false, "again");
+	assert_int_equal(o.up, 0);
+	assert_int_equal(o.hc_fail, 8);
+	/* One success is not enough for rise 2, and a failure resets it. */
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.up, 0);
+	hc_record_result(&o, &app, false, "flap");
+	assert_int_equal(o.hc_ok, 0);
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.up, 0);
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.up, 1);
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.up, 1);
+	assert_int_equal(o.hc_ok, 3);
+	log = cap_end();
+	assert_int_equal(count(log, "is down"), 1);
+	assert_int_equal(count(log, "is up"), 1);
+	assert_non_null(strstr(log, " warn app web: origin 192.0.2.10:80 is down: 3 failed checks "
+				    "(last: connect: Connection refused)\n"));
+	assert_non_null(
+	    strstr(log, " info app web: origin 192.0.2.10:80 is up: 2 successful checks\n"));
+	free(log);
+}
+
+static void test_rise_fall_one(void **state)
+{
+	struct cfg_app app = {.name = "a", .health = {.on = true, .rise = 1, .fall = 1}};
+	struct origin o = {.up = 1, .name = "o"};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	hc_record_result(&o, &app, false, "x");
+	assert_int_equal(o.up, 0);
+	hc_record_result(&o, &app, true, NULL);
+	assert_int_equal(o.up, 1);
+	hc_record_result(&o, &app, false, "y");
+	assert_int_equal(o.up, 0);
+	log = cap_end();
+	assert_int_equal(count(log, "is down: 1 failed checks"), 2);
+	assert_int_equal(count(log, "is up: 1 successful checks"), 1);
+	free(log);
+}
+
+/* ---- passive accounting ---- */
+
+static void test_passive_off(void **state)
+{
+	struct cfg_app app = {.name = "a", .passive = {.failures = 0, .cooldown_ms = 10000}};
+	struct origin o = {.up = 1, .name = "o"};
+
+	(void)state;
+	for (int i = 0; i < 100; i++)
+		hc_connect_failed(&app, &o, 1000, ECONNREFUSED);
+	assert_int_equal(o.fails, 0);
+	assert_int_equal(o.cooldown_until, 0);
+	assert_true(origin_usable(&o, 1000));
+}
+
+static void test_passive_cooldown_rearm(void **state)
+{
+	struct cfg_app app = {.name = "db", .passive = {.failures = 3, .cooldown_ms = 10000}};
+	struct origin o = {.up = 1, .name = "198.51.100.10:5432"};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	hc_connect_failed(&app, &o, 1000, ECONNREFUSED);
+	hc_connect_failed(&app, &o, 1000, ECONNREFUSED);
+	assert_int_equal(o.fails, 2);
+	assert_true(origin_usable(&o, 1000));
+	hc_connect_failed(&app, &o, 1000, ECONNREFUSED);
+	assert_int_equal(o.cooldown_until, 11000);
+	assert_int_equal(o.fails, 2); /* one short of the limit */
+	assert_false(origin_usable(&o, 1000));
+	assert_false(origin_usable(&o, 10999));
+	assert_true(origin_usable(&o, 11000));
+	/* A failure during the cooldown (a connect started before it) extends
+	 * it without a second line.
+	 */
+	hc_connect_failed(&app, &o, 2000, ETIMEDOUT);
+	assert_int_equal(o.cooldown_until, 12000);
+	/* After it, one more failure re-arms it, and that is logged. */
+	hc_connect_failed(&app, &o, 20000, EHOSTUNREACH);
+	assert_int_equal(o.cooldown_until, 30000);
+	assert_false(origin_usable(&o, 20000));
+	/* A success clears everything, once. */
+	hc_connect_ok(&app, &o);
+	assert_int_equal(o.fails, 0);
+	assert_int_equal(o.cooldown_until, 0);
+	assert_true(origin_usable(&o, 20000));
+	hc_connect_ok(&app, &o);
+	/* From zero again it takes the full count. */
+	hc_connect_failed(&app, &o, 21000, ECONNREFUSED);
+	hc_connect_failed(&app, &o, 21000, ECONNREFUSED);
+	assert_int_equal(o.cooldown_until, 0);
+	hc_connect_ok(&app, &o); /* failures but no cooldown: reset, no line */
+	assert_int_equal(o.fails, 0);
+	log = cap_end();
+	assert_int_equal(count(log, "is out for"), 2);
+	assert_non_null(strstr(log, " warn app db: origin 198.51.100.10:5432 is out for 10s: 3 "
+				    "consecutive connect failures (last: Connection refused)\n"));
+	assert_non_null(strstr(log, "is out for 10s: 3 consecutive connect failures (last: No "
+				    "route to host)\n"));
+	assert_int_equal(count(log, "answers again"), 1);
+	assert_non_null(strstr(log, " info app db: origin 198.51.100.10:5432 answers again\n"));
+	free(log);
+}
+
+static void test_passive_no_shortening(void **state)
+{
+	struct cfg_app app = {.name = "a", .passive = {.failures = 2, .cooldown_ms = 1500}};
+	struct origin o = {.up = 1, .name = "o", .cooldown_until = 50000};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	for (int i = 0; i < 5; i++)
+		hc_connect_failed(&app, &o, 1000, ECONNREFUSED);
+	assert_int_equal(o.cooldown_until, 50000);
+	assert_int_equal(o.fails, 1);
+	/* Past the long one, the configured cooldown applies again. */
+	hc_connect_failed(&app, &o, 60000, ECONNREFUSED);
+	assert_int_equal(o.cooldown_until, 61500);
+	log = cap_end();
+	assert_int_equal(count(log, "is out for 1500ms: 2 consecutive"), 1);
+	free(log);
+}
+
+/* failures: 1 keeps fails at 0 during a cooldown; a success must still end it. */
+static void test_passive_limit_one(void **state)
+{
+	struct cfg_app app = {.name = "a", .passive = {.failures = 1, .cooldown_ms = 60000}};
+	struct origin o = {.up = 1, .name = "o"};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	hc_connect_failed(&app, &o, 5, ECONNREFUSED);
+	assert_int_equal(o.fails, 0);
+	assert_int_equal(o.cooldown_until, 60005);
+	hc_connect_ok(&app, &o);
+	assert_int_equal(o.cooldown_until, 0);
+	log = cap_end();
+	assert_int_equal(count(log, "is out for 1m: 1 consecutive"), 1);
+	assert_int_equal(count(log, "answers again"), 1);
+	free(log);
+}
+
+#define RACE_N 20000
+
+struct race {
+	const struct cfg_app *app;
+	struct origin *o;
+	pthread_barrier_t *bar;
+};
+
+static void *race_fail(void *arg)
+{
+	struct race *r = arg;
+
+	pthread_barrier_wait(r->bar);
+	for (int i = 0; i < RACE_N; i++)
+		hc_connect_failed(r->app, r->o, 7000, ECONNREFUSED);
+	return NULL;
+}
+
+static void test_passive_concurrent(void **state)
+{
+	struct cfg_app app = {.name = "a", .passive = {.failures = 3, .cooldown_ms = 10000}};
+	struct origin o = {.up = 1, .name = "o"};
+	pthread_barrier_t bar;
+	pthread_t t[2];
+	struct race r = {&app, &o, &bar};
+	char *log;
+
+	(void)state;
+	cap_begin();
+	pthread_barrier_init(&bar, NULL, 2);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, race_fail, &r), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&bar);
+	log = cap_end();
+	assert_int_equal(count(log, "is out for"), 1);
+	assert_int_equal(o.cooldown_until, 17000);
+	assert_int_equal(o.fails, 2);
+	free(log);
+}
+
+/* ---- the check thread, against 127.0.0.1 ---- */
+
+static int listener(uint16_t port, uint16_t *bound)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+	socklen_t len = sizeof(sa);
+	int one = 1;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 64), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	if (bound)
+		*bound = ntohs(sa.sin_port);
+	return fd;
+}
+
+/* One app with one origin at 127.0.0.1:<port>, and its run-time state. */
+struct fixture {
+	struct sockaddr_storage addr;
+	struct cfg_origin co;
+	struct cfg_app app;
+	struct app_origins ao;
+	struct hc *hc;
+};
+
+/* What a test left running when an assertion cut it short; teardown stops it. */
+static struct fixture *live_fx;
+
+static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)&f->addr;
+
+	memset(f, 0, sizeof(*f));
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	f->co.host = "127.0.0.1";
+	f->co.addrs = &f->addr;
+	f->co.n_addrs = 1;
+	f->co.port_mode = CFG_PORT_FIXED;
+	f->co.port = port;
+	f->co.weight = 1;
+	f->co.addr = f->addr;
+	f->co.has_port = true;
+	f->app.name = "web";
+	f->app.origins = &f->co;
+	f->app.n_origins = 1;
+	f->app.health = h;
+	f->app.health.on = true;
+	f->app.passive.failures = 3;
+	f->app.passive.cooldown_ms = 10000;
+	pthread_mutex_init(&f->ao.lock, NULL);
+	f->ao.app = &f->app;
+	f->ao.set = origin_set_from_cfg(&f->app);
+	assert_non_null(f->ao.set);
+	assert_int_equal(f->ao.set->n, 1);
+	assert_int_equal(hc_start(&f->hc, &f->ao, 1), 0);
+	assert_non_null(f->hc);
+	live_fx = f;
+}
+
+static void fixture_deinit(struct fixture *f)
+{
+	live_fx = NULL;
+	hc_stop(f->hc);
+	origin_set_unref(f->ao.set);
+	pthread_mutex_destroy(&f->ao.lock);
+}
+
+static struct origin *first_origin(struct fixture *f)
+{
+	return f->ao.set->v[0];
+}
+
+/* Waits (bounded) until <o>'s up flag is <up> and its current streak of
+ * results of that kind reaches <streak>; meanwhile accepts and closes what
+ * <lfd> queued, so a never-accepting listener's backlog cannot fill.
+ * Returns the ms it took, or -1 on timeout.
+ */
+static long wait_state(struct origin *o, int up, uint32_t streak, int lfd, int limit_ms)
+{
+	uint64_t t0 = mono_ms();
+
+	while (mono_ms() - t0 < (uint64_t)limit_ms) {
+		uint32_t n = __atomic_load_n(up ? &o->hc_ok : &o->hc_fail, __ATOMIC_RELAXED);
+
+		if (__atomic_load_n(&o->up, __ATOMIC_RELAXED) == up && n >= streak)
+			return (long)(mono_ms() - t0);
+		if (lfd >= 0) {
+			int c;
+
+			while ((c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+				close(c);
+		}
+		usleep(2000);
+	}
+	return -1;
+}
+
+static void test_thread_none(void **state)
+{
+	struct cfg_app app = {.name = "nohc"};
+	struct app_origins ao = {.app = &app};
+	struct hc *hc = (struct hc *)&ao; /* must be overwritten */
+
+	(void)state;
+	assert_int_equal(hc_start(&hc, &ao, 1), 0);
+	assert_null(hc);
+	hc_stop(NULL);
+}
+
+static void test_thread_connect(void **state)
+{
+	struct cfg_health h = {.interval_ms = 50, .timeout_ms = 500, .rise = 2, .fall = 3};
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	struct origin *o;
+	uint16_t port;
+	long ms;
+	int fds = open_fds(), lfd = listener(0, &port);
+	char *log;
+
+	(void)state;
+	cap_begin();
+	fixture_init(&f, port, h);
+	o = first_origin(&f);
+	/* Checks succeed: still up, with a streak of successes. */
+	assert_true(wait_state(o, 1, 2, lfd, 5000) >= 0);
+
+	/* Nothing listening: refused, down after fall checks an interval
+	 * apart, so no sooner than (fall - 1) intervals.
+	 */
+	close(lfd);
+	ms = wait_state(o, 0, 3, -1, 5000);
+	assert_true(ms >= 0);
+	assert_true(ms >= 2 * 50 - 10);
+	assert_int_equal(o->up, 0);
+
+	/* Back: up after rise checks. */
+	lfd = listener(port, NULL);
+	ms = wait_state(o, 1, 2, lfd, 5000);
+	assert_true(ms >= 0);
+	assert_true(ms >= 1 * 50 - 10);
+	fixture_deinit(&f);
+	close(lfd);
+	log = cap_end();
+	assert_int_equal(open_fds(), fds);
+	assert_int_equal(count(log, "is down"), 1);
+	assert_int_equal(count(log, "is up"), 1);
+	assert_non_null(strstr(log, "warn app web: origin 127.0.0.1:"));
+	assert_non_null(
+	    strstr(log, "is down: 3 failed checks (last: connect: Connection refused)"));
+	assert_non_null(strstr(log, "is up: 2 successful checks"));
+	free(log);
+}
+
+/* A responder: reads the check's request, answers according to <mode>. */
+enum resp_mode {
+	RESP_PONG,   /* "+PONG\r\n", in two writes */
+	RESP_ERR,    /* "-ERR nope\r\n" */
+	RESP_SILENT, /* reads, never answers, keeps the connection */
+};
+
+struct responder {
+	int lfd;
+	int mode;	 /* atomic */
+	int stop;	 /* atomic */
+	int requests_ok; /* atomic: requests read that were exactly "PING\r\n" */
+	pthread_t thread;
+};
+
+static void *responder_main(void *arg)
+{
+	struct responder *r = arg;
+	int held[64], n_held = 0;
+
+	/* Bounded by the stop flag, checked every 10 ms. */
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = {.fd = r->lfd, .events = POLLIN};
+		char req[64];
+		ssize_t got = 0;
+		int mode, c;
+
+		if (poll(&p, 1, 10) <= 0)
+			continue;
+		c = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		/* The request: wait for it briefly (the check sends at once). */
+		p.fd = c;
+		while (got < 6 && poll(&p, 1, 200) > 0) {
+			ssize_t k = read(c, req + got, sizeof(req) - (size_t)got);
+
+			if (k <= 0)
+				break;
+			got += k;
+		}
+		if (got == 6 && memcmp(req, "PING\r\n", 6) == 0)
+			__atomic_add_fetch(&r->requests_ok, 1, __ATOMIC_RELAXED);
+		mode = __atomic_load_n(&r->mode, __ATOMIC_RELAXED);
+		if (mode == RESP_PONG) {
+			/* Split, so the check must resume a partial reply. */
+			if (write(c, "+PO", 3) == 3) {
+				usleep(3000);
+				if (write(c, "NG\r\n", 4) != 4)
+					break;
+			}
+		} else if (mode == RESP_ERR) {
+			if (write(c, "-ERR nope\r\n", 11) != 11)
+				break;
+		} else if (n_held < 64) {
+			held[n_held++] = c;
+			continue;
+		}
+		close(c);
+		if (mode != RESP_SILENT)
+			while (n_held > 0)
+				close(held[--n_held]);
+	}
+	while (n_held > 0)
+		close(held[--n_held]);
+	return NULL;
+}
+
+static struct responder *live_resp;
+
+static void responder_start(struct responder *r, uint16_t *port)
+{
+	memset(r, 0, sizeof(*r));
+	r->lfd = listener(0, port);
+	assert_int_equal(pthread_create(&r->thread, NULL, responder_main, r), 0);
+	live_resp = r;
+}
+
+static void responder_stop(struct responder *r)
+{
+	live_resp = NULL;
+	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(r->thread, NULL);
+	close(r->lfd);
+}
+
+static void test_thread_send_expect(void **state)
+{
+	struct cfg_health h = {.interval_ms = 50,
+			       .timeout_ms = 300,
+			       .rise = 2,
+			       .fall = 2,
+			       .send = "PING\r\n",
+			       .send_len = 6,
+			       .expect = "+PONG",
+			       .expect_len = 5};
+	static struct responder r;
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	struct origin *o;
+	uint16_t port;
+	int fds = open_fds();
+	char *log;
+
+	(void)state;
+	responder_start(&r, &port);
+	cap_begin();
+	fixture_init(&f, port, h);
+	o = first_origin(&f);
+
+	/* A matching, split reply: successes, the request arrived intact. */
+	assert_true(wait_state(o, 1, 3, -1, 5000) >= 0);
+	assert_true(__atomic_load_n(&r.requests_ok, __ATOMIC_RELAXED) >= 3);
+
+	/* A wrong reply: down, quoting what came back. */
+	__atomic_store_n(&r.mode, RESP_ERR, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
+
+	__atomic_store_n(&r.mode, RESP_PONG, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 1, 2, -1, 5000) >= 0);
+
+	/* No reply at all: the timeout fails it. */
+	__atomic_store_n(&r.mode, RESP_SILENT, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
+
+	/* Stop with a check most likely in flight: no leak, no hang. */
+	fixture_deinit(&f);
+	responder_stop(&r);
+	log = cap_end();
+	assert_int_equal(open_fds(), fds);
+	assert_int_equal(count(log, "is down"), 2);
+	assert_int_equal(count(log, "is up"), 1);
+	assert_non_null(
+	    strstr(log, "is down: 2 failed checks (last: reply mismatch: got '-ERR ')"));
+	assert_non_null(strstr(log, "is down: 2 failed checks (last: timeout after 300 ms waiting "
+				    "for the reply (0 of 5 bytes))"));
+	free(log);
+}
+
+/* The thread re-reads the set every interval: a swapped-in origin gets
+ * checked, the one swapped out is no longer touched.
+ */
+static void test_thread_set_swap(void **state)
+{
+	struct cfg_health h = {.interval_ms = 50, .timeout_ms = 500, .rise = 1, .fall = 2};
+	struct sockaddr_storage dead = {0};
+	struct origin *old, *o2;
+	struct origin_set *s2;
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	uint16_t port, dead_port;
+	uint32_t old_ok;
+	int lfd = listener(0, &port), tmp = listener(0, &dead_port);
+	char *log;
+
+	(void)state;
+	close(tmp); /* a port with nothing on it: connections are refused */
+	cap_begin();
+	fixture_init(&f, port, h);
+	old = first_origin(&f);
+	origin_ref(old);
+	assert_true(wait_state(old, 1, 2, lfd, 5000) >= 0);
+
+	/* The resolver's job, done by hand: a new set, one new address. */
+	struct cfg_origin co2 = f.co;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&dead;
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	co2.port = dead_port;
+	o2 = origin_new(&co2, &dead);
+	assert_non_null(o2);
+	s2 = origin_set_new(&f.app, &o2, 1);
+	assert_non_null(s2);
+	origin_unref(o2);
+	app_origins_swap(&f.ao, s2);
+
+	assert_true(wait_state(o2, 0, 2, lfd, 5000) >= 0);
+	/* The old origin is no longer checked: its streak stands still over
+	 * several intervals (at most one check was already scheduled).
+	 */
+	old_ok = __atomic_load_n(&old->hc_ok, __ATOMIC_RELAXED);
+	assert_true(wait_state(o2, 0, 6, lfd, 5000) >= 0);
+	assert_true(__atomic_load_n(&old->hc_ok, __ATOMIC_RELAXED) <= old_ok + 1);
+	fixture_deinit(&f);
+	origin_unref(old);
+	close(lfd);
+	log = cap_end();
+	assert_int_equal(count(log, "is down"), 1);
+	assert_true(count(log, "is down: 2 failed checks (last: connect: Connection refused)") ==
+		    1);
+	free(log);
+}
+
+/* After a failed assertion: stop the threads, give stderr back (with the
+ * captured log, which explains the failure) before the next test.
+ */
+static int teardown(void **state)
+{
+	(void)state;
+	if (live_fx)
+		fixture_deinit(live_fx);
+	if (live_resp)
+		responder_stop(live_resp);
+	if (cap_fd != -1)
+		free(cap_end());
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_teardown(test_rise_fall, teardown),
+	    cmocka_unit_test_teardown(test_rise_fall_one, teardown),
+	    cmocka_unit_test_teardown(test_passive_off, teardown),
+	    cmocka_unit_test_teardown(test_passive_cooldown_rearm, teardown),
+	    cmocka_unit_test_teardown(test_passive_no_shortening, teardown),
+	    cmocka_unit_test_teardown(test_passive_limit_one, teardown),
+	    cmocka_unit_test_teardown(test_passive_concurrent, teardown),
+	    cmocka_unit_test_teardown(test_thread_none, teardown),
+	    cmocka_unit_test_teardown(test_thread_connect, teardown),
+	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
+	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
