@@ -30,23 +30,28 @@
 #include "log.h"
 #include "rt.h"
 
-#define CFG_MAX_FILE	 (4 << 20) /* a config is a few KiB; refuse to slurp a disk image */
-#define CFG_KEEP_ERRORS	 1000	   /* collected, then sorted ... */
-#define CFG_SHOW_ERRORS	 100	   /* ... and the first this many printed */
-#define CFG_MAX_CLAIMS	 100000	   /* edges x port ranges, over all apps */
-#define CFG_MAX_REBUILDS 64	   /* rt_build retries to find more overlaps */
-#define CFG_NAME_MAX	 64
-#define CFG_TABLE_MAX	 31
-#define CFG_WORKERS_MAX	 1024
-#define CFG_QUOTE_MAX	 64   /* user text quoted in a message is cut here */
-#define CFG_ORIGINS_MAX	 1000 /* per app; duplicates are found pairwise */
-#define CFG_HOST_MAX	 253  /* RFC 1035 name length, without a trailing dot */
-#define CFG_LABEL_MAX	 63
-#define CFG_WEIGHT_MAX	 1000
-#define CFG_RETRIES_MAX	 16
-#define CFG_RISE_MAX	 100 /* also fall */
-#define CFG_FAILURES_MAX 1000
-#define CFG_PAYLOAD_MAX	 1024 /* health_check.send / expect, bytes */
+#define CFG_MAX_FILE	  (4 << 20) /* a config is a few KiB; refuse to slurp a disk image */
+#define CFG_KEEP_ERRORS	  1000	    /* collected, then sorted ... */
+#define CFG_SHOW_ERRORS	  100	    /* ... and the first this many printed */
+#define CFG_MAX_CLAIMS	  100000    /* edges x port ranges, over all apps */
+#define CFG_MAX_REBUILDS  64	    /* rt_build retries to find more overlaps */
+#define CFG_NAME_MAX	  64
+#define CFG_TABLE_MAX	  31
+#define CFG_WORKERS_MAX	  1024
+#define CFG_QUOTE_MAX	  64   /* user text quoted in a message is cut here */
+#define CFG_ORIGINS_MAX	  1000 /* per app; duplicates are found pairwise */
+#define CFG_HOST_MAX	  253  /* RFC 1035 name length, without a trailing dot */
+#define CFG_LABEL_MAX	  63
+#define CFG_WEIGHT_MAX	  1000
+#define CFG_RETRIES_MAX	  16
+#define CFG_RISE_MAX	  100 /* also fall */
+#define CFG_FAILURES_MAX  1000
+#define CFG_PAYLOAD_MAX	  1024 /* health_check.send / expect, bytes */
+#define CFG_RATE_MAX	  10000000
+#define CFG_CONNS_MAX	  10000000 /* max_conns, max_conns_per_source */
+#define CFG_BAN_AFTER_MAX 1000
+#define CFG_BAN_MAX_MS	  (7u * 86400000u)
+#define CFG_PREFIXES_MAX  65536 /* per deny / allow list */
 
 #define DEF_LISTEN4	   "127.0.0.1"
 #define DEF_LISTEN6	   "::1"
@@ -64,6 +69,8 @@
 #define DEF_FAILURES	   3
 #define DEF_COOLDOWN_MS	   10000
 #define DEF_DNS_REFRESH_MS 30000
+#define DEF_BAN_WINDOW_MS  10000
+#define DEF_BAN_MS	   300000
 
 struct cfg_err {
 	int line, col; /* 1-based; line 0: no position */
@@ -105,6 +112,8 @@ struct field {
 	yaml_node_t *val; /* NULL when absent */
 	int id;		  /* of val */
 	yaml_mark_t mark; /* of the key */
+	bool unlisted;	  /* accepted only to be refused with a better message than
+			   * "unknown key", so not offered in "expected one of" */
 };
 
 /* ---- error collection ---- */
@@ -381,8 +390,9 @@ static int map_fields(struct loader *ld, yaml_node_t *map, const char *key, cons
 
 			list[0] = '\0';
 			for (j = 0; j < nf; j++)
-				o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
-						      j ? ", " : "", f[j].key);
+				if (!f[j].unlisted)
+					o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
+							      o ? ", " : "", f[j].key);
 			err_at(ld, &k->start_mark, "unknown key %s %s (expected one of: %s)",
 			       quote(ks, q, sizeof(q)), where, list);
 			continue;
@@ -717,15 +727,17 @@ static void load_listen(struct loader *ld, yaml_node_t *map)
 
 static void load_network(struct loader *ld, yaml_node_t *map)
 {
-	struct field f[] = {{.key = "manage"}, {.key = "table"}};
+	struct field f[] = {{.key = "manage"}, {.key = "table"}, {.key = "sysctls"}};
 	const char *s;
 	char q[QBUF];
 	size_t i, n;
 
-	if (map_fields(ld, map, "network", "in network", f, 2) != 0)
+	if (map_fields(ld, map, "network", "in network", f, 3) != 0)
 		return;
 	if (f[0].val)
 		get_bool(ld, f[0].val, "network.manage", &ld->cfg->net_manage);
+	if (f[2].val)
+		get_bool(ld, f[2].val, "network.sysctls", &ld->cfg->manage_sysctls);
 	if (!f[1].val || !(s = node_str(ld, f[1].val, "network.table", "an nftables table name")))
 		return;
 	/* nft accepts more, but this set needs no quoting in an nft script. */
@@ -790,10 +802,12 @@ static bool v6_covers_mapped(const struct addr_prefix *p)
 	return p->len <= 96;
 }
 
-/* Reports an edge that addr_parse_prefix refused; for host bits set, with
- * the network the user most likely meant.
+/* Reports a prefix (for <key>: edge, protection.deny, ...) that
+ * addr_parse_prefix refused; for host bits set, with the network the user
+ * most likely meant.
  */
-static void edge_error(struct loader *ld, yaml_node_t *n, const char *s, const char *why)
+static void prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const char *s,
+			 const char *why)
 {
 	const char *slash = strchr(s, '/');
 	struct addr_prefix p;
@@ -814,12 +828,12 @@ static void edge_error(struct loader *ld, yaml_node_t *n, const char *s, const c
 			for (i = bits; i < 128; i++)
 				p.addr.s6_addr[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
 			p.len = (uint8_t)bits;
-			err_at(ld, &n->start_mark, "edge: %s has host bits set; did you mean %s?",
-			       s, addr_fmt_prefix(&p, fix));
+			err_at(ld, &n->start_mark, "%s: %s has host bits set; did you mean %s?",
+			       key, s, addr_fmt_prefix(&p, fix));
 			return;
 		}
 	}
-	err_at(ld, &n->start_mark, "edge: %s is not a valid address or prefix: %s",
+	err_at(ld, &n->start_mark, "%s: %s is not a valid address or prefix: %s", key,
 	       quote(s, q, sizeof(q)), why);
 }
 
@@ -849,7 +863,7 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 			continue;
 		}
 		if (addr_parse_prefix(s, &p, &why) != 0) {
-			edge_error(ld, e, s, why);
+			prefix_error(ld, e, "edge", s, why);
 			rc = -EINVAL;
 			continue;
 		}
@@ -1534,6 +1548,337 @@ static void load_dns(struct loader *ld, yaml_node_t *map, const char *where, uin
 		get_duration(ld, f[0].val, "dns.refresh", true, refresh_ms);
 }
 
+/* ---- protection ---- */
+
+/* Reads a rate: "200/s", "30/m", or "0" for off (stored as 0 per second,
+ * so that a reader never divides by zero). Returns 0 or -EINVAL after
+ * reporting.
+ */
+static int get_rate(struct loader *ld, yaml_node_t *n, const char *key, struct cfg_rate *r)
+{
+	const char *s = node_str(ld, n, key, "a rate such as 200/s or 30/m, or 0 for off");
+	char q[QBUF], num[16];
+	const char *slash;
+	unsigned long v;
+	uint32_t per_ms;
+	int rc;
+
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, "0") == 0) {
+		*r = (struct cfg_rate){0, 1000};
+		return 0;
+	}
+	slash = strchr(s, '/');
+	if (!slash || slash - s >= (ptrdiff_t)sizeof(num) ||
+	    (strcmp(slash + 1, "s") != 0 && strcmp(slash + 1, "m") != 0))
+		goto bad;
+	per_ms = slash[1] == 's' ? 1000 : 60000;
+	memcpy(num, s, (size_t)(slash - s));
+	num[slash - s] = '\0';
+	rc = parse_uint(num, CFG_RATE_MAX, &v);
+	if (rc == -EINVAL)
+		goto bad;
+	if (rc == -ERANGE || v == 0) {
+		err_at(ld, &n->start_mark,
+		       "%s: %s out of range (1-%d per second or per minute, or 0 for off)", key,
+		       quote(s, q, sizeof(q)), CFG_RATE_MAX);
+		return -EINVAL;
+	}
+	*r = (struct cfg_rate){(uint32_t)v, per_ms};
+	return 0;
+bad:
+	err_at(ld, &n->start_mark,
+	       "%s: %s is not a rate (expected a number per second or minute, e.g. 200/s or "
+	       "30/m; or 0 for off)",
+	       key, quote(s, q, sizeof(q)));
+	return -EINVAL;
+}
+
+/* True when prefix <p> contains prefix <q> (or equals it). */
+static bool prefix_contains(const struct addr_prefix *p, const struct addr_prefix *q)
+{
+	int bytes = p->len / 8, rest = p->len % 8;
+
+	if (p->len > q->len || memcmp(&p->addr, &q->addr, (size_t)bytes) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xff00u >> rest);
+	return (p->addr.s6_addr[bytes] & mask) == (q->addr.s6_addr[bytes] & mask);
+}
+
+/* A prefix of a deny/allow list, where it was written, for the overlap check. */
+struct listed_prefix {
+	struct addr_prefix p;
+	yaml_mark_t mark;
+	size_t idx;
+};
+
+static int listed_cmp(const void *a, const void *b)
+{
+	const struct listed_prefix *x = a, *y = b;
+	int c = memcmp(&x->p.addr, &y->p.addr, sizeof(x->p.addr));
+
+	if (c != 0)
+		return c;
+	if (x->p.len != y->p.len)
+		return x->p.len < y->p.len ? -1 : 1;
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Refuses a prefix listed twice or inside another of the same list: nft
+ * refuses overlapping elements of an interval set, and a redundant entry
+ * is most likely a typo. Prefixes either nest or are disjoint, so after
+ * sorting by address (the wider first) one pass against the last
+ * outermost prefix finds every case.
+ */
+static int check_prefix_list(struct loader *ld, const char *key, struct listed_prefix *v, size_t n)
+{
+	char a[ADDR_STRLEN], b[ADDR_STRLEN];
+	size_t i, outer = 0;
+	int rc = 0;
+
+	qsort(v, n, sizeof(*v), listed_cmp);
+	for (i = 1; i < n; i++) {
+		const struct listed_prefix *o = &v[outer], *x = &v[i];
+
+		if (!prefix_contains(&o->p, &x->p)) {
+			outer = i;
+			continue;
+		}
+		/* Report at the later one of a duplicate, at the inner one of a nest. */
+		if (o->p.len == x->p.len)
+			err_at(ld, &x->mark, "%s: %s is listed twice (first at line %zu)", key,
+			       addr_fmt_prefix(&x->p, a), o->mark.line + 1);
+		else
+			err_at(ld, &x->mark, "%s: %s is inside %s (line %zu); list each range once",
+			       key, addr_fmt_prefix(&x->p, a), addr_fmt_prefix(&o->p, b),
+			       o->mark.line + 1);
+		rc = -EINVAL;
+	}
+	return rc;
+}
+
+/* protection.deny / allow: a prefix, a list of them, or nothing ([] or
+ * no value). On success stores a malloc'd array in <*out> (NULL when
+ * empty) and its length in <*n_out>; the caller owns it. Returns 0 or
+ * -EINVAL after reporting (then <*out> is NULL).
+ */
+static int load_prefix_list(struct loader *ld, yaml_node_t *v, int id, const char *key,
+			    struct addr_prefix **out, size_t *n_out)
+{
+	const char *expect = "an address or prefix";
+	yaml_node_item_t one, *items;
+	struct listed_prefix *lp = NULL;
+	struct addr_prefix *ps = NULL;
+	size_t i, n, k = 0;
+	int rc = 0;
+
+	*out = NULL;
+	*n_out = 0;
+	if (node_is_null(v))
+		return 0;
+	if (v->type == YAML_SCALAR_NODE) {
+		one = id;
+		items = &one;
+		n = 1;
+	} else if (v->type == YAML_SEQUENCE_NODE) {
+		items = v->data.sequence.items.start;
+		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	} else {
+		err_at(ld, &v->start_mark, "%s: expected %s or a list of them, got %s", key, expect,
+		       node_kind(v));
+		return -EINVAL;
+	}
+	if (n == 0)
+		return 0;
+	if (n > CFG_PREFIXES_MAX) {
+		err_at(ld, &v->start_mark,
+		       "%s: %zu prefixes (at most %d; merge neighbours into wider prefixes)", key,
+		       n, CFG_PREFIXES_MAX);
+		return -EINVAL;
+	}
+	ps = calloc(n, sizeof(*ps));
+	lp = calloc(n, sizeof(*lp));
+	if (!ps || !lp) {
+		ld->oom = true;
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		yaml_node_t *e = node_get(ld, items[i]);
+		const char *s = node_str(ld, e, key, expect), *why = "";
+		char buf[ADDR_STRLEN];
+		struct addr_prefix p;
+
+		if (!s) {
+			rc = -EINVAL;
+			continue;
+		}
+		if (addr_parse_prefix(s, &p, &why) != 0) {
+			prefix_error(ld, e, key, s, why);
+			rc = -EINVAL;
+			continue;
+		}
+		if (!addr_is_v4(&p.addr) && v6_covers_mapped(&p)) {
+			/* As for edges: v4 is kept v4-mapped, so this would
+			 * match every IPv4 source too.
+			 */
+			err_at(ld, &e->start_mark,
+			       "%s: %s includes the IPv4-mapped range ::ffff:0:0/96; use a "
+			       "narrower IPv6 prefix, and IPv4 prefixes for IPv4 (0.0.0.0/0 for "
+			       "all of IPv4)",
+			       key, addr_fmt_prefix(&p, buf));
+			rc = -EINVAL;
+			continue;
+		}
+		lp[k].p = p;
+		lp[k].mark = e->start_mark;
+		lp[k].idx = k;
+		ps[k++] = p;
+	}
+	if (rc == 0)
+		rc = check_prefix_list(ld, key, lp, k);
+out:
+	free(lp);
+	if (rc != 0) {
+		free(ps);
+		return rc;
+	}
+	*out = ps;
+	*n_out = k;
+	return 0;
+}
+
+/* protection.ban {after, window, duration}; a key left out keeps the value
+ * <b> came with (the default, or in an app the global one).
+ */
+static void load_ban(struct loader *ld, yaml_node_t *map, const char *where,
+		     struct cfg_protection *b)
+{
+	struct field f[] = {{.key = "after"}, {.key = "window"}, {.key = "duration"}};
+	char d[32];
+
+	if (map_fields(ld, map, "protection.ban", where, f, 3) != 0)
+		return;
+	if (f[0].val)
+		get_uint(ld, f[0].val, "protection.ban.after", 0, CFG_BAN_AFTER_MAX, &b->ban_after);
+	if (f[1].val)
+		get_duration(ld, f[1].val, "protection.ban.window", true, &b->ban_window_ms);
+	if (f[2].val) {
+		uint32_t ms;
+
+		if (get_duration(ld, f[2].val, "protection.ban.duration", true, &ms) != 0)
+			return;
+		if (ms > CFG_BAN_MAX_MS)
+			err_at(ld, &f[2].val->start_mark,
+			       "protection.ban.duration: %s is too long (at most 7d)",
+			       fmt_duration(ms, d, sizeof(d)));
+		else
+			b->ban_duration_ms = ms;
+	}
+}
+
+/* The protection block, global (<label> NULL; <max_conns> receives
+ * protection.max_conns) or of the app <label> (<max_conns> NULL). <p> holds
+ * the values to start from: the defaults, or for an app a copy of the
+ * global block whose deny/allow arrays are borrowed; a list the block sets
+ * replaces the borrowed pointer with one <p> owns.
+ */
+static void load_protection(struct loader *ld, yaml_node_t *map, const char *label,
+			    struct cfg_protection *p, uint32_t *max_conns)
+{
+	static const char *const unserved[] = {"drop", "reject", NULL};
+	bool app = label != NULL;
+	struct field f[] = {
+	    {.key = "unserved", .unlisted = app},
+	    {.key = "deny"},
+	    {.key = "allow"},
+	    {.key = "syn_rate_per_source", .unlisted = app},
+	    {.key = "max_conns_per_source"},
+	    {.key = "conn_rate_per_source"},
+	    {.key = "ban"},
+	    {.key = "max_conns", .unlisted = app},
+	    {.key = "first_byte_timeout"},
+	};
+	enum {
+		F_UNSERVED,
+		F_DENY,
+		F_ALLOW,
+		F_SYN_RATE,
+		F_CONNS_PER_SRC,
+		F_CONN_RATE,
+		F_BAN,
+		F_MAX_CONNS,
+		F_FIRST_BYTE,
+		F_N
+	};
+	char where[CFG_NAME_MAX + 64];
+	int v;
+
+	if (app)
+		snprintf(where, sizeof(where), "in protection of %s", label);
+	else
+		snprintf(where, sizeof(where), "in protection");
+	if (map_fields(ld, map, "protection", where, f, F_N) != 0)
+		return;
+	if (app) {
+		/* The nftables SYN limit and the unserved verdict are one rule
+		 * for the whole table, and the process cap is the process's:
+		 * none of them can differ by app.
+		 */
+		if (f[F_UNSERVED].val)
+			err_at(ld, &f[F_UNSERVED].mark,
+			       "protection.unserved is global only (it applies to ports no app "
+			       "claims); set it in the top-level protection block");
+		if (f[F_SYN_RATE].val)
+			err_at(ld, &f[F_SYN_RATE].mark,
+			       "protection.syn_rate_per_source is global only (one nftables limit "
+			       "per source address); set it in the top-level protection block");
+		if (f[F_MAX_CONNS].val)
+			err_at(ld, &f[F_MAX_CONNS].mark,
+			       "protection.max_conns is global only (the whole process); an app's "
+			       "own cap is its max_conns key, beside protection");
+	} else {
+		if (f[F_UNSERVED].val &&
+		    (v = get_word(ld, f[F_UNSERVED].val, "protection.unserved", unserved)) >= 0)
+			p->unserved = (enum cfg_unserved)v;
+		if (f[F_SYN_RATE].val)
+			get_rate(ld, f[F_SYN_RATE].val, "protection.syn_rate_per_source",
+				 &p->syn_rate_per_source);
+		if (f[F_MAX_CONNS].val && max_conns)
+			get_uint(ld, f[F_MAX_CONNS].val, "protection.max_conns", 0, CFG_CONNS_MAX,
+				 max_conns);
+	}
+	if (f[F_DENY].val) {
+		load_prefix_list(ld, f[F_DENY].val, f[F_DENY].id, "protection.deny", &p->deny,
+				 &p->n_deny);
+		p->set_deny = app;
+	}
+	if (f[F_ALLOW].val) {
+		load_prefix_list(ld, f[F_ALLOW].val, f[F_ALLOW].id, "protection.allow", &p->allow,
+				 &p->n_allow);
+		p->set_allow = app;
+	}
+	if (f[F_CONNS_PER_SRC].val)
+		get_uint(ld, f[F_CONNS_PER_SRC].val, "protection.max_conns_per_source", 0,
+			 CFG_CONNS_MAX, &p->max_conns_per_source);
+	if (f[F_CONN_RATE].val)
+		get_rate(ld, f[F_CONN_RATE].val, "protection.conn_rate_per_source",
+			 &p->conn_rate_per_source);
+	if (f[F_BAN].val) {
+		if (app)
+			snprintf(where, sizeof(where), "in protection.ban of %s", label);
+		else
+			snprintf(where, sizeof(where), "in protection.ban");
+		load_ban(ld, f[F_BAN].val, where, p);
+	}
+	if (f[F_FIRST_BYTE].val)
+		get_duration(ld, f[F_FIRST_BYTE].val, "protection.first_byte_timeout", false,
+			     &p->first_byte_timeout_ms);
+}
+
 /* Loads apps[<idx>] from <map> into cfg->apps[<idx>]. */
 static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 {
@@ -1542,10 +1887,12 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 	/* In enum cfg_balance's order. */
 	static const char *const lbs[] = {"round_robin", "least_conn",	"maglev",
 					  "random_two",	 "source_hash", NULL};
-	struct field f[] = {{.key = "name"},	     {.key = "protocol"}, {.key = "edge"},
-			    {.key = "ports"},	     {.key = "origins"},  {.key = "proxy_protocol"},
-			    {.key = "timeouts"},     {.key = "balance"},  {.key = "retries"},
-			    {.key = "health_check"}, {.key = "passive"},  {.key = "dns"}};
+	struct field f[] = {
+	    {.key = "name"},	     {.key = "protocol"},  {.key = "edge"},
+	    {.key = "ports"},	     {.key = "origins"},   {.key = "proxy_protocol"},
+	    {.key = "timeouts"},     {.key = "balance"},   {.key = "retries"},
+	    {.key = "health_check"}, {.key = "passive"},   {.key = "dns"},
+	    {.key = "max_conns"},    {.key = "protection"}};
 	enum {
 		F_NAME,
 		F_PROTO,
@@ -1559,6 +1906,8 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 		F_HEALTH,
 		F_PASSIVE,
 		F_DNS,
+		F_MAX_CONNS,
+		F_PROTECTION,
 		F_N
 	};
 	bool ports_ok = false, hc_port_given = false;
@@ -1583,6 +1932,12 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 	app->passive.failures = DEF_FAILURES;
 	app->passive.cooldown_ms = DEF_COOLDOWN_MS;
 	app->dns_refresh_ms = DEF_DNS_REFRESH_MS;
+	/* Shares the global deny/allow arrays until the app's own block
+	 * replaces them (see cfg_free).
+	 */
+	app->protection = ld->cfg->protection;
+	app->protection.set_deny = false;
+	app->protection.set_allow = false;
 	src->ok = false;
 	if (map->type != YAML_MAPPING_NODE) {
 		err_at(ld, &map->start_mark,
@@ -1701,6 +2056,10 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 		snprintf(where, sizeof(where), "in dns of %s", label);
 		load_dns(ld, f[F_DNS].val, where, &app->dns_refresh_ms);
 	}
+	if (f[F_MAX_CONNS].val)
+		get_uint(ld, f[F_MAX_CONNS].val, "max_conns", 0, CFG_CONNS_MAX, &app->max_conns);
+	if (f[F_PROTECTION].val)
+		load_protection(ld, f[F_PROTECTION].val, label, &app->protection, NULL);
 	src->ok = ld->n_errs + ld->n_dropped == errs_before && !ld->oom;
 }
 
@@ -1860,8 +2219,9 @@ routes:
 static void load_root(struct loader *ld, yaml_node_t *root)
 {
 	struct field f[] = {{.key = "listen"},	       {.key = "network"}, {.key = "timeouts"},
-			    {.key = "shutdown_grace"}, {.key = "apps"},	   {.key = "log_level"}};
-	enum { F_LISTEN, F_NETWORK, F_TIMEOUTS, F_GRACE, F_APPS, F_LOG, F_N };
+			    {.key = "shutdown_grace"}, {.key = "apps"},	   {.key = "log_level"},
+			    {.key = "protection"}};
+	enum { F_LISTEN, F_NETWORK, F_TIMEOUTS, F_GRACE, F_APPS, F_LOG, F_PROTECTION, F_N };
 	static const yaml_mark_t start = {0, 0, 0};
 
 	if (!root || node_is_null(root)) {
@@ -1871,7 +2231,7 @@ static void load_root(struct loader *ld, yaml_node_t *root)
 	if (root->type != YAML_MAPPING_NODE) {
 		err_at(ld, &root->start_mark,
 		       "the top level must be a mapping of keys (listen, network, timeouts, "
-		       "shutdown_grace, apps, log_level), got %s",
+		       "shutdown_grace, apps, log_level, protection), got %s",
 		       node_kind(root));
 		return;
 	}
@@ -1889,6 +2249,10 @@ static void load_root(struct loader *ld, yaml_node_t *root)
 	if (f[F_GRACE].val)
 		get_duration(ld, f[F_GRACE].val, "shutdown_grace", false,
 			     &ld->cfg->shutdown_grace_ms);
+	/* Before the apps: each app's protection starts as a copy of it. */
+	if (f[F_PROTECTION].val)
+		load_protection(ld, f[F_PROTECTION].val, NULL, &ld->cfg->protection,
+				&ld->cfg->max_conns);
 	if (f[F_APPS].val)
 		load_apps(ld, f[F_APPS].val);
 	else
@@ -1947,6 +2311,12 @@ static struct cfg *cfg_new(const char *path)
 	c->idle_timeout_ms = DEF_IDLE_MS;
 	c->shutdown_grace_ms = DEF_GRACE_MS;
 	c->log_level = LOG_INFO;
+	c->manage_sysctls = true;
+	c->protection.unserved = CFG_UNSERVED_DROP;
+	c->protection.syn_rate_per_source = (struct cfg_rate){0, 1000};
+	c->protection.conn_rate_per_source = (struct cfg_rate){0, 1000};
+	c->protection.ban_window_ms = DEF_BAN_WINDOW_MS;
+	c->protection.ban_duration_ms = DEF_BAN_MS;
 	c->path = strdup(path);
 	c->nft_table = strdup(DEF_TABLE);
 	if (!c->path || !c->nft_table) {
@@ -1973,7 +2343,16 @@ static void cfg_free(struct cfg *c)
 		free(a->origins);
 		free(a->health.send);
 		free(a->health.expect);
+		/* An app owns its deny/allow arrays only when its own block
+		 * replaced them; otherwise they are the global ones, borrowed.
+		 */
+		if (a->protection.deny != c->protection.deny)
+			free(a->protection.deny);
+		if (a->protection.allow != c->protection.allow)
+			free(a->protection.allow);
 	}
+	free(c->protection.deny);
+	free(c->protection.allow);
 	free(c->warnings);
 	free(c->apps);
 	if (c->rt)

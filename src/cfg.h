@@ -78,6 +78,37 @@ enum cfg_proto {
 	CFG_PROTO_TCP = 0,
 };
 
+/* A rate: <n> events per <per_ms> (from "200/s", "30/m"). n 0 = off. */
+struct cfg_rate {
+	uint32_t n;
+	uint32_t per_ms; /* 1000 or 60000 */
+};
+
+enum cfg_unserved {
+	CFG_UNSERVED_DROP = 0,
+	CFG_UNSERVED_REJECT,
+};
+
+/* DDoS protection, global and per app (an app's block starts as a copy of
+ * the global one and overrides the keys it sets).
+ */
+struct cfg_protection {
+	enum cfg_unserved unserved; /* global only: packets to served prefixes on
+				     * ports no app claims */
+	struct addr_prefix *deny;   /* dropped in nftables */
+	size_t n_deny;
+	struct addr_prefix *allow; /* if non-empty, only these may connect */
+	size_t n_allow;
+	struct cfg_rate syn_rate_per_source;  /* nftables, per source address */
+	uint32_t max_conns_per_source;	      /* concurrent, prism; 0 = off */
+	struct cfg_rate conn_rate_per_source; /* token bucket, prism */
+	uint32_t ban_after;		      /* violations within ban_window ... */
+	uint32_t ban_window_ms;		      /* ... ban the source for ban_duration */
+	uint32_t ban_duration_ms;	      /* ban_after 0 = no bans */
+	uint32_t first_byte_timeout_ms;	      /* 0 = off */
+	bool set_deny, set_allow;	      /* the app's block set these lists */
+};
+
 struct cfg_app {
 	char *name;
 	enum cfg_proto protocol;
@@ -97,6 +128,9 @@ struct cfg_app {
 	struct cfg_health health;
 	struct cfg_passive passive;
 	uint32_t dns_refresh_ms; /* default 30s */
+
+	struct cfg_protection protection; /* resolved: global + the app's overrides */
+	uint32_t max_conns;		  /* apps[].max_conns; 0 = no app limit */
 };
 
 struct cfg {
@@ -127,6 +161,11 @@ struct cfg {
 	 * NULL. Printed by the caller; freed with the snapshot.
 	 */
 	char *warnings;
+
+	struct cfg_protection protection; /* global block (defaults: see docs) */
+	uint32_t max_conns;		  /* protection.max_conns: whole process, 0 = off */
+	bool manage_sysctls;		  /* network.sysctls: true (default) lets
+					   * net up turn on SYN cookies */
 };
 
 /* Loads and validates <path>. On success stores a snapshot with one

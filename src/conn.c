@@ -19,6 +19,7 @@
 #include "cfg.h"
 #include "conn.h"
 #include "log.h"
+#include "guard.h"
 #include "hc.h"
 #include "lb.h"
 #include "origin.h"
@@ -41,6 +42,10 @@ static const char *const reason_names[CR__COUNT] = {
     [CR_NO_APP] = "no_app",
     [CR_RESOURCE] = "resource",
     [CR_NO_ORIGIN] = "no_origin",
+    [CR_SOURCE_LIMIT] = "source_limit",
+    [CR_RATE_LIMIT] = "rate_limit",
+    [CR_SHED] = "shed",
+    [CR_FIRST_BYTE_TIMEOUT] = "first_byte_timeout",
 };
 
 const char *conn_reason_str(enum conn_reason r)
@@ -116,6 +121,10 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	case CR_NO_APP:
 	case CR_NO_ORIGIN:
 	case CR_RESOURCE:
+	case CR_SOURCE_LIMIT:
+	case CR_RATE_LIMIT:
+	case CR_SHED:
+	case CR_FIRST_BYTE_TIMEOUT:
 		reset = true;
 		break;
 	default:
@@ -130,6 +139,13 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	half_release(w, &c->o2c, true);
 
 	log_conn(c, c->app ? c->app->name : "-", reason);
+	if (c->guarded) {
+		struct in6_addr src;
+		uint16_t port;
+
+		addr_from_sa((const struct sockaddr *)&c->client, &src, &port);
+		guard_release(w->guard, c->app_idx, &src);
+	}
 	origin_release(c);
 	origin_set_unref(c->set);
 	c->set = NULL;
@@ -360,6 +376,26 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 	c->app_idx = app;
 	c->app = &w->cfg->apps[app];
 
+	if (w->guard) {
+		static const enum conn_reason verdict_reason[] = {
+		    [GUARD_SOURCE_LIMIT] = CR_SOURCE_LIMIT,
+		    [GUARD_RATE_LIMIT] = CR_RATE_LIMIT,
+		    [GUARD_SHED] = CR_SHED,
+		};
+		struct in6_addr src;
+		uint16_t sport;
+		enum guard_verdict v;
+
+		addr_from_sa((const struct sockaddr *)client, &src, &sport);
+		v = guard_admit(w->guard, app, &src, w->now);
+		if (v != GUARD_OK) {
+			/* Reset at once: no origin is contacted for it. */
+			conn_finalize(c, verdict_reason[v]);
+			return 0;
+		}
+		c->guarded = true;
+	}
+
 	/* Both sockets are registered once, edge-triggered, for both
 	 * directions; readiness is cached in c->cli/c->org from then on.
 	 * While connecting, client readiness is only recorded.
@@ -378,7 +414,42 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 		if (n > 0)
 			c->pp_len = (uint8_t)n;
 	}
+	if (c->app->protection.first_byte_timeout_ms) {
+		/* A client that must talk first gets no origin connection
+		 * until it does: a silent (slowloris) client costs one socket
+		 * and this struct, and only until the timer fires.
+		 */
+		c->state = CS_FIRST_BYTE;
+		if (timer_set(&w->timers, &c->timer,
+			      w->now + c->app->protection.first_byte_timeout_ms) < 0) {
+			conn_finalize(c, CR_RESOURCE);
+			return -ENOMEM;
+		}
+		return 0;
+	}
 	return origin_connect(c);
+}
+
+/* CS_FIRST_BYTE: the client socket became readable. Data: connect to an
+ * origin now (the bytes wait in the socket until then). EOF: the client
+ * left without a word.
+ */
+static void first_byte(struct conn *c)
+{
+	char b;
+	ssize_t n = recv(c->cli.fd, &b, 1, MSG_PEEK);
+
+	if (n == 1) {
+		c->state = CS_CONNECTING;
+		timer_cancel(&c->w->timers, &c->timer);
+		origin_connect(c);
+	} else if (n == 0) {
+		conn_finalize(c, CR_CLIENT_CLOSED);
+	} else if (errno != EAGAIN && errno != EINTR) {
+		conn_finalize(c, CR_CLIENT_RESET);
+	} else {
+		c->cli.rd = false;
+	}
 }
 
 static void arm_idle(struct conn *c)
@@ -396,6 +467,10 @@ static void conn_timeout(struct timer *t)
 	struct conn *c = container_of(t, struct conn, timer);
 	uint64_t idle;
 
+	if (c->state == CS_FIRST_BYTE) {
+		conn_finalize(c, CR_FIRST_BYTE_TIMEOUT);
+		return;
+	}
 	if (c->state == CS_CONNECTING) {
 		connect_failed(c, ETIMEDOUT, CR_CONNECT_TIMEOUT);
 		return;
@@ -689,6 +764,11 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		io->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		io->wr = true;
+	if (c->state == CS_FIRST_BYTE) {
+		if (io == &c->cli && c->cli.rd)
+			first_byte(c);
+		return;
+	}
 	if (c->state == CS_CONNECTING) {
 		if (io != &c->org)
 			return;

@@ -39,6 +39,10 @@ enum conn_reason {
 	CR_NO_APP,
 	CR_RESOURCE,
 	CR_NO_ORIGIN,
+	CR_SOURCE_LIMIT,
+	CR_RATE_LIMIT,
+	CR_SHED,
+	CR_FIRST_BYTE_TIMEOUT,
 	CR__COUNT,
 };
 
@@ -46,6 +50,7 @@ const char *conn_reason_str(enum conn_reason r);
 
 enum conn_state {
 	CS_CONNECTING = 0,
+	CS_FIRST_BYTE, /* first_byte_timeout: waiting for the client to talk */
 	CS_RELAYING,
 	CS_DEAD,
 };
@@ -87,6 +92,7 @@ struct conn {
 	uint64_t tried;		    /* set indices already tried by this connection */
 	uint8_t attempts;	    /* connect attempts so far */
 	enum conn_reason last_fail; /* reason of the last failed attempt */
+	bool guarded;		    /* counted by the guard: release at the end */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

@@ -20,7 +20,9 @@
 #include "addr.h"
 #include "cfg.h"
 #include "log.h"
+#include "ban.h"
 #include "dns.h"
+#include "guard.h"
 #include "hc.h"
 #include "netsetup.h"
 #include "origin.h"
@@ -40,6 +42,7 @@ static int cmd_run(int argc, char **argv);
 static int cmd_check(int argc, char **argv);
 static int cmd_net(int argc, char **argv);
 static int cmd_version(int argc, char **argv);
+static int cmd_ban(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
@@ -58,6 +61,13 @@ static const struct command commands[] = {
      "down  remove prism's nftables table and every route tagged as prism's\n"
      "      (protocol 249); nothing else is touched\n"
      "show  print what \"up\" would install, changing nothing\n"},
+    {"ban", cmd_ban, "prism ban list|add|del [ADDR [DURATION]] -c FILE",
+     "list          the sources in the kernel ban set, with the time left\n"
+     "add ADDR [D]  ban ADDR (IPv4 or IPv6) for duration D (default: the\n"
+     "              configured protection.ban.duration, else 5m)\n"
+     "del ADDR      lift the ban on ADDR\n"
+     "Bans live in prism's nftables table and expire in the kernel, even if\n"
+     "prism is not running.\n"},
     {"version", cmd_version, "prism version", "Print the version.\n"},
     {"help", cmd_help, "prism help [COMMAND]", "Show help for COMMAND.\n"},
 };
@@ -183,6 +193,66 @@ static int cmd_net(int argc, char **argv)
 	return r < 0 ? EXIT_RUNTIME : 0;
 }
 
+static int cmd_ban(int argc, char **argv)
+{
+	const struct command *cmd = command_find("ban");
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *path = NULL, *verb, *pos[2] = {NULL, NULL};
+	struct addr_prefix p;
+	const char *why;
+	struct cfg *cfg;
+	char *err = NULL;
+	int o, npos = 0, r = 0;
+	uint32_t dur;
+
+	optind = 1;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+		if (o != 'c') {
+			fprintf(stderr, "prism ban: bad option %s\nusage: %s\n", argv[optind - 1],
+				cmd->usage);
+			return EXIT_USAGE;
+		}
+		path = optarg;
+	}
+	verb = optind < argc ? argv[optind++] : NULL;
+	while (optind < argc && npos < 2)
+		pos[npos++] = argv[optind++];
+	if (!verb || optind < argc || !path ||
+	    !((!strcmp(verb, "list") && npos == 0) || (!strcmp(verb, "add") && npos >= 1) ||
+	      (!strcmp(verb, "del") && npos == 1))) {
+		fprintf(stderr, "usage: %s\n", cmd->usage);
+		return EXIT_USAGE;
+	}
+	if (pos[0] && (addr_parse_prefix(pos[0], &p, &why) < 0 || p.len != 128)) {
+		fprintf(stderr, "prism ban: %s is not an address\n", pos[0]);
+		return EXIT_USAGE;
+	}
+	cfg = load(path);
+	if (!cfg)
+		return EXIT_USAGE;
+	dur = cfg->protection.ban_duration_ms ? cfg->protection.ban_duration_ms : 300000;
+	if (pos[1] && (cfg_parse_duration(pos[1], &dur) < 0 || dur == 0)) {
+		fprintf(stderr, "prism ban: %s is not a duration (e.g. 90s, 5m, 1h)\n", pos[1]);
+		cfg_unref(cfg);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(verb, "list"))
+		r = ban_list(cfg->nft_table, stdout, &err);
+	else if (!strcmp(verb, "add"))
+		r = ban_add(cfg->nft_table, &p.addr, dur, &err);
+	else
+		r = ban_del(cfg->nft_table, &p.addr, &err);
+	if (r < 0)
+		fprintf(stderr, "prism ban %s: %s\n", verb, err ? err : strerror(-r));
+	free(err);
+	cfg_unref(cfg);
+	return r < 0 ? EXIT_RUNTIME : 0;
+}
+
 static int cmd_version(int argc, char **argv)
 {
 	(void)argc;
@@ -255,6 +325,22 @@ static void check_sysctls(void)
 		 reuse, (hi - lo + 1) / 60, hi - lo + 1);
 }
 
+/* True when some limit is enforced in prism (not only in nftables), i.e.
+ * the workers need the guard.
+ */
+static bool protection_in_prism(const struct cfg *cfg)
+{
+	if (cfg->max_conns)
+		return true;
+	for (size_t i = 0; i < cfg->n_apps; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+
+		if (cfg->apps[i].max_conns || p->max_conns_per_source || p->conn_rate_per_source.n)
+			return true;
+	}
+	return false;
+}
+
 static int all_joined(struct worker *ws, int n, bool *joined)
 {
 	int left = 0;
@@ -279,6 +365,7 @@ static int cmd_run(int argc, char **argv)
 	struct app_origins *origins = NULL;
 	struct hc *hc = NULL;
 	struct dns *dns = NULL;
+	struct guard *guard = NULL;
 	bool *joined = NULL;
 	struct cfg *cfg;
 	sigset_t sigs;
@@ -311,6 +398,13 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	}
 
+	if (protection_in_prism(cfg)) {
+		guard = guard_new(cfg);
+		if (!guard) {
+			log_err("cannot set up connection limits");
+			goto out;
+		}
+	}
 	origins = app_origins_new(cfg);
 	if (!origins) {
 		log_err("out of memory");
@@ -327,6 +421,7 @@ static int cmd_run(int argc, char **argv)
 			n++;
 			goto out;
 		}
+		ws[n].guard = guard;
 	}
 	if (cfg->net_manage) {
 		if (net_up(cfg, &err) < 0) {
@@ -390,6 +485,8 @@ out:
 	if (hc)
 		hc_stop(hc);
 	dns_stop(dns);
+	if (guard)
+		guard_free(guard);
 	app_origins_free(origins, cfg->n_apps);
 	if (net_installed) {
 		free(err);

@@ -4,6 +4,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -23,7 +24,9 @@
 #include <nftables/libnftables.h>
 
 #include "addr.h"
+#include "ban.h"
 #include "cfg.h"
+#include "log.h"
 #include "netsetup.h"
 #include "rt.h"
 
@@ -127,68 +130,599 @@ bad:
 		       t);
 }
 
+static int prefix_cmp(const void *a, const void *b);
+static long edge_prefixes(const struct cfg *cfg, struct addr_prefix **out);
+
 /* ---- the nft script ---------------------------------------------------- */
 
-struct elem_out {
-	FILE *f;
+/* The per-family words of the script. */
+struct fam {
 	bool v4;
+	char d;		  /* set name suffix: '4' or '6' */
+	const char *ip;	  /* payload keyword: ip / ip6 */
+	const char *type; /* set key type */
+};
+
+static const struct fam fams[2] = {
+    {.v4 = true, .d = '4', .ip = "ip", .type = "ipv4_addr"},
+    {.v4 = false, .d = '6', .ip = "ip6", .type = "ipv6_addr"},
+};
+
+/* Elements of one set as they are printed: the separator before each one
+ * and the closing brace depend on how many came before.
+ */
+struct set_out {
+	FILE *f;
 	size_t n;
 };
 
-static int print_elem(const struct rt_elem *e, void *arg)
+/* One element per line: a big config stays readable in `net show`, and
+ * nft parses newlines inside the braces as it does in its own `list
+ * ruleset` output.
+ */
+static void elem_begin(struct set_out *o)
 {
-	struct elem_out *o = arg;
-	char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
-	int bytes = o->v4 ? 4 : 16, off = o->v4 ? 12 : 0;
-	int plen = range_prefix_len(&e->lo.s6_addr[off], &e->hi.s6_addr[off], bytes);
-
-	/* One element per line: a big config stays readable in `net show`,
-	 * and nft parses newlines inside the braces as it does in its own
-	 * `list ruleset` output.
-	 */
 	fputs(o->n++ ? ",\n\t\t\t" : "\t\telements = {\n\t\t\t", o->f);
-	fmt_addr(&e->lo, o->v4, a, sizeof(a));
+}
+
+static void set_begin(struct set_out *o, FILE *f, const char *name, const struct fam *fm,
+		      const char *type, const char *flags)
+{
+	o->f = f;
+	o->n = 0;
+	fprintf(f, "\tset %s%c {\n\t\ttype %s;%s%s%s\n", name, fm->d, type, flags ? " " : "",
+		flags ? flags : "", flags ? ";" : "");
+}
+
+static void set_end(struct set_out *o)
+{
+	/* nft rejects "elements = { }": an empty set simply has none. */
+	if (o->n)
+		fputs("\n\t\t}\n", o->f);
+	fputs("\t}\n", o->f);
+}
+
+/* Prints the address range [lo, hi] as one address, a prefix, or a range. */
+static void print_range(FILE *f, const struct in6_addr *lo, const struct in6_addr *hi, bool v4)
+{
+	char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+	int bytes = v4 ? 4 : 16, off = v4 ? 12 : 0;
+	int plen = range_prefix_len(&lo->s6_addr[off], &hi->s6_addr[off], bytes);
+
+	fmt_addr(lo, v4, a, sizeof(a));
 	if (plen == bytes * 8) {
-		fputs(a, o->f);
+		fputs(a, f);
 	} else if (plen >= 0) {
-		fprintf(o->f, "%s/%d", a, plen);
+		fprintf(f, "%s/%d", a, plen);
 	} else {
-		fmt_addr(&e->hi, o->v4, b, sizeof(b));
-		fprintf(o->f, "%s-%s", a, b);
+		fmt_addr(hi, v4, b, sizeof(b));
+		fprintf(f, "%s-%s", a, b);
 	}
-	if (e->plo == e->phi)
-		fprintf(o->f, " . %u", e->plo);
+}
+
+static void print_ports(FILE *f, uint16_t lo, uint16_t hi)
+{
+	if (lo == hi)
+		fprintf(f, " . %u", lo);
 	else
-		fprintf(o->f, " . %u-%u", e->plo, e->phi);
+		fprintf(f, " . %u-%u", lo, hi);
+}
+
+static void print_prefix(FILE *f, const struct addr_prefix *p)
+{
+	char ps[ADDR_STRLEN];
+
+	fmt_prefix(p, ps, sizeof(ps));
+	fputs(ps, f);
+}
+
+/* A list of prefixes of one family, sorted, with every prefix that lies
+ * inside another one dropped: nft refuses overlapping interval elements,
+ * and the outer prefix already says it all.
+ */
+struct plist {
+	struct addr_prefix *v;
+	size_t n;
+};
+
+static bool prefix_contains(const struct addr_prefix *outer, const struct addr_prefix *in)
+{
+	if (outer->len > in->len)
+		return false;
+	for (unsigned int bit = 0; bit < outer->len; bit += 8) {
+		unsigned int left = outer->len - bit;
+		uint8_t mask = left >= 8 ? 0xff : (uint8_t)(0xff << (8 - left));
+
+		if ((outer->addr.s6_addr[bit / 8] ^ in->addr.s6_addr[bit / 8]) & mask)
+			return false;
+	}
+	return true;
+}
+
+static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n, bool v4)
+{
+	size_t k = 0;
+
+	out->v = NULL;
+	out->n = 0;
+	if (n == 0)
+		return 0;
+	out->v = calloc(n, sizeof(*out->v));
+	if (!out->v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if (is_v4_prefix(&in[i]) == v4)
+			out->v[k++] = in[i];
+	qsort(out->v, k, sizeof(*out->v), prefix_cmp);
+	/* Sorted by address, then length: a prefix inside any kept one is
+	 * inside the last kept one (prefixes nest or are disjoint).
+	 */
+	for (size_t i = 0; i < k; i++)
+		if (out->n == 0 || !prefix_contains(&out->v[out->n - 1], &out->v[i]))
+			out->v[out->n++] = out->v[i];
 	return 0;
 }
 
-static void print_set(FILE *f, const struct cfg *cfg, bool v4)
+static void print_plist_set(FILE *f, const char *name, const struct fam *fm, const struct plist *l)
 {
-	struct elem_out o = {.f = f, .v4 = v4};
+	struct set_out o;
 
-	fprintf(f, "\tset claims%c {\n\t\ttype %s . inet_service; flags interval;\n",
-		v4 ? '4' : '6', v4 ? "ipv4_addr" : "ipv6_addr");
+	set_begin(&o, f, name, fm, fm->type, "flags interval");
+	for (size_t i = 0; i < l->n; i++) {
+		elem_begin(&o);
+		print_prefix(f, &l->v[i]);
+	}
+	set_end(&o);
+}
+
+/* Which apps' points a set is about. */
+enum own_kind {
+	OWN_ANY,	   /* every claim */
+	OWN_APP,	   /* the points app <app> owns */
+	OWN_SET_DENY,	   /* owned by an app with its own deny list */
+	OWN_SET_ALLOW,	   /* owned by an app with its own allow list (maybe empty) */
+	OWN_ENFORCE_ALLOW, /* owned by an app with its own non-empty allow list */
+};
+
+/* Walks the cover of all claims and emits the (address range . port
+ * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>.
+ * rt_cover's elements lie each within one trie node's own addresses, so
+ * the owner of a port is the same across an element's address range; it
+ * changes only at a port where some claim starts or ends (<bounds>).
+ */
+struct own_walk {
+	const struct cfg *cfg;
+	bool v4;
+	enum own_kind kind;
+	size_t app;
+	const uint32_t *bounds; /* sorted, distinct: every claim's lo and hi + 1 */
+	size_t nb;
+	struct set_out *o;
+	const struct plist *src; /* non-NULL: one element per source prefix */
+};
+
+static bool own_pick(const struct own_walk *w, uint32_t app)
+{
+	const struct cfg_protection *p;
+
+	if (app == RT_NONE || app >= w->cfg->n_apps)
+		return false;
+	p = &w->cfg->apps[app].protection;
+	switch (w->kind) {
+	case OWN_ANY:
+		return true;
+	case OWN_APP:
+		return app == w->app;
+	case OWN_SET_DENY:
+		return p->set_deny;
+	case OWN_SET_ALLOW:
+		return p->set_allow;
+	case OWN_ENFORCE_ALLOW:
+		return p->set_allow && p->n_allow > 0;
+	}
+	return false;
+}
+
+/* The smallest bound above <p>, or 65536. */
+static uint32_t next_bound(const struct own_walk *w, uint32_t p)
+{
+	size_t lo = 0, hi = w->nb;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (w->bounds[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < w->nb ? w->bounds[lo] : 65536;
+}
+
+static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi)
+{
+	size_t n = w->src ? w->src->n : 1;
+
+	for (size_t i = 0; i < n; i++) {
+		elem_begin(w->o);
+		if (w->src) {
+			print_prefix(w->o->f, &w->src->v[i]);
+			fputs(" . ", w->o->f);
+		}
+		print_range(w->o->f, &e->lo, &e->hi, w->v4);
+		print_ports(w->o->f, (uint16_t)plo, (uint16_t)phi);
+	}
+}
+
+static int own_elem(const struct rt_elem *e, void *arg)
+{
+	struct own_walk *w = arg;
+	uint32_t p = e->plo, run_lo = 0;
+	bool in_run = false;
+
+	while (p <= e->phi) {
+		uint32_t next = next_bound(w, p);
+		bool in = own_pick(w, rt_lookup(w->cfg->rt, &e->lo, (uint16_t)p));
+
+		if (in && !in_run)
+			run_lo = p;
+		else if (!in && in_run)
+			own_emit(w, e, run_lo, p - 1);
+		in_run = in;
+		p = next - 1 < e->phi ? next : (uint32_t)e->phi + 1;
+	}
+	if (in_run)
+		own_emit(w, e, run_lo, e->phi);
+	return 0;
+}
+
+static int bound_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Collects every claim's port bounds, sorted and distinct. Returns the
+ * count or -ENOMEM.
+ */
+static long port_bounds(const struct cfg *cfg, uint32_t **out)
+{
+	size_t n = 0, k = 0;
+	uint32_t *v;
+
+	*out = NULL;
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		n += 2 * cfg->apps[i].n_ports;
+	if (n == 0)
+		return 0;
+	v = calloc(n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		for (size_t j = 0; j < cfg->apps[i].n_ports; j++) {
+			v[k++] = cfg->apps[i].ports[j].lo;
+			v[k++] = (uint32_t)cfg->apps[i].ports[j].hi + 1;
+		}
+	qsort(v, k, sizeof(*v), bound_cmp);
+	n = 0;
+	for (size_t i = 0; i < k; i++)
+		if (n == 0 || v[n - 1] != v[i])
+			v[n++] = v[i];
+	*out = v;
+	return (long)n;
+}
+
+/* A set of (daddr . dport) or, with <src>, (saddr . daddr . dport). */
+static void print_own_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
+			  enum own_kind kind, const uint32_t *bounds, size_t nb)
+{
+	struct set_out o;
+	struct own_walk w = {
+	    .cfg = cfg, .v4 = fm->v4, .kind = kind, .bounds = bounds, .nb = nb, .o = &o};
+	char type[64];
+
+	snprintf(type, sizeof(type), "%s . inet_service", fm->type);
+	set_begin(&o, f, name, fm, type, "flags interval");
 	if (cfg->rt)
-		rt_cover(cfg->rt, v4, print_elem, &o);
-	/* nft rejects "elements = { }": an empty set simply has none. */
-	if (o.n)
-		fputs("\n\t\t}\n", f);
+		rt_cover(cfg->rt, fm->v4, own_elem, &w);
+	set_end(&o);
+}
+
+/* appdeny / appallow: for each app with its own list, (each source prefix
+ * of that list . each point the app owns). Points of different apps are
+ * disjoint and a list is free of nested prefixes, so no two elements
+ * overlap.
+ */
+static int print_src_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
+			 bool deny, const uint32_t *bounds, size_t nb)
+{
+	struct set_out o;
+	struct own_walk w = {
+	    .cfg = cfg, .v4 = fm->v4, .kind = OWN_APP, .bounds = bounds, .nb = nb, .o = &o};
+	char type[80];
+	int ret = 0;
+
+	snprintf(type, sizeof(type), "%s . %s . inet_service", fm->type, fm->type);
+	set_begin(&o, f, name, fm, type, "flags interval");
+	for (size_t i = 0; i < cfg->n_apps && cfg->rt; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+		struct plist l;
+
+		if (deny ? !(p->set_deny && p->n_deny) : !(p->set_allow && p->n_allow))
+			continue;
+		ret = plist_make(&l, deny ? p->deny : p->allow, deny ? p->n_deny : p->n_allow,
+				 fm->v4);
+		if (ret)
+			break;
+		w.app = i;
+		w.src = &l;
+		if (l.n)
+			rt_cover(cfg->rt, fm->v4, own_elem, &w);
+		free(l.v);
+	}
+	set_end(&o);
+	return ret;
+}
+
+static const char *rate_unit(uint32_t per_ms)
+{
+	switch (per_ms) {
+	case 60000:
+		return "minute";
+	case 3600000:
+		return "hour";
+	case 86400000:
+		return "day";
+	default:
+		return "second";
+	}
+}
+
+/* What the guard chain needs, worked out once for both families. */
+struct guard_plan {
+	bool app_deny;	  /* some app has its own non-empty deny list */
+	bool own_deny;	  /* some app has its own deny list: global deny skips it */
+	bool app_allow;	  /* some app has its own non-empty allow list */
+	bool own_allow;	  /* some app has its own allow list: global allow skips it */
+	bool deny, allow; /* the global lists are non-empty */
+	bool syn;	  /* global syn_rate_per_source */
+};
+
+static void plan_guard(const struct cfg *cfg, struct guard_plan *g)
+{
+	memset(g, 0, sizeof(*g));
+	for (size_t i = 0; i < cfg->n_apps; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+
+		g->own_deny |= p->set_deny;
+		g->app_deny |= p->set_deny && p->n_deny > 0;
+		g->own_allow |= p->set_allow;
+		g->app_allow |= p->set_allow && p->n_allow > 0;
+	}
+	g->deny = cfg->protection.n_deny > 0;
+	g->allow = cfg->protection.n_allow > 0;
+	g->syn = cfg->protection.syn_rate_per_source.n > 0;
+}
+
+static bool fam_on(const struct cfg *cfg, const struct fam *fm)
+{
+	return fm->v4 || cfg->listen6_on;
+}
+
+/* The sets of one family. <bans>: elements to put back into the ban set
+ * (see net_up), or NULL.
+ */
+static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm,
+		      const struct guard_plan *g, const uint32_t *bounds, size_t nb,
+		      const char *bans)
+{
+	struct addr_prefix *edges = NULL;
+	struct plist l;
+	struct set_out o;
+	long n;
+	int ret;
+
+	/* Bans carry their own timeout; the size bounds what prism and
+	 * `prism ban` can make the kernel hold.
+	 */
+	set_begin(&o, f, "ban", fm, fm->type, "size 65536; flags timeout");
+	if (bans && *bans) {
+		elem_begin(&o);
+		fputs(bans, f);
+	}
+	set_end(&o);
+	if (!fam_on(cfg, fm))
+		return 0;
+
+	print_own_set(f, cfg, fm, "claims", OWN_ANY, bounds, nb);
+
+	n = edge_prefixes(cfg, &edges);
+	if (n < 0)
+		return (int)n;
+	ret = plist_make(&l, edges, (size_t)n, fm->v4);
+	free(edges);
+	if (ret)
+		return ret;
+	print_plist_set(f, "served", fm, &l);
+	free(l.v);
+
+	if ((ret = plist_make(&l, cfg->protection.deny, cfg->protection.n_deny, fm->v4)))
+		return ret;
+	print_plist_set(f, "deny", fm, &l);
+	free(l.v);
+	if ((ret = plist_make(&l, cfg->protection.allow, cfg->protection.n_allow, fm->v4)))
+		return ret;
+	print_plist_set(f, "allow", fm, &l);
+	free(l.v);
+
+	if ((ret = print_src_set(f, cfg, fm, "appdeny", true, bounds, nb)))
+		return ret;
+	print_own_set(f, cfg, fm, "appdenyown", OWN_SET_DENY, bounds, nb);
+	if ((ret = print_src_set(f, cfg, fm, "appallow", false, bounds, nb)))
+		return ret;
+	print_own_set(f, cfg, fm, "appallowdst", OWN_ENFORCE_ALLOW, bounds, nb);
+	print_own_set(f, cfg, fm, "appallowown", OWN_SET_ALLOW, bounds, nb);
+
+	/* The SYN meter: one token bucket per source (an IPv6 source per
+	 * /64, what one host usually gets), forgotten a minute after its
+	 * last SYN. When it is full, new sources go unmetered: a flood from
+	 * spoofed addresses is SYN cookies' job, not a per-source limit's.
+	 */
+	if (g->syn) {
+		set_begin(&o, f, "synrate", fm, fm->type,
+			  "size 65536; flags dynamic,timeout; timeout 60s");
+		set_end(&o);
+	}
+	return 0;
+}
+
+static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan *g)
+{
+	const struct cfg_rate *r = &cfg->protection.syn_rate_per_source;
+
+	/* Only traffic to the served prefixes comes here (see prerouting). */
+	fputs("\tchain guard {\n", f);
+	for (int i = 0; i < 2; i++)
+		if (fam_on(cfg, &fams[i]))
+			fprintf(f, "\t\t%s saddr @ban%c counter name banned drop\n", fams[i].ip,
+				fams[i].d);
+	/* ICMP errors belong to connections prism relays (path MTU
+	 * discovery needs "packet too big") and ND to the addresses
+	 * themselves: without conntrack they cannot be matched to a flow, so
+	 * they pass by type. Everything else that is not TCP, prism does not
+	 * serve.
+	 */
+	fputs("\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } "
+	      "accept\n",
+	      f);
+	if (cfg->listen6_on)
+		fputs("\t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, "
+		      "parameter-problem, nd-neighbor-solicit, nd-neighbor-advert } accept\n",
+		      f);
+	fputs("\t\tmeta l4proto != tcp counter name unserved drop\n", f);
+	for (int i = 0; i < 2; i++) {
+		const struct fam *fm = &fams[i];
+
+		if (!fam_on(cfg, fm))
+			continue;
+		/* An app's own lists replace the global ones for the points it
+		 * owns: its rules come first, and the global rules skip the
+		 * points of apps that set their own (appdenyown/appallowown).
+		 */
+		if (g->app_deny)
+			fprintf(f,
+				"\t\t%s saddr . %s daddr . tcp dport @appdeny%c counter name "
+				"app_denied drop\n",
+				fm->ip, fm->ip, fm->d);
+		if (g->app_allow)
+			fprintf(f,
+				"\t\t%s daddr . tcp dport @appallowdst%c %s saddr . %s daddr . tcp "
+				"dport != @appallow%c counter name app_not_allowed drop\n",
+				fm->ip, fm->d, fm->ip, fm->ip, fm->d);
+		if (g->deny) {
+			fprintf(f, "\t\t%s saddr @deny%c ", fm->ip, fm->d);
+			if (g->own_deny)
+				fprintf(f, "%s daddr . tcp dport != @appdenyown%c ", fm->ip, fm->d);
+			fputs("counter name denied drop\n", f);
+		}
+		/* An allow list is about who may connect to the apps: it
+		 * leaves alone the rest of what reaches a served address
+		 * (replies to the host's own connections, see below), while
+		 * a denied source gets nothing.
+		 */
+		if (g->allow) {
+			fprintf(f, "\t\t%s saddr != @allow%c %s daddr . tcp dport @claims%c ",
+				fm->ip, fm->d, fm->ip, fm->d);
+			if (g->own_allow)
+				fprintf(f, "%s daddr . tcp dport != @appallowown%c ", fm->ip,
+					fm->d);
+			fputs("counter name not_allowed drop\n", f);
+		}
+	}
+	/* A SYN alone (no ACK, FIN, RST) opens a connection; no conntrack
+	 * needed to tell. Burst: one period's worth at once.
+	 */
+	if (g->syn) {
+		for (int i = 0; i < 2; i++) {
+			const struct fam *fm = &fams[i];
+
+			if (!fam_on(cfg, fm))
+				continue;
+			fprintf(f,
+				"\t\ttcp flags & (fin | syn | rst | ack) == syn update @synrate%c "
+				"{ %s saddr%s limit rate over %u/%s burst %u packets } counter "
+				"name syn_flood drop\n",
+				fm->d, fm->ip, fm->v4 ? "" : " & ffff:ffff:ffff:ffff::", r->n,
+				rate_unit(r->per_ms), r->n);
+		}
+	}
+}
+
+/* The rest of the guard chain: the claims go to the listener, the host's
+ * own connections pass, everything else is unserved.
+ */
+static void print_guard_tail(FILE *f, const struct cfg *cfg)
+{
+	char a4[INET_ADDRSTRLEN], a6[INET6_ADDRSTRLEN];
+	/* Only TCP is left here (see print_guard). */
+	const char *unserved = cfg->protection.unserved == CFG_UNSERVED_REJECT
+				   ? "counter name unserved reject with tcp reset"
+				   : "counter name unserved drop";
+
+	inet_ntop(AF_INET, &cfg->listen4.sin_addr, a4, sizeof(a4));
+	inet_ntop(AF_INET6, &cfg->listen6.sin6_addr, a6, sizeof(a6));
+	/* tproxy needs an explicit "meta l4proto tcp" in family inet, and
+	 * is not a verdict by itself: accept ends the walk.
+	 */
+	fprintf(f, "\t\tmeta l4proto tcp ip daddr . tcp dport @claims4 tproxy ip to %s:%u accept\n",
+		a4, ntohs(cfg->listen4.sin_port));
+	if (cfg->listen6_on)
+		fprintf(f,
+			"\t\tmeta l4proto tcp ip6 daddr . tcp dport @claims6 tproxy ip6 to [%s]:%u "
+			"accept\n",
+			a6, ntohs(cfg->listen6.sin6_port));
+	/* A served address may also be one the host uses itself (its own
+	 * main address as an edge): replies to its outgoing connections, and
+	 * services bound to that address by name, have a socket. Those pass.
+	 * A port only a wildcard listener (0.0.0.0:22) would take stays
+	 * unserved: that listener is not meant to answer on every address of
+	 * the prefixes. The wildcard key reads full sockets only (it breaks
+	 * on SYN_RECV and TIME_WAIT ones), hence the second lookup, whose
+	 * key any socket has. Only unserved packets pay for the lookups.
+	 */
+	fprintf(f, "\t\tsocket wildcard 1 %s\n", unserved);
+	fputs("\t\tsocket transparent 0 accept\n", f);
+	fprintf(f, "\t\t%s\n", unserved);
 	fputs("\t}\n", f);
 }
 
-char *net_nft_script(const struct cfg *cfg)
+static const char *const counters[] = {"banned",      "app_denied", "app_not_allowed", "denied",
+				       "not_allowed", "syn_flood",  "unserved"};
+
+/* The script for <cfg>, with <bans>[0] / [1] (v4 / v6 elements, or NULL)
+ * put back into the ban sets.
+ */
+static char *build_script(const struct cfg *cfg, const char *const bans[2])
 {
 	const char *t = cfg->nft_table;
-	char a4[INET_ADDRSTRLEN], a6[INET6_ADDRSTRLEN];
+	struct guard_plan g;
+	uint32_t *bounds = NULL;
 	char *buf = NULL;
 	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
+	long nb;
+	int ret = 0;
+	FILE *f;
 
-	if (!f)
+	nb = port_bounds(cfg, &bounds);
+	if (nb < 0)
 		return NULL;
-	inet_ntop(AF_INET, &cfg->listen4.sin_addr, a4, sizeof(a4));
-	inet_ntop(AF_INET6, &cfg->listen6.sin6_addr, a6, sizeof(a6));
+	f = open_memstream(&buf, &len);
+	if (!f) {
+		free(bounds);
+		return NULL;
+	}
+	plan_guard(cfg, &g);
 
 	/* One transaction: create the table if missing, delete it, build it
 	 * anew. nft applies the whole buffer atomically, so the old rules stay
@@ -196,27 +730,32 @@ char *net_nft_script(const struct cfg *cfg)
 	 * old table untouched.
 	 */
 	fprintf(f, "table inet %s\ndelete table inet %s\ntable inet %s {\n", t, t, t);
-	print_set(f, cfg, true);
-	if (cfg->listen6_on)
-		print_set(f, cfg, false);
+	/* Named counters, one per reason to drop: `nft list counters table
+	 * inet TABLE` tells what was dropped and why.
+	 */
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		fprintf(f, "\tcounter %s {\n\t}\n", counters[i]);
+	for (int i = 0; i < 2 && !ret; i++)
+		ret = print_sets(f, cfg, &fams[i], &g, bounds, (size_t)nb, bans ? bans[i] : NULL);
 	/* Hook prerouting: TPROXY must act before the routing decision it
 	 * steers to the local socket. Priority mangle (-150) is where the
-	 * iptables TPROXY target lived and where nft documents it. tproxy
-	 * needs an explicit "meta l4proto tcp" in family inet.
+	 * iptables TPROXY target lived and where nft documents it. Only
+	 * traffic to the served prefixes is guarded; the rest of the host's
+	 * traffic passes with one set lookup.
 	 */
 	fputs("\tchain prerouting {\n"
-	      "\t\ttype filter hook prerouting priority mangle; policy accept;\n",
+	      "\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+	      "\t\tip daddr @served4 jump guard\n",
 	      f);
-	fprintf(f, "\t\tmeta l4proto tcp ip daddr . tcp dport @claims4 tproxy ip to %s:%u\n", a4,
-		ntohs(cfg->listen4.sin_port));
 	if (cfg->listen6_on)
-		fprintf(
-		    f,
-		    "\t\tmeta l4proto tcp ip6 daddr . tcp dport @claims6 tproxy ip6 to [%s]:%u\n",
-		    a6, ntohs(cfg->listen6.sin6_port));
-	fputs("\t}\n}\n", f);
+		fputs("\t\tip6 daddr @served6 jump guard\n", f);
+	fputs("\t}\n", f);
+	print_guard(f, cfg, &g);
+	print_guard_tail(f, cfg);
+	fputs("}\n", f);
+	free(bounds);
 
-	if (ferror(f)) {
+	if (ferror(f) || ret) {
 		fclose(f);
 		free(buf);
 		return NULL;
@@ -226,6 +765,11 @@ char *net_nft_script(const struct cfg *cfg)
 		return NULL;
 	}
 	return buf;
+}
+
+char *net_nft_script(const struct cfg *cfg)
+{
+	return build_script(cfg, NULL);
 }
 
 /* Runs <script> in one libnftables context. On failure returns -EINVAL (nft
@@ -732,14 +1276,159 @@ int net_check(char **err)
 	return ret;
 }
 
+/* ---- sysctls ---------------------------------------------------------- */
+
+static int sysctl_read(const char *path, long *val)
+{
+	char buf[32];
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd == -1)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	if (n == -1) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*val = strtol(buf, NULL, 10);
+	return 0;
+}
+
+static int sysctl_write(const char *path, const char *val)
+{
+	size_t n = strlen(val);
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ret = 0;
+	ssize_t w;
+
+	if (fd == -1)
+		return -errno;
+	w = write(fd, val, n);
+	if (w == -1)
+		ret = -errno;
+	else if ((size_t)w != n)
+		ret = -EIO;
+	close(fd);
+	return ret;
+}
+
+#define SYSCTL_SYNCOOKIES "/proc/sys/net/ipv4/tcp_syncookies"
+#define SYSCTL_SOMAXCONN  "/proc/sys/net/core/somaxconn"
+#define SOMAXCONN_WANT	  4096
+
+/* SYN cookies let the listener answer a SYN flood without keeping state:
+ * 1 (the Linux default) sends them only when a listen queue overflows;
+ * 2 would send them always and lose TCP options for everyone, so prism
+ * never sets it. Both sysctls are per network namespace. Problems here
+ * are warnings: proxying works without them.
+ */
+static void check_sysctls(const struct cfg *cfg)
+{
+	long v;
+	int ret;
+
+	ret = sysctl_read(SYSCTL_SYNCOOKIES, &v);
+	if (ret) {
+		log_warn("cannot read %s: %s", SYSCTL_SYNCOOKIES, strerror(-ret));
+	} else if (v == 0 && cfg->manage_sysctls) {
+		ret = sysctl_write(SYSCTL_SYNCOOKIES, "1");
+		if (ret)
+			log_warn("SYN cookies are off and cannot be turned on (%s: %s): a SYN "
+				 "flood will fill the listen queue",
+				 SYSCTL_SYNCOOKIES, strerror(-ret));
+		else
+			log_info("turned on SYN cookies (net.ipv4.tcp_syncookies = 1)");
+	} else if (v == 0) {
+		log_warn("SYN cookies are off (net.ipv4.tcp_syncookies = 0) and network.sysctls "
+			 "is false: a SYN flood will fill the listen queue");
+	}
+	ret = sysctl_read(SYSCTL_SOMAXCONN, &v);
+	if (ret == 0 && v < SOMAXCONN_WANT)
+		log_warn("net.core.somaxconn is %ld: the listen queue is capped there; %d or "
+			 "more rides out connection bursts better",
+			 v, SOMAXCONN_WANT);
+}
+
+/* ---- bans across a reload ------------------------------------------------ */
+
+/* Replacing the table empties its ban sets. The bans in force are read
+ * first (ban_list's lines) and put back, each with what is left of its
+ * time, in the same transaction that replaces the table. A ban added
+ * between the read and the load is lost: the window is one nft round
+ * trip, and prism re-bans an offender that keeps at it.
+ */
+static void saved_bans(const char *table, char *out[2])
+{
+	char *text = NULL, *line, *save = NULL, *e = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	FILE *b[2] = {NULL, NULL};
+	char *bbuf[2] = {NULL, NULL};
+	size_t blen[2] = {0, 0}, n[2] = {0, 0};
+
+	out[0] = out[1] = NULL;
+	if (!f)
+		return;
+	/* No table yet, or one without ban sets: nothing to keep. */
+	if (ban_list(table, f, &e) <= 0) {
+		free(e);
+		fclose(f);
+		free(text);
+		return;
+	}
+	if (fclose(f) != 0 || !text)
+		goto out;
+	for (int i = 0; i < 2; i++) {
+		b[i] = open_memstream(&bbuf[i], &blen[i]);
+		if (!b[i])
+			goto out;
+	}
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char addr[INET6_ADDRSTRLEN];
+		unsigned long secs;
+		int v6;
+
+		if (sscanf(line, "%45s expires in %lus", addr, &secs) == 2) {
+			v6 = strchr(addr, ':') != NULL;
+			fprintf(b[v6], "%s%s timeout %lus", n[v6]++ ? ",\n\t\t\t" : "", addr,
+				secs ? secs : 1);
+		} else if (sscanf(line, "%45s never expires", addr) == 1) {
+			v6 = strchr(addr, ':') != NULL;
+			fprintf(b[v6], "%s%s", n[v6]++ ? ",\n\t\t\t" : "", addr);
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		if (fclose(b[i]) == 0 && n[i])
+			out[i] = bbuf[i];
+		else
+			free(bbuf[i]);
+		b[i] = NULL;
+	}
+out:
+	for (int i = 0; i < 2; i++)
+		if (b[i]) {
+			fclose(b[i]);
+			free(bbuf[i]);
+		}
+	free(text);
+}
+
 int net_up(const struct cfg *cfg, char **err)
 {
-	char *script, *what = NULL;
+	char *script, *what = NULL, *bans[2];
 	int ret = check_table(cfg->nft_table, err);
 
 	if (ret)
 		return ret;
-	script = net_nft_script(cfg);
+	check_sysctls(cfg);
+	saved_bans(cfg->nft_table, bans);
+	script = build_script(cfg, (const char *const *)bans);
+	free(bans[0]);
+	free(bans[1]);
 	if (!script)
 		return set_err(err, -ENOMEM, "cannot build the nft script: out of memory");
 	if (asprintf(&what, "cannot load nftables table inet %s", cfg->nft_table) == -1) {

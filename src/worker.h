@@ -18,6 +18,7 @@
 struct app_origins;
 struct cfg;
 struct conn;
+struct guard;
 struct lb_worker;
 
 /* What an epoll registration points at. Connections embed two (client and
@@ -60,6 +61,7 @@ struct worker {
 	struct io lis[2];	     /* IPv4 and IPv6 listeners; fd -1 when absent */
 	struct cfg *cfg;	     /* one reference held */
 	struct app_origins *origins; /* per app, borrowed from main */
+	struct guard *guard;	     /* process-wide limits; NULL when none are set */
 	struct lb_worker *lbw;	     /* per app: this worker's balancer state */
 	uint64_t now;		     /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
 	char *scratch;		     /* WORKER_SCRATCH bytes, see copy_small() in conn.c */

@@ -410,11 +410,11 @@ static void test_error_positions(void **state)
 		const char *yaml, *want;
 	} t[] = {
 	    {"listne: {}\n", "1:1: unknown key \"listne\" at top level (expected one of: listen, "
-			     "network, timeouts, shutdown_grace, apps, log_level)"},
+			     "network, timeouts, shutdown_grace, apps, log_level, protection)"},
 	    {"apps:\n  - name: web\n    edgee: 192.0.2.1\n",
 	     "3:5: unknown key \"edgee\" in app \"web\" (expected one of: name, protocol, edge, "
 	     "ports, origins, proxy_protocol, timeouts, balance, retries, health_check, passive, "
-	     "dns)"},
+	     "dns, max_conns, protection)"},
 	    {"network: {tabel: x}\n", "1:11: unknown key \"tabel\" in network"},
 	    {"timeouts: {conect: 1s}\n", "1:12: unknown key \"conect\" in timeouts"},
 	    {"listen: 5\n", "1:9: listen: expected a mapping of keys, got a single value"},
@@ -664,7 +664,8 @@ static void test_message_quoting(void **state)
 	char *e = load_bad("\"a\\nb\": 1\n");
 
 	assert_string_equal(e, "t.yaml:1:1: unknown key \"a\\x0ab\" at top level (expected one "
-			       "of: listen, network, timeouts, shutdown_grace, apps, log_level)\n");
+			       "of: listen, network, timeouts, shutdown_grace, apps, log_level, "
+			       "protection)\n");
 	free(e);
 
 	char yaml[400];
@@ -1269,6 +1270,408 @@ static void test_origin_limits(void **state)
 	free(yaml);
 }
 
+/* ---- protection ---- */
+
+static void test_protection_defaults(void **state)
+{
+	(void)state;
+	struct cfg *c = load_ok(app_line);
+	const struct cfg_protection *g = &c->protection, *a = &c->apps[0].protection;
+
+	assert_true(c->manage_sysctls);
+	assert_int_equal(c->max_conns, 0);
+	assert_int_equal(g->unserved, CFG_UNSERVED_DROP);
+	assert_null(g->deny);
+	assert_int_equal(g->n_deny, 0);
+	assert_null(g->allow);
+	assert_int_equal(g->n_allow, 0);
+	assert_int_equal(g->syn_rate_per_source.n, 0);
+	assert_int_equal(g->max_conns_per_source, 0);
+	assert_int_equal(g->conn_rate_per_source.n, 0);
+	assert_int_equal(g->ban_after, 0);
+	assert_int_equal(g->ban_window_ms, 10000);
+	assert_int_equal(g->ban_duration_ms, 300000);
+	assert_int_equal(g->first_byte_timeout_ms, 0);
+	assert_false(g->set_deny);
+	assert_false(g->set_allow);
+	/* An app without a block has the global values. */
+	assert_int_equal(a->unserved, CFG_UNSERVED_DROP);
+	assert_null(a->deny);
+	assert_null(a->allow);
+	assert_int_equal(a->syn_rate_per_source.n, 0);
+	assert_int_equal(a->max_conns_per_source, 0);
+	assert_int_equal(a->conn_rate_per_source.n, 0);
+	assert_int_equal(a->conn_rate_per_source.per_ms, 1000);
+	assert_int_equal(a->ban_after, 0);
+	assert_int_equal(a->ban_window_ms, 10000);
+	assert_int_equal(a->ban_duration_ms, 300000);
+	assert_int_equal(a->first_byte_timeout_ms, 0);
+	assert_false(a->set_deny);
+	assert_false(a->set_allow);
+	assert_int_equal(c->apps[0].max_conns, 0);
+	cfg_unref(c);
+
+	/* An empty block, or one with no value, is the defaults too. */
+	c = load_ok("protection: {}\n");
+	assert_int_equal(c->protection.ban_window_ms, 10000);
+	cfg_unref(c);
+	c = load_ok("protection:\n");
+	assert_int_equal(c->protection.ban_duration_ms, 300000);
+	cfg_unref(c);
+}
+
+/* The example from the issue, with every key. */
+static void test_protection_example(void **state)
+{
+	(void)state;
+	struct cfg *c =
+	    load_ok("network:\n"
+		    "  manage: true\n"
+		    "  table: prism\n"
+		    "  sysctls: false\n"
+		    "protection:\n"
+		    "  unserved: reject\n"
+		    "  deny: [203.0.113.0/24, \"2001:db8:bad::/48\"]\n"
+		    "  allow: []\n"
+		    "  syn_rate_per_source: 200/s\n"
+		    "  max_conns_per_source: 100\n"
+		    "  conn_rate_per_source: 50/s\n"
+		    "  ban:\n"
+		    "    after: 5\n"
+		    "    window: 10s\n"
+		    "    duration: 5m\n"
+		    "  max_conns: 100000\n"
+		    "  first_byte_timeout: 3s\n"
+		    "apps:\n"
+		    "  - name: game\n"
+		    "    edge: 192.0.2.1\n"
+		    "    ports: 80\n"
+		    "    origins: 198.51.100.1\n"
+		    "    max_conns: 5000\n"
+		    "    protection: {deny: [198.51.100.0/24], max_conns_per_source: 10}\n"
+		    "  - name: web\n"
+		    "    edge: 192.0.2.2\n"
+		    "    ports: 80\n"
+		    "    origins: 198.51.100.1\n");
+	const struct cfg_protection *g = &c->protection, *a;
+	char buf[ADDR_STRLEN];
+
+	assert_false(c->manage_sysctls);
+	assert_int_equal(c->max_conns, 100000);
+	assert_int_equal(g->unserved, CFG_UNSERVED_REJECT);
+	assert_int_equal(g->n_deny, 2);
+	assert_string_equal(addr_fmt_prefix(&g->deny[0], buf), "203.0.113.0/24");
+	assert_string_equal(addr_fmt_prefix(&g->deny[1], buf), "2001:db8:bad::/48");
+	assert_int_equal(g->n_allow, 0);
+	assert_null(g->allow);
+	assert_int_equal(g->syn_rate_per_source.n, 200);
+	assert_int_equal(g->syn_rate_per_source.per_ms, 1000);
+	assert_int_equal(g->max_conns_per_source, 100);
+	assert_int_equal(g->conn_rate_per_source.n, 50);
+	assert_int_equal(g->conn_rate_per_source.per_ms, 1000);
+	assert_int_equal(g->ban_after, 5);
+	assert_int_equal(g->ban_window_ms, 10000);
+	assert_int_equal(g->ban_duration_ms, 300000);
+	assert_int_equal(g->first_byte_timeout_ms, 3000);
+	assert_false(g->set_deny);
+
+	/* game: its own deny and per-source cap, the rest inherited. */
+	a = &c->apps[0].protection;
+	assert_int_equal(c->apps[0].max_conns, 5000);
+	assert_true(a->set_deny);
+	assert_false(a->set_allow);
+	assert_int_equal(a->n_deny, 1);
+	assert_string_equal(addr_fmt_prefix(&a->deny[0], buf), "198.51.100.0/24");
+	assert_int_equal(a->max_conns_per_source, 10);
+	assert_int_equal(a->unserved, CFG_UNSERVED_REJECT);
+	assert_int_equal(a->syn_rate_per_source.n, 200);
+	assert_int_equal(a->conn_rate_per_source.n, 50);
+	assert_int_equal(a->ban_after, 5);
+	assert_int_equal(a->first_byte_timeout_ms, 3000);
+
+	/* web: all global, the global deny list included. */
+	a = &c->apps[1].protection;
+	assert_int_equal(c->apps[1].max_conns, 0);
+	assert_false(a->set_deny);
+	assert_int_equal(a->n_deny, 2);
+	assert_string_equal(addr_fmt_prefix(&a->deny[1], buf), "2001:db8:bad::/48");
+	assert_int_equal(a->max_conns_per_source, 100);
+	cfg_unref(c);
+}
+
+/* An app's block overrides key by key; ban's keys one by one too. */
+static void test_protection_override(void **state)
+{
+	(void)state;
+	struct cfg *c =
+	    load_ok("protection:\n"
+		    "  deny: 203.0.113.7\n"
+		    "  allow: [192.0.2.0/24, \"2001:db8::/32\"]\n"
+		    "  conn_rate_per_source: 600/m\n"
+		    "  ban: {after: 3, window: 1m, duration: 1h}\n"
+		    "  first_byte_timeout: 2s\n"
+		    "apps:\n"
+		    "  - name: a\n"
+		    "    edge: 192.0.2.1\n"
+		    "    ports: 80\n"
+		    "    origins: 198.51.100.1\n"
+		    "    protection:\n"
+		    "      deny: []\n"
+		    "      allow: &l [198.18.0.0/15]\n"
+		    "      conn_rate_per_source: 0\n"
+		    "      ban: {duration: 7d}\n"
+		    "      first_byte_timeout: 0\n"
+		    "  - name: b\n"
+		    "    edge: 192.0.2.2\n"
+		    "    ports: 80\n"
+		    "    origins: 198.51.100.1\n"
+		    "    protection: {allow: *l, deny: 203.0.113.8, ban: {after: 0}}\n");
+	const struct cfg_protection *g = &c->protection, *a = &c->apps[0].protection,
+				    *b = &c->apps[1].protection;
+	char buf[ADDR_STRLEN];
+
+	assert_int_equal(g->n_deny, 1);
+	assert_string_equal(addr_fmt_prefix(&g->deny[0], buf), "203.0.113.7/32");
+	assert_int_equal(g->n_allow, 2);
+	assert_int_equal(g->conn_rate_per_source.n, 600);
+	assert_int_equal(g->conn_rate_per_source.per_ms, 60000);
+
+	/* deny: [] replaces the global list with none. */
+	assert_true(a->set_deny);
+	assert_int_equal(a->n_deny, 0);
+	assert_true(a->set_allow);
+	assert_int_equal(a->n_allow, 1);
+	assert_string_equal(addr_fmt_prefix(&a->allow[0], buf), "198.18.0.0/15");
+	assert_int_equal(a->conn_rate_per_source.n, 0);
+	assert_int_equal(a->ban_after, 3);
+	assert_int_equal(a->ban_window_ms, 60000);
+	assert_int_equal(a->ban_duration_ms, 7u * 86400000u);
+	assert_int_equal(a->first_byte_timeout_ms, 0);
+
+	/* The same aliased list in two apps: each owns its copy (ASan checks
+	 * the free).
+	 */
+	assert_true(b->set_allow);
+	assert_int_equal(b->n_allow, 1);
+	assert_ptr_not_equal(a->allow, b->allow);
+	assert_int_equal(b->n_deny, 1);
+	assert_string_equal(addr_fmt_prefix(&b->deny[0], buf), "203.0.113.8/32");
+	assert_int_equal(b->ban_after, 0);
+	assert_int_equal(b->ban_window_ms, 60000);
+	assert_int_equal(b->ban_duration_ms, 3600000);
+	assert_int_equal(b->conn_rate_per_source.n, 600);
+	assert_int_equal(b->first_byte_timeout_ms, 2000);
+	cfg_unref(c);
+}
+
+static void test_rates(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *s;
+		uint32_t n, per_ms; /* n 0 and per_ms 0: refused */
+	} t[] = {
+	    {"0", 0, 1000},
+	    {"1/s", 1, 1000},
+	    {"200/s", 200, 1000},
+	    {"30/m", 30, 60000},
+	    {"10000000/s", 10000000, 1000},
+	    {"10000000/m", 10000000, 60000},
+	    {"0/s", 0, 0},
+	    {"10000001/s", 0, 0},
+	    {"99999999999999999999999/s", 0, 0},
+	    {"200", 0, 0},
+	    {"200/h", 0, 0},
+	    {"200/S", 0, 0},
+	    {"200/sec", 0, 0},
+	    {"200 /s", 0, 0},
+	    {"/s", 0, 0},
+	    {"-1/s", 0, 0},
+	    {"1.5/s", 0, 0},
+	    {"200/s/s", 0, 0},
+	    {"off", 0, 0},
+	};
+	size_t i;
+	int bad = 0;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		char yaml[128];
+		struct cfg *c = NULL;
+		char *errors = NULL;
+		int rc;
+
+		snprintf(yaml, sizeof(yaml), "protection: {conn_rate_per_source: \"%s\"}\n",
+			 t[i].s);
+		rc = cfg_load_buf("t.yaml", yaml, strlen(yaml), &c, &errors);
+		if (t[i].per_ms == 0) {
+			if (rc != -EINVAL || !errors ||
+			    !strstr(errors, "t.yaml:1:36: protection.conn_rate_per_source: ")) {
+				print_error("\"%s\": want an error, got %d %s\n", t[i].s, rc,
+					    errors ? errors : "");
+				bad = 1;
+			}
+		} else if (rc != 0 || c->protection.conn_rate_per_source.n != t[i].n ||
+			   c->protection.conn_rate_per_source.per_ms != t[i].per_ms) {
+			print_error("\"%s\": want %u per %u ms, got %d %s\n", t[i].s, t[i].n,
+				    t[i].per_ms, rc, errors ? errors : "");
+			bad = 1;
+		}
+		free(errors);
+		cfg_unref(c);
+	}
+	if (bad)
+		fail();
+}
+
+static void test_protection_errors(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *yaml, *want;
+	} t[] = {
+	    {"network: {sysctls: yes}\n",
+	     "1:20: network.sysctls: \"yes\" is not a boolean (expected true or false)"},
+	    {"protection: {unserved: accept}\n",
+	     "1:24: protection.unserved: \"accept\" is not one of: drop, reject"},
+	    {"protection: {denny: []}\n",
+	     "1:14: unknown key \"denny\" in protection (expected one of: unserved, deny, allow, "
+	     "syn_rate_per_source, max_conns_per_source, conn_rate_per_source, ban, max_conns, "
+	     "first_byte_timeout)"},
+	    {"protection: [deny]\n", "1:13: protection: expected a mapping of keys, got a list"},
+	    {"protection: {deny: 203.0.113.1/24}\n",
+	     "1:20: protection.deny: 203.0.113.1/24 has host bits set; did you mean "
+	     "203.0.113.0/24?"},
+	    {"protection: {allow: [192.0.2.0/24, \"2001:db8::1/32\"]}\n",
+	     "1:36: protection.allow: 2001:db8::1/32 has host bits set; did you mean "
+	     "2001:db8::/32?"},
+	    {"protection: {deny: [\"::/0\"]}\n",
+	     "1:21: protection.deny: ::/0 includes the IPv4-mapped range ::ffff:0:0/96"},
+	    {"protection: {deny: [\"::/80\"]}\n",
+	     "1:21: protection.deny: ::/80 includes the IPv4-mapped range"},
+	    {"protection: {deny: [evil.example]}\n",
+	     "1:21: protection.deny: \"evil.example\" is not a valid address or prefix: "},
+	    {"protection: {deny: {a: 1}}\n",
+	     "1:20: protection.deny: expected an address or prefix or a list of them, got a "
+	     "mapping"},
+	    {"protection: {deny: [[1]]}\n",
+	     "1:21: protection.deny: expected an address or prefix, got a list"},
+	    {"protection: {deny: [203.0.113.0/24, 192.0.2.1, 203.0.113.0/24]}\n",
+	     "1:48: protection.deny: 203.0.113.0/24 is listed twice (first at line 1)"},
+	    {"protection:\n  allow:\n    - 198.18.0.0/15\n    - 198.18.4.0/24\n",
+	     "4:7: protection.allow: 198.18.4.0/24 is inside 198.18.0.0/15 (line 3); list each "
+	     "range once"},
+	    {"protection:\n  allow:\n    - 198.18.4.0/24\n    - 198.18.0.0/15\n",
+	     "3:7: protection.allow: 198.18.4.0/24 is inside 198.18.0.0/15 (line 4)"},
+	    {"protection: {syn_rate_per_source: 5}\n",
+	     "1:35: protection.syn_rate_per_source: \"5\" is not a rate (expected a number per "
+	     "second or minute, e.g. 200/s or 30/m; or 0 for off)"},
+	    {"protection: {syn_rate_per_source: 20000000/s}\n",
+	     "1:35: protection.syn_rate_per_source: \"20000000/s\" out of range (1-10000000 per "
+	     "second or per minute, or 0 for off)"},
+	    {"protection: {max_conns_per_source: -1}\n",
+	     "1:36: protection.max_conns_per_source: \"-1\" is not a number (0-10000000)"},
+	    {"protection: {max_conns: 10000001}\n",
+	     "1:25: protection.max_conns: 10000001 out of range (0-10000000)"},
+	    {"protection: {ban: {after: 1001}}\n",
+	     "1:27: protection.ban.after: 1001 out of range (0-1000)"},
+	    {"protection: {ban: {window: 0}}\n",
+	     "1:28: protection.ban.window: must be more than 0"},
+	    {"protection: {ban: {duration: 0}}\n",
+	     "1:30: protection.ban.duration: must be more than 0"},
+	    {"protection: {ban: {duration: 8d}}\n",
+	     "1:30: protection.ban.duration: 8d is too long (at most 7d)"},
+	    {"protection: {ban: {duration: 5 min}}\n",
+	     "1:30: protection.ban.duration: \"5 min\" is not a duration"},
+	    {"protection: {ban: {for: 1s}}\n",
+	     "1:20: unknown key \"for\" in protection.ban (expected one of: after, window, "
+	     "duration)"},
+	    {"protection: {ban: 5}\n",
+	     "1:19: protection.ban: expected a mapping of keys, got a single value"},
+	    {"protection: {first_byte_timeout: soon}\n",
+	     "1:34: protection.first_byte_timeout: \"soon\" is not a duration"},
+	    /* In an app. */
+	    {"apps:\n  - {name: a, protection: {unserved: reject}}\n",
+	     "2:28: protection.unserved is global only (it applies to ports no app claims); set "
+	     "it in the top-level protection block"},
+	    {"apps:\n  - {name: a, protection: {syn_rate_per_source: 1/s}}\n",
+	     "2:28: protection.syn_rate_per_source is global only (one nftables limit per source "
+	     "address); set it in the top-level protection block"},
+	    {"apps:\n  - {name: a, protection: {max_conns: 5}}\n",
+	     "2:28: protection.max_conns is global only (the whole process); an app's own cap "
+	     "is its max_conns key, beside protection"},
+	    {"apps:\n  - {name: a, protection: {x: 1}}\n",
+	     "2:28: unknown key \"x\" in protection of app \"a\" (expected one of: deny, allow, "
+	     "max_conns_per_source, conn_rate_per_source, ban, first_byte_timeout)"},
+	    {"apps:\n  - {name: a, protection: {ban: {x: 1}}}\n",
+	     "2:34: unknown key \"x\" in protection.ban of app \"a\" (expected one of: after, "
+	     "window, duration)"},
+	    {"apps:\n  - {name: a, protection: {deny: [192.0.2.1/31]}}\n",
+	     "2:35: protection.deny: 192.0.2.1/31 has host bits set; did you mean 192.0.2.0/31?"},
+	    {"apps:\n  - {name: a, protection: {conn_rate_per_source: 5/d}}\n",
+	     "2:50: protection.conn_rate_per_source: \"5/d\" is not a rate"},
+	    {"apps:\n  - {name: a, max_conns: lots}\n",
+	     "2:26: max_conns: \"lots\" is not a number (0-10000000)"},
+	    {"apps:\n  - {name: a, protection: on}\n",
+	     "2:27: protection: expected a mapping of keys, got a single value"},
+	};
+	size_t i;
+	int bad = 0;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		bad |= check_error(t[i].yaml, t[i].want);
+	if (bad)
+		fail();
+}
+
+/* Every problem of the block at once, in the global block and an app's. */
+static void test_protection_several_errors(void **state)
+{
+	(void)state;
+	char *e = load_bad("protection:\n"
+			   "  unserved: maybe\n"
+			   "  deny: [1.2.3.4/8]\n"
+			   "  ban: {after: x, window: 0}\n"
+			   "apps:\n"
+			   "  - name: a\n"
+			   "    edge: 192.0.2.1\n"
+			   "    ports: 80\n"
+			   "    origins: 198.51.100.1\n"
+			   "    protection: {unserved: drop, max_conns: 1, allow: [\"::/0\"]}\n");
+
+	assert_int_equal(count_lines(e), 7);
+	assert_non_null(strstr(e, "t.yaml:2:13: protection.unserved:"));
+	assert_non_null(strstr(e, "t.yaml:3:10: protection.deny:"));
+	assert_non_null(strstr(e, "t.yaml:4:16: protection.ban.after:"));
+	assert_non_null(strstr(e, "t.yaml:4:27: protection.ban.window:"));
+	assert_non_null(strstr(e, "t.yaml:10:18: protection.unserved is global only"));
+	assert_non_null(strstr(e, "t.yaml:10:34: protection.max_conns is global only"));
+	assert_non_null(strstr(e, "t.yaml:10:56: protection.allow: ::/0 includes"));
+	free(e);
+}
+
+/* At most 65536 prefixes per list. */
+static void test_protection_limits(void **state)
+{
+	(void)state;
+	size_t cap = 2 * 1024 * 1024, o = 0, i;
+	char *yaml = malloc(cap);
+	struct cfg *c;
+
+	assert_non_null(yaml);
+	o += (size_t)snprintf(yaml + o, cap - o, "protection:\n  deny: [");
+	for (i = 0; i < 65536; i++)
+		o += (size_t)snprintf(yaml + o, cap - o, "%s10.%zu.%zu.0/24", i ? "," : "", i / 256,
+				      i % 256);
+	snprintf(yaml + o, cap - o, "]\n%s", app_line);
+	c = load_ok(yaml);
+	assert_int_equal(c->protection.n_deny, 65536);
+	assert_ptr_equal(c->apps[0].protection.deny, c->protection.deny);
+	cfg_unref(c);
+	snprintf(yaml + o, cap - o, ",10.0.0.0/8]\n");
+	expect_error(yaml, "2:9: protection.deny: 65537 prefixes (at most 65536");
+	free(yaml);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1293,6 +1696,13 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_origin_names, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_errors, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_limits, use_stub, restore_resolver),
+	    cmocka_unit_test(test_protection_defaults),
+	    cmocka_unit_test(test_protection_example),
+	    cmocka_unit_test(test_protection_override),
+	    cmocka_unit_test(test_rates),
+	    cmocka_unit_test(test_protection_errors),
+	    cmocka_unit_test(test_protection_several_errors),
+	    cmocka_unit_test(test_protection_limits),
 	};
 
 	saved_resolver = cfg_resolver;

@@ -1,0 +1,347 @@
+/* ban.c - the kernel ban sets (ban4, ban6 in prism's nft table): add, delete
+ * and list sources with a timeout, through libnftables.
+ *
+ * The sets themselves are declared by netsetup.c; this file only edits their
+ * elements. The kernel expires each element by itself, so a ban ends on time
+ * even when prism is gone.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nftables/libnftables.h>
+
+#include "addr.h"
+#include "ban.h"
+
+/* Stores a malloc'd message in <*err> and returns <ret>. */
+__attribute__((format(printf, 3, 4))) static int set_err(char **err, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err)
+		return ret;
+	va_start(ap, fmt);
+	if (vasprintf(err, fmt, ap) == -1)
+		*err = NULL;
+	va_end(ap);
+	return ret;
+}
+
+/* The table name is pasted into nft's language: only what its scanner
+ * reads as one identifier (as netsetup.c checks it).
+ */
+static int check_table(const char *t, char **err)
+{
+	size_t n = t ? strlen(t) : 0;
+
+	if (n == 0 || n > 64 || !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z')))
+		goto bad;
+	for (size_t i = 1; i < n; i++) {
+		char c = t[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-' || c == '.'))
+			goto bad;
+	}
+	return 0;
+bad:
+	return set_err(err, -EINVAL, "invalid nftables table name \"%s\"", t ? t : "");
+}
+
+/* The result of one libnftables run: its output and its error text. */
+struct nft_res {
+	char *out; /* malloc'd, or NULL */
+	char *err; /* malloc'd first error, trimmed, or NULL */
+};
+
+static void nft_res_free(struct nft_res *r)
+{
+	free(r->out);
+	free(r->err);
+	r->out = r->err = NULL;
+}
+
+/* Runs <cmd>. Returns 0, -EINVAL when nft refused it (text in r->err), or
+ * -ENOMEM.
+ */
+static int nft_exec(const char *cmd, struct nft_res *r)
+{
+	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	const char *o, *e;
+	int ret = 0;
+
+	r->out = r->err = NULL;
+	if (!ctx)
+		return -ENOMEM;
+	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (nft_run_cmd_from_buffer(ctx, cmd) != 0)
+		ret = -EINVAL;
+	o = nft_ctx_get_output_buffer(ctx);
+	e = nft_ctx_get_error_buffer(ctx);
+	if (o && *o && !(r->out = strdup(o)))
+		ret = -ENOMEM;
+	if (ret == -EINVAL) {
+		size_t n = e ? strlen(e) : 0;
+		const char *next = n ? strstr(e + 1, "\nError:") : NULL;
+
+		/* The first error is the cause; nft follows it with the
+		 * command and a caret line, which say nothing to a user of
+		 * `prism ban`.
+		 */
+		if (next)
+			n = (size_t)(next - e);
+		if (n && memchr(e, '\n', n))
+			n = (size_t)((const char *)memchr(e, '\n', n) - e);
+		if (asprintf(&r->err, "%.*s", (int)n,
+			     n ? e : "nftables failed without a message") == -1)
+			r->err = NULL;
+	}
+out:
+	nft_ctx_free(ctx);
+	return ret;
+}
+
+/* Maps nft's error text to an errno: libnftables reports the kernel's
+ * strerror() inside its message and no number.
+ */
+static int nft_errno(const char *msg)
+{
+	if (!msg)
+		return -EINVAL;
+	if (strstr(msg, strerror(ENOENT)))
+		return -ENOENT;
+	if (strstr(msg, strerror(EPERM)))
+		return -EPERM;
+	if (strstr(msg, strerror(ENOSPC)))
+		return -ENOSPC;
+	return -EINVAL;
+}
+
+/* After a failed command: says whether the table or its ban sets are
+ * missing, which is what a user most likely hit, else passes nft's text on.
+ */
+static int explain(const char *table, const char *cmd_err, char **err)
+{
+	struct nft_res r;
+	char *cmd = NULL;
+	int ret, code = nft_errno(cmd_err);
+
+	if (code == -EPERM)
+		return set_err(err, -EPERM, "%s (editing the ban sets needs CAP_NET_ADMIN)",
+			       cmd_err);
+	if (asprintf(&cmd, "list set inet %s ban4", table) == -1)
+		return set_err(err, -ENOMEM, "out of memory");
+	ret = nft_exec(cmd, &r);
+	free(cmd);
+	if (ret == -EINVAL) {
+		ret =
+		    set_err(err, -ESRCH,
+			    "prism's table %s is not loaded (or has no ban sets): is prism running "
+			    "/ net up?",
+			    table);
+		nft_res_free(&r);
+		return ret;
+	}
+	nft_res_free(&r);
+	return set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
+}
+
+/* The set and the text of <src>: IPv4 from its v4-mapped form. */
+static char fmt_src(const struct in6_addr *src, char *buf, size_t len)
+{
+	if (addr_is_v4(src)) {
+		inet_ntop(AF_INET, &src->s6_addr[12], buf, (socklen_t)len);
+		return '4';
+	}
+	inet_ntop(AF_INET6, src, buf, (socklen_t)len);
+	return '6';
+}
+
+int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err)
+{
+	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
+	struct nft_res r;
+	int ret = check_table(table, err);
+
+	if (ret)
+		return ret;
+	/* A ban without an end would be a deny list entry that nothing in
+	 * the config shows.
+	 */
+	if (duration_ms == 0)
+		return set_err(err, -EINVAL, "a ban needs a duration");
+	d = fmt_src(src, a, sizeof(a));
+	/* "add" leaves an existing element's timeout as it was. To refresh
+	 * it, make sure the element exists, delete it, add it anew: one
+	 * transaction, so the source is never unbanned in between.
+	 */
+	if (asprintf(&cmd,
+		     "add element inet %s ban%c { %s }\n"
+		     "delete element inet %s ban%c { %s }\n"
+		     "add element inet %s ban%c { %s timeout %ums }\n",
+		     table, d, a, table, d, a, table, d, a, duration_ms) == -1)
+		return set_err(err, -ENOMEM, "out of memory");
+	ret = nft_exec(cmd, &r);
+	free(cmd);
+	if (ret == -EINVAL && nft_errno(r.err) == -ENOSPC)
+		ret = set_err(err, -ENOSPC, "cannot ban %s: the set ban%c of table %s is full", a,
+			      d, table);
+	else if (ret == -EINVAL)
+		ret = explain(table, r.err, err);
+	else if (ret)
+		ret = set_err(err, ret, "cannot ban %s: %s", a, strerror(-ret));
+	nft_res_free(&r);
+	return ret;
+}
+
+int ban_del(const char *table, const struct in6_addr *src, char **err)
+{
+	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
+	struct nft_res r;
+	int ret = check_table(table, err);
+
+	if (ret)
+		return ret;
+	d = fmt_src(src, a, sizeof(a));
+	if (asprintf(&cmd, "delete element inet %s ban%c { %s }\n", table, d, a) == -1)
+		return set_err(err, -ENOMEM, "out of memory");
+	ret = nft_exec(cmd, &r);
+	free(cmd);
+	if (ret == -EINVAL) {
+		ret = explain(table, r.err, err);
+		/* The table is there, so ENOENT is about the element. */
+		if (ret == -ENOENT && err) {
+			free(*err);
+			ret = set_err(err, -ENOENT, "%s is not banned", a);
+		}
+	} else if (ret) {
+		ret = set_err(err, ret, "cannot unban %s: %s", a, strerror(-ret));
+	}
+	nft_res_free(&r);
+	return ret;
+}
+
+/* Parses nft's time format ("1d2h3m4s500ms", as `list set` prints a
+ * timeout or an expiry) into milliseconds. Returns the characters read, 0
+ * when there is no duration at <s>.
+ */
+static size_t parse_nft_time(const char *s, uint64_t *ms)
+{
+	const char *p = s;
+
+	*ms = 0;
+	while (*p >= '0' && *p <= '9') {
+		uint64_t v = 0, unit;
+
+		while (*p >= '0' && *p <= '9')
+			v = v * 10 + (uint64_t)(*p++ - '0');
+		if (p[0] == 'm' && p[1] == 's') {
+			unit = 1;
+			p += 2;
+		} else if (*p == 'd') {
+			unit = 86400000;
+			p++;
+		} else if (*p == 'h') {
+			unit = 3600000;
+			p++;
+		} else if (*p == 'm') {
+			unit = 60000;
+			p++;
+		} else if (*p == 's') {
+			unit = 1000;
+			p++;
+		} else {
+			break;
+		}
+		*ms += v * unit;
+	}
+	return (size_t)(p - s);
+}
+
+/* Prints the elements of one `list set` output: "elements = { ADDR timeout
+ * T expires E, ... }", over several lines when long. Returns the count.
+ */
+static int print_elems(const char *text, FILE *out)
+{
+	const char *p = text ? strstr(text, "elements = {") : NULL;
+	char addr[INET6_ADDRSTRLEN];
+	bool have = false, exp = false;
+	uint64_t expires = 0;
+	int count = 0;
+
+	if (!p)
+		return 0;
+	p += strlen("elements = {");
+	for (;;) {
+		size_t n;
+
+		while (*p == ' ' || *p == '\t' || *p == '\n')
+			p++;
+		if (*p == ',' || *p == '}' || *p == '\0') {
+			/* The end of one element: print it. */
+			if (have) {
+				if (exp)
+					fprintf(out, "%s expires in %llus\n", addr,
+						(unsigned long long)((expires + 999) / 1000));
+				else
+					fprintf(out, "%s never expires\n", addr);
+				count++;
+			}
+			have = exp = false;
+			if (*p != ',')
+				break;
+			p++;
+			continue;
+		}
+		n = strcspn(p, " \t\n,}");
+		if (!have) {
+			snprintf(addr, sizeof(addr), "%.*s", (int)n, p);
+			have = true;
+		} else if (n == 7 && !strncmp(p, "expires", 7)) {
+			p += n;
+			while (*p == ' ')
+				p++;
+			n = parse_nft_time(p, &expires);
+			exp = true;
+		}
+		/* "timeout T" and anything newer nft prints are skipped. */
+		p += n ? n : 1;
+	}
+	return count;
+}
+
+int ban_list(const char *table, FILE *out, char **err)
+{
+	int count = 0, ret = check_table(table, err);
+
+	if (ret)
+		return ret;
+	for (char d = '4'; d <= '6'; d += 2) {
+		char *cmd = NULL;
+		struct nft_res r;
+
+		if (asprintf(&cmd, "list set inet %s ban%c", table, d) == -1)
+			return set_err(err, -ENOMEM, "out of memory");
+		ret = nft_exec(cmd, &r);
+		free(cmd);
+		if (ret == -EINVAL)
+			ret = explain(table, r.err, err);
+		else if (ret)
+			ret = set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
+		if (ret == 0)
+			count += print_elems(r.out, out);
+		nft_res_free(&r);
+		if (ret)
+			return ret;
+	}
+	return count;
+}

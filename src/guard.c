@@ -1,0 +1,660 @@
+/* guard.c - connection limits per source, per app and per process, and bans.
+ *
+ * Per-source state is one entry per (app, source address) in a fixed table
+ * allocated once: an attacker spraying addresses (an IPv6 /64 is 2^64 of
+ * them) recycles entries, it never grows memory. The table is
+ * set-associative: a keyed hash picks a bucket of BUCKET_WAYS entries, the
+ * entry lives in that bucket or nowhere, and a full bucket evicts its least
+ * recently seen entry that holds no open connection. A bucket is guarded by
+ * one of N_STRIPES mutexes, so two workers contend only when their sources
+ * hash to the same stripe, and the critical section is a few compares.
+ *
+ * Process and app caps are single atomic counters, touched only when the
+ * cap is set. Bans are decided on the worker but carried out on the guard's
+ * own thread: ban_add talks netlink through libnftables and may block, which
+ * a worker must never do.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "ban.h"
+#include "cfg.h"
+#include "guard.h"
+#include "log.h"
+
+#define BUCKET_WAYS 8	    /* entries per bucket: the eviction window */
+#define N_STRIPES   256	    /* mutexes over the buckets */
+#define TABLE_MIN   65536   /* entries */
+#define TABLE_MAX   1048576 /* entries (~80 MiB): the cap on sizing from max_conns */
+#define BAN_QUEUE   1024    /* pending ban requests */
+#define EXPIRY_MAX  4096    /* bans remembered for the "unbanned" line */
+#define FULL_LOG_MS 1000    /* at most one "table full" line per second */
+
+int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
+		    char **err) = ban_add;
+
+struct src_entry {
+	struct in6_addr addr;
+	uint32_t app;
+	bool used;
+	uint32_t concurrent; /* open connections admitted for (app, addr) */
+	uint32_t violations; /* within the window starting at viol_start */
+	uint64_t viol_start;
+	uint64_t tokens;    /* token bucket, in 1/per_ms token units */
+	uint64_t refill_ms; /* time of the last refill */
+	uint64_t last_seen;
+	uint64_t banned_until; /* 0: not banned by us */
+};
+
+/* A mutex padded to a cache line so neighbouring stripes don't false-share. */
+union stripe {
+	pthread_mutex_t m;
+	char pad[64];
+};
+
+struct ban_req {
+	struct in6_addr addr;
+	uint32_t app;
+	uint32_t duration_ms, window_ms, violations;
+};
+
+struct expiry {
+	uint64_t at; /* CLOCK_MONOTONIC ms */
+	struct in6_addr addr;
+	uint32_t duration_ms;
+};
+
+struct guard {
+	const struct cfg *cfg;
+	uint64_t seed[2]; /* hash key: sources are attacker-chosen */
+
+	struct src_entry *table; /* NULL when no app limits per source */
+	size_t n_buckets;	 /* power of two */
+	union stripe *stripes;
+
+	uint64_t conns;	     /* atomic: admitted, when cfg->max_conns */
+	uint64_t *app_conns; /* atomic, per app: when apps[i].max_conns */
+
+	/* ban requests: workers push, the thread pops */
+	pthread_mutex_t qlock;
+	struct ban_req queue[BAN_QUEUE];
+	size_t q_head, q_len;
+
+	int efd; /* wakes the thread: a request or stop */
+	int stop;
+	bool thread_on;
+	pthread_t thread;
+
+	/* owned by the thread */
+	struct expiry *expiries; /* min-heap on .at */
+	size_t n_expiries;
+	bool fail_logged;
+
+	/* stats, atomic */
+	uint64_t st_source_limit, st_rate_limit, st_shed, st_bans, st_table_full;
+	uint64_t st_ban_dropped, st_sources;
+	uint64_t last_full_log;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Formats a duration the way the config spells it: "500ms", "30s", "10m". */
+static const char *fmt_duration(uint32_t ms, char *buf, size_t len)
+{
+	static const struct {
+		uint32_t ms;
+		const char *unit;
+	} units[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (ms && ms % units[i].ms == 0) {
+			snprintf(buf, len, "%u%s", ms / units[i].ms, units[i].unit);
+			return buf;
+		}
+	}
+	snprintf(buf, len, "%ums", ms);
+	return buf;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
+/* Keyed hash of (app, addr). Not SipHash, but with a secret random seed an
+ * attacker choosing source addresses cannot aim them at one bucket without
+ * observing the table, and a crowded bucket only costs them their own
+ * per-source state (evicted) or degrades to table_full admission.
+ */
+static uint64_t src_hash(const struct guard *g, uint32_t app, const struct in6_addr *a)
+{
+	uint64_t w0, w1, h;
+
+	memcpy(&w0, a->s6_addr, 8);
+	memcpy(&w1, a->s6_addr + 8, 8);
+	h = mix64(g->seed[0] ^ w0);
+	h = mix64(h ^ w1 ^ g->seed[1]);
+	return mix64(h ^ app);
+}
+
+static bool app_tracks_sources(const struct cfg_app *app)
+{
+	return app->protection.max_conns_per_source || app->protection.conn_rate_per_source.n;
+}
+
+static const struct cfg_app *app_of(const struct guard *g, uint32_t app_idx)
+{
+	return app_idx < g->cfg->n_apps ? &g->cfg->apps[app_idx] : NULL;
+}
+
+static void stat_inc(uint64_t *c)
+{
+	__atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+}
+
+/* Takes one slot of a counter capped at <max>; false when it is full. The
+ * increment-then-check lets the counter pass <max> for an instant, but never
+ * the number of connections actually admitted.
+ */
+static bool cap_take(uint64_t *c, uint32_t max)
+{
+	if (__atomic_add_fetch(c, 1, __ATOMIC_RELAXED) <= max)
+		return true;
+	__atomic_fetch_sub(c, 1, __ATOMIC_RELAXED);
+	return false;
+}
+
+/* Finds (app, addr) in its bucket, or claims a slot for it: an empty one, or
+ * the least recently seen entry without open connections, preferring ones
+ * not under an active ban (forgetting those only costs a redundant ban).
+ * Returns NULL when every entry of the bucket holds open connections.
+ * Called with the bucket's stripe held.
+ */
+static struct src_entry *entry_get(struct guard *g, struct src_entry *b, uint32_t app,
+				   const struct in6_addr *src, uint64_t now, bool create)
+{
+	struct src_entry *empty = NULL, *victim = NULL;
+	bool victim_banned = true;
+
+	for (int i = 0; i < BUCKET_WAYS; i++) {
+		struct src_entry *e = &b[i];
+
+		if (!e->used) {
+			if (!empty)
+				empty = e;
+			continue;
+		}
+		if (e->app == app && !memcmp(&e->addr, src, sizeof(*src)))
+			return e;
+		if (e->concurrent == 0) {
+			bool banned = e->banned_until > now;
+
+			if (!victim || (victim_banned && !banned) ||
+			    (victim_banned == banned && e->last_seen < victim->last_seen)) {
+				victim = e;
+				victim_banned = banned;
+			}
+		}
+	}
+	if (!create)
+		return NULL;
+	if (empty)
+		stat_inc(&g->st_sources);
+	else if (victim)
+		empty = victim;
+	else
+		return NULL;
+	memset(empty, 0, sizeof(*empty));
+	empty->used = true;
+	empty->app = app;
+	empty->addr = *src;
+	empty->refill_ms = now;
+	empty->viol_start = now;
+	empty->tokens = UINT64_MAX; /* full: clamped at the first refill */
+	return empty;
+}
+
+/* Refills <e>'s bucket for <now> and takes one token if there is one. Token
+ * units are 1/per_ms of a token so refill is exact integer arithmetic:
+ * <n> tokens per <per_ms> is <n> units per ms, burst <n> tokens.
+ */
+static bool bucket_take(struct src_entry *e, const struct cfg_rate *r, uint64_t now)
+{
+	uint64_t cap = (uint64_t)r->n * r->per_ms;
+	uint64_t elapsed = now > e->refill_ms ? now - e->refill_ms : 0;
+
+	/* A full refill takes per_ms; capping elapsed there avoids overflow. */
+	if (elapsed > r->per_ms)
+		elapsed = r->per_ms;
+	if (e->tokens > cap || cap - e->tokens <= elapsed * r->n)
+		e->tokens = cap;
+	else
+		e->tokens += elapsed * r->n;
+	if (now > e->refill_ms)
+		e->refill_ms = now;
+	if (e->tokens < r->per_ms)
+		return false;
+	e->tokens -= r->per_ms;
+	return true;
+}
+
+/* Counts a violation; returns true when it calls for a ban (and marks the
+ * entry banned so that it is requested once per ban).
+ */
+static bool violation(struct src_entry *e, const struct cfg_protection *p, uint64_t now,
+		      uint32_t *count)
+{
+	/* A source under our ban can't reach us (the kernel drops it), but
+	 * connections queued before the ban still arrive: those don't count,
+	 * so the next ban needs ban_after fresh violations.
+	 */
+	*count = e->violations;
+	if (e->banned_until > now)
+		return false;
+	if (now - e->viol_start >= p->ban_window_ms || now < e->viol_start) {
+		e->viol_start = now;
+		e->violations = 0;
+	}
+	e->violations++;
+	*count = e->violations;
+	if (!p->ban_after || !p->ban_duration_ms || e->violations < p->ban_after)
+		return false;
+	e->banned_until = now + p->ban_duration_ms;
+	e->violations = 0;
+	e->viol_start = now;
+	return true;
+}
+
+static void ban_request(struct guard *g, const struct ban_req *req)
+{
+	uint64_t one = 1;
+	bool queued = false;
+
+	pthread_mutex_lock(&g->qlock);
+	if (g->q_len < BAN_QUEUE) {
+		g->queue[(g->q_head + g->q_len) % BAN_QUEUE] = *req;
+		g->q_len++;
+		queued = true;
+	}
+	pthread_mutex_unlock(&g->qlock);
+	if (!queued) {
+		stat_inc(&g->st_ban_dropped);
+		return;
+	}
+	if (write(g->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_err("guard: cannot wake the ban thread: %s", strerror(errno));
+}
+
+static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t now)
+{
+	uint64_t last = __atomic_load_n(&g->last_full_log, __ATOMIC_RELAXED);
+	char a[ADDR_STRLEN];
+
+	stat_inc(&g->st_table_full);
+	if ((last && now - last < FULL_LOG_MS) ||
+	    !__atomic_compare_exchange_n(&g->last_full_log, &last, now ? now : 1, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return;
+	log_warn("guard: source table full of sources with open connections (%zu entries): "
+		 "admitting %s without per-source limits",
+		 g->n_buckets * BUCKET_WAYS, addr_fmt(src, a));
+}
+
+enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *src,
+			       uint64_t now_ms)
+{
+	const struct cfg_app *app = app_of(g, app_idx);
+	enum guard_verdict v = GUARD_OK;
+	struct ban_req req;
+	bool ban = false;
+
+	/* Load first: a shed connection is not the source's fault and does
+	 * not count against it.
+	 */
+	if (g->cfg->max_conns && !cap_take(&g->conns, g->cfg->max_conns)) {
+		stat_inc(&g->st_shed);
+		return GUARD_SHED;
+	}
+	if (!app)
+		return GUARD_OK;
+	if (app->max_conns && !cap_take(&g->app_conns[app_idx], app->max_conns)) {
+		v = GUARD_SHED;
+		stat_inc(&g->st_shed);
+		goto undo_process;
+	}
+	if (!g->table || !app_tracks_sources(app))
+		return GUARD_OK;
+
+	const struct cfg_protection *p = &app->protection;
+	uint64_t h = src_hash(g, app_idx, src);
+	size_t bi = (size_t)h & (g->n_buckets - 1);
+	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	struct src_entry *e;
+
+	pthread_mutex_lock(m);
+	e = entry_get(g, &g->table[bi * BUCKET_WAYS], app_idx, src, now_ms, true);
+	if (!e) {
+		pthread_mutex_unlock(m);
+		table_full_log(g, src, now_ms);
+		return GUARD_OK;
+	}
+	e->last_seen = now_ms;
+	if (p->max_conns_per_source && e->concurrent >= p->max_conns_per_source)
+		v = GUARD_SOURCE_LIMIT;
+	else if (p->conn_rate_per_source.n && !bucket_take(e, &p->conn_rate_per_source, now_ms))
+		v = GUARD_RATE_LIMIT;
+	if (v == GUARD_OK) {
+		e->concurrent++;
+	} else {
+		ban = violation(e, p, now_ms, &req.violations);
+		if (ban) {
+			req.addr = *src;
+			req.app = app_idx;
+			req.duration_ms = p->ban_duration_ms;
+			req.window_ms = p->ban_window_ms;
+		}
+	}
+	pthread_mutex_unlock(m);
+	if (v == GUARD_OK)
+		return GUARD_OK;
+
+	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
+	if (ban)
+		ban_request(g, &req);
+	if (app->max_conns)
+		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
+undo_process:
+	if (g->cfg->max_conns)
+		__atomic_fetch_sub(&g->conns, 1, __ATOMIC_RELAXED);
+	return v;
+}
+
+void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src)
+{
+	const struct cfg_app *app = app_of(g, app_idx);
+
+	if (g->cfg->max_conns)
+		__atomic_fetch_sub(&g->conns, 1, __ATOMIC_RELAXED);
+	if (!app)
+		return;
+	if (app->max_conns)
+		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
+	if (!g->table || !app_tracks_sources(app))
+		return;
+
+	uint64_t h = src_hash(g, app_idx, src);
+	size_t bi = (size_t)h & (g->n_buckets - 1);
+	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	struct src_entry *e;
+
+	pthread_mutex_lock(m);
+	/* Not found only when it was admitted while its bucket was full. Then,
+	 * if the source got an entry since, this decrements a count that the
+	 * untracked connection never added to: the source is briefly allowed
+	 * one connection more. Not worth a per-connection handle.
+	 */
+	e = entry_get(g, &g->table[bi * BUCKET_WAYS], app_idx, src, 0, false);
+	if (e && e->concurrent)
+		e->concurrent--;
+	pthread_mutex_unlock(m);
+}
+
+void guard_stats(const struct guard *g, struct guard_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->source_limit = __atomic_load_n(&g->st_source_limit, __ATOMIC_RELAXED);
+	out->rate_limit = __atomic_load_n(&g->st_rate_limit, __ATOMIC_RELAXED);
+	out->shed = __atomic_load_n(&g->st_shed, __ATOMIC_RELAXED);
+	out->bans = __atomic_load_n(&g->st_bans, __ATOMIC_RELAXED);
+	out->table_full = __atomic_load_n(&g->st_table_full, __ATOMIC_RELAXED);
+	out->ban_dropped = __atomic_load_n(&g->st_ban_dropped, __ATOMIC_RELAXED);
+	out->sources = __atomic_load_n(&g->st_sources, __ATOMIC_RELAXED);
+	out->capacity = g->table ? g->n_buckets * BUCKET_WAYS : 0;
+}
+
+/* --- the ban thread --- */
+
+static void expiry_push(struct guard *g, const struct expiry *x)
+{
+	size_t i = g->n_expiries;
+
+	if (i == EXPIRY_MAX) {
+		log_debug("guard: too many active bans to track their expiry");
+		return;
+	}
+	g->n_expiries++;
+	while (i > 0 && g->expiries[(i - 1) / 2].at > x->at) {
+		g->expiries[i] = g->expiries[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	g->expiries[i] = *x;
+}
+
+static void expiry_pop(struct guard *g)
+{
+	struct expiry last = g->expiries[--g->n_expiries];
+	size_t i = 0, n = g->n_expiries;
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+
+		if (c >= n)
+			break;
+		if (c + 1 < n && g->expiries[c + 1].at < g->expiries[c].at)
+			c++;
+		if (last.at <= g->expiries[c].at)
+			break;
+		g->expiries[i] = g->expiries[c];
+		i = c;
+	}
+	if (n)
+		g->expiries[i] = last;
+}
+
+static void ban_do(struct guard *g, const struct ban_req *req)
+{
+	const char *table = g->cfg->nft_table ? g->cfg->nft_table : "prism";
+	const struct cfg_app *app = app_of(g, req->app);
+	char a[ADDR_STRLEN], dur[32], win[32];
+	char *err = NULL;
+	int r;
+
+	addr_fmt(&req->addr, a);
+	fmt_duration(req->duration_ms, dur, sizeof(dur));
+	r = guard_ban_fn(table, &req->addr, req->duration_ms, &err);
+	if (r < 0) {
+		/* Without network.manage the operator's table may lack the
+		 * ban sets on purpose: say so once, not per offender.
+		 */
+		if (g->cfg->net_manage || !g->fail_logged)
+			log_err("source %s: cannot ban for %s: %s%s", a, dur,
+				err ? err : strerror(-r),
+				g->cfg->net_manage ? ""
+						   : " (network.manage is off: further ban "
+						     "failures are not logged)");
+		g->fail_logged = true;
+		free(err);
+		return;
+	}
+	free(err);
+	stat_inc(&g->st_bans);
+	log_warn("source %s banned for %s: %u limit violations within %s (app %s)", a, dur,
+		 req->violations, fmt_duration(req->window_ms, win, sizeof(win)),
+		 app ? app->name : "-");
+	expiry_push(g, &(struct expiry){.at = mono_ms() + req->duration_ms,
+					.addr = req->addr,
+					.duration_ms = req->duration_ms});
+}
+
+static void *guard_main(void *arg)
+{
+	struct guard *g = arg;
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd pfd = {.fd = g->efd, .events = POLLIN};
+		uint64_t now = mono_ms(), v;
+		int timeout = -1;
+
+		while (g->n_expiries && g->expiries[0].at <= now) {
+			char a[ADDR_STRLEN], dur[32];
+
+			log_info("source %s unbanned (ban of %s expired)",
+				 addr_fmt(&g->expiries[0].addr, a),
+				 fmt_duration(g->expiries[0].duration_ms, dur, sizeof(dur)));
+			expiry_pop(g);
+		}
+		if (g->n_expiries) {
+			uint64_t d = g->expiries[0].at - now;
+
+			timeout = d > 60000 ? 60000 : (int)d;
+		}
+		if (poll(&pfd, 1, timeout) == -1 && errno != EINTR) {
+			log_err("guard: poll: %s", strerror(errno));
+			break;
+		}
+		while (read(g->efd, &v, sizeof(v)) > 0)
+			;
+		/* Pop one at a time so workers never wait on a netlink call. */
+		for (;;) {
+			struct ban_req req;
+
+			if (__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE))
+				break;
+			pthread_mutex_lock(&g->qlock);
+			if (!g->q_len) {
+				pthread_mutex_unlock(&g->qlock);
+				break;
+			}
+			req = g->queue[g->q_head];
+			g->q_head = (g->q_head + 1) % BAN_QUEUE;
+			g->q_len--;
+			pthread_mutex_unlock(&g->qlock);
+			ban_do(g, &req);
+		}
+	}
+	return NULL;
+}
+
+/* --- lifecycle --- */
+
+static size_t table_size(const struct cfg *cfg)
+{
+	size_t n = TABLE_MIN;
+
+	/* Room for every admitted connection to come from its own source,
+	 * twice over, so that a table full of live entries means the process
+	 * cap is off or huge.
+	 */
+	while (n < TABLE_MAX && n < 2 * (size_t)cfg->max_conns)
+		n *= 2;
+	return n;
+}
+
+struct guard *guard_new(const struct cfg *cfg)
+{
+	struct guard *g = calloc(1, sizeof(*g));
+	bool sources = false, bans = false;
+	int r;
+
+	if (!g)
+		return NULL;
+	g->cfg = cfg;
+	g->efd = -1;
+	pthread_mutex_init(&g->qlock, NULL);
+	for (size_t i = 0; i < cfg->n_apps; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+
+		sources |= app_tracks_sources(&cfg->apps[i]);
+		bans |= app_tracks_sources(&cfg->apps[i]) && p->ban_after && p->ban_duration_ms;
+	}
+	g->app_conns = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*g->app_conns));
+	if (!g->app_conns)
+		goto fail;
+	if (sources) {
+		size_t n = table_size(cfg);
+
+		if (getrandom(g->seed, sizeof(g->seed), GRND_NONBLOCK) != sizeof(g->seed)) {
+			/* Early boot without entropy: a weaker key beats no
+			 * limits at all.
+			 */
+			g->seed[0] = mix64((uint64_t)mono_ms() ^ (uint64_t)(uintptr_t)g);
+			g->seed[1] = mix64(g->seed[0] ^ (uint64_t)getpid());
+		}
+		g->n_buckets = n / BUCKET_WAYS;
+		g->table = calloc(n, sizeof(*g->table));
+		g->stripes = calloc(N_STRIPES, sizeof(*g->stripes));
+		if (!g->table || !g->stripes)
+			goto fail;
+		for (int i = 0; i < N_STRIPES; i++)
+			pthread_mutex_init(&g->stripes[i].m, NULL);
+	}
+	if (bans) {
+		g->expiries = calloc(EXPIRY_MAX, sizeof(*g->expiries));
+		if (!g->expiries)
+			goto fail;
+		g->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (g->efd == -1) {
+			log_err("guard: eventfd: %s", strerror(errno));
+			goto fail;
+		}
+		r = pthread_create(&g->thread, NULL, guard_main, g);
+		if (r) {
+			log_err("guard: cannot start the ban thread: %s", strerror(r));
+			goto fail;
+		}
+		g->thread_on = true;
+	}
+	return g;
+fail:
+	guard_free(g);
+	return NULL;
+}
+
+void guard_free(struct guard *g)
+{
+	if (!g)
+		return;
+	if (g->thread_on) {
+		uint64_t one = 1;
+
+		__atomic_store_n(&g->stop, 1, __ATOMIC_RELEASE);
+		if (write(g->efd, &one, sizeof(one)) == -1)
+			log_err("guard: cannot wake the ban thread: %s", strerror(errno));
+		pthread_join(g->thread, NULL);
+	}
+	if (g->efd != -1)
+		close(g->efd);
+	if (g->stripes)
+		for (int i = 0; i < N_STRIPES; i++)
+			pthread_mutex_destroy(&g->stripes[i].m);
+	pthread_mutex_destroy(&g->qlock);
+	free(g->stripes);
+	free(g->table);
+	free(g->app_conns);
+	free(g->expiries);
+	free(g);
+}

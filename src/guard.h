@@ -1,0 +1,63 @@
+/* guard.h - prism's own layer of DDoS protection: per-source concurrent and
+ * rate limits, process and per-app connection caps, and escalation of
+ * repeat offenders into the kernel ban set.
+ *
+ * One guard per process, shared by all workers. Per-source state lives in
+ * a fixed-size hash table with striped locks and eviction (bounded memory:
+ * not one entry per address forever). Decisions are made at accept time,
+ * before any origin is contacted.
+ */
+#ifndef PRISM_GUARD_H
+#define PRISM_GUARD_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+
+struct cfg;
+struct cfg_app;
+struct guard;
+
+enum guard_verdict {
+	GUARD_OK = 0,
+	GUARD_SOURCE_LIMIT, /* max_conns_per_source reached */
+	GUARD_RATE_LIMIT,   /* conn_rate_per_source exceeded */
+	GUARD_SHED,	    /* max_conns (process or app) reached */
+};
+
+/* Creates the guard for <cfg> (borrowed; must outlive it) and starts its
+ * ban thread (nft updates never run on a worker). Returns NULL on failure.
+ */
+struct guard *guard_new(const struct cfg *cfg);
+void guard_free(struct guard *g);
+
+/* Decides on a new connection from <src> (128-bit, v4-mapped) to app
+ * <app_idx> at <now_ms>. On GUARD_OK the connection is counted and the
+ * caller must call guard_release when it ends. GUARD_SOURCE_LIMIT and
+ * GUARD_RATE_LIMIT count as violations of <src>; enough of them within the
+ * ban window queue a ban (logged). GUARD_SHED does not: it is load, not
+ * abuse. Thread-safe.
+ */
+enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *src,
+			       uint64_t now_ms);
+void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src);
+
+/* Counters for logs/metrics. table_full: connections admitted without
+ * per-source limits because their bucket of the source table was full of
+ * sources with open connections; ban_dropped: bans not requested because the
+ * ban queue was full. sources/capacity: entries in use and the fixed table
+ * size (0 when no app limits per source).
+ */
+struct guard_stats {
+	uint64_t source_limit, rate_limit, shed, bans;
+	uint64_t table_full, ban_dropped;
+	uint64_t sources, capacity;
+};
+void guard_stats(const struct guard *g, struct guard_stats *out);
+
+/* What the ban thread calls to ban a source: ban_add (ban.h) unless a test
+ * points it elsewhere before guard_new.
+ */
+extern int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
+			   char **err);
+
+#endif

@@ -1,0 +1,714 @@
+/* test_guard.c - connection limits, violations, bans and the bounded source table.
+ *
+ * The ban thread's calls to ban_add go to a stub (guard_ban_fn) that records
+ * them; tests wait for those calls, and for log lines in a captured stderr,
+ * with bounded deadlines instead of sleeps.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cfg.h"
+#include "guard.h"
+
+#define WAIT_MS	  5000
+#define MAX_CALLS 64
+
+/* --- the ban stub --- */
+
+static pthread_mutex_t stub_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t stub_cond = PTHREAD_COND_INITIALIZER;
+static struct {
+	struct in6_addr addr;
+	uint32_t duration_ms;
+	char table[32];
+} calls[MAX_CALLS];
+static int n_calls;
+static struct in6_addr fail_addr[4]; /* bans of these fail */
+static int n_fail;
+static bool gate_closed; /* the stub blocks while set */
+
+static int stub_ban(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&stub_lock);
+	while (gate_closed)
+		pthread_cond_wait(&stub_cond, &stub_lock);
+	if (n_calls < MAX_CALLS) {
+		calls[n_calls].addr = *src;
+		calls[n_calls].duration_ms = duration_ms;
+		snprintf(calls[n_calls].table, sizeof(calls[n_calls].table), "%s", table);
+	}
+	n_calls++;
+	for (int i = 0; i < n_fail; i++) {
+		if (!memcmp(&fail_addr[i], src, sizeof(*src))) {
+			*err = strdup("no such set ban6");
+			r = -ENOENT;
+		}
+	}
+	pthread_cond_broadcast(&stub_cond);
+	pthread_mutex_unlock(&stub_lock);
+	return r;
+}
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+/* Waits until the stub has been called <n> times; returns the count. */
+static int wait_calls(int n)
+{
+	struct timespec ts;
+	int got;
+
+	deadline_in(&ts, WAIT_MS);
+	pthread_mutex_lock(&stub_lock);
+	while (n_calls < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
+		;
+	got = n_calls;
+	pthread_mutex_unlock(&stub_lock);
+	return got;
+}
+
+static void gate_set(bool closed)
+{
+	pthread_mutex_lock(&stub_lock);
+	gate_closed = closed;
+	pthread_cond_broadcast(&stub_cond);
+	pthread_mutex_unlock(&stub_lock);
+}
+
+/* --- captured stderr --- */
+
+static int saved_stderr = -1;
+static char cap_path[64];
+
+static void capture_start(void)
+{
+	int fd;
+
+	snprintf(cap_path, sizeof(cap_path), "/tmp/test_guard.XXXXXX");
+	fd = mkstemp(cap_path);
+	assert_true(fd >= 0);
+	saved_stderr = dup(STDERR_FILENO);
+	assert_true(saved_stderr >= 0);
+	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	close(fd);
+}
+
+static void capture_stop(void)
+{
+	dup2(saved_stderr, STDERR_FILENO);
+	close(saved_stderr);
+	saved_stderr = -1;
+	unlink(cap_path);
+}
+
+/* Occurrences of <needle> in what was logged so far. */
+static int captured_count(const char *needle)
+{
+	static char buf[1 << 16];
+	FILE *f = fopen(cap_path, "r");
+	size_t n;
+	int count = 0;
+
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	for (const char *p = buf; (p = strstr(p, needle)); p++)
+		count++;
+	return count;
+}
+
+/* Waits (bounded) for <needle> to be logged; true when it was. */
+static bool captured_wait(const char *needle)
+{
+	struct timespec pause = {0, 5000000};
+
+	for (int i = 0; i < WAIT_MS / 5; i++) {
+		if (captured_count(needle))
+			return true;
+		nanosleep(&pause, NULL);
+	}
+	return false;
+}
+
+static bool captured_wait_n(const char *needle, int n)
+{
+	struct timespec pause = {0, 5000000};
+
+	for (int i = 0; i < WAIT_MS / 5; i++) {
+		if (captured_count(needle) >= n)
+			return true;
+		nanosleep(&pause, NULL);
+	}
+	return false;
+}
+
+/* Restores stderr after a test that failed while capturing it. */
+static int teardown(void **state)
+{
+	(void)state;
+	if (saved_stderr != -1)
+		capture_stop();
+	gate_set(false);
+	return 0;
+}
+
+/* --- fixtures --- */
+
+static struct cfg cfg;
+static struct cfg_app apps[2];
+
+static void cfg_setup(void)
+{
+	memset(&cfg, 0, sizeof(cfg));
+	memset(apps, 0, sizeof(apps));
+	apps[0].name = "web";
+	apps[1].name = "ssh";
+	cfg.apps = apps;
+	cfg.n_apps = 2;
+	cfg.net_manage = true;
+	cfg.nft_table = "prism";
+	pthread_mutex_lock(&stub_lock);
+	n_calls = 0;
+	n_fail = 0;
+	gate_closed = false;
+	pthread_mutex_unlock(&stub_lock);
+	guard_ban_fn = stub_ban;
+}
+
+static struct in6_addr v4(const char *s)
+{
+	struct in6_addr a;
+	char buf[64];
+
+	snprintf(buf, sizeof(buf), "::ffff:%s", s);
+	assert_int_equal(inet_pton(AF_INET6, buf, &a), 1);
+	return a;
+}
+
+/* The i-th of many distinct sources in 2001:db8::/32. */
+static struct in6_addr v6n(uint32_t i)
+{
+	struct in6_addr a;
+
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8::", &a), 1);
+	a.s6_addr[12] = (uint8_t)(i >> 24);
+	a.s6_addr[13] = (uint8_t)(i >> 16);
+	a.s6_addr[14] = (uint8_t)(i >> 8);
+	a.s6_addr[15] = (uint8_t)i;
+	return a;
+}
+
+/* --- tests --- */
+
+static void test_concurrent(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 2;
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	assert_int_equal(guard_admit(g, 0, &a, 1000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &b, 1000), GUARD_OK);
+	/* Per app: app 1 has no per-source limit. */
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(guard_admit(g, 1, &a, 1000), GUARD_OK);
+	guard_release(g, 0, &a);
+	assert_int_equal(guard_admit(g, 0, &a, 1001), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1001), GUARD_SOURCE_LIMIT);
+	guard_release(g, 0, &a);
+	guard_release(g, 0, &a);
+	assert_int_equal(guard_admit(g, 0, &a, 1002), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1002), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1002), GUARD_SOURCE_LIMIT);
+
+	guard_stats(g, &st);
+	assert_int_equal(st.source_limit, 3);
+	assert_int_equal(st.rate_limit, 0);
+	assert_int_equal(st.shed, 0);
+	assert_int_equal(st.sources, 2);
+	assert_true(st.capacity >= 65536);
+	guard_free(g);
+}
+
+static void test_rate(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.conn_rate_per_source = (struct cfg_rate){.n = 2, .per_ms = 1000};
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	/* Burst of n, then empty. */
+	assert_int_equal(guard_admit(g, 0, &a, 10000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 10000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 10000), GUARD_RATE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &b, 10000), GUARD_OK);
+	/* 2/s refills one token in 500 ms, not earlier. */
+	assert_int_equal(guard_admit(g, 0, &a, 10499), GUARD_RATE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 10500), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 10500), GUARD_RATE_LIMIT);
+	/* A long pause refills to the burst, no more. */
+	assert_int_equal(guard_admit(g, 0, &a, 60000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 60000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 60000), GUARD_RATE_LIMIT);
+	/* Time going backwards (a caller's coarse clock) refills nothing. */
+	assert_int_equal(guard_admit(g, 0, &a, 59000), GUARD_RATE_LIMIT);
+	/* Releasing does not give tokens back. */
+	for (int i = 0; i < 6; i++)
+		guard_release(g, 0, &a);
+	assert_int_equal(guard_admit(g, 0, &a, 60000), GUARD_RATE_LIMIT);
+
+	guard_stats(g, &st);
+	assert_int_equal(st.rate_limit, 6);
+	assert_int_equal(st.source_limit, 0);
+	guard_free(g);
+
+	/* Per minute: 30/m is one token per 2 s. */
+	cfg_setup();
+	apps[0].protection.conn_rate_per_source = (struct cfg_rate){.n = 30, .per_ms = 60000};
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	for (int i = 0; i < 30; i++)
+		assert_int_equal(guard_admit(g, 0, &a, 0), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1999), GUARD_RATE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 2000), GUARD_OK);
+	guard_free(g);
+}
+
+static void test_shed(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	cfg.max_conns = 3;
+	apps[0].max_conns = 2;
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &b, 1), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_SHED); /* app cap */
+	assert_int_equal(guard_admit(g, 1, &a, 1), GUARD_OK);
+	assert_int_equal(guard_admit(g, 1, &b, 1), GUARD_SHED); /* process cap */
+	/* An app index out of range only meets the process cap. */
+	assert_int_equal(guard_admit(g, 7, &b, 1), GUARD_SHED);
+	guard_release(g, 0, &b);
+	assert_int_equal(guard_admit(g, 1, &b, 2), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &b, 2), GUARD_SHED);
+	guard_release(g, 1, &b);
+	assert_int_equal(guard_admit(g, 0, &b, 3), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &b, 3), GUARD_SHED);
+
+	guard_stats(g, &st);
+	assert_int_equal(st.shed, 5);
+	assert_int_equal(st.source_limit + st.rate_limit, 0);
+	assert_int_equal(st.capacity, 0); /* no per-source limits: no table */
+	guard_free(g);
+}
+
+/* Shedding never counts toward a ban: with ban_after 2, many sheds of one
+ * source and then a ban of a sentinel source; the FIFO ban queue would have
+ * carried the shed source's ban first.
+ */
+static void test_shed_is_no_violation(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), s = v4("203.0.113.99");
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	apps[0].max_conns = 1;
+	apps[0].protection.max_conns_per_source = 1;
+	apps[0].protection.ban_after = 2;
+	apps[0].protection.ban_window_ms = 60000;
+	apps[0].protection.ban_duration_ms = 600000;
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_OK);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_SHED);
+	guard_release(g, 0, &a);
+	/* The sentinel: one connection, then two violations. */
+	assert_int_equal(guard_admit(g, 0, &s, 2), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &s, 2), GUARD_SHED);
+	apps[0].max_conns = 0; /* snapshot edits are fine here: no other thread */
+	assert_int_equal(guard_admit(g, 0, &s, 2), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &s, 2), GUARD_SOURCE_LIMIT);
+	guard_release(g, 0, &s);
+	assert_int_equal(wait_calls(1), 1);
+	guard_free(g);
+	assert_int_equal(n_calls, 1);
+	assert_memory_equal(&calls[0].addr, &s, sizeof(s));
+}
+
+static void test_ban(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), c = v6n(7), s = v4("203.0.113.99");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	apps[1].protection.max_conns_per_source = 1;
+	apps[1].protection.ban_after = 3;
+	apps[1].protection.ban_window_ms = 10000;
+	apps[1].protection.ban_duration_ms = 200;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	assert_int_equal(guard_admit(g, 1, &a, 1000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 1, &a, 1000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 1, &a, 1001), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 1, &a, 1002), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(1), 1);
+	assert_memory_equal(&calls[0].addr, &a, sizeof(a));
+	assert_int_equal(calls[0].duration_ms, 200);
+	assert_string_equal(calls[0].table, "prism");
+	/* "3": the ban came with the third violation, not before or after. */
+	assert_true(captured_wait(
+	    "warn source 203.0.113.1 banned for 200ms: 3 limit violations within 10s (app ssh)"));
+	/* The unban line once the duration passed (on the thread's clock). */
+	assert_true(captured_wait("info source 203.0.113.1 unbanned (ban of 200ms expired)"));
+
+	/* While the ban lasts (on the caller's clock) violations neither
+	 * request another ban nor count toward the next one.
+	 */
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(guard_admit(g, 1, &a, 1100), GUARD_SOURCE_LIMIT);
+	/* A source whose violations are spread beyond the window: not banned. */
+	assert_int_equal(guard_admit(g, 1, &c, 1000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 1, &c, 1000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 1, &c, 1000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 1, &c, 11000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 1, &c, 11001), GUARD_SOURCE_LIMIT);
+	/* Sentinel: had any of the above queued a ban, it would come first. */
+	assert_int_equal(guard_admit(g, 1, &s, 12000), GUARD_OK);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(guard_admit(g, 1, &s, 12000), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	assert_memory_equal(&calls[1].addr, &s, sizeof(s));
+	/* Now c's third violation within its window: banned. */
+	assert_int_equal(guard_admit(g, 1, &c, 11002), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(3), 3);
+	assert_memory_equal(&calls[2].addr, &c, sizeof(c));
+	assert_true(captured_wait("warn source 2001:db8::7 banned for 200ms"));
+	/* After a's ban ran out it can be banned again, after 3 new ones. */
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(guard_admit(g, 1, &a, 1300), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(4), 4);
+	assert_memory_equal(&calls[3].addr, &a, sizeof(a));
+	assert_true(captured_wait_n("source 203.0.113.1 banned for 200ms: 3 limit violations", 2));
+	assert_true(captured_wait_n("banned for", 4));
+
+	guard_stats(g, &st);
+	assert_int_equal(st.bans, 4);
+	assert_int_equal(st.source_limit, 19);
+	guard_free(g);
+	capture_stop();
+	assert_int_equal(n_calls, 4);
+}
+
+/* Failed bans are logged; with network.manage off, once. */
+static void test_ban_failure(void **state)
+{
+	struct in6_addr f1 = v4("203.0.113.10"), f2 = v4("203.0.113.11"), s = v4("203.0.113.99");
+	struct guard_stats st;
+
+	(void)state;
+	for (int manage = 0; manage < 2; manage++) {
+		struct guard *g;
+
+		cfg_setup();
+		cfg.net_manage = manage;
+		cfg.nft_table = "edge";
+		fail_addr[0] = f1;
+		fail_addr[1] = f2;
+		n_fail = 2;
+		apps[0].protection.max_conns_per_source = 1;
+		apps[0].protection.ban_after = 1;
+		apps[0].protection.ban_window_ms = 1000;
+		apps[0].protection.ban_duration_ms = 3600000;
+		capture_start();
+		g = guard_new(&cfg);
+		assert_non_null(g);
+		for (int i = 0; i < 3; i++) {
+			const struct in6_addr *a = i == 0 ? &f1 : i == 1 ? &f2 : &s;
+
+			assert_int_equal(guard_admit(g, 0, a, 5), GUARD_OK);
+			assert_int_equal(guard_admit(g, 0, a, 5), GUARD_SOURCE_LIMIT);
+		}
+		assert_int_equal(wait_calls(3), 3);
+		assert_string_equal(calls[0].table, "edge");
+		/* The sentinel's line comes after both failures'. */
+		assert_true(captured_wait("warn source 203.0.113.99 banned for 1h: 1 limit "
+					  "violations within 1s (app web)"));
+		assert_int_equal(captured_count("error source 203.0.113.10: cannot ban for 1h: "
+						"no such set ban6"),
+				 1);
+		assert_int_equal(captured_count("cannot ban"), manage ? 2 : 1);
+		guard_stats(g, &st);
+		assert_int_equal(st.bans, 1);
+		guard_free(g);
+		capture_stop();
+	}
+}
+
+/* A stuck ban thread: the queue is bounded and overflow is counted. */
+static void test_ban_queue_full(void **state)
+{
+	struct guard_stats st;
+	struct guard *g;
+	const int n = 1100;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	apps[0].protection.ban_after = 1;
+	apps[0].protection.ban_window_ms = 1000;
+	apps[0].protection.ban_duration_ms = 1000;
+	gate_set(true);
+	capture_start(); /* the bans that do get through are many lines */
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	for (int i = 0; i < n; i++) {
+		struct in6_addr a = v6n((uint32_t)i);
+
+		assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_OK);
+		assert_int_equal(guard_admit(g, 0, &a, 1), GUARD_SOURCE_LIMIT);
+	}
+	guard_stats(g, &st);
+	/* 1024 queued, and maybe one more taken by the blocked thread. */
+	assert_true(st.ban_dropped == (uint64_t)n - 1024 || st.ban_dropped == (uint64_t)n - 1025);
+	assert_int_equal(st.source_limit, n);
+	gate_set(false);
+	guard_free(g); /* stops, possibly before draining the queue */
+	capture_stop();
+	assert_true(n_calls <= 1025);
+}
+
+/* 10x capacity distinct sources, one connection each: the table stays at
+ * its capacity and new sources still get per-source limits.
+ */
+static void test_eviction(void **state)
+{
+	struct in6_addr x = v4("203.0.113.50");
+	struct guard_stats st;
+	struct guard *g;
+	uint64_t cap;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	guard_stats(g, &st);
+	cap = st.capacity;
+	assert_true(cap >= 65536);
+	for (uint32_t i = 0; i < 10 * cap; i++) {
+		struct in6_addr a = v6n(i);
+
+		assert_int_equal(guard_admit(g, 0, &a, i), GUARD_OK);
+		guard_release(g, 0, &a);
+	}
+	guard_stats(g, &st);
+	assert_int_equal(st.capacity, cap);
+	assert_true(st.sources <= cap);
+	assert_true(st.sources > cap / 2);
+	assert_int_equal(st.table_full, 0);
+	/* A new source is tracked: its second connection is refused. */
+	assert_int_equal(guard_admit(g, 0, &x, 10 * cap), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &x, 10 * cap), GUARD_SOURCE_LIMIT);
+	/* The most recent ones survived eviction. */
+	{
+		struct in6_addr a = v6n((uint32_t)(10 * cap - 1));
+
+		assert_int_equal(guard_admit(g, 0, &a, 10 * cap), GUARD_OK);
+		guard_release(g, 0, &a);
+	}
+	guard_free(g);
+}
+
+/* A table full of live connections: new sources are admitted without
+ * per-source accounting, counted and logged (once per second).
+ */
+static void test_table_full(void **state)
+{
+	struct in6_addr x = v4("203.0.113.50");
+	struct guard_stats st;
+	struct guard *g;
+	uint32_t cap, held = 0;
+	uint64_t full;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	guard_stats(g, &st);
+	cap = (uint32_t)st.capacity;
+	/* Three times as many live sources as entries: every one admitted,
+	 * each either tracked or counted as table_full (nothing is evicted
+	 * while it has a connection).
+	 */
+	for (; held < 3 * cap; held++) {
+		struct in6_addr a = v6n(held);
+
+		assert_int_equal(guard_admit(g, 0, &a, 5000), GUARD_OK);
+	}
+	guard_stats(g, &st);
+	assert_true(st.sources <= cap);
+	assert_true(st.sources > cap / 2);
+	assert_int_equal(st.table_full, held - st.sources);
+	assert_int_equal(captured_count("source table full"), 1);
+	/* A second later, logged again (if x's bucket is full too). */
+	full = st.table_full;
+	assert_int_equal(guard_admit(g, 0, &x, 6000), GUARD_OK);
+	guard_stats(g, &st);
+	assert_int_equal(captured_count("source table full"), st.table_full > full ? 2 : 1);
+	guard_release(g, 0, &x);
+	for (uint32_t i = 0; i < held; i++) {
+		struct in6_addr a = v6n(i);
+
+		guard_release(g, 0, &a);
+	}
+	/* All released: tracked again. */
+	assert_int_equal(guard_admit(g, 0, &x, 7000), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &x, 7000), GUARD_SOURCE_LIMIT);
+	for (uint32_t i = 0; i < 1000; i++) {
+		struct in6_addr a = v6n(i);
+
+		assert_int_equal(guard_admit(g, 0, &a, 6000), GUARD_OK);
+		assert_int_equal(guard_admit(g, 0, &a, 6000), GUARD_SOURCE_LIMIT);
+	}
+	guard_free(g);
+	capture_stop();
+}
+
+#define HAMMER_ITERS 100000
+#define SHARED_MAX   4
+
+static struct guard *hg;
+static int shared_held, hammer_errors, shared_ok;
+
+static void *hammer(void *arg)
+{
+	uint32_t t = (uint32_t)(uintptr_t)arg;
+	struct in6_addr shared = v4("203.0.113.1");
+
+	for (uint32_t i = 0; i < HAMMER_ITERS; i++) {
+		struct in6_addr own = v6n(t << 20 | (i % 5000)), mine = v6n(t << 28);
+		enum guard_verdict v = guard_admit(hg, 0, &shared, i);
+
+		if (v == GUARD_OK) {
+			__atomic_fetch_add(&shared_ok, 1, __ATOMIC_RELAXED);
+			if (__atomic_add_fetch(&shared_held, 1, __ATOMIC_RELAXED) > SHARED_MAX)
+				__atomic_fetch_add(&hammer_errors, 1, __ATOMIC_RELAXED);
+		} else if (v != GUARD_SOURCE_LIMIT) {
+			__atomic_fetch_add(&hammer_errors, 1, __ATOMIC_RELAXED);
+		}
+		if (guard_admit(hg, 0, &own, i) != GUARD_OK)
+			__atomic_fetch_add(&hammer_errors, 1, __ATOMIC_RELAXED);
+		/* Up to three of its own at once, under the limit of four. */
+		for (uint32_t k = 0; k <= i % 3; k++)
+			if (guard_admit(hg, 0, &mine, i) != GUARD_OK)
+				__atomic_fetch_add(&hammer_errors, 1, __ATOMIC_RELAXED);
+		for (uint32_t k = 0; k <= i % 3; k++)
+			guard_release(hg, 0, &mine);
+		guard_release(hg, 0, &own);
+		if (v == GUARD_OK) {
+			__atomic_fetch_sub(&shared_held, 1, __ATOMIC_RELAXED);
+			guard_release(hg, 0, &shared);
+		}
+	}
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	struct in6_addr shared = v4("203.0.113.1"), other = v4("203.0.113.2");
+	pthread_t th[2];
+	int n;
+
+	(void)state;
+	cfg_setup();
+	cfg.max_conns = 1000;
+	apps[0].protection.max_conns_per_source = SHARED_MAX;
+	hg = guard_new(&cfg);
+	assert_non_null(hg);
+	for (uintptr_t t = 0; t < 2; t++)
+		assert_int_equal(pthread_create(&th[t], NULL, hammer, (void *)(t + 1)), 0);
+	for (int t = 0; t < 2; t++)
+		pthread_join(th[t], NULL);
+	assert_int_equal(hammer_errors, 0);
+	assert_true(shared_ok > 0);
+	assert_int_equal(shared_held, 0);
+
+	/* Every count is back to zero: the shared source gets exactly its
+	 * limit, and the process cap exactly what the shared source left.
+	 */
+	for (int i = 0; i < SHARED_MAX; i++)
+		assert_int_equal(guard_admit(hg, 0, &shared, 1), GUARD_OK);
+	assert_int_equal(guard_admit(hg, 0, &shared, 1), GUARD_SOURCE_LIMIT);
+	for (n = 0; n < 2000; n++)
+		if (guard_admit(hg, 1, &other, 1) != GUARD_OK)
+			break;
+	assert_int_equal(n, 1000 - SHARED_MAX);
+	guard_free(hg);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_teardown(test_concurrent, teardown),
+	    cmocka_unit_test_teardown(test_rate, teardown),
+	    cmocka_unit_test_teardown(test_shed, teardown),
+	    cmocka_unit_test_teardown(test_shed_is_no_violation, teardown),
+	    cmocka_unit_test_teardown(test_ban, teardown),
+	    cmocka_unit_test_teardown(test_ban_failure, teardown),
+	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
+	    cmocka_unit_test_teardown(test_eviction, teardown),
+	    cmocka_unit_test_teardown(test_table_full, teardown),
+	    cmocka_unit_test_teardown(test_threads, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
