@@ -1,6 +1,19 @@
 /* netsetup.c - installs and removes the network state prism owns: AnyIP
  * "local" routes in table local (libmnl) and one nftables table that TPROXYs
  * claimed (address . port) pairs to the listener (libnftables).
+ *
+ * The table, per family (4 / 6):
+ *   prerouting  daddr in served (every edge prefix) -> jump guard
+ *   guard       ban -> ICMP errors and ND accepted -> non-TCP unserved ->
+ *               per-app deny / allow -> global deny / allow (skipping the
+ *               points of apps with lists of their own) -> SYN meter ->
+ *               claims: tproxy, accept -> the host's own sockets accept ->
+ *               unserved (drop, or RST with protection.unserved: reject)
+ * Every drop counts in a named counter (banned, app_denied,
+ * app_not_allowed, denied, not_allowed, syn_flood, unserved). A rule runs
+ * only when the config uses it, so the default costs a few lookups per
+ * packet to a served prefix and nothing for the host's other traffic. No
+ * conntrack anywhere: every rule decides on the packet alone.
  */
 #include <arpa/inet.h>
 #include <errno.h>

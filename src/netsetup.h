@@ -3,9 +3,13 @@
  * AnyIP: "local PREFIX dev lo" routes in table local, v4 and v6, added over
  * netlink (libmnl) and tagged with protocol RTPROT_PRISM so that "net down"
  * removes exactly those. nftables (libnftables): one table of family inet,
- * replaced atomically in a single transaction, with a prerouting chain at
- * priority mangle that TPROXYs TCP whose (daddr . dport) is in the set of
- * configured claims to the listener. No conntrack is involved.
+ * replaced atomically in a single transaction. Its prerouting chain (priority
+ * mangle) sends packets to served prefixes through a `guard` chain: the ban
+ * sets, per-app and global deny/allow lists, the per-source SYN meter (each
+ * drop with a named counter), then TPROXY of TCP whose (daddr . dport) is a
+ * configured claim to the listener, and finally the unserved rule (drop or
+ * reset). Ban-set elements are carried over a replacement with their
+ * remaining time. No conntrack is involved.
  */
 #ifndef PRISM_NETSETUP_H
 #define PRISM_NETSETUP_H

@@ -227,3 +227,280 @@ def test_up_drops_routes_of_removed_prefixes(ns, cfg, tmp_path):
     assert in_set(ns, "claims4", "198.18.5.10 . 8000")
     net(ns, "down", smaller)
     assert state(ns) == before
+
+
+# ---- DDoS protection: the guard chain, its sets and counters ---------------
+
+# Every protection key that lands in nftables. "wide" sets its own deny
+# list (the global one no longer applies to it), "one" its own allow list
+# and owns port 8500 inside wide's range (longest prefix), "open" opts out
+# of the global allow list with an empty one.
+CFG_GUARD = """\
+listen:
+  address: 127.0.0.1
+  address6: "::1"
+  port: 15001
+network:
+  table: prism
+protection:
+  unserved: reject
+  deny: [203.0.113.0/24, "2001:db8:bad::/48"]
+  allow: [198.18.0.0/15, 192.0.2.0/24, "2001:db8::/32"]
+  syn_rate_per_source: 50/s
+apps:
+  - name: wide
+    edge: 198.18.5.0/24
+    ports: "8000-8999"
+    origins: 198.51.100.10
+    protection:
+      deny: [192.0.2.66]
+  - name: one
+    edge: 198.18.5.10
+    ports: [22, 8500]
+    origins: 198.51.100.11:22
+    protection:
+      allow: [192.0.2.0/28, 192.0.2.64/26]
+  - name: open
+    edge: 198.18.6.0/24
+    ports: 80
+    origins: 198.51.100.12
+    protection:
+      allow: []
+  - name: six
+    edge: ["2001:db8:5::/64"]
+    ports: [443, "8000-8100"]
+    origins: "[2001:db8::10]:443"
+    protection:
+      deny: ["2001:db8:bad:1::/64"]
+"""
+
+COUNTERS = ["banned", "app_denied", "app_not_allowed", "denied", "not_allowed",
+            "syn_flood", "unserved"]
+
+
+def guard_chain(ns):
+    return run("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "prism",
+               "guard").stdout
+
+
+def rule_index(chain, pattern):
+    """Line number of the first rule of <chain> matching <pattern>."""
+    for i, line in enumerate(chain.splitlines()):
+        if re.search(pattern, line):
+            return i
+    raise AssertionError(f"no rule matches {pattern!r} in:\n{chain}")
+
+
+def test_guard_loads_every_protection(ns, tmp_path):
+    path = tmp_path / "guard.yaml"
+    path.write_text(CFG_GUARD)
+    before = state(ns)
+    net(ns, "up", path)
+
+    # Only traffic to the served prefixes is guarded.
+    pre = run("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "prism",
+              "prerouting").stdout
+    assert "ip daddr @served4 jump guard" in pre, pre
+    assert "ip6 daddr @served6 jump guard" in pre, pre
+    for e in ("198.18.5.77", "198.18.6.1"):
+        assert in_set(ns, "served4", e), e
+    assert not in_set(ns, "served4", "198.18.7.1")
+    assert in_set(ns, "served6", "2001:db8:5::1")
+
+    # Every reason to drop has its named counter.
+    counters = run("ip", "netns", "exec", ns, "nft", "list", "counters", "table", "inet",
+                   "prism").stdout
+    for c in COUNTERS:
+        assert re.search(rf"counter {c} {{", counters), (c, counters)
+
+    # The rules, in the order the packet meets them.
+    g = guard_chain(ns)
+    order = [r'ip saddr @ban4 counter name "banned" drop',
+             r'ip6 saddr @ban6 counter name "banned" drop',
+             r'icmpv6 type \{.*packet-too-big.*\} accept',
+             r'meta l4proto != tcp counter name "unserved" drop',
+             r'ip saddr \. ip daddr \. tcp dport @appdeny4 counter name "app_denied" drop',
+             r'ip daddr \. tcp dport @appallowdst4 ip saddr \. ip daddr \. tcp dport != '
+             r'@appallow4 counter name "app_not_allowed" drop',
+             r'ip saddr @deny4 ip daddr \. tcp dport != @appdenyown4 counter name "denied" '
+             r'drop',
+             r'ip saddr != @allow4 ip daddr \. tcp dport @claims4 ip daddr \. tcp dport != '
+             r'@appallowown4 counter name "not_allowed" drop',
+             r'update @synrate4 \{ ip saddr limit rate over 50/second burst 50 packets \} '
+             r'counter name "syn_flood" drop',
+             r'update @synrate6 \{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over '
+             r'50/second',
+             r'ip daddr \. tcp dport @claims4 tproxy ip to 127\.0\.0\.1:15001 accept',
+             r'ip6 daddr \. tcp dport @claims6 tproxy ip6 to \[::1\]:15001 accept',
+             r'socket transparent 0 accept',
+             r'^\s*meta l4proto tcp counter name "unserved" reject with tcp reset$']
+    idx = [rule_index(g, p) for p in order]
+    assert idx == sorted(idx), g
+    assert "syn / fin,syn,rst,ack" in g, g  # a bare SYN, no conntrack
+    assert not re.search(r'^\s*counter name "unserved" drop', g, re.M), g
+
+    # The meter forgets a source a minute after its last SYN.
+    syn = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism",
+              "synrate4").stdout
+    assert "flags dynamic,timeout" in syn and "timeout 1m" in syn, syn
+
+    # Global lists.
+    assert in_set(ns, "deny4", "203.0.113.9")
+    assert not in_set(ns, "deny4", "192.0.2.66")
+    assert in_set(ns, "allow4", "192.0.2.200")
+    assert in_set(ns, "deny6", "2001:db8:bad:ffff::1")
+
+    # wide's own deny list covers exactly the points wide owns: not port
+    # 22 or 8500 of 198.18.5.10, which belong to "one".
+    assert in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.200 . 8000")
+    assert in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 8501")
+    assert not in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 8500")
+    assert not in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 22")
+    assert not in_set(ns, "appdeny4", "192.0.2.67 . 198.18.5.200 . 8000")
+    assert in_set(ns, "appdenyown4", "198.18.5.200 . 8999")
+    assert not in_set(ns, "appdenyown4", "198.18.5.10 . 8500")
+    assert not in_set(ns, "appdenyown4", "198.18.6.1 . 80")
+    assert in_set(ns, "appdeny6", "2001:db8:bad:1::9 . 2001:db8:5::1 . 443")
+    assert not in_set(ns, "appdeny6", "2001:db8:bad:2::9 . 2001:db8:5::1 . 443")
+
+    # one's allow list: enforced on its points only.
+    assert in_set(ns, "appallowdst4", "198.18.5.10 . 22")
+    assert in_set(ns, "appallowdst4", "198.18.5.10 . 8500")
+    assert not in_set(ns, "appallowdst4", "198.18.5.10 . 8501")
+    assert not in_set(ns, "appallowdst4", "198.18.6.1 . 80")
+    assert in_set(ns, "appallow4", "192.0.2.5 . 198.18.5.10 . 22")
+    assert in_set(ns, "appallow4", "192.0.2.100 . 198.18.5.10 . 8500")
+    assert not in_set(ns, "appallow4", "192.0.2.20 . 198.18.5.10 . 22")
+    # open's empty list: skips the global allow list, enforces nothing.
+    assert in_set(ns, "appallowown4", "198.18.6.1 . 80")
+    assert in_set(ns, "appallowown4", "198.18.5.10 . 22")
+    assert not in_set(ns, "appallowown4", "198.18.5.1 . 8000")
+
+    net(ns, "down", path)
+    assert state(ns) == before
+
+
+def test_default_protection_drops_unserved(ns, cfg):
+    net(ns, "up", cfg)
+    g = guard_chain(ns)
+    # Off by default: no list, meter or per-app rule, nothing rejected.
+    for word in ("@deny4", "@allow4", "@appdeny4", "@appallowdst4", "synrate", "reject"):
+        assert word not in g, (word, g)
+    assert re.search(r'^\s*ip saddr @ban4 counter name "banned" drop$', g, re.M), g
+    assert re.search(r'socket wildcard 1 counter name "unserved" drop', g), g
+    assert re.search(r'^\s*counter name "unserved" drop$', g, re.M), g
+    # The lines after the last tproxy rule: the host's own sockets pass,
+    # the rest is unserved.
+    tail = g.split("tproxy ip6")[1].splitlines()[1:4]
+    assert [t.strip() for t in tail] == [
+        'socket wildcard 1 counter name "unserved" drop',
+        "socket transparent 0 accept",
+        'counter name "unserved" drop'], g
+    net(ns, "down", cfg)
+
+
+def test_bans_survive_net_up(ns, cfg):
+    # Replacing the table keeps the bans in force, with what is left of
+    # their time.
+    net(ns, "up", cfg)
+    run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban4",
+        "{ 192.0.2.44 timeout 1h }")
+    run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban6",
+        "{ 2001:db8::44 timeout 10m }")
+    net(ns, "up", cfg)
+    b4 = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism", "ban4").stdout
+    b6 = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism", "ban6").stdout
+    assert re.search(r"192\.0\.2\.44 timeout (59m5\d|1h)", b4), b4
+    assert re.search(r"2001:db8::44 timeout (9m5\d|10m)", b6), b6
+    net(ns, "down", cfg)
+
+
+def sysctl(ns, name, value=None):
+    path = "/proc/sys/" + name.replace(".", "/")
+    if value is None:
+        return run("ip", "netns", "exec", ns, "cat", path).stdout.strip()
+    run("ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}")
+    return None
+
+
+def test_up_turns_on_syn_cookies(ns, cfg):
+    sysctl(ns, "net.ipv4.tcp_syncookies", 0)
+    sysctl(ns, "net.core.somaxconn", 128)
+    p = net(ns, "up", cfg)
+    assert sysctl(ns, "net.ipv4.tcp_syncookies") == "1"
+    assert re.search(r" warn net\.core\.somaxconn is 128", p.stderr), p.stderr
+    net(ns, "down", cfg)
+
+
+def test_up_leaves_sysctls_when_told(ns, tmp_path):
+    path = tmp_path / "nosysctl.yaml"
+    path.write_text(CFG_NESTED.replace("  table: prism\n", "  table: prism\n  sysctls: false\n"))
+    sysctl(ns, "net.ipv4.tcp_syncookies", 0)
+    p = net(ns, "up", path)
+    assert sysctl(ns, "net.ipv4.tcp_syncookies") == "0"
+    assert re.search(r" warn SYN cookies are off", p.stderr), p.stderr
+    # 2 (cookies always) is the operator's choice: prism neither warns
+    # nor touches it.
+    sysctl(ns, "net.ipv4.tcp_syncookies", 2)
+    default = tmp_path / "default.yaml"
+    default.write_text(CFG_NESTED)
+    p = net(ns, "up", default)
+    assert sysctl(ns, "net.ipv4.tcp_syncookies") == "2"
+    assert "SYN cookies" not in p.stderr, p.stderr
+    net(ns, "down", default)
+
+
+# ---- prism ban list|add|del ------------------------------------------------
+
+def ban(ns, cfg_path, *args):
+    return prism(ns, "ban", *args, "-c", str(cfg_path))
+
+
+def ban_list(ns, cfg_path):
+    p = ban(ns, cfg_path, "list")
+    assert p.returncode == 0, f"ban list exited {p.returncode}: {p.stdout}{p.stderr}"
+    return p.stdout
+
+
+def test_ban_add_list_del(ns, cfg):
+    net(ns, "up", cfg)
+    for addr, dur, secs in (("192.0.2.77", "5m", 300), ("2001:db8::77", "90s", 90)):
+        p = ban(ns, cfg, "add", addr, dur)
+        assert p.returncode == 0, p.stdout + p.stderr
+        m = re.search(rf"^{re.escape(addr)} expires in (\d+)s$", ban_list(ns, cfg), re.M)
+        assert m, ban_list(ns, cfg)
+        assert secs - 10 <= int(m.group(1)) <= secs
+    # In the kernel set, with its timeout.
+    b4 = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism", "ban4").stdout
+    assert re.search(r"192\.0\.2\.77 timeout 5m expires", b4), b4
+    # Adding again refreshes the timeout.
+    assert ban(ns, cfg, "add", "192.0.2.77", "1h").returncode == 0
+    assert re.search(r"^192\.0\.2\.77 expires in 3[56]\d\ds$", ban_list(ns, cfg), re.M)
+
+    for addr in ("192.0.2.77", "2001:db8::77"):
+        p = ban(ns, cfg, "del", addr)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert addr not in ban_list(ns, cfg)
+    p = ban(ns, cfg, "del", "192.0.2.77")
+    assert p.returncode == 1 and "192.0.2.77 is not banned" in p.stderr, p.stdout + p.stderr
+    net(ns, "down", cfg)
+
+
+def test_ban_expires_by_itself(ns, cfg):
+    net(ns, "up", cfg)
+    p = ban(ns, cfg, "add", "192.0.2.78", "1s")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "192.0.2.78 expires in 1s" in ban_list(ns, cfg)
+    # The kernel drops the element; poll its state, at most 5 s.
+    deadline = time.monotonic() + 5
+    while "192.0.2.78" in ban_list(ns, cfg):
+        assert time.monotonic() < deadline, "the 1s ban is still there after 5s"
+        time.sleep(0.1)
+    net(ns, "down", cfg)
+
+
+def test_ban_without_table_says_so(ns, cfg):
+    for args in (("list",), ("add", "192.0.2.79"), ("del", "192.0.2.79")):
+        p = ban(ns, cfg, *args)
+        assert p.returncode == 1, (args, p.stdout, p.stderr)
+        assert "prism's table prism is not loaded" in p.stderr, (args, p.stderr)
