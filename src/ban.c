@@ -18,41 +18,7 @@
 
 #include "addr.h"
 #include "ban.h"
-
-/* Stores a malloc'd message in <*err> and returns <ret>. */
-__attribute__((format(printf, 3, 4))) static int set_err(char **err, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err)
-		return ret;
-	va_start(ap, fmt);
-	if (vasprintf(err, fmt, ap) == -1)
-		*err = NULL;
-	va_end(ap);
-	return ret;
-}
-
-/* The table name is pasted into nft's language: only what its scanner
- * reads as one identifier (as netsetup.c checks it).
- */
-static int check_table(const char *t, char **err)
-{
-	size_t n = t ? strlen(t) : 0;
-
-	if (n == 0 || n > 64 || !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z')))
-		goto bad;
-	for (size_t i = 1; i < n; i++) {
-		char c = t[i];
-
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '_' || c == '-' || c == '.'))
-			goto bad;
-	}
-	return 0;
-bad:
-	return set_err(err, -EINVAL, "invalid nftables table name \"%s\"", t ? t : "");
-}
+#include "netsetup.h"
 
 /* The result of one libnftables run: its output and its error text. */
 struct nft_res {
@@ -136,23 +102,23 @@ static int explain(const char *table, const char *cmd_err, char **err)
 	int ret, code = nft_errno(cmd_err);
 
 	if (code == -EPERM)
-		return set_err(err, -EPERM, "%s (editing the ban sets needs CAP_NET_ADMIN)",
-			       cmd_err);
+		return net_set_err(err, -EPERM, "%s (editing the ban sets needs CAP_NET_ADMIN)",
+				   cmd_err);
 	if (asprintf(&cmd, "list set inet %s ban4", table) == -1)
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	ret = nft_exec(cmd, &r);
 	free(cmd);
 	if (ret == -EINVAL) {
-		ret =
-		    set_err(err, -ESRCH,
-			    "prism's table %s is not loaded (or has no ban sets): is prism running "
-			    "/ net up?",
-			    table);
+		ret = net_set_err(
+		    err, -ESRCH,
+		    "prism's table %s is not loaded (or has no ban sets): is prism running "
+		    "/ net up?",
+		    table);
 		nft_res_free(&r);
 		return ret;
 	}
 	nft_res_free(&r);
-	return set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
+	return net_set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
 }
 
 /* The set and the text of <src>: IPv4 from its v4-mapped form. */
@@ -170,7 +136,7 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 {
 	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
 	struct nft_res r;
-	int ret = check_table(table, err);
+	int ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
@@ -178,7 +144,7 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	 * the config shows.
 	 */
 	if (duration_ms == 0)
-		return set_err(err, -EINVAL, "a ban needs a duration");
+		return net_set_err(err, -EINVAL, "a ban needs a duration");
 	d = fmt_src(src, a, sizeof(a));
 	/* "add" leaves an existing element's timeout as it was. To refresh
 	 * it, make sure the element exists, delete it, add it anew: one
@@ -189,16 +155,16 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 		     "delete element inet %s ban%c { %s }\n"
 		     "add element inet %s ban%c { %s timeout %ums }\n",
 		     table, d, a, table, d, a, table, d, a, duration_ms) == -1)
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	ret = nft_exec(cmd, &r);
 	free(cmd);
 	if (ret == -EINVAL && nft_errno(r.err) == -ENOSPC)
-		ret = set_err(err, -ENOSPC, "cannot ban %s: the set ban%c of table %s is full", a,
-			      d, table);
+		ret = net_set_err(err, -ENOSPC, "cannot ban %s: the set ban%c of table %s is full",
+				  a, d, table);
 	else if (ret == -EINVAL)
 		ret = explain(table, r.err, err);
 	else if (ret)
-		ret = set_err(err, ret, "cannot ban %s: %s", a, strerror(-ret));
+		ret = net_set_err(err, ret, "cannot ban %s: %s", a, strerror(-ret));
 	nft_res_free(&r);
 	return ret;
 }
@@ -207,13 +173,13 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 {
 	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
 	struct nft_res r;
-	int ret = check_table(table, err);
+	int ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
 	d = fmt_src(src, a, sizeof(a));
 	if (asprintf(&cmd, "delete element inet %s ban%c { %s }\n", table, d, a) == -1)
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	ret = nft_exec(cmd, &r);
 	free(cmd);
 	if (ret == -EINVAL) {
@@ -221,10 +187,10 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 		/* The table is there, so ENOENT is about the element. */
 		if (ret == -ENOENT && err) {
 			free(*err);
-			ret = set_err(err, -ENOENT, "%s is not banned", a);
+			ret = net_set_err(err, -ENOENT, "%s is not banned", a);
 		}
 	} else if (ret) {
-		ret = set_err(err, ret, "cannot unban %s: %s", a, strerror(-ret));
+		ret = net_set_err(err, ret, "cannot unban %s: %s", a, strerror(-ret));
 	}
 	nft_res_free(&r);
 	return ret;
@@ -321,7 +287,7 @@ static int print_elems(const char *text, FILE *out)
 
 int ban_list(const char *table, FILE *out, char **err)
 {
-	int count = 0, ret = check_table(table, err);
+	int count = 0, ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
@@ -330,13 +296,13 @@ int ban_list(const char *table, FILE *out, char **err)
 		struct nft_res r;
 
 		if (asprintf(&cmd, "list set inet %s ban%c", table, d) == -1)
-			return set_err(err, -ENOMEM, "out of memory");
+			return net_set_err(err, -ENOMEM, "out of memory");
 		ret = nft_exec(cmd, &r);
 		free(cmd);
 		if (ret == -EINVAL)
 			ret = explain(table, r.err, err);
 		else if (ret)
-			ret = set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
+			ret = net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
 		if (ret == 0)
 			count += print_elems(r.out, out);
 		nft_res_free(&r);

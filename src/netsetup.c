@@ -48,7 +48,7 @@
 /* Stores a malloc'd message in <*err> (NULL when even that fails: callers
  * print a generic message then) and returns <ret>.
  */
-__attribute__((format(printf, 3, 4))) static int set_err(char **err, int ret, const char *fmt, ...)
+int net_set_err(char **err, int ret, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -122,9 +122,9 @@ static int range_prefix_len(const uint8_t *lo, const uint8_t *hi, int bytes)
  * scanner reads as one identifier, so a name can never inject a command.
  * cfg validates it too; this is the last line of defense.
  */
-static int check_table(const char *t, char **err)
+int net_check_table(const char *t, char **err)
 {
-	size_t n = strlen(t);
+	size_t n = t ? strlen(t) : 0;
 
 	if (n == 0 || n > 64 || !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z')))
 		goto bad;
@@ -137,10 +137,10 @@ static int check_table(const char *t, char **err)
 	}
 	return 0;
 bad:
-	return set_err(err, -EINVAL,
-		       "invalid nftables table name \"%s\" (a letter, then letters, digits, "
-		       "_ - or .; at most 64)",
-		       t);
+	return net_set_err(err, -EINVAL,
+			   "invalid nftables table name \"%s\" (a letter, then letters, digits, "
+			   "_ - or .; at most 64)",
+			   t ? t : "");
 }
 
 static int prefix_cmp(const void *a, const void *b);
@@ -795,12 +795,12 @@ static int nft_run(const char *script, const char *what, char **err)
 	int ret = 0;
 
 	if (!ctx)
-		return set_err(err, -ENOMEM, "%s: cannot create an nftables context",
-			       what ? what : "nft");
+		return net_set_err(err, -ENOMEM, "%s: cannot create an nftables context",
+				   what ? what : "nft");
 	/* Capture both streams: nft's messages go into ours, not on stdout. */
 	if (nft_ctx_buffer_error(ctx) != 0 || nft_ctx_buffer_output(ctx) != 0) {
-		ret =
-		    set_err(err, -ENOMEM, "%s: cannot buffer nftables output", what ? what : "nft");
+		ret = net_set_err(err, -ENOMEM, "%s: cannot buffer nftables output",
+				  what ? what : "nft");
 		goto out;
 	}
 	if (nft_run_cmd_from_buffer(ctx, script) != 0) {
@@ -815,8 +815,8 @@ static int nft_run(const char *script, const char *what, char **err)
 			n = (size_t)(next - e);
 		while (n > 0 && (e[n - 1] == '\n' || e[n - 1] == ' '))
 			n--;
-		ret = set_err(err, -EINVAL, "%s%s%.*s", what ? what : "", what ? ": " : "", (int)n,
-			      n ? e : "nftables failed without a message");
+		ret = net_set_err(err, -EINVAL, "%s%s%.*s", what ? what : "", what ? ": " : "",
+				  (int)n, n ? e : "nftables failed without a message");
 	}
 out:
 	nft_ctx_free(ctx);
@@ -844,13 +844,14 @@ static int nl_open(struct nl *nl, char **err)
 
 	nl->sock = mnl_socket_open(NETLINK_ROUTE);
 	if (!nl->sock)
-		return set_err(err, -errno, "cannot open a netlink socket: %s", strerror(errno));
+		return net_set_err(err, -errno, "cannot open a netlink socket: %s",
+				   strerror(errno));
 	if (mnl_socket_bind(nl->sock, 0, MNL_SOCKET_AUTOPID) == -1) {
 		int e = errno;
 
 		mnl_socket_close(nl->sock);
 		nl->sock = NULL;
-		return set_err(err, -e, "cannot bind a netlink socket: %s", strerror(e));
+		return net_set_err(err, -e, "cannot bind a netlink socket: %s", strerror(e));
 	}
 	/* Bounds every wait for the kernel: an ack or a dump batch that
 	 * never comes turns into EAGAIN instead of a hang.
@@ -861,7 +862,7 @@ static int nl_open(struct nl *nl, char **err)
 
 		mnl_socket_close(nl->sock);
 		nl->sock = NULL;
-		return set_err(err, -e, "cannot set a netlink socket timeout: %s", strerror(e));
+		return net_set_err(err, -e, "cannot set a netlink socket timeout: %s", strerror(e));
 	}
 	/* Extended acks carry the kernel's sentence for an error ("Nexthop
 	 * device is not up"); best effort, older kernels just give errno.
@@ -1128,8 +1129,8 @@ static int routes_prune(const struct addr_prefix *keep, size_t n_keep, char **er
 	for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
 		ret = routes_dump(&nl, families[f], &l);
 		if (ret) {
-			set_err(err, ret, "cannot list the routes of table local: %s",
-				strerror(-ret));
+			net_set_err(err, ret, "cannot list the routes of table local: %s",
+				    strerror(-ret));
 			goto out;
 		}
 	}
@@ -1147,11 +1148,11 @@ static int routes_prune(const struct addr_prefix *keep, size_t n_keep, char **er
 		if (ret) {
 			const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
 
-			set_err(err, ret,
-				"cannot delete a proto %d route (family %s, /%u): %s%s%s%s",
-				RTPROT_PRISM, rtm->rtm_family == AF_INET ? "inet" : "inet6",
-				rtm->rtm_dst_len, why[0] ? why : strerror(-ret), why[0] ? " (" : "",
-				why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
+			net_set_err(
+			    err, ret, "cannot delete a proto %d route (family %s, /%u): %s%s%s%s",
+			    RTPROT_PRISM, rtm->rtm_family == AF_INET ? "inet" : "inet6",
+			    rtm->rtm_dst_len, why[0] ? why : strerror(-ret), why[0] ? " (" : "",
+			    why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
 			goto out;
 		}
 	}
@@ -1179,19 +1180,19 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 
 	n = edge_prefixes(cfg, &pfx);
 	if (n < 0)
-		return set_err(err, (int)n, "cannot add routes: %s", strerror((int)-n));
+		return net_set_err(err, (int)n, "cannot add routes: %s", strerror((int)-n));
 	if (n == 0) {
 		ret = nft_run(script, what, err);
 		return ret ? ret : routes_prune(NULL, 0, err);
 	}
 	added = calloc((size_t)n, sizeof(*added));
 	if (!added) {
-		ret = set_err(err, -ENOMEM, "cannot add routes: %s", strerror(ENOMEM));
+		ret = net_set_err(err, -ENOMEM, "cannot add routes: %s", strerror(ENOMEM));
 		goto out;
 	}
 	lo = if_nametoindex("lo");
 	if (lo == 0) {
-		ret = set_err(err, -errno, "cannot find interface lo: %s", strerror(errno));
+		ret = net_set_err(err, -errno, "cannot find interface lo: %s", strerror(errno));
 		goto out;
 	}
 	ret = nl_open(&nl, err);
@@ -1215,9 +1216,9 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 	}
 	if (ret) {
 		fmt_prefix(&pfx[i], ps, sizeof(ps));
-		set_err(err, ret, "cannot add route local %s dev lo table local: %s%s%s%s", ps,
-			why[0] ? why : strerror(-ret), why[0] ? " (" : "",
-			why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
+		net_set_err(err, ret, "cannot add route local %s dev lo table local: %s%s%s%s", ps,
+			    why[0] ? why : strerror(-ret), why[0] ? " (" : "",
+			    why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
 	} else {
 		ret = nft_run(script, what, err);
 	}
@@ -1256,13 +1257,13 @@ int net_check(char **err)
 	int ret;
 
 	if (!caps)
-		return set_err(err, -errno, "cannot read this process's capabilities: %s",
-			       strerror(errno));
+		return net_set_err(err, -errno, "cannot read this process's capabilities: %s",
+				   strerror(errno));
 	ret = cap_get_flag(caps, CAP_NET_ADMIN, CAP_EFFECTIVE, &v);
 	cap_free(caps);
 	if (ret == -1 || v != CAP_SET)
-		return set_err(err, -EPERM,
-			       "prism needs CAP_NET_ADMIN (run as root or grant the capability)");
+		return net_set_err(
+		    err, -EPERM, "prism needs CAP_NET_ADMIN (run as root or grant the capability)");
 
 	/* Create a throwaway table with a tproxy rule and delete it in the
 	 * same transaction: the kernel must still instantiate the expression
@@ -1280,10 +1281,10 @@ int net_check(char **err)
 		 (int)getpid(), (int)getpid());
 	ret = nft_run(script, NULL, &e);
 	if (ret) {
-		ret = set_err(err, -EOPNOTSUPP,
-			      "the kernel lacks nftables TPROXY support (CONFIG_NFT_TPROXY / "
-			      "nft_tproxy module): %s",
-			      e ? e : "nft failed");
+		ret = net_set_err(err, -EOPNOTSUPP,
+				  "the kernel lacks nftables TPROXY support (CONFIG_NFT_TPROXY / "
+				  "nft_tproxy module): %s",
+				  e ? e : "nft failed");
 	}
 	free(e);
 	return ret;
@@ -1433,7 +1434,7 @@ out:
 int net_up(const struct cfg *cfg, char **err)
 {
 	char *script, *what = NULL, *bans[2];
-	int ret = check_table(cfg->nft_table, err);
+	int ret = net_check_table(cfg->nft_table, err);
 
 	if (ret)
 		return ret;
@@ -1443,10 +1444,10 @@ int net_up(const struct cfg *cfg, char **err)
 	free(bans[0]);
 	free(bans[1]);
 	if (!script)
-		return set_err(err, -ENOMEM, "cannot build the nft script: out of memory");
+		return net_set_err(err, -ENOMEM, "cannot build the nft script: out of memory");
 	if (asprintf(&what, "cannot load nftables table inet %s", cfg->nft_table) == -1) {
 		free(script);
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	}
 	/* Routes first, then the table: traffic is TPROXYed only once it
 	 * would also be delivered locally.
@@ -1461,7 +1462,7 @@ int net_down(const struct cfg *cfg, char **err)
 {
 	const char *t = cfg->nft_table;
 	char *script = NULL, *what = NULL;
-	int ret = check_table(t, err);
+	int ret = net_check_table(t, err);
 
 	if (ret)
 		return ret;
@@ -1469,10 +1470,10 @@ int net_down(const struct cfg *cfg, char **err)
 	 * when it is there, and is no error when it is not.
 	 */
 	if (asprintf(&script, "table inet %s\ndelete table inet %s\n", t, t) == -1)
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	if (asprintf(&what, "cannot delete nftables table inet %s", t) == -1) {
 		free(script);
-		return set_err(err, -ENOMEM, "out of memory");
+		return net_set_err(err, -ENOMEM, "out of memory");
 	}
 	ret = nft_run(script, what, err);
 	free(what);

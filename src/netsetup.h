@@ -46,6 +46,14 @@ int net_up(const struct cfg *cfg, char **err);
  */
 int net_down(const struct cfg *cfg, char **err);
 
+/* Shared with ban.c. net_set_err stores a malloc'd message in <*err> (NULL
+ * when even that fails) and returns <ret>. net_check_table accepts only a
+ * table name nft's scanner reads as one identifier (it is pasted into nft's
+ * language): 0, or -EINVAL with *err.
+ */
+__attribute__((format(printf, 3, 4))) int net_set_err(char **err, int ret, const char *fmt, ...);
+int net_check_table(const char *t, char **err);
+
 /* Prints what net_up would install ("ip route" lines and the nft script)
  * without touching the system. Returns 0.
  */
