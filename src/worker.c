@@ -29,7 +29,7 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define EVENTS_PER_TURN	 256
-#define ACCEPTS_PER_TURN 64
+#define ACCEPTS_PER_TURN 8     /* per listener event; see docs/benchmarks.md */
 #define POOL_MAX	 32    /* spare pipes kept per worker */
 #define ACCEPT_PAUSE_MS	 100   /* after EMFILE/ENOMEM: let connections drain */
 #define LISTEN_BACKLOG	 65535 /* capped by net.core.somaxconn */
