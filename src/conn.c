@@ -180,9 +180,10 @@ static enum conn_reason connect_error_reason(int err)
 	case ENFILE:
 	case ENOBUFS:
 	case ENOMEM:
+	case EADDRNOTAVAIL: /* no local port left towards that origin (TIME_WAIT) */
 		return CR_RESOURCE;
 	default:
-		/* EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL... */
+		/* EHOSTUNREACH, ENETUNREACH... */
 		return CR_ORIGIN_UNREACHABLE;
 	}
 }
