@@ -11,47 +11,35 @@
  * walk never recurses into arbitrary YAML: the schema has a fixed depth, so
  * recursive aliases (`&a [*a]`) and alias bombs cannot make it loop or blow
  * up.
+ *
+ * The origins (with balancing and health) and protection sections live in
+ * cfg_origins.c and cfg_protect.c; cfg-int.h is what the three share.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include <yaml.h>
 
-#include "cfg.h"
+#include "cfg-int.h"
 #include "log.h"
 #include "rt.h"
 
-#define CFG_MAX_FILE	  (4 << 20) /* a config is a few KiB; refuse to slurp a disk image */
-#define CFG_KEEP_ERRORS	  1000	    /* collected, then sorted ... */
-#define CFG_SHOW_ERRORS	  100	    /* ... and the first this many printed */
-#define CFG_MAX_CLAIMS	  100000    /* edges x port ranges, over all apps */
-#define CFG_MAX_REBUILDS  64	    /* rt_build retries to find more overlaps */
-#define CFG_NAME_MAX	  64
-#define CFG_TABLE_MAX	  31
-#define CFG_WORKERS_MAX	  1024
-#define CFG_QUOTE_MAX	  64   /* user text quoted in a message is cut here */
-#define CFG_ORIGINS_MAX	  1000 /* per app; duplicates are found pairwise */
-#define CFG_HOST_MAX	  253  /* RFC 1035 name length, without a trailing dot */
-#define CFG_LABEL_MAX	  63
-#define CFG_WEIGHT_MAX	  1000
-#define CFG_RETRIES_MAX	  16
-#define CFG_RISE_MAX	  100 /* also fall */
-#define CFG_FAILURES_MAX  1000
-#define CFG_PAYLOAD_MAX	  1024 /* health_check.send / expect, bytes */
-#define CFG_RATE_MAX	  10000000
-#define CFG_CONNS_MAX	  10000000 /* max_conns, max_conns_per_source */
-#define CFG_BAN_AFTER_MAX 1000
-#define CFG_BAN_MAX_MS	  (7u * 86400000u)
-#define CFG_PREFIXES_MAX  65536 /* per deny / allow list */
+#define CFG_MAX_FILE	 (4 << 20) /* a config is a few KiB; refuse to slurp a disk image */
+#define CFG_KEEP_ERRORS	 1000	   /* collected, then sorted ... */
+#define CFG_SHOW_ERRORS	 100	   /* ... and the first this many printed */
+#define CFG_MAX_CLAIMS	 100000	   /* edges x port ranges, over all apps */
+#define CFG_MAX_REBUILDS 64	   /* rt_build retries to find more overlaps */
+#define CFG_TABLE_MAX	 31
+#define CFG_WORKERS_MAX	 1024
+#define CFG_RETRIES_MAX	 16
+#define CFG_PAYLOAD_MAX	 1024 /* health_check.send / expect, bytes */
 
 #define DEF_LISTEN4	   "127.0.0.1"
 #define DEF_LISTEN6	   "::1"
@@ -60,7 +48,6 @@
 #define DEF_CONNECT_MS	   5000
 #define DEF_IDLE_MS	   300000
 #define DEF_GRACE_MS	   10000
-#define DEF_WEIGHT	   1
 #define DEF_RETRIES	   2
 #define DEF_HC_INTERVAL_MS 2000
 #define DEF_HC_TIMEOUT_MS  1000
@@ -88,32 +75,6 @@ struct claim_src {
 struct app_src {
 	yaml_mark_t *edge_marks; /* one per cfg_app.edges[] */
 	bool ok;		 /* no problem found in this app */
-};
-
-struct loader {
-	const char *name;
-	yaml_document_t *doc;
-	struct cfg *cfg;
-
-	struct cfg_err *errs;
-	size_t n_errs, cap_errs, n_dropped;
-	bool oom;
-
-	struct app_src *src; /* parallel to cfg->apps */
-	size_t n_src;
-
-	char *warns; /* cfg->warnings, as it grows */
-	size_t warns_len;
-};
-
-/* One key of a mapping as the schema knows it. */
-struct field {
-	const char *key;
-	yaml_node_t *val; /* NULL when absent */
-	int id;		  /* of val */
-	yaml_mark_t mark; /* of the key */
-	bool unlisted;	  /* accepted only to be refused with a better message than
-			   * "unknown key", so not offered in "expected one of" */
 };
 
 /* ---- error collection ---- */
@@ -152,8 +113,8 @@ __attribute__((format(printf, 4, 0))) static void err_add(struct loader *ld, int
 }
 
 /* Reports a problem at <m> (libyaml's 0-based mark, printed 1-based). */
-__attribute__((format(printf, 3, 4))) static void err_at(struct loader *ld, const yaml_mark_t *m,
-							 const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) void cfg_err_at(struct loader *ld, const yaml_mark_t *m,
+						      const char *fmt, ...)
 {
 	va_list ap;
 
@@ -163,8 +124,8 @@ __attribute__((format(printf, 3, 4))) static void err_at(struct loader *ld, cons
 }
 
 /* Adds a "FILE:LINE:COL: warning: ..." line for a config that still loads. */
-__attribute__((format(printf, 3, 4))) static void
-warn_at(struct loader *ld, const struct cfg_pos *pos, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const struct cfg_pos *pos,
+						       const char *fmt, ...)
 {
 	char *msg, *line, *w;
 	va_list ap;
@@ -242,7 +203,7 @@ static char *err_text(struct loader *ld)
  * after CFG_QUOTE_MAX bytes, so that text from the file can neither break
  * the one-line-per-problem format nor flood the terminal.
  */
-static const char *quote(const char *s, char *buf, size_t size)
+const char *cfg_quote(const char *s, char *buf, size_t size)
 {
 	size_t o = 0, i;
 
@@ -269,17 +230,14 @@ static const char *quote(const char *s, char *buf, size_t size)
 	return buf;
 }
 
-/* Big enough for CFG_QUOTE_MAX bytes each escaped to 4, quotes and "...". */
-#define QBUF 300
-
 /* ---- node helpers ---- */
 
-static yaml_node_t *node_get(struct loader *ld, int id)
+yaml_node_t *cfg_node_get(struct loader *ld, int id)
 {
 	return yaml_document_get_node(ld->doc, id);
 }
 
-static const char *node_kind(const yaml_node_t *n)
+const char *cfg_node_kind(const yaml_node_t *n)
 {
 	switch (n->type) {
 	case YAML_SCALAR_NODE:
@@ -294,7 +252,7 @@ static const char *node_kind(const yaml_node_t *n)
 }
 
 /* `key:` with nothing after it: YAML's null, an empty plain scalar. */
-static bool node_is_null(const yaml_node_t *n)
+bool cfg_node_is_null(const yaml_node_t *n)
 {
 	return n->type == YAML_SCALAR_NODE && n->data.scalar.length == 0 &&
 	       n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
@@ -303,18 +261,19 @@ static bool node_is_null(const yaml_node_t *n)
 /* Returns the text of scalar <n> for key <key>, or NULL after reporting why
  * it is unusable. <expect> says what the key takes, for the message.
  */
-static const char *node_str(struct loader *ld, yaml_node_t *n, const char *key, const char *expect)
+const char *cfg_node_str(struct loader *ld, yaml_node_t *n, const char *key, const char *expect)
 {
 	if (n->type != YAML_SCALAR_NODE) {
-		err_at(ld, &n->start_mark, "%s: expected %s, got %s", key, expect, node_kind(n));
+		cfg_err_at(ld, &n->start_mark, "%s: expected %s, got %s", key, expect,
+			   cfg_node_kind(n));
 		return NULL;
 	}
 	if (n->data.scalar.length == 0) {
-		err_at(ld, &n->start_mark, "%s: no value given (expected %s)", key, expect);
+		cfg_err_at(ld, &n->start_mark, "%s: no value given (expected %s)", key, expect);
 		return NULL;
 	}
 	if (memchr(n->data.scalar.value, '\0', n->data.scalar.length)) {
-		err_at(ld, &n->start_mark, "%s: value contains a NUL character", key);
+		cfg_err_at(ld, &n->start_mark, "%s: value contains a NUL character", key);
 		return NULL;
 	}
 	return (const char *)n->data.scalar.value;
@@ -324,10 +283,10 @@ static const char *node_str(struct loader *ld, yaml_node_t *n, const char *key, 
  * into <*items>/<*n> (node ids; for a scalar, its own id in <*one>).
  * Returns 0, or -EINVAL after reporting.
  */
-static int node_items(struct loader *ld, int id, const char *key, const char *expect,
-		      const char *noun, yaml_node_item_t *one, yaml_node_item_t **items, size_t *n)
+int cfg_node_items(struct loader *ld, int id, const char *key, const char *expect, const char *noun,
+		   yaml_node_item_t *one, yaml_node_item_t **items, size_t *n)
 {
-	yaml_node_t *v = node_get(ld, id);
+	yaml_node_t *v = cfg_node_get(ld, id);
 
 	if (v->type == YAML_SCALAR_NODE) {
 		*one = id;
@@ -336,14 +295,15 @@ static int node_items(struct loader *ld, int id, const char *key, const char *ex
 		return 0;
 	}
 	if (v->type != YAML_SEQUENCE_NODE) {
-		err_at(ld, &v->start_mark, "%s: expected %s or a list of them, got %s", key, expect,
-		       node_kind(v));
+		cfg_err_at(ld, &v->start_mark, "%s: expected %s or a list of them, got %s", key,
+			   expect, cfg_node_kind(v));
 		return -EINVAL;
 	}
 	*items = v->data.sequence.items.start;
 	*n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
 	if (*n == 0) {
-		err_at(ld, &v->start_mark, "%s: empty list (expected at least one %s)", key, noun);
+		cfg_err_at(ld, &v->start_mark, "%s: empty list (expected at least one %s)", key,
+			   noun);
 		return -EINVAL;
 	}
 	return 0;
@@ -355,29 +315,29 @@ static int node_items(struct loader *ld, int id, const char *key, const char *ex
  * Returns 0, or -EINVAL when <map> is not a mapping (reported; a null value
  * counts as an empty mapping).
  */
-static int map_fields(struct loader *ld, yaml_node_t *map, const char *key, const char *where,
-		      struct field *f, size_t nf)
+int cfg_map_fields(struct loader *ld, yaml_node_t *map, const char *key, const char *where,
+		   struct field *f, size_t nf)
 {
 	yaml_node_pair_t *p;
 	size_t i;
 
 	for (i = 0; i < nf; i++)
 		f[i].val = NULL;
-	if (node_is_null(map))
+	if (cfg_node_is_null(map))
 		return 0;
 	if (map->type != YAML_MAPPING_NODE) {
-		err_at(ld, &map->start_mark, "%s: expected a mapping of keys, got %s", key,
-		       node_kind(map));
+		cfg_err_at(ld, &map->start_mark, "%s: expected a mapping of keys, got %s", key,
+			   cfg_node_kind(map));
 		return -EINVAL;
 	}
 	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-		yaml_node_t *k = node_get(ld, p->key);
+		yaml_node_t *k = cfg_node_get(ld, p->key);
 		const char *ks;
 		char q[QBUF];
 
 		if (k->type != YAML_SCALAR_NODE) {
-			err_at(ld, &k->start_mark, "keys %s must be plain names, got %s", where,
-			       node_kind(k));
+			cfg_err_at(ld, &k->start_mark, "keys %s must be plain names, got %s", where,
+				   cfg_node_kind(k));
 			continue;
 		}
 		ks = (const char *)k->data.scalar.value;
@@ -393,16 +353,17 @@ static int map_fields(struct loader *ld, yaml_node_t *map, const char *key, cons
 				if (!f[j].unlisted)
 					o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
 							      o ? ", " : "", f[j].key);
-			err_at(ld, &k->start_mark, "unknown key %s %s (expected one of: %s)",
-			       quote(ks, q, sizeof(q)), where, list);
+			cfg_err_at(ld, &k->start_mark, "unknown key %s %s (expected one of: %s)",
+				   cfg_quote(ks, q, sizeof(q)), where, list);
 			continue;
 		}
 		if (f[i].val) {
-			err_at(ld, &k->start_mark, "duplicate key \"%s\" %s (first at line %zu)",
-			       f[i].key, where, f[i].mark.line + 1);
+			cfg_err_at(ld, &k->start_mark,
+				   "duplicate key \"%s\" %s (first at line %zu)", f[i].key, where,
+				   f[i].mark.line + 1);
 			continue;
 		}
-		f[i].val = node_get(ld, p->value);
+		f[i].val = cfg_node_get(ld, p->value);
 		f[i].id = p->value;
 		f[i].mark = k->start_mark;
 	}
@@ -414,7 +375,7 @@ static int map_fields(struct loader *ld, yaml_node_t *map, const char *key, cons
 /* Parses a decimal number of digits only (no sign, no spaces) into <*v>.
  * Returns 0, -EINVAL (not a number) or -ERANGE (above <max>).
  */
-static int parse_uint(const char *s, unsigned long max, unsigned long *v)
+int cfg_parse_uint(const char *s, unsigned long max, unsigned long *v)
 {
 	unsigned long x = 0;
 	bool big = false;
@@ -481,10 +442,10 @@ int cfg_parse_duration(const char *s, uint32_t *ms)
 }
 
 /* Reads a duration value; <positive> refuses zero. Returns 0 or -EINVAL. */
-static int get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool positive,
-			uint32_t *ms)
+int cfg_get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool positive,
+		     uint32_t *ms)
 {
-	const char *s = node_str(ld, n, key, "a duration such as 500ms, 5s, 2m, 1h or 1d");
+	const char *s = cfg_node_str(ld, n, key, "a duration such as 500ms, 5s, 2m, 1h or 1d");
 	char q[QBUF];
 	int rc;
 
@@ -492,32 +453,33 @@ static int get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool
 		return -EINVAL;
 	rc = parse_duration(s, ms);
 	if (rc == -ERANGE) {
-		err_at(ld, &n->start_mark, "%s: %s is too long (at most 49d)", key,
-		       quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &n->start_mark, "%s: %s is too long (at most 49d)", key,
+			   cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	if (rc != 0 && s[0] == '-') {
-		err_at(ld, &n->start_mark, "%s: %s is negative (durations are 0 or more)", key,
-		       quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &n->start_mark, "%s: %s is negative (durations are 0 or more)", key,
+			   cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	if (rc != 0) {
-		err_at(ld, &n->start_mark,
-		       "%s: %s is not a duration (expected a number with a unit: ms, s, m, h or d, "
-		       "e.g. 500ms or 5s; or 0)",
-		       key, quote(s, q, sizeof(q)));
+		cfg_err_at(
+		    ld, &n->start_mark,
+		    "%s: %s is not a duration (expected a number with a unit: ms, s, m, h or d, "
+		    "e.g. 500ms or 5s; or 0)",
+		    key, cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	if (positive && *ms == 0) {
-		err_at(ld, &n->start_mark, "%s: must be more than 0", key);
+		cfg_err_at(ld, &n->start_mark, "%s: must be more than 0", key);
 		return -EINVAL;
 	}
 	return 0;
 }
 
-static int get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b)
+int cfg_get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b)
 {
-	const char *s = node_str(ld, n, key, "true or false");
+	const char *s = cfg_node_str(ld, n, key, "true or false");
 	char q[QBUF];
 
 	if (!s)
@@ -527,8 +489,8 @@ static int get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b)
 	else if (strcmp(s, "false") == 0)
 		*b = false;
 	else {
-		err_at(ld, &n->start_mark, "%s: %s is not a boolean (expected true or false)", key,
-		       quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &n->start_mark, "%s: %s is not a boolean (expected true or false)",
+			   key, cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	return 0;
@@ -537,7 +499,7 @@ static int get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b)
 /* Looks <s> up in <words> (NULL-terminated). Returns its index or -EINVAL
  * after reporting.
  */
-static int get_word(struct loader *ld, yaml_node_t *n, const char *key, const char *const *words)
+int cfg_get_word(struct loader *ld, yaml_node_t *n, const char *key, const char *const *words)
 {
 	char list[128], q[QBUF];
 	size_t o = 0;
@@ -546,33 +508,34 @@ static int get_word(struct loader *ld, yaml_node_t *n, const char *key, const ch
 
 	for (i = 0; words[i]; i++)
 		o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? ", " : "", words[i]);
-	s = node_str(ld, n, key, list);
+	s = cfg_node_str(ld, n, key, list);
 	if (!s)
 		return -EINVAL;
 	for (i = 0; words[i]; i++)
 		if (strcmp(s, words[i]) == 0)
 			return i;
-	err_at(ld, &n->start_mark, "%s: %s is not one of: %s", key, quote(s, q, sizeof(q)), list);
+	cfg_err_at(ld, &n->start_mark, "%s: %s is not one of: %s", key, cfg_quote(s, q, sizeof(q)),
+		   list);
 	return -EINVAL;
 }
 
-static int get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t *port)
+int cfg_get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t *port)
 {
-	const char *s = node_str(ld, n, key, "a port number (1-65535)");
+	const char *s = cfg_node_str(ld, n, key, "a port number (1-65535)");
 	unsigned long v;
 	char q[QBUF];
 	int rc;
 
 	if (!s)
 		return -EINVAL;
-	rc = parse_uint(s, 65535, &v);
+	rc = cfg_parse_uint(s, 65535, &v);
 	if (rc == -EINVAL) {
-		err_at(ld, &n->start_mark, "%s: %s is not a port number (1-65535)", key,
-		       quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &n->start_mark, "%s: %s is not a port number (1-65535)", key,
+			   cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || v == 0) {
-		err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, s);
+		cfg_err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, s);
 		return -EINVAL;
 	}
 	*port = (uint16_t)v;
@@ -580,8 +543,8 @@ static int get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t
 }
 
 /* Reads a whole number in <lo>..<hi>. Returns 0 or -EINVAL after reporting. */
-static int get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned long lo,
-		    unsigned long hi, uint32_t *out)
+int cfg_get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned long lo,
+		 unsigned long hi, uint32_t *out)
 {
 	char expect[64], q[QBUF];
 	unsigned long v;
@@ -589,16 +552,17 @@ static int get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned
 	int rc;
 
 	snprintf(expect, sizeof(expect), "a number (%lu-%lu)", lo, hi);
-	s = node_str(ld, n, key, expect);
+	s = cfg_node_str(ld, n, key, expect);
 	if (!s)
 		return -EINVAL;
-	rc = parse_uint(s, hi, &v);
+	rc = cfg_parse_uint(s, hi, &v);
 	if (rc == -EINVAL) {
-		err_at(ld, &n->start_mark, "%s: %s is not %s", key, quote(s, q, sizeof(q)), expect);
+		cfg_err_at(ld, &n->start_mark, "%s: %s is not %s", key, cfg_quote(s, q, sizeof(q)),
+			   expect);
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || v < lo) {
-		err_at(ld, &n->start_mark, "%s: %s out of range (%lu-%lu)", key, s, lo, hi);
+		cfg_err_at(ld, &n->start_mark, "%s: %s out of range (%lu-%lu)", key, s, lo, hi);
 		return -EINVAL;
 	}
 	*out = (uint32_t)v;
@@ -609,22 +573,23 @@ static int get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned
  * come from double-quoted scalars) into a malloc'd, NUL-terminated copy.
  * Returns 0 or -EINVAL after reporting.
  */
-static int get_bytes(struct loader *ld, yaml_node_t *n, const char *key, char **out, size_t *len)
+int cfg_get_bytes(struct loader *ld, yaml_node_t *n, const char *key, char **out, size_t *len)
 {
 	size_t l;
 
 	if (n->type != YAML_SCALAR_NODE) {
-		err_at(ld, &n->start_mark, "%s: expected a string, got %s", key, node_kind(n));
+		cfg_err_at(ld, &n->start_mark, "%s: expected a string, got %s", key,
+			   cfg_node_kind(n));
 		return -EINVAL;
 	}
 	l = n->data.scalar.length;
 	if (l == 0) {
-		err_at(ld, &n->start_mark, "%s: empty (leave the key out instead)", key);
+		cfg_err_at(ld, &n->start_mark, "%s: empty (leave the key out instead)", key);
 		return -EINVAL;
 	}
 	if (l > CFG_PAYLOAD_MAX) {
-		err_at(ld, &n->start_mark, "%s: %zu bytes is too long (at most %d)", key, l,
-		       CFG_PAYLOAD_MAX);
+		cfg_err_at(ld, &n->start_mark, "%s: %zu bytes is too long (at most %d)", key, l,
+			   CFG_PAYLOAD_MAX);
 		return -EINVAL;
 	}
 	free(*out);
@@ -640,7 +605,7 @@ static int get_bytes(struct loader *ld, yaml_node_t *n, const char *key, char **
 }
 
 /* Formats <ms> in the largest unit that divides it, as a user would write it. */
-static const char *fmt_duration(uint32_t ms, char *buf, size_t size)
+const char *cfg_fmt_duration(uint32_t ms, char *buf, size_t size)
 {
 	if (ms != 0 && ms % 86400000 == 0)
 		snprintf(buf, size, "%ud", ms / 86400000);
@@ -661,7 +626,7 @@ static void load_log_level(struct loader *ld, yaml_node_t *n)
 {
 	static const char *const names[] = {"error", "warn", "info", "debug", NULL};
 	static const int levels[] = {LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG};
-	int i = get_word(ld, n, "log_level", names);
+	int i = cfg_get_word(ld, n, "log_level", names);
 
 	if (i >= 0)
 		ld->cfg->log_level = levels[i];
@@ -676,51 +641,52 @@ static void load_listen(struct loader *ld, yaml_node_t *map)
 	const char *s;
 	uint16_t port;
 
-	if (map_fields(ld, map, "listen", "in listen", f, 4) != 0)
+	if (cfg_map_fields(ld, map, "listen", "in listen", f, 4) != 0)
 		return;
-	if (f[0].val && (s = node_str(ld, f[0].val, "listen.address", "an IPv4 address"))) {
+	if (f[0].val && (s = cfg_node_str(ld, f[0].val, "listen.address", "an IPv4 address"))) {
 		struct in6_addr a6;
 
 		if (inet_pton(AF_INET, s, &c->listen4.sin_addr) != 1)
-			err_at(ld, &f[0].val->start_mark,
-			       inet_pton(AF_INET6, s, &a6) == 1
-				   ? "listen.address: %s is IPv6; put it in listen.address6"
-				   : "listen.address: %s is not an IPv4 address",
-			       quote(s, q, sizeof(q)));
+			cfg_err_at(ld, &f[0].val->start_mark,
+				   inet_pton(AF_INET6, s, &a6) == 1
+				       ? "listen.address: %s is IPv6; put it in listen.address6"
+				       : "listen.address: %s is not an IPv4 address",
+				   cfg_quote(s, q, sizeof(q)));
 	}
-	if (f[1].val && (s = node_str(ld, f[1].val, "listen.address6", "an IPv6 address or off"))) {
+	if (f[1].val &&
+	    (s = cfg_node_str(ld, f[1].val, "listen.address6", "an IPv6 address or off"))) {
 		struct in_addr a4;
 
 		if (strcmp(s, "off") == 0)
 			c->listen6_on = false;
 		else if (inet_pton(AF_INET6, s, &c->listen6.sin6_addr) != 1)
-			err_at(ld, &f[1].val->start_mark,
-			       inet_pton(AF_INET, s, &a4) == 1
-				   ? "listen.address6: %s is IPv4; put it in listen.address "
-				     "(address6 takes an IPv6 address or off)"
-				   : "listen.address6: %s is not an IPv6 address or off",
-			       quote(s, q, sizeof(q)));
+			cfg_err_at(ld, &f[1].val->start_mark,
+				   inet_pton(AF_INET, s, &a4) == 1
+				       ? "listen.address6: %s is IPv4; put it in listen.address "
+					 "(address6 takes an IPv6 address or off)"
+				       : "listen.address6: %s is not an IPv6 address or off",
+				   cfg_quote(s, q, sizeof(q)));
 	}
-	if (f[2].val && get_port(ld, f[2].val, "listen.port", &port) == 0) {
+	if (f[2].val && cfg_get_port(ld, f[2].val, "listen.port", &port) == 0) {
 		c->listen4.sin_port = htons(port);
 		c->listen6.sin6_port = htons(port);
 	}
-	if (f[3].val && (s = node_str(ld, f[3].val, "listen.workers", "auto or 1-1024"))) {
+	if (f[3].val && (s = cfg_node_str(ld, f[3].val, "listen.workers", "auto or 1-1024"))) {
 		unsigned long v;
 
 		if (strcmp(s, "auto") != 0) {
-			int rc = parse_uint(s, CFG_WORKERS_MAX, &v);
+			int rc = cfg_parse_uint(s, CFG_WORKERS_MAX, &v);
 
 			if (rc == 0 && v > 0)
 				c->workers = (int)v;
 			else if (rc == -EINVAL)
-				err_at(ld, &f[3].val->start_mark,
-				       "listen.workers: %s is not auto or a number of threads "
-				       "(1-1024)",
-				       quote(s, q, sizeof(q)));
+				cfg_err_at(ld, &f[3].val->start_mark,
+					   "listen.workers: %s is not auto or a number of threads "
+					   "(1-1024)",
+					   cfg_quote(s, q, sizeof(q)));
 			else
-				err_at(ld, &f[3].val->start_mark,
-				       "listen.workers: %s out of range (1-1024, or auto)", s);
+				cfg_err_at(ld, &f[3].val->start_mark,
+					   "listen.workers: %s out of range (1-1024, or auto)", s);
 		}
 	}
 }
@@ -732,13 +698,14 @@ static void load_network(struct loader *ld, yaml_node_t *map)
 	char q[QBUF];
 	size_t i, n;
 
-	if (map_fields(ld, map, "network", "in network", f, 3) != 0)
+	if (cfg_map_fields(ld, map, "network", "in network", f, 3) != 0)
 		return;
 	if (f[0].val)
-		get_bool(ld, f[0].val, "network.manage", &ld->cfg->net_manage);
+		cfg_get_bool(ld, f[0].val, "network.manage", &ld->cfg->net_manage);
 	if (f[2].val)
-		get_bool(ld, f[2].val, "network.sysctls", &ld->cfg->manage_sysctls);
-	if (!f[1].val || !(s = node_str(ld, f[1].val, "network.table", "an nftables table name")))
+		cfg_get_bool(ld, f[2].val, "network.sysctls", &ld->cfg->manage_sysctls);
+	if (!f[1].val ||
+	    !(s = cfg_node_str(ld, f[1].val, "network.table", "an nftables table name")))
 		return;
 	/* nft accepts more, but this set needs no quoting in an nft script. */
 	n = strlen(s);
@@ -746,10 +713,10 @@ static void load_network(struct loader *ld, yaml_node_t *map)
 	for (i = 1; ok && i < n; i++)
 		ok = isalnum((unsigned char)s[i]) || s[i] == '_';
 	if (!ok) {
-		err_at(ld, &f[1].val->start_mark,
-		       "network.table: %s is not a valid table name (a letter or _, then up to "
-		       "30 letters, digits or _)",
-		       quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &f[1].val->start_mark,
+			   "network.table: %s is not a valid table name (a letter or _, then up to "
+			   "30 letters, digits or _)",
+			   cfg_quote(s, q, sizeof(q)));
 		return;
 	}
 	free(ld->cfg->nft_table);
@@ -765,11 +732,11 @@ static int load_timeouts(struct loader *ld, yaml_node_t *map, const char *where,
 	struct field f[] = {{.key = "connect"}, {.key = "idle"}};
 	int rc = 0;
 
-	if (map_fields(ld, map, "timeouts", where, f, 2) != 0)
+	if (cfg_map_fields(ld, map, "timeouts", where, f, 2) != 0)
 		return -EINVAL;
-	if (f[0].val && get_duration(ld, f[0].val, "timeouts.connect", true, connect_ms) != 0)
+	if (f[0].val && cfg_get_duration(ld, f[0].val, "timeouts.connect", true, connect_ms) != 0)
 		rc = -EINVAL;
-	if (f[1].val && get_duration(ld, f[1].val, "timeouts.idle", false, idle_ms) != 0)
+	if (f[1].val && cfg_get_duration(ld, f[1].val, "timeouts.idle", false, idle_ms) != 0)
 		rc = -EINVAL;
 	return rc;
 }
@@ -789,7 +756,7 @@ static bool name_ok(const char *s)
 }
 
 /* True when IPv6 prefix <p> contains ::ffff:0:0/96 (only possible below /96). */
-static bool v6_covers_mapped(const struct addr_prefix *p)
+bool cfg_v6_covers_mapped(const struct addr_prefix *p)
 {
 	static const uint8_t mapped[16] = {[10] = 0xff, [11] = 0xff};
 
@@ -806,8 +773,8 @@ static bool v6_covers_mapped(const struct addr_prefix *p)
  * addr_parse_prefix refused; for host bits set, with the network the user
  * most likely meant.
  */
-static void prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const char *s,
-			 const char *why)
+void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const char *s,
+		      const char *why)
 {
 	const char *slash = strchr(s, '/');
 	struct addr_prefix p;
@@ -821,20 +788,20 @@ static void prefix_error(struct loader *ld, yaml_node_t *n, const char *key, con
 		memcpy(host, s, (size_t)(slash - s));
 		host[slash - s] = '\0';
 		bool v4 = !strchr(host, ':');
-		if (addr_parse_prefix(host, &p, &w) == 0 && parse_uint(slash + 1, 128, &len) == 0 &&
-		    (!v4 || len <= 32)) {
+		if (addr_parse_prefix(host, &p, &w) == 0 &&
+		    cfg_parse_uint(slash + 1, 128, &len) == 0 && (!v4 || len <= 32)) {
 			unsigned bits = (unsigned)len + (v4 ? 96 : 0), i;
 
 			for (i = bits; i < 128; i++)
 				p.addr.s6_addr[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
 			p.len = (uint8_t)bits;
-			err_at(ld, &n->start_mark, "%s: %s has host bits set; did you mean %s?",
-			       key, s, addr_fmt_prefix(&p, fix));
+			cfg_err_at(ld, &n->start_mark, "%s: %s has host bits set; did you mean %s?",
+				   key, s, addr_fmt_prefix(&p, fix));
 			return;
 		}
 	}
-	err_at(ld, &n->start_mark, "%s: %s is not a valid address or prefix: %s", key,
-	       quote(s, q, sizeof(q)), why);
+	cfg_err_at(ld, &n->start_mark, "%s: %s is not a valid address or prefix: %s", key,
+		   cfg_quote(s, q, sizeof(q)), why);
 }
 
 static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *src, int id)
@@ -844,7 +811,7 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 	size_t i, n;
 	int rc = 0;
 
-	if (node_items(ld, id, "edge", expect, "address or prefix", &one, &items, &n) != 0)
+	if (cfg_node_items(ld, id, "edge", expect, "address or prefix", &one, &items, &n) != 0)
 		return -EINVAL;
 	app->edges = calloc(n, sizeof(*app->edges));
 	src->edge_marks = calloc(n, sizeof(*src->edge_marks));
@@ -853,9 +820,9 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 		return -ENOMEM;
 	}
 	for (i = 0; i < n; i++) {
-		yaml_node_t *e = node_get(ld, items[i]);
+		yaml_node_t *e = cfg_node_get(ld, items[i]);
 		struct addr_prefix p;
-		const char *s = node_str(ld, e, "edge", expect), *why = "";
+		const char *s = cfg_node_str(ld, e, "edge", expect), *why = "";
 		char buf[ADDR_STRLEN];
 
 		if (!s) {
@@ -863,25 +830,25 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 			continue;
 		}
 		if (addr_parse_prefix(s, &p, &why) != 0) {
-			prefix_error(ld, e, "edge", s, why);
+			cfg_prefix_error(ld, e, "edge", s, why);
 			rc = -EINVAL;
 			continue;
 		}
 		if (!addr_is_v4(&p.addr) && !ld->cfg->listen6_on) {
-			err_at(ld, &e->start_mark,
-			       "edge: %s is IPv6 but listen.address6 is off (IPv6 is disabled)",
-			       addr_fmt_prefix(&p, buf));
+			cfg_err_at(ld, &e->start_mark,
+				   "edge: %s is IPv6 but listen.address6 is off (IPv6 is disabled)",
+				   addr_fmt_prefix(&p, buf));
 			rc = -EINVAL;
 			continue;
 		}
-		if (!addr_is_v4(&p.addr) && v6_covers_mapped(&p)) {
+		if (!addr_is_v4(&p.addr) && cfg_v6_covers_mapped(&p)) {
 			/* Routing keeps IPv4 as ::ffff:a.b.c.d, so such a prefix
 			 * would also claim every IPv4 destination.
 			 */
-			err_at(ld, &e->start_mark,
-			       "edge: %s includes the IPv4-mapped range ::ffff:0:0/96; "
-			       "use a narrower IPv6 prefix, and IPv4 prefixes for IPv4",
-			       addr_fmt_prefix(&p, buf));
+			cfg_err_at(ld, &e->start_mark,
+				   "edge: %s includes the IPv4-mapped range ::ffff:0:0/96; "
+				   "use a narrower IPv6 prefix, and IPv4 prefixes for IPv4",
+				   addr_fmt_prefix(&p, buf));
 			rc = -EINVAL;
 			continue;
 		}
@@ -895,7 +862,7 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 /* One element of `ports`: 22, "8000-8999" or "*". */
 static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
 {
-	const char *s = node_str(ld, n, "ports", "a port, a range \"LO-HI\" or \"*\"");
+	const char *s = cfg_node_str(ld, n, "ports", "a port, a range \"LO-HI\" or \"*\"");
 	char q[QBUF], lo_s[16];
 	const char *dash;
 	unsigned long lo = 0, hi = 0;
@@ -910,36 +877,37 @@ static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
 	}
 	dash = strchr(s, '-');
 	if (!dash) {
-		rc1 = parse_uint(s, 65535, &lo);
+		rc1 = cfg_parse_uint(s, 65535, &lo);
 		hi = lo;
 		rc2 = rc1;
 	} else if (dash - s < (ptrdiff_t)sizeof(lo_s)) {
 		memcpy(lo_s, s, (size_t)(dash - s));
 		lo_s[dash - s] = '\0';
-		rc1 = parse_uint(lo_s, 65535, &lo);
-		rc2 = parse_uint(dash + 1, 65535, &hi);
+		rc1 = cfg_parse_uint(lo_s, 65535, &lo);
+		rc2 = cfg_parse_uint(dash + 1, 65535, &hi);
 	} else {
 		rc1 = rc2 = -EINVAL;
 	}
 	if (rc1 == -EINVAL || rc2 == -EINVAL) {
-		err_at(
+		cfg_err_at(
 		    ld, &n->start_mark,
 		    "ports: %s is not a port, a range \"LO-HI\" or \"*\" (e.g. 22, \"8000-8999\")",
-		    quote(s, q, sizeof(q)));
+		    cfg_quote(s, q, sizeof(q)));
 		return -EINVAL;
 	}
 	if (rc1 == -ERANGE || lo == 0) {
-		err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)",
-		       dash ? lo_s : s);
+		cfg_err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)",
+			   dash ? lo_s : s);
 		return -EINVAL;
 	}
 	if (rc2 == -ERANGE || hi == 0) {
-		err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)", dash + 1);
+		cfg_err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)", dash + 1);
 		return -EINVAL;
 	}
 	if (lo > hi) {
-		err_at(ld, &n->start_mark,
-		       "ports: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo, hi, hi, lo);
+		cfg_err_at(ld, &n->start_mark,
+			   "ports: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo, hi, hi,
+			   lo);
 		return -EINVAL;
 	}
 	r->lo = (uint16_t)lo;
@@ -953,7 +921,8 @@ static int load_ports(struct loader *ld, struct cfg_app *app, int id)
 	size_t i, n;
 	int rc = 0;
 
-	if (node_items(ld, id, "ports", "a port or range", "port or range", &one, &items, &n) != 0)
+	if (cfg_node_items(ld, id, "ports", "a port or range", "port or range", &one, &items, &n) !=
+	    0)
 		return -EINVAL;
 	app->ports = calloc(n, sizeof(*app->ports));
 	if (!app->ports) {
@@ -961,922 +930,12 @@ static int load_ports(struct loader *ld, struct cfg_app *app, int id)
 		return -ENOMEM;
 	}
 	for (i = 0; i < n; i++) {
-		if (parse_range(ld, node_get(ld, items[i]), &app->ports[app->n_ports]) == 0)
+		if (parse_range(ld, cfg_node_get(ld, items[i]), &app->ports[app->n_ports]) == 0)
 			app->n_ports++;
 		else
 			rc = -EINVAL;
 	}
 	return rc;
-}
-
-/* ---- origins ---- */
-
-/* Load-time facts about one origin that the snapshot does not keep. */
-struct origin_src {
-	yaml_mark_t mark;      /* of its address */
-	yaml_mark_t port_mark; /* of its port key's value, for a range */
-	uint16_t hi;	       /* CFG_PORT_MAP: the last port of its range */
-};
-
-/* True when the first <len> bytes of <s> are a host name per RFC 1123:
- * dot-separated labels of 1-63 letters, digits and '-', neither starting
- * nor ending with '-', at most 253 bytes (a trailing dot allowed). The last
- * label must start with a letter, as every top-level domain does: so a
- * mistyped IPv4 address ("192.0.2.300") is reported as one, and no numeric
- * form that getaddrinfo would still parse ("1.2.3.0x4") passes for a name.
- */
-static bool host_name_ok(const char *s, size_t len)
-{
-	size_t i, start = 0;
-
-	if (len > 0 && s[len - 1] == '.')
-		len--;
-	if (len == 0 || len > CFG_HOST_MAX)
-		return false;
-	for (i = 0; i <= len; i++) {
-		if (i == len || s[i] == '.') {
-			size_t l = i - start;
-
-			if (l == 0 || l > CFG_LABEL_MAX || s[start] == '-' || s[i - 1] == '-')
-				return false;
-			if (i == len && !isalpha((unsigned char)s[start]))
-				return false;
-			start = i + 1;
-		} else if (!isalnum((unsigned char)s[i]) && s[i] != '-') {
-			return false;
-		}
-	}
-	return true;
-}
-
-static bool sa_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET)
-		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-			      &((const struct sockaddr_in *)b)->sin_addr,
-			      sizeof(struct in_addr)) == 0;
-	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-		      &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0 &&
-	       ((const struct sockaddr_in6 *)a)->sin6_scope_id ==
-		   ((const struct sockaddr_in6 *)b)->sin6_scope_id;
-}
-
-static void sa_set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-	if (ss->ss_family == AF_INET)
-		((struct sockaddr_in *)ss)->sin_port = htons(port);
-	else
-		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
-/* Keeps the IPv4 and IPv6 addresses of <v>, each once, in their order, with
- * port 0. Returns how many remain.
- */
-static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
-{
-	size_t i, j, k = 0;
-
-	for (i = 0; i < n; i++) {
-		if (v[i].ss_family != AF_INET && v[i].ss_family != AF_INET6)
-			continue;
-		sa_set_port(&v[i], 0);
-		for (j = 0; j < k; j++)
-			if (sa_same_addr(&v[j], &v[i]))
-				break;
-		if (j == k)
-			v[k++] = v[i];
-	}
-	return k;
-}
-
-static int resolve_system(const char *host, struct sockaddr_storage **addrs, size_t *n,
-			  const char **why)
-{
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	struct addrinfo *res = NULL, *ai;
-	size_t cap = 0, k = 0;
-	int rc;
-
-	*addrs = NULL;
-	*n = 0;
-	rc = getaddrinfo(host, NULL, &hints, &res);
-	if (rc != 0) {
-		*why = gai_strerror(rc);
-		return rc == EAI_MEMORY ? -ENOMEM : rc == EAI_AGAIN ? -EAGAIN : -ENOENT;
-	}
-	for (ai = res; ai; ai = ai->ai_next)
-		cap++;
-	*addrs = calloc(cap ? cap : 1, sizeof(**addrs));
-	if (!*addrs) {
-		freeaddrinfo(res);
-		*why = "out of memory";
-		return -ENOMEM;
-	}
-	for (ai = res; ai; ai = ai->ai_next)
-		if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
-		    ai->ai_addrlen <= sizeof(**addrs))
-			memcpy(&(*addrs)[k++], ai->ai_addr, ai->ai_addrlen);
-	freeaddrinfo(res);
-	*n = addrs_dedupe(*addrs, k);
-	if (*n == 0) {
-		free(*addrs);
-		*addrs = NULL;
-		*why = "no IPv4 or IPv6 address";
-		return -ENOENT;
-	}
-	return 0;
-}
-
-int (*cfg_resolver)(const char *host, struct sockaddr_storage **addrs, size_t *n,
-		    const char **why) = resolve_system;
-
-static void origin_clear(struct cfg_origin *o)
-{
-	free(o->host);
-	free(o->addrs);
-	memset(o, 0, sizeof(*o));
-}
-
-/* Fills the fields the single-address core reads: the first address, with
- * the origin's port when it has one (the first of a range).
- */
-static void origin_compat(struct cfg_origin *o)
-{
-	if (o->n_addrs == 0)
-		return;
-	o->addr = o->addrs[0];
-	o->has_port = o->port_mode != CFG_PORT_DIALED;
-	sa_set_port(&o->addr, o->has_port ? o->port : 0);
-}
-
-/* Formats <o> for messages: "198.51.100.1:80", "[2001:db8::1]:9000-9999",
- * "origin.internal".
- */
-static const char *fmt_origin(const struct cfg_origin *o, uint16_t hi, char *buf, size_t size)
-{
-	bool v6 = !o->is_name && o->addrs[0].ss_family == AF_INET6;
-	const char *l = v6 ? "[" : "", *r = v6 ? "]" : "", *host = o->host;
-	char ip[ADDR_STRLEN];
-
-	if (!o->is_name) {
-		/* The address as prism reads it, however it was written. */
-		struct in6_addr a;
-		uint16_t p;
-
-		addr_from_sa((const struct sockaddr *)&o->addrs[0], &a, &p);
-		host = addr_fmt(&a, ip);
-	}
-
-	if (o->port_mode == CFG_PORT_FIXED)
-		snprintf(buf, size, "%s%s%s:%u", l, host, r, o->port);
-	else if (o->port_mode == CFG_PORT_MAP)
-		snprintf(buf, size, "%s%s%s:%u-%u", l, host, r, o->port, hi);
-	else
-		snprintf(buf, size, "%s", host);
-	return buf;
-}
-
-/* Parses origin address <s> (the value of node <n>, under <key>) into <o>:
- * "addr", "addr:port", "[v6]:port", "v6", "name" or "name:port". An IP
- * address gets its one address now; a name is resolved once the whole file
- * is accepted (resolve_names). Returns 0 or -EINVAL after reporting.
- */
-static int parse_origin_addr(struct loader *ld, yaml_node_t *n, const char *key, const char *s,
-			     struct cfg_origin *o)
-{
-	const char *why = "", *colon = strchr(s, ':');
-	size_t host_len = strlen(s);
-	struct sockaddr_storage ss;
-	unsigned long port;
-	struct in6_addr a;
-	uint16_t p;
-	bool has_port;
-	char q[QBUF];
-
-	if (addr_parse_hostport(s, &ss, &has_port, &why) == 0) {
-		const char *h = s[0] == '[' ? s + 1 : s;
-		const char *end = s[0] == '[' ? strchr(s, ']') : has_port ? colon : s + host_len;
-
-		addr_from_sa((struct sockaddr *)&ss, &a, &p);
-		if (has_port) {
-			o->port_mode = CFG_PORT_FIXED;
-			o->port = p;
-		}
-		sa_set_port(&ss, 0);
-		o->host = strndup(h, (size_t)(end - h));
-		o->addrs = malloc(sizeof(*o->addrs));
-		if (!o->host || !o->addrs) {
-			ld->oom = true;
-			return -ENOMEM;
-		}
-		o->addrs[0] = ss;
-		o->n_addrs = 1;
-		return 0;
-	}
-	if (colon)
-		/* One colon: "name:port"; several, and not IPv6: no name either. */
-		host_len = strchr(colon + 1, ':') ? 0 : (size_t)(colon - s);
-	if (host_len && host_name_ok(s, host_len)) {
-		if (colon && (parse_uint(colon + 1, 65535, &port) != 0 || port == 0)) {
-			err_at(ld, &n->start_mark,
-			       "%s: %s is not a valid origin: bad port (expected 1 to 65535)", key,
-			       quote(s, q, sizeof(q)));
-			return -EINVAL;
-		}
-		if (colon) {
-			o->port_mode = CFG_PORT_FIXED;
-			o->port = (uint16_t)port;
-		}
-		o->host = strndup(s, host_len);
-		if (!o->host) {
-			ld->oom = true;
-			return -ENOMEM;
-		}
-		o->is_name = true;
-		return 0;
-	}
-	/* Neither. Explain it as an address when it looks like one. */
-	if (host_len && !strpbrk(s, "[]") && strspn(s, "0123456789.") < host_len)
-		why = "not an IP address or host name (expected e.g. 198.51.100.10:22, "
-		      "[2001:db8::10]:22 or origin.internal:8080; a host name is letters, digits, "
-		      "'-' and '.')";
-	err_at(ld, &n->start_mark, "%s: %s is not a valid origin: %s", key, quote(s, q, sizeof(q)),
-	       why);
-	return -EINVAL;
-}
-
-/* origins.port: 8080 or "9000-9999". Returns 0 or -EINVAL after reporting. */
-static int parse_origin_port(struct loader *ld, yaml_node_t *n, enum cfg_port_mode *mode,
-			     uint16_t *lo_out, uint16_t *hi_out)
-{
-	const char *s = node_str(ld, n, "origins.port", "a port (1-65535) or a range \"LO-HI\"");
-	unsigned long lo = 0, hi = 0;
-	const char *dash, *bad;
-	char q[QBUF], lo_s[16];
-	int rc1, rc2;
-
-	if (!s)
-		return -EINVAL;
-	dash = strchr(s, '-');
-	if (!dash) {
-		rc1 = rc2 = parse_uint(s, 65535, &lo);
-		hi = lo;
-	} else if (dash - s < (ptrdiff_t)sizeof(lo_s)) {
-		memcpy(lo_s, s, (size_t)(dash - s));
-		lo_s[dash - s] = '\0';
-		rc1 = parse_uint(lo_s, 65535, &lo);
-		rc2 = parse_uint(dash + 1, 65535, &hi);
-	} else {
-		rc1 = rc2 = -EINVAL;
-	}
-	if (rc1 == -EINVAL || rc2 == -EINVAL) {
-		err_at(ld, &n->start_mark,
-		       "origins.port: %s is not a port or a range \"LO-HI\" (e.g. 8080 or "
-		       "\"9000-9999\")",
-		       quote(s, q, sizeof(q)));
-		return -EINVAL;
-	}
-	if (rc1 == -ERANGE || lo == 0 || rc2 == -ERANGE || hi == 0) {
-		bad = rc1 == -ERANGE || lo == 0 ? (dash ? lo_s : s) : dash + 1;
-		err_at(ld, &n->start_mark, "origins.port: port %s out of range (1-65535)", bad);
-		return -EINVAL;
-	}
-	if (lo > hi) {
-		err_at(ld, &n->start_mark,
-		       "origins.port: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo, hi,
-		       hi, lo);
-		return -EINVAL;
-	}
-	*mode = dash ? CFG_PORT_MAP : CFG_PORT_FIXED;
-	*lo_out = (uint16_t)lo;
-	*hi_out = (uint16_t)hi;
-	return 0;
-}
-
-/* One origin written as a mapping {address, port, weight, backup}. */
-static int load_origin_map(struct loader *ld, yaml_node_t *map, const char *where,
-			   struct cfg_origin *o, struct origin_src *os)
-{
-	struct field f[] = {
-	    {.key = "address"}, {.key = "port"}, {.key = "weight"}, {.key = "backup"}};
-	enum { F_ADDR, F_PORT, F_WEIGHT, F_BACKUP, F_N };
-	size_t errs_before = ld->n_errs + ld->n_dropped;
-	enum cfg_port_mode mode = CFG_PORT_DIALED;
-	uint16_t lo = 0, hi = 0;
-	bool addr_ok = false, port_ok = false;
-	const char *s = NULL;
-	char q[QBUF];
-
-	map_fields(ld, map, "origins", where, f, F_N);
-	if (f[F_ADDR].val) {
-		os->mark = f[F_ADDR].val->start_mark;
-		s = node_str(ld, f[F_ADDR].val, "origins.address",
-			     "an IP address or host name, with an optional :port");
-		addr_ok = s && parse_origin_addr(ld, f[F_ADDR].val, "origins.address", s, o) == 0;
-	} else {
-		err_at(ld, &map->start_mark,
-		       "origins: missing required key \"address\" (e.g. address: 198.51.100.10)");
-	}
-	if (f[F_PORT].val) {
-		os->port_mark = f[F_PORT].val->start_mark;
-		port_ok = parse_origin_port(ld, f[F_PORT].val, &mode, &lo, &hi) == 0;
-	}
-	if (addr_ok && port_ok) {
-		if (o->port_mode != CFG_PORT_DIALED) {
-			err_at(ld, &f[F_PORT].mark,
-			       "origins: %s has a port already, and so does key \"port\"; give it "
-			       "once",
-			       quote(s, q, sizeof(q)));
-		} else {
-			o->port_mode = mode;
-			o->port = lo;
-			os->hi = hi;
-		}
-	}
-	if (f[F_WEIGHT].val)
-		get_uint(ld, f[F_WEIGHT].val, "origins.weight", 0, CFG_WEIGHT_MAX, &o->weight);
-	if (f[F_BACKUP].val)
-		get_bool(ld, f[F_BACKUP].val, "origins.backup", &o->backup);
-	return ld->n_errs + ld->n_dropped == errs_before && !ld->oom ? 0 : -EINVAL;
-}
-
-static bool origin_same(const struct cfg_origin *a, const struct cfg_origin *b)
-{
-	if (a->is_name != b->is_name || a->port_mode != b->port_mode || a->port != b->port)
-		return false;
-	if (a->is_name)
-		return strcasecmp(a->host, b->host) == 0;
-	return sa_same_addr(&a->addrs[0], &b->addrs[0]);
-}
-
-/* The checks across an app's origins, once each loaded cleanly: port
- * ranges against the app's range, duplicates, and that some origin can be
- * chosen at all.
- */
-static int check_origins(struct loader *ld, const struct cfg_app *app, const char *label,
-			 yaml_node_t *list, const struct origin_src *srcs, bool ports_ok)
-{
-	size_t i, j, n_primary = 0, n_primary_w = 0, n_w = 0;
-	char buf[CFG_HOST_MAX + 32];
-	int rc = 0;
-
-	for (i = 0; i < app->n_origins; i++) {
-		const struct cfg_origin *o = &app->origins[i];
-
-		if (o->port_mode == CFG_PORT_MAP && ports_ok) {
-			const struct cfg_range *r = &app->ports[0];
-			unsigned size = (unsigned)srcs[i].hi - o->port + 1;
-			unsigned app_size = (unsigned)r->hi - r->lo + 1;
-
-			if (app->n_ports != 1) {
-				err_at(
-				    ld, &srcs[i].port_mark,
-				    "origins: port range %u-%u maps ports by offset from the app's "
-				    "port range, but %s has %zu port entries (give it exactly one "
-				    "range, e.g. ports: \"8000-8999\")",
-				    o->port, srcs[i].hi, label, app->n_ports);
-				rc = -EINVAL;
-			} else if (size != app_size) {
-				err_at(ld, &srcs[i].port_mark,
-				       "origins: port range %u-%u has %u ports but the app's range "
-				       "%u-%u has %u",
-				       o->port, srcs[i].hi, size, r->lo, r->hi, app_size);
-				rc = -EINVAL;
-			}
-		}
-		for (j = 0; j < i; j++)
-			if (origin_same(o, &app->origins[j])) {
-				err_at(ld, &srcs[i].mark,
-				       "origins: %s is listed twice (first at line %d)",
-				       fmt_origin(o, srcs[i].hi, buf, sizeof(buf)),
-				       app->origins[j].pos.line);
-				rc = -EINVAL;
-				break;
-			}
-		n_primary += !o->backup;
-		n_primary_w += !o->backup && o->weight > 0;
-		n_w += o->weight > 0;
-	}
-	if (n_primary ? n_primary_w == 0 : n_w == 0) {
-		err_at(ld, &list->start_mark,
-		       "origins: every %sorigin has weight 0, so no origin can be chosen (give one "
-		       "a weight of 1 or more)",
-		       n_primary ? "primary (non-backup) " : "");
-		rc = -EINVAL;
-	}
-	return rc;
-}
-
-/* origins: one origin, or a list of them; each a string or a mapping. */
-static int load_origins(struct loader *ld, struct cfg_app *app, int id, const char *label,
-			bool ports_ok)
-{
-	const char *expect = "an origin (address[:port], or a mapping with address)";
-	yaml_node_t *list = node_get(ld, id);
-	yaml_node_item_t one, *items;
-	struct origin_src *srcs;
-	char where[CFG_NAME_MAX + 64];
-	size_t i, n;
-	int rc = 0;
-
-	if (list->type == YAML_MAPPING_NODE) {
-		one = id;
-		items = &one;
-		n = 1;
-	} else if (node_items(ld, id, "origins", expect, "origin", &one, &items, &n) != 0) {
-		return -EINVAL;
-	}
-	if (n > CFG_ORIGINS_MAX) {
-		err_at(ld, &list->start_mark, "origins: %zu origins in one app (at most %d)", n,
-		       CFG_ORIGINS_MAX);
-		return -EINVAL;
-	}
-	app->origins = calloc(n, sizeof(*app->origins));
-	srcs = calloc(n, sizeof(*srcs));
-	if (!app->origins || !srcs) {
-		free(srcs);
-		ld->oom = true;
-		return -ENOMEM;
-	}
-	snprintf(where, sizeof(where), "in an origin of %s", label);
-	for (i = 0; i < n; i++) {
-		yaml_node_t *o = node_get(ld, items[i]);
-		struct cfg_origin *org = &app->origins[app->n_origins];
-		struct origin_src *os = &srcs[app->n_origins];
-		int r;
-
-		org->weight = DEF_WEIGHT;
-		os->mark = o->start_mark;
-		if (o->type == YAML_MAPPING_NODE) {
-			r = load_origin_map(ld, o, where, org, os);
-		} else {
-			const char *s = node_str(ld, o, "origins", expect);
-
-			r = s ? parse_origin_addr(ld, o, "origins", s, org) : -EINVAL;
-		}
-		if (r != 0) {
-			origin_clear(org);
-			rc = -EINVAL;
-			continue;
-		}
-		/* At the address: where a warning about the name points. */
-		org->pos.line = (int)os->mark.line + 1;
-		org->pos.col = (int)os->mark.column + 1;
-		origin_compat(org);
-		app->n_origins++;
-	}
-	if (rc == 0)
-		rc = check_origins(ld, app, label, list, srcs, ports_ok);
-	free(srcs);
-	return rc;
-}
-
-/* Resolves every origin name of an accepted config. One that does not
- * resolve is no error: DNS may be down at boot, and prism keeps trying.
- */
-static void resolve_names(struct loader *ld)
-{
-	struct cfg *c = ld->cfg;
-	size_t a, i;
-
-	for (a = 0; a < c->n_apps; a++) {
-		const struct cfg_app *app = &c->apps[a];
-
-		for (i = 0; i < app->n_origins; i++) {
-			struct cfg_origin *o = &app->origins[i];
-			struct sockaddr_storage *addrs = NULL;
-			const char *why = "unknown error";
-			char dur[32];
-			size_t n = 0;
-
-			if (!o->is_name)
-				continue;
-			if (cfg_resolver(o->host, &addrs, &n, &why) == 0 && addrs &&
-			    (n = addrs_dedupe(addrs, n)) > 0) {
-				o->addrs = addrs;
-				o->n_addrs = n;
-				origin_compat(o);
-				continue;
-			}
-			free(addrs);
-			warn_at(
-			    ld, &o->pos,
-			    "origin %s does not resolve (%s); prism will retry every dns.refresh "
-			    "(%s)",
-			    o->host, why, fmt_duration(app->dns_refresh_ms, dur, sizeof(dur)));
-		}
-	}
-}
-
-/* ---- balancing, health ---- */
-
-/* health_check {interval, timeout, rise, fall, port, send, expect}. Stores
- * in <*port_given> whether the port key is there (valid or not).
- */
-static void load_health(struct loader *ld, yaml_node_t *map, const char *where,
-			struct cfg_health *h, bool *port_given)
-{
-	struct field f[] = {{.key = "interval"}, {.key = "timeout"}, {.key = "rise"},
-			    {.key = "fall"},	 {.key = "port"},    {.key = "send"},
-			    {.key = "expect"}};
-	enum { F_INTERVAL, F_TIMEOUT, F_RISE, F_FALL, F_PORT, F_SEND, F_EXPECT, F_N };
-	bool interval_ok = true;
-	char d1[32], d2[32];
-
-	h->on = true;
-	*port_given = false;
-	if (map_fields(ld, map, "health_check", where, f, F_N) != 0)
-		return;
-	*port_given = f[F_PORT].val != NULL;
-	if (f[F_INTERVAL].val)
-		interval_ok = get_duration(ld, f[F_INTERVAL].val, "health_check.interval", true,
-					   &h->interval_ms) == 0;
-	if (f[F_TIMEOUT].val) {
-		if (get_duration(ld, f[F_TIMEOUT].val, "health_check.timeout", true,
-				 &h->timeout_ms) == 0 &&
-		    interval_ok && h->timeout_ms > h->interval_ms)
-			err_at(ld, &f[F_TIMEOUT].val->start_mark,
-			       "health_check.timeout: %s is longer than the interval %s (a check "
-			       "must end before the next one starts)",
-			       fmt_duration(h->timeout_ms, d1, sizeof(d1)),
-			       fmt_duration(h->interval_ms, d2, sizeof(d2)));
-	} else if (h->timeout_ms > h->interval_ms) {
-		/* A short interval shortens the default timeout with it. */
-		h->timeout_ms = h->interval_ms;
-	}
-	if (f[F_RISE].val)
-		get_uint(ld, f[F_RISE].val, "health_check.rise", 1, CFG_RISE_MAX, &h->rise);
-	if (f[F_FALL].val)
-		get_uint(ld, f[F_FALL].val, "health_check.fall", 1, CFG_RISE_MAX, &h->fall);
-	if (f[F_PORT].val)
-		get_port(ld, f[F_PORT].val, "health_check.port", &h->port);
-	if (f[F_SEND].val)
-		get_bytes(ld, f[F_SEND].val, "health_check.send", &h->send, &h->send_len);
-	if (f[F_EXPECT].val) {
-		get_bytes(ld, f[F_EXPECT].val, "health_check.expect", &h->expect, &h->expect_len);
-		if (!f[F_SEND].val)
-			err_at(ld, &f[F_EXPECT].mark,
-			       "health_check: expect needs send (prism sends send, then compares "
-			       "the start of the reply with expect)");
-	}
-}
-
-/* passive {failures, cooldown}. */
-static void load_passive(struct loader *ld, yaml_node_t *map, const char *where,
-			 struct cfg_passive *p)
-{
-	struct field f[] = {{.key = "failures"}, {.key = "cooldown"}};
-
-	if (map_fields(ld, map, "passive", where, f, 2) != 0)
-		return;
-	if (f[0].val)
-		get_uint(ld, f[0].val, "passive.failures", 0, CFG_FAILURES_MAX, &p->failures);
-	if (f[1].val)
-		get_duration(ld, f[1].val, "passive.cooldown", true, &p->cooldown_ms);
-}
-
-/* dns {refresh}. */
-static void load_dns(struct loader *ld, yaml_node_t *map, const char *where, uint32_t *refresh_ms)
-{
-	struct field f[] = {{.key = "refresh"}};
-
-	if (map_fields(ld, map, "dns", where, f, 1) != 0)
-		return;
-	if (f[0].val)
-		get_duration(ld, f[0].val, "dns.refresh", true, refresh_ms);
-}
-
-/* ---- protection ---- */
-
-/* Reads a rate: "200/s", "30/m", or "0" for off (stored as 0 per second,
- * so that a reader never divides by zero). Returns 0 or -EINVAL after
- * reporting.
- */
-static int get_rate(struct loader *ld, yaml_node_t *n, const char *key, struct cfg_rate *r)
-{
-	const char *s = node_str(ld, n, key, "a rate such as 200/s or 30/m, or 0 for off");
-	char q[QBUF], num[16];
-	const char *slash;
-	unsigned long v;
-	uint32_t per_ms;
-	int rc;
-
-	if (!s)
-		return -EINVAL;
-	if (strcmp(s, "0") == 0) {
-		*r = (struct cfg_rate){0, 1000};
-		return 0;
-	}
-	slash = strchr(s, '/');
-	if (!slash || slash - s >= (ptrdiff_t)sizeof(num) ||
-	    (strcmp(slash + 1, "s") != 0 && strcmp(slash + 1, "m") != 0))
-		goto bad;
-	per_ms = slash[1] == 's' ? 1000 : 60000;
-	memcpy(num, s, (size_t)(slash - s));
-	num[slash - s] = '\0';
-	rc = parse_uint(num, CFG_RATE_MAX, &v);
-	if (rc == -EINVAL)
-		goto bad;
-	if (rc == -ERANGE || v == 0) {
-		err_at(ld, &n->start_mark,
-		       "%s: %s out of range (1-%d per second or per minute, or 0 for off)", key,
-		       quote(s, q, sizeof(q)), CFG_RATE_MAX);
-		return -EINVAL;
-	}
-	*r = (struct cfg_rate){(uint32_t)v, per_ms};
-	return 0;
-bad:
-	err_at(ld, &n->start_mark,
-	       "%s: %s is not a rate (expected a number per second or minute, e.g. 200/s or "
-	       "30/m; or 0 for off)",
-	       key, quote(s, q, sizeof(q)));
-	return -EINVAL;
-}
-
-/* True when prefix <p> contains prefix <q> (or equals it). */
-static bool prefix_contains(const struct addr_prefix *p, const struct addr_prefix *q)
-{
-	int bytes = p->len / 8, rest = p->len % 8;
-
-	if (p->len > q->len || memcmp(&p->addr, &q->addr, (size_t)bytes) != 0)
-		return false;
-	if (rest == 0)
-		return true;
-	uint8_t mask = (uint8_t)(0xff00u >> rest);
-	return (p->addr.s6_addr[bytes] & mask) == (q->addr.s6_addr[bytes] & mask);
-}
-
-/* A prefix of a deny/allow list, where it was written, for the overlap check. */
-struct listed_prefix {
-	struct addr_prefix p;
-	yaml_mark_t mark;
-	size_t idx;
-};
-
-static int listed_cmp(const void *a, const void *b)
-{
-	const struct listed_prefix *x = a, *y = b;
-	int c = memcmp(&x->p.addr, &y->p.addr, sizeof(x->p.addr));
-
-	if (c != 0)
-		return c;
-	if (x->p.len != y->p.len)
-		return x->p.len < y->p.len ? -1 : 1;
-	return x->idx < y->idx ? -1 : x->idx > y->idx;
-}
-
-/* Refuses a prefix listed twice or inside another of the same list: nft
- * refuses overlapping elements of an interval set, and a redundant entry
- * is most likely a typo. Prefixes either nest or are disjoint, so after
- * sorting by address (the wider first) one pass against the last
- * outermost prefix finds every case.
- */
-static int check_prefix_list(struct loader *ld, const char *key, struct listed_prefix *v, size_t n)
-{
-	char a[ADDR_STRLEN], b[ADDR_STRLEN];
-	size_t i, outer = 0;
-	int rc = 0;
-
-	qsort(v, n, sizeof(*v), listed_cmp);
-	for (i = 1; i < n; i++) {
-		const struct listed_prefix *o = &v[outer], *x = &v[i];
-
-		if (!prefix_contains(&o->p, &x->p)) {
-			outer = i;
-			continue;
-		}
-		/* Report at the later one of a duplicate, at the inner one of a nest. */
-		if (o->p.len == x->p.len)
-			err_at(ld, &x->mark, "%s: %s is listed twice (first at line %zu)", key,
-			       addr_fmt_prefix(&x->p, a), o->mark.line + 1);
-		else
-			err_at(ld, &x->mark, "%s: %s is inside %s (line %zu); list each range once",
-			       key, addr_fmt_prefix(&x->p, a), addr_fmt_prefix(&o->p, b),
-			       o->mark.line + 1);
-		rc = -EINVAL;
-	}
-	return rc;
-}
-
-/* protection.deny / allow: a prefix, a list of them, or nothing ([] or
- * no value). On success stores a malloc'd array in <*out> (NULL when
- * empty) and its length in <*n_out>; the caller owns it. Returns 0 or
- * -EINVAL after reporting (then <*out> is NULL).
- */
-static int load_prefix_list(struct loader *ld, yaml_node_t *v, int id, const char *key,
-			    struct addr_prefix **out, size_t *n_out)
-{
-	const char *expect = "an address or prefix";
-	yaml_node_item_t one, *items;
-	struct listed_prefix *lp = NULL;
-	struct addr_prefix *ps = NULL;
-	size_t i, n, k = 0;
-	int rc = 0;
-
-	*out = NULL;
-	*n_out = 0;
-	if (node_is_null(v))
-		return 0;
-	if (v->type == YAML_SCALAR_NODE) {
-		one = id;
-		items = &one;
-		n = 1;
-	} else if (v->type == YAML_SEQUENCE_NODE) {
-		items = v->data.sequence.items.start;
-		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-	} else {
-		err_at(ld, &v->start_mark, "%s: expected %s or a list of them, got %s", key, expect,
-		       node_kind(v));
-		return -EINVAL;
-	}
-	if (n == 0)
-		return 0;
-	if (n > CFG_PREFIXES_MAX) {
-		err_at(ld, &v->start_mark,
-		       "%s: %zu prefixes (at most %d; merge neighbours into wider prefixes)", key,
-		       n, CFG_PREFIXES_MAX);
-		return -EINVAL;
-	}
-	ps = calloc(n, sizeof(*ps));
-	lp = calloc(n, sizeof(*lp));
-	if (!ps || !lp) {
-		ld->oom = true;
-		rc = -ENOMEM;
-		goto out;
-	}
-	for (i = 0; i < n; i++) {
-		yaml_node_t *e = node_get(ld, items[i]);
-		const char *s = node_str(ld, e, key, expect), *why = "";
-		char buf[ADDR_STRLEN];
-		struct addr_prefix p;
-
-		if (!s) {
-			rc = -EINVAL;
-			continue;
-		}
-		if (addr_parse_prefix(s, &p, &why) != 0) {
-			prefix_error(ld, e, key, s, why);
-			rc = -EINVAL;
-			continue;
-		}
-		if (!addr_is_v4(&p.addr) && v6_covers_mapped(&p)) {
-			/* As for edges: v4 is kept v4-mapped, so this would
-			 * match every IPv4 source too.
-			 */
-			err_at(ld, &e->start_mark,
-			       "%s: %s includes the IPv4-mapped range ::ffff:0:0/96; use a "
-			       "narrower IPv6 prefix, and IPv4 prefixes for IPv4 (0.0.0.0/0 for "
-			       "all of IPv4)",
-			       key, addr_fmt_prefix(&p, buf));
-			rc = -EINVAL;
-			continue;
-		}
-		lp[k].p = p;
-		lp[k].mark = e->start_mark;
-		lp[k].idx = k;
-		ps[k++] = p;
-	}
-	if (rc == 0)
-		rc = check_prefix_list(ld, key, lp, k);
-out:
-	free(lp);
-	if (rc != 0) {
-		free(ps);
-		return rc;
-	}
-	*out = ps;
-	*n_out = k;
-	return 0;
-}
-
-/* protection.ban {after, window, duration}; a key left out keeps the value
- * <b> came with (the default, or in an app the global one).
- */
-static void load_ban(struct loader *ld, yaml_node_t *map, const char *where,
-		     struct cfg_protection *b)
-{
-	struct field f[] = {{.key = "after"}, {.key = "window"}, {.key = "duration"}};
-	char d[32];
-
-	if (map_fields(ld, map, "protection.ban", where, f, 3) != 0)
-		return;
-	if (f[0].val)
-		get_uint(ld, f[0].val, "protection.ban.after", 0, CFG_BAN_AFTER_MAX, &b->ban_after);
-	if (f[1].val)
-		get_duration(ld, f[1].val, "protection.ban.window", true, &b->ban_window_ms);
-	if (f[2].val) {
-		uint32_t ms;
-
-		if (get_duration(ld, f[2].val, "protection.ban.duration", true, &ms) != 0)
-			return;
-		if (ms > CFG_BAN_MAX_MS)
-			err_at(ld, &f[2].val->start_mark,
-			       "protection.ban.duration: %s is too long (at most 7d)",
-			       fmt_duration(ms, d, sizeof(d)));
-		else
-			b->ban_duration_ms = ms;
-	}
-}
-
-/* The protection block, global (<label> NULL; <max_conns> receives
- * protection.max_conns) or of the app <label> (<max_conns> NULL). <p> holds
- * the values to start from: the defaults, or for an app a copy of the
- * global block whose deny/allow arrays are borrowed; a list the block sets
- * replaces the borrowed pointer with one <p> owns.
- */
-static void load_protection(struct loader *ld, yaml_node_t *map, const char *label,
-			    struct cfg_protection *p, uint32_t *max_conns)
-{
-	static const char *const unserved[] = {"drop", "reject", NULL};
-	bool app = label != NULL;
-	struct field f[] = {
-	    {.key = "unserved", .unlisted = app},
-	    {.key = "deny"},
-	    {.key = "allow"},
-	    {.key = "syn_rate_per_source", .unlisted = app},
-	    {.key = "max_conns_per_source"},
-	    {.key = "conn_rate_per_source"},
-	    {.key = "ban"},
-	    {.key = "max_conns", .unlisted = app},
-	    {.key = "first_byte_timeout"},
-	};
-	enum {
-		F_UNSERVED,
-		F_DENY,
-		F_ALLOW,
-		F_SYN_RATE,
-		F_CONNS_PER_SRC,
-		F_CONN_RATE,
-		F_BAN,
-		F_MAX_CONNS,
-		F_FIRST_BYTE,
-		F_N
-	};
-	char where[CFG_NAME_MAX + 64];
-	int v;
-
-	if (app)
-		snprintf(where, sizeof(where), "in protection of %s", label);
-	else
-		snprintf(where, sizeof(where), "in protection");
-	if (map_fields(ld, map, "protection", where, f, F_N) != 0)
-		return;
-	if (app) {
-		/* The nftables SYN limit and the unserved verdict are one rule
-		 * for the whole table, and the process cap is the process's:
-		 * none of them can differ by app.
-		 */
-		if (f[F_UNSERVED].val)
-			err_at(ld, &f[F_UNSERVED].mark,
-			       "protection.unserved is global only (it applies to ports no app "
-			       "claims); set it in the top-level protection block");
-		if (f[F_SYN_RATE].val)
-			err_at(ld, &f[F_SYN_RATE].mark,
-			       "protection.syn_rate_per_source is global only (one nftables limit "
-			       "per source address); set it in the top-level protection block");
-		if (f[F_MAX_CONNS].val)
-			err_at(ld, &f[F_MAX_CONNS].mark,
-			       "protection.max_conns is global only (the whole process); an app's "
-			       "own cap is its max_conns key, beside protection");
-	} else {
-		if (f[F_UNSERVED].val &&
-		    (v = get_word(ld, f[F_UNSERVED].val, "protection.unserved", unserved)) >= 0)
-			p->unserved = (enum cfg_unserved)v;
-		if (f[F_SYN_RATE].val)
-			get_rate(ld, f[F_SYN_RATE].val, "protection.syn_rate_per_source",
-				 &p->syn_rate_per_source);
-		if (f[F_MAX_CONNS].val && max_conns)
-			get_uint(ld, f[F_MAX_CONNS].val, "protection.max_conns", 0, CFG_CONNS_MAX,
-				 max_conns);
-	}
-	if (f[F_DENY].val) {
-		load_prefix_list(ld, f[F_DENY].val, f[F_DENY].id, "protection.deny", &p->deny,
-				 &p->n_deny);
-		p->set_deny = app;
-	}
-	if (f[F_ALLOW].val) {
-		load_prefix_list(ld, f[F_ALLOW].val, f[F_ALLOW].id, "protection.allow", &p->allow,
-				 &p->n_allow);
-		p->set_allow = app;
-	}
-	if (f[F_CONNS_PER_SRC].val)
-		get_uint(ld, f[F_CONNS_PER_SRC].val, "protection.max_conns_per_source", 0,
-			 CFG_CONNS_MAX, &p->max_conns_per_source);
-	if (f[F_CONN_RATE].val)
-		get_rate(ld, f[F_CONN_RATE].val, "protection.conn_rate_per_source",
-			 &p->conn_rate_per_source);
-	if (f[F_BAN].val) {
-		if (app)
-			snprintf(where, sizeof(where), "in protection.ban of %s", label);
-		else
-			snprintf(where, sizeof(where), "in protection.ban");
-		load_ban(ld, f[F_BAN].val, where, p);
-	}
-	if (f[F_FIRST_BYTE].val)
-		get_duration(ld, f[F_FIRST_BYTE].val, "protection.first_byte_timeout", false,
-			     &p->first_byte_timeout_ms);
 }
 
 /* Loads apps[<idx>] from <map> into cfg->apps[<idx>]. */
@@ -1940,15 +999,15 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 	app->protection.set_allow = false;
 	src->ok = false;
 	if (map->type != YAML_MAPPING_NODE) {
-		err_at(ld, &map->start_mark,
-		       "apps: each app is a mapping (name, edge, ports, origins, ...), got %s",
-		       node_kind(map));
+		cfg_err_at(ld, &map->start_mark,
+			   "apps: each app is a mapping (name, edge, ports, origins, ...), got %s",
+			   cfg_node_kind(map));
 		return;
 	}
 	/* Name the app in messages by its name when it has a usable one. */
 	snprintf(label, sizeof(label), "app #%zu", idx + 1);
 	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-		yaml_node_t *k = node_get(ld, p->key), *val = node_get(ld, p->value);
+		yaml_node_t *k = cfg_node_get(ld, p->key), *val = cfg_node_get(ld, p->value);
 
 		if (k->type == YAML_SCALAR_NODE &&
 		    strcmp((char *)k->data.scalar.value, "name") == 0 &&
@@ -1961,68 +1020,69 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 		}
 	}
 	snprintf(where, sizeof(where), "in %s", label);
-	map_fields(ld, map, "app", where, f, F_N);
+	cfg_map_fields(ld, map, "app", where, f, F_N);
 
 	if (f[F_NAME].val) {
-		const char *s = node_str(ld, f[F_NAME].val, "name", "an app name");
+		const char *s = cfg_node_str(ld, f[F_NAME].val, "name", "an app name");
 		char q[QBUF];
 
 		if (s && !name_ok(s)) {
-			err_at(ld, &f[F_NAME].val->start_mark,
-			       "name: %s is not a valid app name (1-64 letters, digits, '_', '.' "
-			       "or '-')",
-			       quote(s, q, sizeof(q)));
+			cfg_err_at(
+			    ld, &f[F_NAME].val->start_mark,
+			    "name: %s is not a valid app name (1-64 letters, digits, '_', '.' "
+			    "or '-')",
+			    cfg_quote(s, q, sizeof(q)));
 		} else if (s) {
 			for (i = 0; i < idx; i++)
 				if (ld->cfg->apps[i].name && strcmp(ld->cfg->apps[i].name, s) == 0)
 					break;
 			if (i < idx)
-				err_at(ld, &f[F_NAME].val->start_mark,
-				       "duplicate app name \"%s\" (first at line %d)", s,
-				       ld->cfg->apps[i].pos.line);
+				cfg_err_at(ld, &f[F_NAME].val->start_mark,
+					   "duplicate app name \"%s\" (first at line %d)", s,
+					   ld->cfg->apps[i].pos.line);
 			app->name = strdup(s);
 			if (!app->name)
 				ld->oom = true;
 		}
 	}
-	if (f[F_PROTO].val && (v = get_word(ld, f[F_PROTO].val, "protocol", protos)) >= 0)
+	if (f[F_PROTO].val && (v = cfg_get_word(ld, f[F_PROTO].val, "protocol", protos)) >= 0)
 		app->protocol = (enum cfg_proto)v;
-	if (f[F_PP].val && (v = get_word(ld, f[F_PP].val, "proxy_protocol", pps)) >= 0)
+	if (f[F_PP].val && (v = cfg_get_word(ld, f[F_PP].val, "proxy_protocol", pps)) >= 0)
 		app->proxy_protocol = v == 0 ? PP_OFF : v == 1 ? PP_V1 : PP_V2;
 	if (f[F_EDGE].val)
 		load_edges(ld, app, src, f[F_EDGE].id);
 	else
-		err_at(ld, &map->start_mark,
-		       "%s: missing required key \"edge\" (the addresses "
-		       "it serves, e.g. 192.0.2.10 or 192.0.2.0/24)",
-		       label);
+		cfg_err_at(ld, &map->start_mark,
+			   "%s: missing required key \"edge\" (the addresses "
+			   "it serves, e.g. 192.0.2.10 or 192.0.2.0/24)",
+			   label);
 	if (f[F_PORTS].val)
 		ports_ok = load_ports(ld, app, f[F_PORTS].id) == 0;
 	else
-		err_at(ld, &map->start_mark,
-		       "%s: missing required key \"ports\" (e.g. 22, "
-		       "\"8000-8999\", \"*\" or a list)",
-		       label);
+		cfg_err_at(ld, &map->start_mark,
+			   "%s: missing required key \"ports\" (e.g. 22, "
+			   "\"8000-8999\", \"*\" or a list)",
+			   label);
 	if (f[F_ORIGINS].val)
-		load_origins(ld, app, f[F_ORIGINS].id, label, ports_ok);
+		cfg_load_origins(ld, app, f[F_ORIGINS].id, label, ports_ok);
 	else
-		err_at(ld, &map->start_mark,
-		       "%s: missing required key \"origins\" (where to "
-		       "relay, e.g. 198.51.100.10:22)",
-		       label);
+		cfg_err_at(ld, &map->start_mark,
+			   "%s: missing required key \"origins\" (where to "
+			   "relay, e.g. 198.51.100.10:22)",
+			   label);
 	if (!f[F_NAME].val)
-		err_at(ld, &map->start_mark, "%s: missing required key \"name\"", label);
+		cfg_err_at(ld, &map->start_mark, "%s: missing required key \"name\"", label);
 	snprintf(where, sizeof(where), "in timeouts of %s", label);
 	if (f[F_TIMEOUTS].val)
 		load_timeouts(ld, f[F_TIMEOUTS].val, where, &app->connect_timeout_ms,
 			      &app->idle_timeout_ms);
-	if (f[F_BALANCE].val && (v = get_word(ld, f[F_BALANCE].val, "balance", lbs)) >= 0)
+	if (f[F_BALANCE].val && (v = cfg_get_word(ld, f[F_BALANCE].val, "balance", lbs)) >= 0)
 		app->balance = (enum cfg_balance)v;
 	if (f[F_RETRIES].val)
-		get_uint(ld, f[F_RETRIES].val, "retries", 0, CFG_RETRIES_MAX, &app->retries);
+		cfg_get_uint(ld, f[F_RETRIES].val, "retries", 0, CFG_RETRIES_MAX, &app->retries);
 	if (f[F_HEALTH].val) {
 		snprintf(where, sizeof(where), "in health_check of %s", label);
-		load_health(ld, f[F_HEALTH].val, where, &app->health, &hc_port_given);
+		cfg_load_health(ld, f[F_HEALTH].val, where, &app->health, &hc_port_given);
 		/* Only a fixed port says where to check; the other modes
 		 * depend on the port each client dials.
 		 */
@@ -2030,7 +1090,7 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 			const struct cfg_origin *o = &app->origins[i];
 
 			if (o->port_mode == CFG_PORT_DIALED) {
-				err_at(
+				cfg_err_at(
 				    ld, &f[F_HEALTH].mark,
 				    "health_check: origins without a port need health_check.port "
 				    "(%s is dialed on the port the client dialed, so there is no "
@@ -2039,27 +1099,29 @@ static void load_app(struct loader *ld, size_t idx, yaml_node_t *map)
 				break;
 			}
 			if (o->port_mode == CFG_PORT_MAP) {
-				err_at(ld, &f[F_HEALTH].mark,
-				       "health_check: origins with a port range need "
-				       "health_check.port (%s is dialed on a port that follows the "
-				       "client's, so there is no one port to check)",
-				       o->host);
+				cfg_err_at(
+				    ld, &f[F_HEALTH].mark,
+				    "health_check: origins with a port range need "
+				    "health_check.port (%s is dialed on a port that follows the "
+				    "client's, so there is no one port to check)",
+				    o->host);
 				break;
 			}
 		}
 	}
 	if (f[F_PASSIVE].val) {
 		snprintf(where, sizeof(where), "in passive of %s", label);
-		load_passive(ld, f[F_PASSIVE].val, where, &app->passive);
+		cfg_load_passive(ld, f[F_PASSIVE].val, where, &app->passive);
 	}
 	if (f[F_DNS].val) {
 		snprintf(where, sizeof(where), "in dns of %s", label);
-		load_dns(ld, f[F_DNS].val, where, &app->dns_refresh_ms);
+		cfg_load_dns(ld, f[F_DNS].val, where, &app->dns_refresh_ms);
 	}
 	if (f[F_MAX_CONNS].val)
-		get_uint(ld, f[F_MAX_CONNS].val, "max_conns", 0, CFG_CONNS_MAX, &app->max_conns);
+		cfg_get_uint(ld, f[F_MAX_CONNS].val, "max_conns", 0, CFG_CONNS_MAX,
+			     &app->max_conns);
 	if (f[F_PROTECTION].val)
-		load_protection(ld, f[F_PROTECTION].val, label, &app->protection, NULL);
+		cfg_load_protection(ld, f[F_PROTECTION].val, label, &app->protection, NULL);
 	src->ok = ld->n_errs + ld->n_dropped == errs_before && !ld->oom;
 }
 
@@ -2102,10 +1164,10 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 				break;
 		}
 	if (total > CFG_MAX_CLAIMS) {
-		err_at(ld, apps_mark,
-		       "apps: more than %d (edge, port range) combinations in all; merge edges "
-		       "into prefixes or ports into ranges",
-		       CFG_MAX_CLAIMS);
+		cfg_err_at(ld, apps_mark,
+			   "apps: more than %d (edge, port range) combinations in all; merge edges "
+			   "into prefixes or ports into ranges",
+			   CFG_MAX_CLAIMS);
 		return;
 	}
 	claims = calloc(total ? total : 1, sizeof(*claims));
@@ -2144,8 +1206,8 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 			break;
 		}
 		if (rc != -EEXIST || cf.a >= n || cf.b >= n || cf.a == cf.b) {
-			err_at(ld, apps_mark, "apps: cannot build the routing table: %s",
-			       strerror(rc < 0 ? -rc : EINVAL));
+			cfg_err_at(ld, apps_mark, "apps: cannot build the routing table: %s",
+				   strerror(rc < 0 ? -rc : EINVAL));
 			break;
 		}
 		if (cf.a > cf.b) {
@@ -2166,7 +1228,7 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 			pairs[n_pairs][1] = app_b;
 			n_pairs++;
 			fmt_shared_ports(&claims[cf.a], &claims[cf.b], ports, sizeof(ports));
-			err_at(
+			cfg_err_at(
 			    ld, &srcs[cf.b].mark,
 			    "app \"%s\" overlaps app \"%s\" (line %zu): both claim %s %s with no "
 			    "more specific winner",
@@ -2192,11 +1254,11 @@ static void load_apps(struct loader *ld, yaml_node_t *seq)
 	yaml_node_item_t *it;
 	size_t n, i;
 
-	if (node_is_null(seq))
+	if (cfg_node_is_null(seq))
 		goto routes;
 	if (seq->type != YAML_SEQUENCE_NODE) {
-		err_at(ld, &seq->start_mark, "apps: expected a list of apps, got %s",
-		       node_kind(seq));
+		cfg_err_at(ld, &seq->start_mark, "apps: expected a list of apps, got %s",
+			   cfg_node_kind(seq));
 		return;
 	}
 	n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
@@ -2211,7 +1273,7 @@ static void load_apps(struct loader *ld, yaml_node_t *seq)
 	c->n_apps = n;
 	ld->n_src = n;
 	for (i = 0, it = seq->data.sequence.items.start; i < n; i++, it++)
-		load_app(ld, i, node_get(ld, *it));
+		load_app(ld, i, cfg_node_get(ld, *it));
 routes:
 	build_routes(ld, &seq->start_mark);
 }
@@ -2224,18 +1286,18 @@ static void load_root(struct loader *ld, yaml_node_t *root)
 	enum { F_LISTEN, F_NETWORK, F_TIMEOUTS, F_GRACE, F_APPS, F_LOG, F_PROTECTION, F_N };
 	static const yaml_mark_t start = {0, 0, 0};
 
-	if (!root || node_is_null(root)) {
+	if (!root || cfg_node_is_null(root)) {
 		build_routes(ld, &start);
 		return;
 	}
 	if (root->type != YAML_MAPPING_NODE) {
-		err_at(ld, &root->start_mark,
-		       "the top level must be a mapping of keys (listen, network, timeouts, "
-		       "shutdown_grace, apps, log_level, protection), got %s",
-		       node_kind(root));
+		cfg_err_at(ld, &root->start_mark,
+			   "the top level must be a mapping of keys (listen, network, timeouts, "
+			   "shutdown_grace, apps, log_level, protection), got %s",
+			   cfg_node_kind(root));
 		return;
 	}
-	map_fields(ld, root, "config", "at top level", f, F_N);
+	cfg_map_fields(ld, root, "config", "at top level", f, F_N);
 	if (f[F_LOG].val)
 		load_log_level(ld, f[F_LOG].val);
 	/* Before the apps: their defaults and the IPv6 check depend on these. */
@@ -2247,12 +1309,12 @@ static void load_root(struct loader *ld, yaml_node_t *root)
 		load_timeouts(ld, f[F_TIMEOUTS].val, "in timeouts", &ld->cfg->connect_timeout_ms,
 			      &ld->cfg->idle_timeout_ms);
 	if (f[F_GRACE].val)
-		get_duration(ld, f[F_GRACE].val, "shutdown_grace", false,
-			     &ld->cfg->shutdown_grace_ms);
+		cfg_get_duration(ld, f[F_GRACE].val, "shutdown_grace", false,
+				 &ld->cfg->shutdown_grace_ms);
 	/* Before the apps: each app's protection starts as a copy of it. */
 	if (f[F_PROTECTION].val)
-		load_protection(ld, f[F_PROTECTION].val, NULL, &ld->cfg->protection,
-				&ld->cfg->max_conns);
+		cfg_load_protection(ld, f[F_PROTECTION].val, NULL, &ld->cfg->protection,
+				    &ld->cfg->max_conns);
 	if (f[F_APPS].val)
 		load_apps(ld, f[F_APPS].val);
 	else
@@ -2281,14 +1343,15 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 				m.column++;
 			}
 		}
-		err_at(ld, &m, "not valid text: %s (the file must be UTF-8)", what);
+		cfg_err_at(ld, &m, "not valid text: %s (the file must be UTF-8)", what);
 		return;
 	}
 	if (p->context)
-		err_at(ld, &p->problem_mark, "YAML syntax error: %s (%s at line %zu, column %zu)",
-		       what, p->context, p->context_mark.line + 1, p->context_mark.column + 1);
+		cfg_err_at(ld, &p->problem_mark,
+			   "YAML syntax error: %s (%s at line %zu, column %zu)", what, p->context,
+			   p->context_mark.line + 1, p->context_mark.column + 1);
 	else
-		err_at(ld, &p->problem_mark, "YAML syntax error: %s", what);
+		cfg_err_at(ld, &p->problem_mark, "YAML syntax error: %s", what);
 }
 
 static struct cfg *cfg_new(const char *path)
@@ -2339,7 +1402,7 @@ static void cfg_free(struct cfg *c)
 		free(a->edges);
 		free(a->ports);
 		for (size_t j = 0; j < a->n_origins; j++)
-			origin_clear(&a->origins[j]);
+			cfg_origin_clear(&a->origins[j]);
 		free(a->origins);
 		free(a->health.send);
 		free(a->health.expect);
@@ -2406,7 +1469,7 @@ int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out
 			syntax_error(&ld, &parser, buf, len);
 		} else {
 			if (yaml_document_get_root_node(&doc2))
-				err_at(
+				cfg_err_at(
 				    &ld, &doc2.start_mark,
 				    "a second YAML document starts here; prism reads one (remove "
 				    "the \"---\" and what follows, or merge the two)");
@@ -2416,7 +1479,7 @@ int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out
 	load_root(&ld, root);
 	/* Only for a config that will be used: resolving takes time. */
 	if (!ld.n_errs && !ld.n_dropped && !ld.oom)
-		resolve_names(&ld);
+		cfg_resolve_names(&ld);
 out:
 	if (ld.n_errs || ld.n_dropped || ld.oom) {
 		rc = ld.n_errs || ld.n_dropped ? -EINVAL : -ENOMEM;

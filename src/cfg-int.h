@@ -1,0 +1,109 @@
+/* cfg-int.h - private interface shared by the config loader's files (cfg*.c). */
+#ifndef PRISM_CFG_INT_H
+#define PRISM_CFG_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <yaml.h>
+
+#include "cfg.h"
+
+#define CFG_QUOTE_MAX 64 /* user text quoted in a message is cut here */
+#define CFG_NAME_MAX  64
+#define CFG_CONNS_MAX 10000000 /* max_conns, max_conns_per_source */
+
+/* Big enough for CFG_QUOTE_MAX bytes each escaped to 4, quotes and "...". */
+#define QBUF 300
+
+/* Private to cfg.c; the other files only carry pointers to them. */
+struct cfg_err;
+struct app_src;
+
+/* The state of one cfg_load_buf run, handed to every section loader. */
+struct loader {
+	const char *name;
+	yaml_document_t *doc;
+	struct cfg *cfg;
+
+	struct cfg_err *errs;
+	size_t n_errs, cap_errs, n_dropped;
+	bool oom;
+
+	struct app_src *src; /* parallel to cfg->apps */
+	size_t n_src;
+
+	char *warns; /* cfg->warnings, as it grows */
+	size_t warns_len;
+};
+
+/* One key of a mapping as the schema knows it. */
+struct field {
+	const char *key;
+	yaml_node_t *val; /* NULL when absent */
+	int id;		  /* of val */
+	yaml_mark_t mark; /* of the key */
+	bool unlisted;	  /* accepted only to be refused with a better message than
+			   * "unknown key", so not offered in "expected one of" */
+};
+
+/* ---- error collection (cfg.c) ---- */
+
+/* Reports a problem at <m> (libyaml's 0-based mark, printed 1-based). */
+__attribute__((format(printf, 3, 4))) void cfg_err_at(struct loader *ld, const yaml_mark_t *m,
+						      const char *fmt, ...);
+/* Adds a "FILE:LINE:COL: warning: ..." line for a config that still loads. */
+__attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const struct cfg_pos *pos,
+						       const char *fmt, ...);
+/* Quotes user text <s> into <buf> (QBUF bytes) for a message; returns <buf>. */
+const char *cfg_quote(const char *s, char *buf, size_t size);
+
+/* ---- node helpers (cfg.c) ---- */
+
+yaml_node_t *cfg_node_get(struct loader *ld, int id);
+const char *cfg_node_kind(const yaml_node_t *n);
+bool cfg_node_is_null(const yaml_node_t *n);
+const char *cfg_node_str(struct loader *ld, yaml_node_t *n, const char *key, const char *expect);
+int cfg_node_items(struct loader *ld, int id, const char *key, const char *expect, const char *noun,
+		   yaml_node_item_t *one, yaml_node_item_t **items, size_t *n);
+int cfg_map_fields(struct loader *ld, yaml_node_t *map, const char *key, const char *where,
+		   struct field *f, size_t nf);
+
+/* ---- scalar parsers (cfg.c); each returns 0 or -EINVAL after reporting ---- */
+
+int cfg_parse_uint(const char *s, unsigned long max, unsigned long *v);
+int cfg_get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool positive,
+		     uint32_t *ms);
+int cfg_get_bool(struct loader *ld, yaml_node_t *n, const char *key, bool *b);
+int cfg_get_word(struct loader *ld, yaml_node_t *n, const char *key, const char *const *words);
+int cfg_get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t *port);
+int cfg_get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned long lo,
+		 unsigned long hi, uint32_t *out);
+int cfg_get_bytes(struct loader *ld, yaml_node_t *n, const char *key, char **out, size_t *len);
+const char *cfg_fmt_duration(uint32_t ms, char *buf, size_t size);
+
+/* ---- addresses (cfg.c) ---- */
+
+bool cfg_v6_covers_mapped(const struct addr_prefix *p);
+void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const char *s,
+		      const char *why);
+
+/* ---- origins, balancing, health (cfg_origins.c) ---- */
+
+int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char *label,
+		     bool ports_ok);
+void cfg_origin_clear(struct cfg_origin *o);
+void cfg_resolve_names(struct loader *ld);
+void cfg_load_health(struct loader *ld, yaml_node_t *map, const char *where, struct cfg_health *h,
+		     bool *port_given);
+void cfg_load_passive(struct loader *ld, yaml_node_t *map, const char *where,
+		      struct cfg_passive *p);
+void cfg_load_dns(struct loader *ld, yaml_node_t *map, const char *where, uint32_t *refresh_ms);
+
+/* ---- protection (cfg_protect.c) ---- */
+
+void cfg_load_protection(struct loader *ld, yaml_node_t *map, const char *label,
+			 struct cfg_protection *p, uint32_t *max_conns);
+
+#endif
