@@ -72,6 +72,13 @@ int cfg_map_fields(struct loader *ld, yaml_node_t *map, const char *key, const c
 
 /* ---- scalar parsers (cfg.c); each returns 0 or -EINVAL after reporting ---- */
 
+/* Parses <s> of node <n>, "N" or "LO-HI" (ports 1-65535), for <key>;
+ * problems are reported as "<key>: ..." with <what> naming the accepted
+ * forms. Returns 0 with *lo, *hi and *range (a range was written), or
+ * -EINVAL.
+ */
+int cfg_parse_port_range(struct loader *ld, yaml_node_t *n, const char *s, const char *key,
+			 const char *what, uint16_t *lo, uint16_t *hi, bool *range);
 int cfg_parse_uint(const char *s, unsigned long max, unsigned long *v);
 int cfg_get_duration(struct loader *ld, yaml_node_t *n, const char *key, bool positive,
 		     uint32_t *ms);

@@ -859,27 +859,17 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 	return rc;
 }
 
-/* One element of `ports`: 22, "8000-8999" or "*". */
-static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
+int cfg_parse_port_range(struct loader *ld, yaml_node_t *n, const char *s, const char *key,
+			 const char *what, uint16_t *lo_out, uint16_t *hi_out, bool *range)
 {
-	const char *s = cfg_node_str(ld, n, "ports", "a port, a range \"LO-HI\" or \"*\"");
-	char q[QBUF], lo_s[16];
-	const char *dash;
+	const char *dash = strchr(s, '-');
 	unsigned long lo = 0, hi = 0;
+	char q[QBUF], lo_s[16];
 	int rc1, rc2;
 
-	if (!s)
-		return -EINVAL;
-	if (strcmp(s, "*") == 0) {
-		r->lo = 1;
-		r->hi = 65535;
-		return 0;
-	}
-	dash = strchr(s, '-');
 	if (!dash) {
-		rc1 = cfg_parse_uint(s, 65535, &lo);
+		rc1 = rc2 = cfg_parse_uint(s, 65535, &lo);
 		hi = lo;
-		rc2 = rc1;
 	} else if (dash - s < (ptrdiff_t)sizeof(lo_s)) {
 		memcpy(lo_s, s, (size_t)(dash - s));
 		lo_s[dash - s] = '\0';
@@ -889,30 +879,44 @@ static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
 		rc1 = rc2 = -EINVAL;
 	}
 	if (rc1 == -EINVAL || rc2 == -EINVAL) {
-		cfg_err_at(
-		    ld, &n->start_mark,
-		    "ports: %s is not a port, a range \"LO-HI\" or \"*\" (e.g. 22, \"8000-8999\")",
-		    cfg_quote(s, q, sizeof(q)));
+		cfg_err_at(ld, &n->start_mark, "%s: %s is not %s", key, cfg_quote(s, q, sizeof(q)),
+			   what);
 		return -EINVAL;
 	}
-	if (rc1 == -ERANGE || lo == 0) {
-		cfg_err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)",
-			   dash ? lo_s : s);
-		return -EINVAL;
-	}
-	if (rc2 == -ERANGE || hi == 0) {
-		cfg_err_at(ld, &n->start_mark, "ports: port %s out of range (1-65535)", dash + 1);
+	if (rc1 == -ERANGE || lo == 0 || rc2 == -ERANGE || hi == 0) {
+		const char *bad = rc1 == -ERANGE || lo == 0 ? (dash ? lo_s : s) : dash + 1;
+
+		cfg_err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, bad);
 		return -EINVAL;
 	}
 	if (lo > hi) {
 		cfg_err_at(ld, &n->start_mark,
-			   "ports: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo, hi, hi,
+			   "%s: range %lu-%lu is reversed (did you mean %lu-%lu?)", key, lo, hi, hi,
 			   lo);
 		return -EINVAL;
 	}
-	r->lo = (uint16_t)lo;
-	r->hi = (uint16_t)hi;
+	*lo_out = (uint16_t)lo;
+	*hi_out = (uint16_t)hi;
+	*range = dash != NULL;
 	return 0;
+}
+
+/* One element of `ports`: 22, "8000-8999" or "*". */
+static int parse_range(struct loader *ld, yaml_node_t *n, struct cfg_range *r)
+{
+	const char *s = cfg_node_str(ld, n, "ports", "a port, a range \"LO-HI\" or \"*\"");
+	bool range;
+
+	if (!s)
+		return -EINVAL;
+	if (strcmp(s, "*") == 0) {
+		r->lo = 1;
+		r->hi = 65535;
+		return 0;
+	}
+	return cfg_parse_port_range(ld, n, s, "ports",
+				    "a port, a range \"LO-HI\" or \"*\" (e.g. 22, \"8000-8999\")",
+				    &r->lo, &r->hi, &range);
 }
 
 static int load_ports(struct loader *ld, struct cfg_app *app, int id)

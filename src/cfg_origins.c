@@ -262,46 +262,13 @@ static int parse_origin_port(struct loader *ld, yaml_node_t *n, enum cfg_port_mo
 {
 	const char *s =
 	    cfg_node_str(ld, n, "origins.port", "a port (1-65535) or a range \"LO-HI\"");
-	unsigned long lo = 0, hi = 0;
-	const char *dash, *bad;
-	char q[QBUF], lo_s[16];
-	int rc1, rc2;
+	bool range;
 
-	if (!s)
+	if (!s || cfg_parse_port_range(ld, n, s, "origins.port",
+				       "a port or a range \"LO-HI\" (e.g. 8080 or \"9000-9999\")",
+				       lo_out, hi_out, &range) < 0)
 		return -EINVAL;
-	dash = strchr(s, '-');
-	if (!dash) {
-		rc1 = rc2 = cfg_parse_uint(s, 65535, &lo);
-		hi = lo;
-	} else if (dash - s < (ptrdiff_t)sizeof(lo_s)) {
-		memcpy(lo_s, s, (size_t)(dash - s));
-		lo_s[dash - s] = '\0';
-		rc1 = cfg_parse_uint(lo_s, 65535, &lo);
-		rc2 = cfg_parse_uint(dash + 1, 65535, &hi);
-	} else {
-		rc1 = rc2 = -EINVAL;
-	}
-	if (rc1 == -EINVAL || rc2 == -EINVAL) {
-		cfg_err_at(ld, &n->start_mark,
-			   "origins.port: %s is not a port or a range \"LO-HI\" (e.g. 8080 or "
-			   "\"9000-9999\")",
-			   cfg_quote(s, q, sizeof(q)));
-		return -EINVAL;
-	}
-	if (rc1 == -ERANGE || lo == 0 || rc2 == -ERANGE || hi == 0) {
-		bad = rc1 == -ERANGE || lo == 0 ? (dash ? lo_s : s) : dash + 1;
-		cfg_err_at(ld, &n->start_mark, "origins.port: port %s out of range (1-65535)", bad);
-		return -EINVAL;
-	}
-	if (lo > hi) {
-		cfg_err_at(ld, &n->start_mark,
-			   "origins.port: range %lu-%lu is reversed (did you mean %lu-%lu?)", lo,
-			   hi, hi, lo);
-		return -EINVAL;
-	}
-	*mode = dash ? CFG_PORT_MAP : CFG_PORT_FIXED;
-	*lo_out = (uint16_t)lo;
-	*hi_out = (uint16_t)hi;
+	*mode = range ? CFG_PORT_MAP : CFG_PORT_FIXED;
 	return 0;
 }
 
