@@ -43,10 +43,6 @@ struct cfg_origin {
 	uint32_t weight; /* default 1 */
 	bool backup;	 /* used only when no primary is usable */
 	struct cfg_pos pos;
-	/* compatibility with the single-address core: addrs[0] and
-	 * port_mode != CFG_PORT_DIALED, filled when n_addrs > 0 */
-	struct sockaddr_storage addr;
-	bool has_port;
 };
 
 enum cfg_balance {

@@ -148,18 +148,6 @@ void cfg_origin_clear(struct cfg_origin *o)
 	memset(o, 0, sizeof(*o));
 }
 
-/* Fills the fields the single-address core reads: the first address, with
- * the origin's port when it has one (the first of a range).
- */
-static void origin_compat(struct cfg_origin *o)
-{
-	if (o->n_addrs == 0)
-		return;
-	o->addr = o->addrs[0];
-	o->has_port = o->port_mode != CFG_PORT_DIALED;
-	sa_set_port(&o->addr, o->has_port ? o->port : 0);
-}
-
 /* Formats <o> for messages: "198.51.100.1:80", "[2001:db8::1]:9000-9999",
  * "origin.internal".
  */
@@ -445,7 +433,6 @@ int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char 
 		/* At the address: where a warning about the name points. */
 		org->pos.line = (int)os->mark.line + 1;
 		org->pos.col = (int)os->mark.column + 1;
-		origin_compat(org);
 		app->n_origins++;
 	}
 	if (rc == 0)
@@ -478,7 +465,6 @@ void cfg_resolve_names(struct loader *ld)
 			    (n = addrs_dedupe(addrs, n)) > 0) {
 				o->addrs = addrs;
 				o->n_addrs = n;
-				origin_compat(o);
 				continue;
 			}
 			free(addrs);

@@ -103,6 +103,29 @@ static const char *app_line = "apps:\n"
 			      "    ports: 80\n"
 			      "    origins: 198.51.100.1\n";
 
+/* An origin's port (the first of a range; 0 for a port-less origin). */
+static uint16_t origin_port(const struct cfg_origin *o)
+{
+	return o->port_mode == CFG_PORT_DIALED ? 0 : o->port;
+}
+
+static bool origin_has_port(const struct cfg_origin *o)
+{
+	return o->port_mode != CFG_PORT_DIALED;
+}
+
+/* "addr:port" of an origin's first address with its port. */
+static const char *origin_sa(const struct cfg_origin *o, char *buf)
+{
+	struct sockaddr_storage ss = o->addrs[0];
+
+	if (ss.ss_family == AF_INET)
+		((struct sockaddr_in *)&ss)->sin_port = htons(origin_port(o));
+	else
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons(origin_port(o));
+	return addr_fmt_sa((const struct sockaddr *)&ss, buf);
+}
+
 static void test_defaults(void **state)
 {
 	(void)state;
@@ -208,9 +231,8 @@ static void test_every_key(void **state)
 	assert_int_equal(a->ports[0].lo, 22);
 	assert_int_equal(a->ports[0].hi, 22);
 	assert_int_equal(a->n_origins, 1);
-	assert_true(a->origins[0].has_port);
-	assert_string_equal(addr_fmt_sa((struct sockaddr *)&a->origins[0].addr, buf),
-			    "198.51.100.10:2222");
+	assert_true(origin_has_port(&a->origins[0]));
+	assert_string_equal(origin_sa(&a->origins[0], buf), "198.51.100.10:2222");
 	assert_int_equal(a->proxy_protocol, PP_V2);
 	assert_int_equal(a->connect_timeout_ms, 2000);
 	assert_int_equal(a->idle_timeout_ms, 3600000);
@@ -225,11 +247,10 @@ static void test_every_key(void **state)
 	assert_int_equal(a->ports[1].lo, 8000);
 	assert_int_equal(a->ports[1].hi, 8999);
 	assert_int_equal(a->n_origins, 3);
-	assert_false(a->origins[0].has_port);
-	assert_string_equal(addr_fmt_sa((struct sockaddr *)&a->origins[1].addr, buf),
-			    "[2001:db8::20]:8080");
-	assert_false(a->origins[2].has_port);
-	assert_int_equal(a->origins[2].addr.ss_family, AF_INET6);
+	assert_false(origin_has_port(&a->origins[0]));
+	assert_string_equal(origin_sa(&a->origins[1], buf), "[2001:db8::20]:8080");
+	assert_false(origin_has_port(&a->origins[2]));
+	assert_int_equal(a->origins[2].addrs[0].ss_family, AF_INET6);
 	assert_int_equal(a->proxy_protocol, PP_V1);
 	/* connect inherited from the globals, idle overridden to none */
 	assert_int_equal(a->connect_timeout_ms, 750);
@@ -793,15 +814,6 @@ static int restore_resolver(void **state)
 	return 0;
 }
 
-static uint16_t sa_port_of(const struct sockaddr_storage *ss)
-{
-	struct in6_addr a;
-	uint16_t p;
-
-	addr_from_sa((const struct sockaddr *)ss, &a, &p);
-	return p;
-}
-
 static const char *sa(const struct sockaddr_storage *ss, char *buf)
 {
 	return addr_fmt_sa((const struct sockaddr *)ss, buf);
@@ -857,13 +869,13 @@ static void test_origins_example(void **state)
 	assert_false(o[0].backup);
 	assert_int_equal(o[0].pos.line, 6);
 	assert_int_equal(o[0].pos.col, 18);
-	assert_false(o[0].has_port);
-	assert_string_equal(sa(&o[0].addr, buf), "198.51.100.21:0");
+	assert_false(origin_has_port(&o[0]));
+	assert_string_equal(origin_sa(&o[0], buf), "198.51.100.21:0");
 
 	assert_int_equal(o[1].port_mode, CFG_PORT_MAP);
 	assert_int_equal(o[1].port, 9000);
 	assert_int_equal(o[1].weight, 1);
-	assert_true(o[1].has_port);
+	assert_true(origin_has_port(&o[1]));
 
 	assert_string_equal(o[2].host, "origin-c.internal");
 	assert_true(o[2].is_name);
@@ -872,14 +884,14 @@ static void test_origins_example(void **state)
 	assert_int_equal(o[2].port_mode, CFG_PORT_FIXED);
 	assert_int_equal(o[2].port, 8080);
 	assert_true(o[2].backup);
-	assert_true(o[2].has_port);
-	assert_string_equal(sa(&o[2].addr, buf), "198.51.100.9:8080");
+	assert_true(origin_has_port(&o[2]));
+	assert_string_equal(origin_sa(&o[2], buf), "198.51.100.9:8080");
 
 	assert_string_equal(o[3].host, "198.51.100.23");
 	assert_int_equal(o[3].port_mode, CFG_PORT_FIXED);
 	assert_int_equal(o[3].port, 7000);
 	assert_string_equal(sa(&o[3].addrs[0], buf), "198.51.100.23:0");
-	assert_string_equal(sa(&o[3].addr, buf), "198.51.100.23:7000");
+	assert_string_equal(origin_sa(&o[3], buf), "198.51.100.23:7000");
 	assert_int_equal(o[3].pos.line, 12);
 	assert_int_equal(o[3].pos.col, 9);
 
@@ -985,7 +997,7 @@ static void test_origin_forms(void **state)
 	assert_int_equal(c->apps[0].n_origins, 11);
 	assert_string_equal(o[0].host, "2001:db8::10");
 	assert_int_equal(o[0].port, 22);
-	assert_string_equal(sa(&o[0].addr, buf), "[2001:db8::10]:22");
+	assert_string_equal(origin_sa(&o[0], buf), "[2001:db8::10]:22");
 	assert_string_equal(o[1].host, "2001:db8::11");
 	assert_int_equal(o[1].port_mode, CFG_PORT_DIALED);
 	assert_string_equal(o[2].host, "localhost");
@@ -1065,7 +1077,7 @@ static void test_origin_names(void **state)
 	assert_null(o[1].addrs);
 	assert_true(o[1].is_name);
 	assert_string_equal(o[1].host, "gone.test");
-	assert_false(o[1].has_port); /* compat fields stay empty without an address */
+	assert_int_equal(o[1].port, 81);
 	assert_int_equal(c->apps[1].origins[0].n_addrs, 0);
 	assert_string_equal(c->warnings,
 			    "t.yaml:5:25: warning: origin gone.test does not resolve (Name or "
@@ -1092,7 +1104,7 @@ static void test_origin_names(void **state)
 		if (strcmp(s, "127.0.0.1:0") != 0 && strcmp(s, "[::1]:0") != 0)
 			fail_msg("localhost resolved to %s", s);
 	}
-	assert_int_equal(sa_port_of(&o[0].addr), 7);
+	assert_int_equal(origin_port(&o[0]), 7);
 	assert_null(c->warnings);
 	cfg_unref(c);
 	cfg_resolver = stub_resolver;

@@ -373,8 +373,6 @@ static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
 	f->co.port_mode = CFG_PORT_FIXED;
 	f->co.port = port;
 	f->co.weight = 1;
-	f->co.addr = f->addr;
-	f->co.has_port = true;
 	f->app.name = "web";
 	f->app.origins = &f->co;
 	f->app.n_origins = 1;
