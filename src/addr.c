@@ -262,3 +262,11 @@ socklen_t addr_sa_len(const struct sockaddr *sa)
 		return 0;
 	}
 }
+
+void addr_sa_set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+	if (ss->ss_family == AF_INET)
+		((struct sockaddr_in *)ss)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}

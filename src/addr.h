@@ -54,6 +54,9 @@ const char *addr_fmt(const struct in6_addr *a, char *buf);
 /* Extracts the 128-bit key (v4-mapped for AF_INET) and port of <sa>. */
 void addr_from_sa(const struct sockaddr *sa, struct in6_addr *addr, uint16_t *port);
 
+/* Sets the port of the sockaddr_in/sockaddr_in6 in <ss> (host order in). */
+void addr_sa_set_port(struct sockaddr_storage *ss, uint16_t port);
+
 /* socklen of <sa> by its family. */
 socklen_t addr_sa_len(const struct sockaddr *sa);
 

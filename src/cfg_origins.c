@@ -72,14 +72,6 @@ static bool sa_same_addr(const struct sockaddr_storage *a, const struct sockaddr
 		   ((const struct sockaddr_in6 *)b)->sin6_scope_id;
 }
 
-static void sa_set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-	if (ss->ss_family == AF_INET)
-		((struct sockaddr_in *)ss)->sin_port = htons(port);
-	else
-		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
 /* Keeps the IPv4 and IPv6 addresses of <v>, each once, in their order, with
  * port 0. Returns how many remain.
  */
@@ -90,7 +82,7 @@ static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
 	for (i = 0; i < n; i++) {
 		if (v[i].ss_family != AF_INET && v[i].ss_family != AF_INET6)
 			continue;
-		sa_set_port(&v[i], 0);
+		addr_sa_set_port(&v[i], 0);
 		for (j = 0; j < k; j++)
 			if (sa_same_addr(&v[j], &v[i]))
 				break;
@@ -201,7 +193,7 @@ static int parse_origin_addr(struct loader *ld, yaml_node_t *n, const char *key,
 			o->port_mode = CFG_PORT_FIXED;
 			o->port = p;
 		}
-		sa_set_port(&ss, 0);
+		addr_sa_set_port(&ss, 0);
 		o->host = strndup(h, (size_t)(end - h));
 		o->addrs = malloc(sizeof(*o->addrs));
 		if (!o->host || !o->addrs) {

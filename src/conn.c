@@ -53,8 +53,6 @@ const char *conn_reason_str(enum conn_reason r)
 	return r < CR__COUNT ? reason_names[r] : "unknown";
 }
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
 /* Closes <fd> with an RST instead of a FIN: SO_LINGER with a zero timeout
  * makes close() abort the connection, which is how a reset, a refused or a
  * timed-out origin is passed on to the other side.
@@ -244,10 +242,7 @@ static int origin_pick(struct conn *c)
 	default:
 		port = dport; /* a port-less origin gets the port the client dialed */
 	}
-	if (c->origin.ss_family == AF_INET)
-		((struct sockaddr_in *)&c->origin)->sin_port = htons(port);
-	else
-		((struct sockaddr_in6 *)&c->origin)->sin6_port = htons(port);
+	addr_sa_set_port(&c->origin, port);
 	return 0;
 }
 

@@ -34,8 +34,6 @@
 #include "log.h"
 #include "timer.h"
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
 #define HC_MAX_INFLIGHT 256 /* checks connecting/talking at once */
 #define HC_EVENTS	64
 #define HC_SHOW_MAX	48 /* reply bytes quoted in a failure reason */
@@ -473,10 +471,7 @@ static void check_start(struct check *c)
 	struct sockaddr_storage sa = c->o->addr;
 	uint16_t port = check_port(c->ha, c->o);
 
-	if (sa.ss_family == AF_INET)
-		((struct sockaddr_in *)&sa)->sin_port = htons(port);
-	else
-		((struct sockaddr_in6 *)&sa)->sin6_port = htons(port);
+	addr_sa_set_port(&sa, port);
 
 	c->state = CK_CONNECTING;
 	hc->inflight++;

@@ -29,12 +29,8 @@ struct origin *origin_new(const struct cfg_origin *co, const struct sockaddr_sto
 	o->weight = co->weight;
 	o->backup = co->backup;
 	o->up = 1;
-	if (co->port_mode == CFG_PORT_FIXED) {
-		if (o->addr.ss_family == AF_INET)
-			((struct sockaddr_in *)&o->addr)->sin_port = htons(co->port);
-		else
-			((struct sockaddr_in6 *)&o->addr)->sin6_port = htons(co->port);
-	}
+	if (co->port_mode == CFG_PORT_FIXED)
+		addr_sa_set_port(&o->addr, co->port);
 	addr_fmt_sa((const struct sockaddr *)&o->addr, a);
 	if (co->port_mode != CFG_PORT_FIXED) /* drop the meaningless ":0" */
 		*strrchr(a, ':') = '\0';

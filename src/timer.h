@@ -11,6 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The struct that embeds <ptr> as its <member>: how a timer callback (or
+ * an epoll event) finds its owner.
+ */
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
 struct timer {
 	uint64_t deadline;	     /* ms, monotonic */
 	size_t idx;		     /* position in the heap, TIMER_IDLE when not armed */

@@ -26,8 +26,6 @@
 #include "log.h"
 #include "worker.h"
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
 #define EVENTS_PER_TURN	 256
 #define ACCEPTS_PER_TURN 8     /* per listener event; see docs/benchmarks.md */
 #define POOL_MAX	 32    /* spare pipes kept per worker */
@@ -238,14 +236,12 @@ static void do_accept(struct worker *w, struct io *lis)
 			case ENFILE:
 			case ENOBUFS:
 			case ENOMEM:
-				w->st.accept_errors++;
 				worker_pause_accept(w, errno);
 				return;
 			default:
 				/* ECONNABORTED, EPERM (netfilter), EPROTO...:
 				 * that one connection is gone, the listener is fine.
 				 */
-				w->st.accept_errors++;
 				continue;
 			}
 		}
@@ -257,7 +253,6 @@ static void do_accept(struct worker *w, struct io *lis)
 			close(fd);
 			continue;
 		}
-		w->st.accepted++;
 		r = conn_accept(w, fd, &client, &edge);
 		if (r < 0)
 			worker_pause_accept(w, -r);

@@ -49,10 +49,6 @@ struct pipe_pair {
 	int rd, wr;
 };
 
-struct worker_stats {
-	uint64_t accepted, active, accept_errors;
-};
-
 struct worker {
 	int id;
 	pthread_t thread;
@@ -82,8 +78,6 @@ struct worker {
 	bool stopping;
 	struct timer grace_timer;
 	bool exit;
-
-	struct worker_stats st;
 };
 
 /* Creates the worker's epoll set and listening sockets and takes a reference
