@@ -264,7 +264,7 @@ static void origin_release(struct conn *c)
 static int origin_connect(struct conn *c)
 {
 	struct worker *w = c->w;
-	int one = 1, ofd, err;
+	int one = 1, zero = 0, ofd, err;
 
 	for (;;) {
 		if (origin_pick(c) < 0) {
@@ -279,6 +279,14 @@ static int origin_connect(struct conn *c)
 			return -err;
 		}
 		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		/* Delayed-ACK ("pingpong") mode before connect() makes the
+		 * kernel hold the handshake's last ACK so that the first bytes
+		 * to the origin carry it, and later delay ACKs of the origin's
+		 * replies onto our next segment: two packets fewer per short
+		 * connection. connected() pushes the ACK out at once when no
+		 * bytes are ready to carry it (the origin speaks first).
+		 */
+		setsockopt(ofd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
 		if (connect(ofd, (struct sockaddr *)&c->origin,
 			    addr_sa_len((struct sockaddr *)&c->origin)) == 0 ||
 		    errno == EINPROGRESS)
@@ -743,6 +751,17 @@ static void connected(struct conn *c, uint32_t events)
 	if (!(events & EPOLLOUT))
 		return;
 	hc_connect_ok(c->app, c->o);
+	if (!c->cli.rd && !c->pp_len) {
+		/* Nothing to send yet (a protocol where the server speaks
+		 * first, or a slow client): the origin only sees the
+		 * connection once it gets the handshake's ACK, so send it now
+		 * rather than when the delayed-ACK timer fires. 2 = push the
+		 * pending ACK, then stay in delayed-ACK mode.
+		 */
+		int two = 2;
+
+		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &two, sizeof(two));
+	}
 	origin_set_unref(c->set); /* tried bits are meaningless from here on */
 	c->set = NULL;
 	c->state = CS_RELAYING;

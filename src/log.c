@@ -49,20 +49,50 @@ void log_flush(void)
 	batch_len = 0;
 }
 
+/* The "2026-11-26T07:40:42" part changes once a second: each thread keeps
+ * the last one, so a busy worker formats it once per second rather than per
+ * line (gmtime_r and strftime were the largest user-space cost of an access
+ * line).
+ */
+static __thread time_t stamp_sec = -1;
+static __thread char stamp[32];
+static __thread size_t stamp_len;
+
+static size_t log_stamp(char *buf, const char *level)
+{
+	struct timespec ts;
+	unsigned ms;
+	size_t n;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (ts.tv_sec != stamp_sec) {
+		struct tm tm;
+
+		gmtime_r(&ts.tv_sec, &tm);
+		stamp_len = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S.", &tm);
+		stamp_sec = ts.tv_sec;
+	}
+	memcpy(buf, stamp, stamp_len);
+	n = stamp_len;
+	ms = (unsigned)(ts.tv_nsec / 1000000);
+	buf[n++] = (char)('0' + ms / 100);
+	buf[n++] = (char)('0' + ms / 10 % 10);
+	buf[n++] = (char)('0' + ms % 10);
+	buf[n++] = 'Z';
+	buf[n++] = ' ';
+	while (*level)
+		buf[n++] = *level++;
+	buf[n++] = ' ';
+	return n;
+}
+
 static void log_write(const char *level, const char *fmt, va_list ap)
 {
 	char buf[1024];
-	struct timespec ts;
-	struct tm tm;
 	size_t n;
 	int r;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-	r = snprintf(buf + n, sizeof(buf) - n, ".%03ldZ %s ", ts.tv_nsec / 1000000, level);
-	if (r > 0)
-		n += (size_t)r;
+	n = log_stamp(buf, level); /* < 48 bytes: "...Z " and a level name */
 	r = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
 	if (r > 0)
 		n += (size_t)r;

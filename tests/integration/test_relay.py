@@ -338,3 +338,31 @@ def test_idle_timeout_closes_both_sides(topo):
     o.close()
     assert d["reason"] == "idle_timeout", d
     assert (int(d["c2o"]), int(d["o2c"])) == (5, 5)
+
+
+def test_origin_speaks_first_without_delay(topo):
+    """prism holds the origin handshake's last ACK so that the client's first
+    bytes carry it (one packet fewer per connection). When the client has
+    sent nothing by the time the connect completes (SMTP, MySQL, FTP: the
+    server speaks first), prism must push that ACK at once: the origin's
+    accept() only returns when the ACK arrives, and the kernel would
+    otherwise send it after its 200 ms delayed-ACK maximum. Ten banner
+    exchanges take a few ms each here; held ACKs would make it 2 s or more.
+    """
+    t = topo
+    t.start_prism(CFG)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    t0 = time.monotonic()
+    for i in range(10):
+        c = peers.connect(t.c, "192.0.2.11", 7000, timeout=5)
+        o = ls.accept(timeout=5)
+        banner = b"220 banner %d\r\n" % i
+        o.sendall(banner)
+        assert peers.recv_exact(c, len(banner)) == banner
+        c.sendall(b"QUIT\r\n")
+        assert peers.recv_exact(o, 6) == b"QUIT\r\n"
+        o.close()
+        c.close()
+    took = time.monotonic() - t0
+    assert took < 1.0, f"10 server-first exchanges took {took:.2f} s"
