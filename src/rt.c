@@ -26,26 +26,34 @@
  *   key space (all of IPv4, or thousands of apps under one IPv6 /24) is
  *   crossed in one step, not only the top bits of the key.
  * Lookups start at the root, or for IPv4 keys at the node below
- * ::ffff:0:0/96 (which gets a table of its own when it is big).
+ * ::ffff:0:0/96 (which gets a table of its own when it is big); when that
+ * node is a jump node every key of its family matches, the first jump is
+ * taken straight from struct rt. Most lookups end at a one-interval leaf
+ * that matches the key, and then no node on the way needs checking (see
+ * rt_lookup): a lean loop takes that case, the full one the rest.
  *
  * So a random lookup in a 100,000-app table reads a hot node or two at the
  * top and then, most of the time, one line: the slot that is its leaf. The
- * cost is memory: slots are 32 bytes, one or two per trie node (see
- * JUMP_MIN), where an index into the node array would be 4 bytes but a
- * second miss.
+ * cost is memory: slots are 32 bytes (see JUMP_MIN for how many), where an
+ * index into the node array would be 4 bytes but a second miss.
  * With bench/rt_bench.c's workload (2 vCPU EPYC VM shared with other
- * jobs, gcc -O2, best of rounds), against the previous layout (binary trie
- * under one top-bits jump table per family, maps out of line):
+ * jobs, gcc -O2, best of rounds; the spread at 100,000 apps is what
+ * neighbours leave of the shared L3):
  *   apps     ns/lookup  bytes      before: ns/lookup  bytes
- *   10       15         5 KB               17         3 KB
- *   1,000    21         200 KB             34         105 KB
- *   100,000  50-63      13 MB              195        8.5 MB
+ *   10       12         5 KB               15         5 KB
+ *   1,000    17         193 KB             21         201 KB
+ *   100,000  33-37      8.6 MB             40-68      13 MB
+ * (and 17 / 34 / 195 ns with the layout before that: a binary trie under
+ * one top-bits jump table per family, maps out of line.)
  * At 100,000 apps a lookup still takes about one miss past L2 (1 MB): that
  * is the floor of any layout of a 100,000-prefix table, and what is left of
- * the growth. A leaf-pushed multibit trie would also end in one line but
- * copies each prefix into up to 2^stride slots; here the trie node itself
- * becomes the slot, one copy of each, so memory stays proportional to the
- * number of prefixes.
+ * the growth. What that miss costs depends on whether the table stays in
+ * the L3 (see JUMP_MIN), and on how many lookups' misses the CPU overlaps,
+ * which is why rt_lookup's common case is kept to few instructions. A
+ * leaf-pushed multibit trie would also end in one line but copies each
+ * prefix into up to 2^stride slots; here the trie node itself becomes the
+ * slot, one copy of each, so memory stays proportional to the number of
+ * prefixes.
  *
  * Design notes:
  * - Build cost is O(n log n) per node for its own claims plus linear in the
@@ -101,11 +109,16 @@ enum {
 	LN_NODE,  /* w: child[0], child[1] (maybe NIL), map offset */
 	LN_LEAF1, /* no children, one interval: <one>, then w[2]: fb */
 	LN_GLUE,  /* no claims: child[0], child[1], fb */
-	LN_JUMP,  /* w: first slot, map offset, fb; stride in <kind> */
+	LN_JUMP,  /* w: slot base (see JUMP_TAG), map offset, fb */
 	LN_REF,	  /* a jump slot whose first node is elsewhere: node, -, fb */
 };
 
-#define KIND_BITS 3
+/* The <kind> byte of a jump node is JUMP_TAG | sh, sh = 128 - len - stride,
+ * and its slot base is the first slot less (key >> sh): a key that matches
+ * the node has the same bits above the stride, so its slot is
+ * base + (k >> sh), one shift with no mask (wrapping in 32 bits).
+ */
+#define JUMP_TAG 0x80u
 
 /* A node as lookups see it: 32 bytes, aligned, so one line read. The
  * slots of a jump table are nodes too, in one run of the same array: a
@@ -115,13 +128,18 @@ enum {
 struct rt_lnode {
 	rt_u128 key;
 	uint8_t len;
-	uint8_t kind; /* LN_*, and for LN_JUMP the stride << KIND_BITS */
+	uint8_t kind; /* LN_*, but JUMP_TAG | shift for LN_JUMP */
 	uint16_t n;   /* map entries; 0: no claims here */
 	union {
 		struct rt_ent one;
 		uint32_t w[3];
 	};
 };
+
+static inline unsigned kind_of(const struct rt_lnode *nd)
+{
+	return nd->kind & JUMP_TAG ? LN_JUMP : nd->kind;
+}
 
 struct rt {
 	struct rt_lnode *ln;
@@ -133,6 +151,14 @@ struct rt {
 	 * and a fallback, like a slot. IPv4 starts below ::ffff:0:0/96.
 	 */
 	uint32_t start[2], start_best[2];
+	/* rt_lookup's first step, by family: when the start node is a jump
+	 * node that every key of the family matches, its slot is base + (k >>
+	 * sh); otherwise mask is 0 and base the start node.
+	 */
+	struct {
+		uint32_t base, mask;
+		unsigned sh;
+	} first[2];
 	struct rt_node *nodes; /* the binary trie, during rt_build only */
 	uint32_t nnodes;
 };
@@ -526,9 +552,14 @@ static int build_maps(struct rt_builder *b, uint32_t i, uint32_t poff, uint32_t 
  * NARROW would lead to a node. Small tables get two slots per node (about
  * four per prefix, as a binary trie has a glue node per prefix), up to
  * SMALL_SLOTS slots: blocks then rarely hold more than one node, and small
- * tables took a third fewer mispredicted branches. Big tables get one slot
- * per node: measured at 100,000 apps, two were no faster (the table is far
- * past L2 either way) and took 60% more memory (21 MB against 13).
+ * tables took a third fewer mispredicted branches. Big tables get about
+ * one slot per two nodes (one per prefix): at 100,000 apps that is 8.6 MB
+ * of table against 12.3 MB with one slot per node and 21 MB with two, and
+ * a smaller table is the faster one though more blocks then start with a
+ * glue node (a second line): this VM's L3 share holds about 8 MB (random
+ * dependent loads: 17 ns up to 8 MB, 50-100 ns at 12-16 MB), so the size
+ * decides whether the one line a lookup reads comes from L3 or DRAM. One
+ * slot per four nodes (8.0 MB) was slower again.
  */
 #define JUMP_MIN    8
 #define NARROW	    8
@@ -627,6 +658,8 @@ static int plan_jump(struct rt_builder *b, uint32_t j)
 
 	if (2 * want <= SMALL_SLOTS)
 		want *= 2;
+	else
+		want /= 2;
 	while (stride < MAX_STRIDE && len + stride < 128 && (1u << stride) < want)
 		stride++;
 	/* A few clusters far apart (IPv4 and some IPv6 /32s under the root)
@@ -681,8 +714,10 @@ static void put_node(struct rt_builder *b, uint32_t i, struct rt_ent *ent, size_
 		memset(kids, 0, sizeof(*kids));
 		kids->w[0] = c0;
 		kids->w[1] = c1;
-		l->kind = (uint8_t)(LN_JUMP | b->stride[i] << KIND_BITS);
-		l->w[0] = b->jbase[i];
+		unsigned sh = 128 - nd->len - b->stride[i];
+
+		l->kind = (uint8_t)(JUMP_TAG | sh);
+		l->w[0] = b->jbase[i] - (uint32_t)(nd->key >> sh);
 		l->w[1] = (uint32_t)*nent;
 		l->w[2] = NIL;
 	} else {
@@ -691,7 +726,9 @@ static void put_node(struct rt_builder *b, uint32_t i, struct rt_ent *ent, size_
 		l->w[1] = c1;
 		l->w[2] = nd->n ? (uint32_t)*nent : NIL;
 	}
-	memcpy(ent + *nent, rt->ent + nd->off, nd->n * sizeof(*ent));
+	/* Glue has no entries, and <ent> is NULL when no node has any. */
+	if (nd->n)
+		memcpy(ent + *nent, rt->ent + nd->off, nd->n * sizeof(*ent));
 	*nent += nd->n;
 }
 
@@ -732,7 +769,7 @@ static int make_layout(struct rt_builder *b)
 	struct rt *rt = b->rt;
 	uint32_t nn = rt->nnodes, v4node, v4best;
 	struct rt_ent *ent = NULL;
-	size_t nent = 0;
+	size_t nent = 0, nent_all = 0;
 	int err = -ENOMEM;
 
 	b->size = malloc(nn * sizeof(*b->size));
@@ -759,8 +796,12 @@ static int make_layout(struct rt_builder *b)
 	if (b->nl >= UINT32_MAX)
 		goto out;
 	rt->nln = (uint32_t)b->nl;
+	/* LN_LEAF1 nodes keep their interval inline: the rest need entries. */
+	for (uint32_t i = 0; i < nn; i++)
+		if (!(rt->nodes[i].n == 1 && is_leaf(&rt->nodes[i]) && !b->stride[i]))
+			nent_all += rt->nodes[i].n;
 	rt->ln = aligned_alloc(64, (b->nl * sizeof(*rt->ln) + 63) & ~(size_t)63);
-	if (!rt->ln || (rt->nent && !(ent = malloc(rt->nent * sizeof(*ent)))))
+	if (!rt->ln || (nent_all && !(ent = malloc(nent_all * sizeof(*ent)))))
 		goto out;
 	for (uint32_t i = 0; i < nn; i++)
 		put_node(b, i, ent, &nent);
@@ -781,6 +822,26 @@ out:
 	free(rt->nodes);
 	rt->nodes = NULL;
 	return err;
+}
+
+/* Sets rt->first from the start nodes. Every IPv4 key matches
+ * ::ffff:0:0/96, every key /0.
+ */
+static void set_first(struct rt *rt)
+{
+	for (int v4 = 0; v4 < 2; v4++) {
+		uint32_t s = rt->start[v4];
+		const struct rt_lnode *nd = s == NIL ? NULL : &rt->ln[s];
+
+		rt->first[v4].base = s;
+		rt->first[v4].mask = 0;
+		rt->first[v4].sh = 0;
+		if (nd && (nd->kind & JUMP_TAG) && nd->len <= (v4 ? 96 : 0)) {
+			rt->first[v4].base = nd->w[0];
+			rt->first[v4].mask = UINT32_MAX;
+			rt->first[v4].sh = nd->kind & ~JUMP_TAG;
+		}
+	}
 }
 
 int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt_conflict *conflict)
@@ -860,6 +921,7 @@ int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt
 		goto out;
 
 done:
+	set_first(rt);
 	*out = rt;
 	rt = NULL;
 	err = 0;
@@ -884,7 +946,7 @@ out:
 /* The map of a claimed node: inline for LN_LEAF1. */
 static inline const struct rt_ent *map_of(const struct rt *rt, const struct rt_lnode *nd)
 {
-	switch (nd->kind & 7) {
+	switch (kind_of(nd)) {
 	case LN_LEAF1:
 		return &nd->one;
 	case LN_JUMP:
@@ -897,23 +959,31 @@ static inline const struct rt_ent *map_of(const struct rt *rt, const struct rt_l
 /* The children of a node, wherever its kind keeps them. */
 static uint32_t child_of(const struct rt *rt, const struct rt_lnode *nd, unsigned c)
 {
-	switch (nd->kind & 7) {
+	unsigned sh = nd->kind & ~JUMP_TAG;
+
+	switch (kind_of(nd)) {
 	case LN_NODE:
 	case LN_GLUE:
 		return nd->w[c];
 	case LN_JUMP:
-		return rt->ln[nd->w[0] - 1].w[c];
+		/* The spare node before the first slot. */
+		return rt->ln[nd->w[0] + (uint32_t)(nd->key >> sh) - 1].w[c];
 	default:
 		return NIL;
 	}
 }
 
-uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port)
+/* The full lookup: descends checking that each node matches the key,
+ * remembering the deepest claimed node (or fallback) on the way, then
+ * searches its map. Kept out of line so that rt_lookup's common case
+ * stays small (see there).
+ */
+static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
+						      const struct in6_addr *addr, uint16_t port)
 {
 	rt_u128 k = key_of(addr);
 	const struct rt_lnode *nd;
 	const struct rt_ent *ent;
-	/* An index, not a branch: the family of a key is not predictable. */
 	int v4 = (k >> 32) == 0xffff;
 	uint32_t i = rt->start[v4], best = rt->start_best[v4], lo, n;
 
@@ -921,7 +991,7 @@ uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t po
 		unsigned kind;
 
 		nd = &rt->ln[i];
-		kind = nd->kind & 7;
+		kind = kind_of(nd);
 		/* Claimed nodes above a jump slot that the jump skipped. */
 		if (kind != LN_NODE && nd->w[2] != NIL)
 			best = nd->w[2];
@@ -939,14 +1009,11 @@ uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t po
 		}
 		if (nd->n)
 			best = i;
-		if (kind == LN_JUMP) {
-			unsigned stride = nd->kind >> KIND_BITS;
-
-			i = nd->w[0] + (uint32_t)((k << nd->len) >> (128 - stride));
-		} else {
+		if (kind == LN_JUMP)
+			i = nd->w[0] + (uint32_t)(k >> (nd->kind & ~JUMP_TAG));
+		else
 			/* A /128 has no children: any bit will do. */
 			i = nd->w[bit_at(k, nd->len & 127)];
-		}
 	}
 	if (best == NIL)
 		return RT_NONE;
@@ -965,6 +1032,52 @@ uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t po
 	if (ent[lo].hi < port || ent[lo].lo > port)
 		return RT_NONE;
 	return ent[lo].app;
+}
+
+/* Most lookups end at a one-interval leaf that contains the key. Such a
+ * leaf is the deepest trie node containing the key, however the lookup got
+ * there, and its map holds all the claims of its ancestors: its interval is
+ * the answer. So this loop descends without checking nodes or tracking
+ * fallbacks, checks only the leaf, and hands anything else to lookup_full.
+ * Few instructions per lookup is what counts once the table is past L2: the
+ * CPU then overlaps the misses of consecutive lookups. Jump nodes are
+ * checked all the same, so that a key outside one never indexes past its
+ * slots.
+ */
+uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port)
+{
+	rt_u128 k = key_of(addr);
+	const struct rt_lnode *ln = rt->ln;
+	/* An index, not a branch: the family of a key is not predictable.
+	 * (k >> 32 == 0xffff, in 64-bit halves.)
+	 */
+	int v4 = ((uint64_t)(k >> 64) | (((uint64_t)k >> 32) ^ 0xffff)) == 0;
+	uint32_t i = rt->first[v4].base + ((uint32_t)(k >> rt->first[v4].sh) & rt->first[v4].mask);
+
+	while (i != NIL) {
+		const struct rt_lnode *nd = &ln[i];
+		unsigned kind = nd->kind;
+
+		if (kind == LN_LEAF1) {
+			if ((k ^ nd->key) & mask_of(nd->len))
+				break;
+			/* Without a branch (RT_NONE is all ones): whether the port
+			 * is in the interval is as random as the keys.
+			 */
+			return nd->one.app | -(uint32_t)((uint16_t)(port - nd->one.lo) >
+							 (uint16_t)(nd->one.hi - nd->one.lo));
+		}
+		if (kind & JUMP_TAG) {
+			if ((k ^ nd->key) & mask_of(nd->len))
+				break;
+			i = nd->w[0] + (uint32_t)(k >> (kind & ~JUMP_TAG));
+		} else if (kind == LN_REF) {
+			i = nd->w[0];
+		} else {
+			i = nd->w[bit_at(k, nd->len & 127)];
+		}
+	}
+	return lookup_full(rt, addr, port);
 }
 
 void rt_free(struct rt *rt)
