@@ -48,6 +48,9 @@ PREFIX = "198.18.0.0/16"  # the served prefix (app "bench")
 IPERF_EDGE = "198.19.0.1"  # app "iperf": one address, any port -> :5201
 ECHO_PORT, IPERF_PORT, LISTEN_PORT = 7000, 5201, 15001
 TARGETS = ("direct", "haproxy", "prism")
+# The rate scenario also runs HAProxy with its two packet-saving options
+# (off by default in TCP mode), the counterpart of what prism does by default.
+RATE_TARGETS = ("direct", "haproxy", "haproxy-smart", "prism")
 SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -173,6 +176,15 @@ def listeners(pid):
         except (FileNotFoundError, ProcessLookupError):
             pass
     return n
+
+
+def machine_cpu():
+    """(busy, idle) CPU seconds of the whole machine from /proc/stat (steal
+    excluded: time the hypervisor gave to someone else is not ours)."""
+    with open("/proc/stat") as f:
+        v = [int(x) / CLK_TCK for x in f.readline().split()[1:8]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, idle
 
 
 def listening(pid, port):
@@ -396,6 +408,13 @@ backend be_echo
 backend be_iperf
     server s {ORIGIN4}:{IPERF_PORT}
 """)
+        with open(self.haproxy_cfg) as f:
+            text = f.read()
+        self.haproxy_smart_cfg = os.path.join(self.work, "haproxy-smart.cfg")
+        with open(self.haproxy_smart_cfg, "w") as f:
+            f.write(text.replace("    maxconn 9500\n    timeout connect",
+                                 "    maxconn 9500\n    option tcp-smart-accept\n"
+                                 "    option tcp-smart-connect\n    timeout connect"))
 
     # -- targets -----------------------------------------------------------
 
@@ -423,7 +442,8 @@ backend be_iperf
                 return p
             self.sh(self.nsx("e", [self.prism, "net", "up", "-c", self.prism_cfg]), note=True)
             self.net_up = True
-            p = self.spawn("e", ["haproxy", "-db", "-f", self.haproxy_cfg], "haproxy")
+            cfg = self.haproxy_smart_cfg if target == "haproxy-smart" else self.haproxy_cfg
+            p = self.spawn("e", ["haproxy", "-db", "-f", cfg], target)
             # HAProxy -db prints nothing when it is up: watch for its socket.
             deadline = time.monotonic() + 10
             while not listening(p.pid, LISTEN_PORT):
@@ -440,7 +460,7 @@ backend be_iperf
             rc = self.kill(p, timeout=5)
             if rc not in (0, -signal.SIGTERM, 143):
                 sys.stderr.write(f"bench: {target} exited {rc}\n{p.dump()}\n")
-        if target == "haproxy" and self.net_up:
+        if target.startswith("haproxy") and self.net_up:
             self.sh(self.nsx("e", [self.prism, "net", "down", "-c", self.prism_cfg]), note=True)
             self.net_up = False
 
@@ -480,6 +500,7 @@ backend be_iperf
                     p = self.start_target(target)
                     try:
                         c0 = cpu_s(p.pid) if p else None
+                        m0 = machine_cpu()
                         addr, port = self.dest(target, "iperf")
                         argv = self.nsx("c", ["iperf3", "-c", addr, "-p", port, "-t",
                                               str(self.t_bulk), "-P", str(streams), "-J"])
@@ -493,28 +514,48 @@ backend be_iperf
                         if "error" in j or "end" not in j:
                             raise RuntimeError(f"iperf3: {j.get('error', cp.stderr)}")
                         c1 = cpu_s(p.pid) if p else None
+                        m1 = machine_cpu()
                     finally:
                         self.stop_target(target, p)
                     rx = j["end"]["sum_received"]
                     gb = rx["bytes"] / 1e9
                     return {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx["bytes"],
                             "cpu_s": None if p is None else c1 - c0,
-                            "cpu_s_per_gb": None if p is None else (c1 - c0) / gb}
+                            "cpu_s_per_gb": None if p is None else (c1 - c0) / gb,
+                            "machine_s_per_gb": (m1[0] - m0[0]) / gb}
                 self.res[f"bulk{streams}"] = self.rounds_of(one)
         finally:
             self.kill(srv)
 
     # -- scenario 2: new connections/s -----------------------------------------
 
+    def edge_packets(self):
+        """Packets through the edge's client- and origin-side veths (each
+        packet once: rx on one side of a veth pair is tx on the other)."""
+        cp = self.sh(["ip", "-n", self.ns["e"], "-s", "-j", "link", "show"])
+        n = 0
+        for link in json.loads(cp.stdout):
+            if link["ifname"] in ("e0", "e1"):
+                st = link["stats64"]
+                n += st["rx"]["packets"] + st["tx"]["packets"]
+        return n
+
     def rate_once(self, target, kind, proc=None):
         addr, ports = self.dest(target, kind)
         c0 = cpu_s(proc.pid) if proc else None
+        k0, m0 = self.edge_packets(), machine_cpu()
         j = self.loadgen_run("rate", ["--target", addr, "--ports", ports, "--concurrency", "64",
                                       "--duration", str(self.t_rate), "--size", "64"],
                              timeout=self.t_rate + 30)
+        k1, m1 = self.edge_packets(), machine_cpu()
+        n = j.get("conns")
         if proc:
             c = cpu_s(proc.pid) - c0
-            j["cpu_us_per_conn"] = c * 1e6 / j["conns"] if j.get("conns") else None
+            j["cpu_us_per_conn"] = c * 1e6 / n if n else None
+        if n:
+            j["packets_per_conn"] = (k1 - k0) / n
+            j["machine_us_per_conn"] = (m1[0] - m0[0]) * 1e6 / n
+            j["machine_idle"] = (m1[1] - m0[1]) / max(1e-9, m1[1] - m0[1] + m1[0] - m0[0])
         return j
 
     def sc_rate(self):
@@ -524,7 +565,7 @@ backend be_iperf
                 return self.rate_once(target, "prefix", p)
             finally:
                 self.stop_target(target, p)
-        self.res["rate"] = self.rounds_of(one)
+        self.res["rate"] = self.rounds_of(one, targets=RATE_TARGETS)
 
     # -- scenario 3: request/response latency ----------------------------------
 
@@ -838,7 +879,7 @@ class Report:
             ["load average", f"{b.load[0]} at the start, {b.load[-1]} at the end "
                              "(1/5/15 min; other work on the machine adds noise)"],
             ["rounds", f"{b.rounds} per scenario (memory: {b.mem_rounds}), alternating "
-                       "direct, haproxy, prism"],
+                       "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism)"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
         ])
         self.w("Cells are *median (min–max)* over the rounds. Topology: client "
@@ -867,28 +908,53 @@ class Report:
         self.w()
         if self.skipped("bulk"):
             return
+        self.w("Machine CPU: busy time of both vCPUs (/proc/stat) per GB moved, i.e. "
+               "iperf3 client and server, the proxy, and the kernel work of every hop; "
+               "iperf3 runs from the start to the end of that window, so the figure "
+               "includes its setup.")
+        self.w()
         for n in (1, 4):
             self.w(f"**{n} stream{'s' if n > 1 else ''}**")
             self.w()
             self.metric_table(f"bulk{n}", [("Gbit/s", ("gbps",), 2),
-                                           ("proxy CPU s per GB", ("cpu_s_per_gb",), 3)])
+                                           ("proxy CPU s per GB", ("cpu_s_per_gb",), 3),
+                                           ("machine CPU s per GB", ("machine_s_per_gb",), 3)])
 
     def rate(self):
         self.w("## 2. New connections/s (64 concurrent, 64-byte request/response)")
         self.w()
-        if self.skipped("rate"):
+        if self.skipped("rate") or not self.res.get("rate"):
             return
         self.w(f"Proxies: random address in {PREFIX} × random port 1–65535 per connection; "
                f"direct: {ORIGIN4}:{ECHO_PORT} (nothing else listens there).")
         self.w()
-        self.metric_table("rate", [
-            ("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
-            ("connect p50 µs", ("connect_us", "p50"), 0),
-            ("connect p99 µs", ("connect_us", "p99"), 0),
-            ("latency p50 µs", ("lat_us", "p50"), 0),
-            ("latency p99 µs", ("lat_us", "p99"), 0),
-            ("latency p99.9 µs", ("lat_us", "p999"), 0),
-            ("proxy CPU µs/conn", ("cpu_us_per_conn",), 1)])
+        self.w("`haproxy-smart`: the same HAProxy with `option tcp-smart-accept` and "
+               "`option tcp-smart-connect` (both off by default in TCP mode; they save "
+               "the ACK packets prism saves by default). Packets: through the edge's two "
+               "veths, both legs. Machine CPU: busy time of both vCPUs (/proc/stat) per "
+               "connection, i.e. client + proxy + origin; the machine is saturated "
+               "(idle < 5%), so conn/s ≈ 2 s / machine CPU per connection.")
+        self.w()
+        rs = self.res["rate"]
+        T = [t for t in RATE_TARGETS if t in rs]
+        head = (["metric"] + T + ["prism/haproxy", "prism/haproxy-smart", "prism/direct",
+                                  "haproxy/direct"])
+        rows = []
+        for label, path, nd in [
+                ("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
+                ("connect p50 µs", ("connect_us", "p50"), 0),
+                ("connect p99 µs", ("connect_us", "p99"), 0),
+                ("latency p50 µs", ("lat_us", "p50"), 0),
+                ("latency p99 µs", ("lat_us", "p99"), 0),
+                ("latency p99.9 µs", ("lat_us", "p999"), 0),
+                ("proxy CPU µs/conn", ("cpu_us_per_conn",), 1),
+                ("machine CPU µs/conn", ("machine_us_per_conn",), 1),
+                ("packets/conn", ("packets_per_conn",), 2)]:
+            s = {t: get(rs[t], *path) for t in T}
+            r = self.ratios(s)
+            rows.append([label] + [cell(s[t], nd) for t in T]
+                        + [r[0], rfmt(ratio(s.get("prism"), s.get("haproxy-smart")))] + r[1:])
+        self.table(head, rows)
 
     def latency(self):
         self.w("## 3. Request/response latency (persistent connections, 64 bytes)")
@@ -1017,6 +1083,11 @@ class Report:
             cr = ratio(cp, ch)
             self.verdict("conn/s ≥ 1.2× haproxy", rfmt(cr), None if cr is None else cr >= 1.2,
                          cp, ch)
+            if "haproxy-smart" in rs:
+                cs = get(rs["haproxy-smart"], "conn_per_s")
+                crs = ratio(cp, cs)
+                self.verdict("(for reference, no target) conn/s vs haproxy-smart", rfmt(crs),
+                             None, cp, cs)
             pp, ph = get(rs["prism"], "lat_us", "p99"), get(rs["haproxy"], "lat_us", "p99")
             self.verdict("conn/s p99 latency ≤ haproxy",
                          f"{fmt(pp and pp[0], 0)} vs {fmt(ph and ph[0], 0)} µs",
