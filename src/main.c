@@ -423,6 +423,8 @@ static int cmd_run(int argc, char **argv)
 		}
 		ws[n].guard = guard;
 	}
+	if (worker_share_listeners(ws, n) < 0)
+		goto out;
 	if (cfg->net_manage) {
 		if (net_up(cfg, &err) < 0) {
 			log_err("network setup failed: %s", err);

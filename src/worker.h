@@ -1,10 +1,12 @@
 /* worker.h - one epoll loop per thread: listeners, timers, pipe pool.
  *
  * Each worker owns its own IP_TRANSPARENT listening sockets (SO_REUSEPORT:
- * the kernel spreads new connections across workers, no accept lock), its
- * connections, its timer heap and its pool of spare pipes. Nothing on the
- * data path is shared between workers except the immutable configuration
- * snapshot, so the hot path takes no locks.
+ * the kernel spreads new connections across workers by a hash of their
+ * addresses, no accept lock), its connections, its timer heap and its pool
+ * of spare pipes. An idle worker also takes connections from the queue of a
+ * busy one (worker_share_listeners). Nothing on the data path is shared
+ * between workers except the immutable configuration snapshot, so the hot
+ * path takes no locks.
  */
 #ifndef PRISM_WORKER_H
 #define PRISM_WORKER_H
@@ -53,8 +55,10 @@ struct worker {
 	int id;
 	pthread_t thread;
 	int epfd;
-	struct io wake;		     /* eventfd: main thread asks the worker to stop */
-	struct io lis[2];	     /* IPv4 and IPv6 listeners; fd -1 when absent */
+	struct io wake;	      /* eventfd: main thread asks the worker to stop */
+	struct io lis[2];     /* IPv4 and IPv6 listeners; fd -1 when absent */
+	struct worker *peers; /* all workers (this one included), or NULL */
+	int n_peers;
 	struct cfg *cfg;	     /* one reference held */
 	struct app_origins *origins; /* per app, borrowed from main */
 	struct guard *guard;	     /* process-wide limits; NULL when none are set */
@@ -84,6 +88,12 @@ struct worker {
  * to <cfg>. Returns 0 or -errno with a message logged.
  */
 int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins);
+
+/* Lets each of the <n> workers <ws> also accept from the others' listeners
+ * when it is idle; call after every worker_init, before worker_start.
+ * Returns 0 or -errno with a message logged.
+ */
+int worker_share_listeners(struct worker *ws, int n);
 
 /* Starts the thread. Returns 0 or -errno. */
 int worker_start(struct worker *w);

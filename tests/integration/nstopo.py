@@ -337,6 +337,21 @@ class Prism(Proc):
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def listen_sockets(self, port):
+        """{"tcp": n, "tcp6": m}: sockets in LISTEN state on <port> in prism's
+        namespace (a socket shared by several threads counts once)."""
+        out = {}
+        for f in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{self.pid}/net/{f}") as fh:
+                    next(fh)
+                    out[f] = sum(1 for line in fh
+                                 if line.split()[3] == "0A"
+                                 and int(line.split()[1].rsplit(":", 1)[1], 16) == port)
+            except (FileNotFoundError, ProcessLookupError):
+                out[f] = 0  # the process is gone, and its sockets with it
+        return out
+
     def listening_ports(self):
         """TCP ports in LISTEN state in prism's namespace (via /proc/PID/net)."""
         ports = set()

@@ -188,3 +188,25 @@ def os_fds(pid):
         except OSError:
             pass
     return out
+
+
+def test_listener_per_worker_all_serve(topo):
+    """Each worker has its own SO_REUSEPORT listener per family (and polls
+    the others' as well, to take over a busy worker's queue); a burst of
+    concurrent connections is relayed whole, and shutdown closes every
+    listener."""
+    t = topo
+    ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(_cfg("1s").replace("workers: 2", "workers: 3"))
+    assert prism.listen_sockets(LISTEN_PORT) == {"tcp": 3, "tcp6": 3}
+    socks = [peers.connect(t.c, "192.0.2.10", 7000 + i % 10, timeout=5) for i in range(60)]
+    for i, s in enumerate(socks):
+        s.sendall(b"%03d" % i)
+    for i, s in enumerate(socks):
+        assert peers.recv_exact(s, 3) == b"%03d" % i
+        s.close()
+    prism.send_signal(signal.SIGTERM)
+    prism.wait_for(lambda: prism.listen_sockets(LISTEN_PORT) == {"tcp": 0, "tcp6": 0}, 5,
+                   what="every listener closed after SIGTERM")
+    assert prism.wait(10) == 0, prism.dump()
