@@ -1125,7 +1125,7 @@ class Report:
         a, s = (get(rs[k], "conn_per_s") for k in ("prefix", "single")) if rs else (None, None)
         r = ratio(a, s)
         self.verdict("/16×65535 conn/s within ±5% of single address/port", rfmt(r),
-                     None if r is None else abs(r - 1) <= 0.05)
+                     None if r is None else abs(r - 1) <= 0.05, a, s)
         self.w("## Targets")
         self.w()
         self.w("Judged on the medians above" + (" (quick run: 1 round)" if self.b.quick else "")

@@ -1,0 +1,82 @@
+#!/usr/bin/python3
+"""ab.py - A/B rounds of the rate scenario: several prism builds (and
+HAProxy) in alternating rounds, in bench/run.py's topology.
+
+  bench/ab.py [--rounds N] [--duration S] [--no-haproxy] BUILD [BUILD ...]
+
+Each BUILD is a build directory holding `prism`; the first one's `loadgen`
+drives the load. Prints one line per round and the medians per target:
+conn/s, the proxy's CPU µs per connection, packets per connection (edge
+veths), the machine's busy µs per connection (/proc/stat), the origin
+process's CPU µs per connection and the p99 connection latency. This is how
+the A/B figures in docs/benchmarks.md's notes were taken; `make bench`
+reports the same readings for the committed build.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=3)
+    ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("builds", nargs="+")
+    a = ap.parse_args()
+    builds = [os.path.abspath(b) for b in a.builds]
+    args = argparse.Namespace(quick=False, rounds=a.rounds, build=builds[0],
+                              haproxy_splice="force")
+    b = R.Bench(args)
+    b.t_rate = a.duration
+    targets = ([] if a.no_haproxy else ["haproxy"]) + builds
+    res = {t: [] for t in targets}
+    b.reap_stale()
+    try:
+        b.setup()
+        b.write_configs()
+        org = b.start_origin()
+        for r in range(a.rounds):
+            for t in targets:
+                kind = "haproxy" if t == "haproxy" else "prism"
+                if kind == "prism":
+                    b.prism = os.path.join(t, "prism")
+                p = b.start_target(kind)
+                o0 = R.cpu_s(org.pid)
+                try:
+                    j = b.rate_once(kind, "prefix", p)
+                finally:
+                    b.stop_target(kind, p)
+                j["origin_us_per_conn"] = (R.cpu_s(org.pid) - o0) * 1e6 / j["conns"]
+                res[t].append(j)
+                print(f"{t} round {r}: {j['conn_per_s']:.0f} conn/s, "
+                      f"proxy {j['cpu_us_per_conn']:.1f} µs/conn, "
+                      f"{j['packets_per_conn']:.2f} packets/conn, "
+                      f"machine {j['machine_us_per_conn']:.0f} µs/conn, "
+                      f"p99 {j['lat_us']['p99']} µs", flush=True)
+    finally:
+        errors = b.teardown()
+        if errors:
+            print("teardown: " + "; ".join(errors), file=sys.stderr)
+    for t, js in res.items():
+        def med(*path):
+            vals = []
+            for j in js:
+                v = j
+                for k in path:
+                    v = v[k]
+                vals.append(v)
+            return statistics.median(vals) if vals else float("nan")
+        print(f"{t}: median {med('conn_per_s'):.0f} conn/s, proxy "
+              f"{med('cpu_us_per_conn'):.1f} µs/conn, {med('packets_per_conn'):.2f} packets/conn, "
+              f"machine {med('machine_us_per_conn'):.0f} µs/conn, origin "
+              f"{med('origin_us_per_conn'):.1f} µs/conn, idle {med('machine_idle'):.2f}, "
+              f"p99 {med('lat_us', 'p99'):.0f} µs")
+
+
+if __name__ == "__main__":
+    main()
