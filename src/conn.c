@@ -281,12 +281,13 @@ static int origin_connect(struct conn *c)
 		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		/* Delayed-ACK ("pingpong") mode before connect() makes the
 		 * kernel hold the handshake's last ACK so that the first bytes
-		 * to the origin carry it, and later delay ACKs of the origin's
-		 * replies onto our next segment: two packets fewer per short
-		 * connection. connected() pushes the ACK out at once when no
-		 * bytes are ready to carry it (the origin speaks first).
+		 * to the origin carry it: one packet fewer per connection.
+		 * connected() pushes the ACK out at once when no bytes are
+		 * ready to carry it (the origin speaks first), and relay()
+		 * leaves the mode once the first bytes are out (see there).
 		 */
 		setsockopt(ofd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
+		c->ack_held = true;
 		if (connect(ofd, (struct sockaddr *)&c->origin,
 			    addr_sa_len((struct sockaddr *)&c->origin)) == 0 ||
 		    errno == EINPROGRESS)
@@ -720,6 +721,19 @@ static void relay(struct conn *c)
 		return;
 	}
 	half_shut(c, &c->c2o, &c->org, CR_CLIENT_CLOSED);
+	if (c->ack_held && (c->c2o.bytes || c->pp_off || c->c2o.shut)) {
+		/* The handshake's ACK went out with these bytes. Staying in
+		 * delayed-ACK mode would also save our ACK of the origin's
+		 * reply, but an origin with Nagle on that writes its reply in
+		 * pieces would then wait 40 ms for it after the first piece
+		 * (test_origin_reply_in_pieces_without_delay); the kernel's
+		 * quick-ACK start of a connection avoids that.
+		 */
+		int one = 1;
+
+		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+		c->ack_held = false;
+	}
 
 	r = pump(c, &c->o2c, &c->org, &c->cli);
 	if (r == PUMP_SRC_RESET || r == PUMP_DST_RESET || r == PUMP_NOMEM) {
@@ -755,12 +769,15 @@ static void connected(struct conn *c, uint32_t events)
 		/* Nothing to send yet (a protocol where the server speaks
 		 * first, or a slow client): the origin only sees the
 		 * connection once it gets the handshake's ACK, so send it now
-		 * rather than when the delayed-ACK timer fires. 2 = push the
-		 * pending ACK, then stay in delayed-ACK mode.
+		 * rather than when the delayed-ACK timer fires, and leave
+		 * delayed-ACK mode (1; 2 would stay in it): a greeting written
+		 * in pieces by an origin with Nagle on would otherwise wait
+		 * 40 ms for our ACK of each piece.
 		 */
-		int two = 2;
+		int one = 1;
 
-		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &two, sizeof(two));
+		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+		c->ack_held = false;
 	}
 	origin_set_unref(c->set); /* tried bits are meaningless from here on */
 	c->set = NULL;

@@ -93,6 +93,7 @@ struct conn {
 	uint8_t attempts;	    /* connect attempts so far */
 	enum conn_reason last_fail; /* reason of the last failed attempt */
 	bool guarded;		    /* counted by the guard: release at the end */
+	bool ack_held;		    /* origin socket in delayed-ACK mode, see origin_connect */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

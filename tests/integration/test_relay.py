@@ -346,23 +346,52 @@ def test_origin_speaks_first_without_delay(topo):
     sent nothing by the time the connect completes (SMTP, MySQL, FTP: the
     server speaks first), prism must push that ACK at once: the origin's
     accept() only returns when the ACK arrives, and the kernel would
-    otherwise send it after its 200 ms delayed-ACK maximum. Ten banner
-    exchanges take a few ms each here; held ACKs would make it 2 s or more.
+    otherwise send it after its 200 ms delayed-ACK maximum. It must also
+    leave delayed-ACK mode: an origin with Nagle on (the default) that
+    writes its greeting in two pieces holds the second until the first is
+    ACKed, 40 ms or more if prism delays that ACK. Twenty exchanges take a
+    few ms each here; either fault makes them take 0.8 s or more.
     """
     t = topo
     t.start_prism(CFG)
     ls = peers.Listener(t.o, ORIGIN4, 7000)
     t.on_teardown(ls.close)
     t0 = time.monotonic()
-    for i in range(10):
+    for i in range(20):
         c = peers.connect(t.c, "192.0.2.11", 7000, timeout=5)
         o = ls.accept(timeout=5)
-        banner = b"220 banner %d\r\n" % i
-        o.sendall(banner)
-        assert peers.recv_exact(c, len(banner)) == banner
+        o.sendall(b"220 ")
+        rest = b"banner %d\r\n" % i
+        o.sendall(rest)
+        assert peers.recv_exact(c, 4 + len(rest)) == b"220 " + rest
         c.sendall(b"QUIT\r\n")
         assert peers.recv_exact(o, 6) == b"QUIT\r\n"
         o.close()
         c.close()
     took = time.monotonic() - t0
-    assert took < 1.0, f"10 server-first exchanges took {took:.2f} s"
+    assert took < 0.6, f"20 server-first exchanges took {took:.2f} s"
+
+
+def test_origin_reply_in_pieces_without_delay(topo):
+    """The client speaks first: its request carries the origin handshake's
+    held ACK. prism then leaves delayed-ACK mode on the origin socket, so an
+    origin with Nagle on (the default) that writes its reply in two small
+    pieces gets the first piece ACKed at once rather than after 40 ms.
+    Twenty exchanges take a few ms each here; 40 ms stalls make it 0.8 s."""
+    t = topo
+    t.start_prism(CFG)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    t0 = time.monotonic()
+    for i in range(20):
+        c = peers.connect(t.c, "192.0.2.12", 7000, timeout=5)
+        c.sendall(b"GET %d\r\n" % i)
+        o = ls.accept(timeout=5)
+        assert peers.recv_exact(o, len(b"GET %d\r\n" % i)) == b"GET %d\r\n" % i
+        o.sendall(b"200 ")
+        o.sendall(b"ok %d\r\n" % i)
+        assert peers.recv_exact(c, 4 + len(b"ok %d\r\n" % i)) == b"200 ok %d\r\n" % i
+        o.close()
+        c.close()
+    took = time.monotonic() - t0
+    assert took < 0.6, f"20 exchanges with a reply in two pieces took {took:.2f} s"
