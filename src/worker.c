@@ -159,12 +159,19 @@ static int peers_add(struct worker *w)
 
 		if (v == w)
 			continue;
+		/* A peer that is stopping closes its listeners (-1 is
+		 * published before the close): never add a number that may
+		 * already belong to another file.
+		 */
+		if (__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE))
+			continue;
 		for (int i = 0; i < 2; i++) {
-			int r;
+			struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE,
+						 .data.ptr = &v->lis[i]};
+			int fd = __atomic_load_n(&v->lis[i].fd, __ATOMIC_ACQUIRE);
 
-			if (v->lis[i].fd != -1 &&
-			    (r = ep_add(w, &v->lis[i], EPOLLIN | EPOLLEXCLUSIVE)) < 0)
-				return r;
+			if (fd != -1 && epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
+				return -errno;
 		}
 	}
 	return 0;
@@ -278,7 +285,7 @@ static void accept_resume(struct timer *t)
 {
 	struct worker *w = container_of(t, struct worker, accept_timer);
 
-	if (!w->accept_paused || w->stopping)
+	if (!w->accept_paused || w->stopping || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		return;
 	w->accept_paused = false;
 	listeners_enable(w, true);
@@ -344,7 +351,7 @@ static void close_listeners(struct worker *w, bool unpoll)
 		int fd = w->lis[i].fd;
 
 		if (fd != -1) {
-			__atomic_store_n(&w->lis[i].fd, -1, __ATOMIC_RELAXED);
+			__atomic_store_n(&w->lis[i].fd, -1, __ATOMIC_RELEASE);
 			close(fd);
 		}
 	}
