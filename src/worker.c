@@ -95,6 +95,7 @@ static int ep_add(struct worker *w, struct io *io, uint32_t events)
 
 static void accept_resume(struct timer *t);
 static void grace_expired(struct timer *t);
+static int listeners_add(struct worker *w, bool peers_only);
 
 int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins)
 {
@@ -143,27 +144,24 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 			return r;
 		w->lis[1].fd = r;
 	}
-	for (int i = 0; i < 2; i++) {
-		w->lis[i].kind = IO_LISTEN;
-		if (w->lis[i].fd != -1 && (r = ep_add(w, &w->lis[i], EPOLLIN | EPOLLEXCLUSIVE)) < 0)
-			return r;
-	}
-	return 0;
+	w->lis[0].kind = w->lis[1].kind = IO_LISTEN;
+	return listeners_add(w, false); /* no peers yet: its own */
 }
 
-/* Registers the listeners of every other worker in <w>'s epoll set. */
-static int peers_add(struct worker *w)
+/* Registers in <w>'s epoll set its own listeners (unless <peers_only>),
+ * then those of every other worker: the order matters, see
+ * worker_share_listeners.
+ */
+static int listeners_add(struct worker *w, bool peers_only)
 {
-	for (int p = 0; p < w->n_peers; p++) {
-		struct worker *v = &w->peers[p];
+	for (int p = peers_only ? 0 : -1; p < w->n_peers; p++) {
+		struct worker *v = p < 0 ? w : &w->peers[p];
 
-		if (v == w)
-			continue;
 		/* A peer that is stopping closes its listeners (-1 is
 		 * published before the close): never add a number that may
 		 * already belong to another file.
 		 */
-		if (__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE))
+		if (p >= 0 && (v == w || __atomic_load_n(&v->stop, __ATOMIC_ACQUIRE)))
 			continue;
 		for (int i = 0; i < 2; i++) {
 			struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE,
@@ -188,8 +186,8 @@ static int peers_add(struct worker *w)
  * that one. An idle owner is that one: long-lived connections stay spread
  * by hash. A busy owner sees it on its next turn, while the first idle peer
  * is woken and accepts it now; whoever comes second gets EAGAIN. In the
- * benchmark's rate scenario this took p99 connection latency from 15.6 ms
- * to 11.8 ms and conn/s up 6% (docs/benchmarks.md).
+ * benchmark's rate scenario this took p99 connection latency from 11.6 ms
+ * to 9.3 ms and conn/s up 7% (docs/benchmarks.md).
  */
 int worker_share_listeners(struct worker *ws, int n)
 {
@@ -198,7 +196,7 @@ int worker_share_listeners(struct worker *ws, int n)
 
 		ws[i].peers = ws;
 		ws[i].n_peers = n;
-		if ((r = peers_add(&ws[i])) < 0) {
+		if ((r = listeners_add(&ws[i], true)) < 0) {
 			log_err("worker %d: cannot poll the other workers' listeners: %s", i,
 				strerror(-r));
 			return r;
@@ -248,10 +246,7 @@ void worker_pipe_put(struct worker *w, struct pipe_pair *p)
 static void listeners_enable(struct worker *w, bool on)
 {
 	if (on) {
-		for (int i = 0; i < 2; i++)
-			if (w->lis[i].fd != -1)
-				ep_add(w, &w->lis[i], EPOLLIN | EPOLLEXCLUSIVE);
-		peers_add(w);
+		listeners_add(w, false);
 		return;
 	}
 	for (int p = 0; p < (w->peers ? w->n_peers : 1); p++) {

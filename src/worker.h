@@ -89,9 +89,9 @@ struct worker {
  */
 int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins);
 
-/* Lets each of the <n> workers <ws> also accept from the others' listeners
- * when it is idle; call after every worker_init, before worker_start.
- * Returns 0 or -errno with a message logged.
+/* Makes each of the <n> workers <ws> poll its own listeners and, to accept
+ * from them when it is idle, the others'; call after every worker_init,
+ * before worker_start. Returns 0 or -errno with a message logged.
  */
 int worker_share_listeners(struct worker *ws, int n);
 
