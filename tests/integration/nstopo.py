@@ -337,35 +337,31 @@ class Prism(Proc):
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def listen_sockets(self, port):
-        """{"tcp": n, "tcp6": m}: sockets in LISTEN state on <port> in prism's
-        namespace (a socket shared by several threads counts once)."""
-        out = {}
+    def _listeners(self):
+        """(family, port) of each TCP socket in LISTEN state in prism's
+        namespace (via /proc/PID/net), family "tcp" or "tcp6"; none once the
+        process is gone, since its sockets went with it."""
         for f in ("tcp", "tcp6"):
             try:
                 with open(f"/proc/{self.pid}/net/{f}") as fh:
-                    next(fh)
-                    out[f] = sum(1 for line in fh
-                                 if line.split()[3] == "0A"
-                                 and int(line.split()[1].rsplit(":", 1)[1], 16) == port)
+                    lines = fh.readlines()[1:]
             except (FileNotFoundError, ProcessLookupError):
-                out[f] = 0  # the process is gone, and its sockets with it
+                continue
+            for line in lines:
+                parts = line.split()
+                if parts[3] == "0A":
+                    yield f, int(parts[1].rsplit(":", 1)[1], 16)
+
+    def listen_sockets(self, port):
+        """{"tcp": n, "tcp6": m}: how many sockets listen on <port>."""
+        out = {"tcp": 0, "tcp6": 0}
+        for f, p in self._listeners():
+            out[f] += p == port
         return out
 
     def listening_ports(self):
-        """TCP ports in LISTEN state in prism's namespace (via /proc/PID/net)."""
-        ports = set()
-        for f in ("tcp", "tcp6"):
-            try:
-                with open(f"/proc/{self.pid}/net/{f}") as fh:
-                    next(fh)
-                    for line in fh:
-                        parts = line.split()
-                        if parts[3] == "0A":
-                            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-        return ports
+        """TCP ports in LISTEN state in prism's namespace."""
+        return {p for _f, p in self._listeners()}
 
 
 # --- the topology ----------------------------------------------------------
