@@ -69,18 +69,34 @@ def _on_signal(signum, _frame):
 
 class Proc:
     """A process (own session) whose stdout/stderr lines are collected by
-    threads; wait_log() blocks, bounded, until a line matches."""
+    threads; wait_log() blocks, bounded, until a line matches.
 
-    def __init__(self, argv, name, stdin=subprocess.DEVNULL):
+    With err_file, stderr goes to that file instead of a pipe and is read
+    only when wait_log() or dump() asks: prism writes an access line per
+    connection, and a reader thread here would spend the machine's CPU on
+    them during the measured rounds (HAProxy logs nothing in this
+    harness)."""
+
+    def __init__(self, argv, name, stdin=subprocess.DEVNULL, err_file=None):
         self.argv, self.name = argv, name
         self.out, self.err = [], []
         self.cond = threading.Condition()
         self.eof = 0
-        self.p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, start_new_session=True)
+        self.err_file, self.err_pos, self.err_part = err_file, 0, b""
+        err = open(err_file, "wb") if err_file else subprocess.PIPE
+        try:
+            self.p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                      stderr=err, start_new_session=True)
+        finally:
+            if err_file:
+                err.close()
         self.pid = self.p.pid
+        streams = [(self.p.stdout, self.out)]
+        if not err_file:
+            streams.append((self.p.stderr, self.err))
+        self.streams = len(streams)
         self.threads = [threading.Thread(target=self._reader, args=(f, lines), daemon=True)
-                        for f, lines in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+                        for f, lines in streams]
         for t in self.threads:
             t.start()
 
@@ -93,25 +109,43 @@ class Proc:
             self.eof += 1
             self.cond.notify_all()
 
+    def _read_err_file(self, keep=200):
+        """New complete lines of err_file into self.err (the last <keep>)."""
+        if not self.err_file:
+            return
+        with open(self.err_file, "rb") as f:
+            f.seek(self.err_pos)
+            data = f.read()
+        self.err_pos += len(data)
+        data, nl, self.err_part = (self.err_part + data).rpartition(b"\n")
+        if nl:
+            self.err.extend(ln.decode("utf-8", "replace") for ln in data.split(b"\n"))
+            del self.err[:-keep]
+
     def wait_log(self, regex, timeout, stream="err"):
         rx = re.compile(regex)
         lines = self.err if stream == "err" else self.out
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
+                if stream == "err":
+                    self._read_err_file()
                 for line in lines:
                     m = rx.search(line)
                     if m:
                         return m
-                if self.eof == 2 and self.p.poll() is not None:
+                if self.eof == self.streams and self.p.poll() is not None:
+                    self._read_err_file()
                     raise RuntimeError(f"{self.name} exited ({self.p.returncode}) "
                                        f"before /{regex}/\n{self.dump()}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"{self.name}: no /{regex}/ in {timeout}s\n{self.dump()}")
-                self.cond.wait(min(left, 0.2))
+                # A file cannot be waited on here: poll it.
+                self.cond.wait(min(left, 0.02 if self.err_file else 0.2))
 
     def dump(self, n=15):
+        self._read_err_file()
         return (f"--- {self.name} stderr ---\n" + "\n".join(self.err[-n:])
                 + "\n--- stdout ---\n" + "\n".join(self.out[-n:]))
 
@@ -274,11 +308,11 @@ class Bench:
                                f"{cp.stderr.strip()[-2000:]}")
         return cp
 
-    def spawn(self, role, argv, name, stdin=subprocess.DEVNULL, note=True):
+    def spawn(self, role, argv, name, stdin=subprocess.DEVNULL, note=True, err_file=None):
         full = self.nsx(role, argv)
         if note:
             self.note_cmd(full)
-        p = Proc(full, name, stdin=stdin)
+        p = Proc(full, name, stdin=stdin, err_file=err_file)
         self.procs.append(p)
         return p
 
@@ -436,7 +470,8 @@ backend be_iperf
         try:
             if target == "prism":
                 t0 = time.monotonic()
-                p = self.spawn("e", [self.prism, "run", "-c", self.prism_cfg], "prism")
+                p = self.spawn("e", [self.prism, "run", "-c", self.prism_cfg], "prism",
+                               err_file=os.path.join(self.work, "prism.log"))
                 p.wait_log(r"\bready\b", 15)
                 self.prism_start_ms.append((time.monotonic() - t0) * 1000)
                 return p
@@ -465,10 +500,16 @@ backend be_iperf
             self.net_up = False
 
     def rounds_of(self, fn, n=None, targets=TARGETS):
-        """fn(target, round) for n alternating rounds; returns {target: [results]}."""
+        """fn(target, round) for n alternating rounds; returns {target: [results]}.
+
+        Round r starts at target r (mod the count), so no target always runs
+        first after the topology is set up, or right after the same other
+        target (the naive server's 65,535 sockets, say)."""
         out = {t: [] for t in targets}
+        targets = tuple(targets)
         for r in range(n or self.rounds):
-            for t in targets:
+            k = r % len(targets)
+            for t in targets[k:] + targets[:k]:
                 out[t].append(fn(t, r))
         return out
 
@@ -879,7 +920,8 @@ class Report:
             ["load average", f"{b.load[0]} at the start, {b.load[-1]} at the end "
                              "(1/5/15 min; other work on the machine adds noise)"],
             ["rounds", f"{b.rounds} per scenario (memory: {b.mem_rounds}), alternating "
-                       "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism)"],
+                       "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism), "
+                       "each round starting one target later"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
         ])
         self.w("Cells are *median (min–max)* over the rounds. Topology: client "
@@ -890,7 +932,9 @@ class Report:
                f"{PREFIX} (random address and port unless said otherwise) or "
                f"{IPERF_EDGE} (iperf3); the TPROXY rule of `prism net up` delivers to "
                f"127.0.0.1:{LISTEN_PORT}. Both proxies run 2 threads; the proxy's CPU is "
-               "utime+stime from /proc/PID/stat around each round.")
+               "utime+stime from /proc/PID/stat around each round. prism writes its "
+               "access log (a line per connection) to a file, which the harness reads "
+               "only to wait for startup; HAProxy is configured without a log.")
         self.w()
         self.bulk()
         self.rate()
@@ -1183,7 +1227,7 @@ def old_notes(path):
 def main():
     ap = argparse.ArgumentParser(description="prism benchmark harness (writes docs/benchmarks.md)")
     ap.add_argument("--quick", action="store_true", help="1 round, short durations (< 90 s)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds per scenario (default 5)")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds per scenario (default 7)")
     ap.add_argument("--build", default=os.path.join(REPO, "build"), help="build directory")
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     ap.add_argument("--only", help="comma-separated subset of " + ",".join(SCENARIOS))
