@@ -632,6 +632,49 @@ static void load_log_level(struct loader *ld, yaml_node_t *n)
 		ld->cfg->log_level = levels[i];
 }
 
+/* log_buffer: bytes, or a number with KiB or MiB. */
+static void load_log_buffer(struct loader *ld, yaml_node_t *n)
+{
+	static const struct {
+		const char *suffix;
+		unsigned shift;
+	} units[] = {{"KiB", 10}, {"MiB", 20}, {"", 0}};
+	char num[32], q[QBUF];
+	unsigned long v;
+	const char *s = cfg_node_str(ld, n, "log_buffer", "a size such as 1MiB");
+	size_t len, i;
+	int rc;
+
+	if (!s)
+		return;
+	len = strlen(s);
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		size_t sl = strlen(units[i].suffix);
+
+		if (len >= sl && strcmp(s + len - sl, units[i].suffix) == 0)
+			break;
+	}
+	len -= strlen(units[i].suffix);
+	rc = -EINVAL;
+	if (len > 0 && len < sizeof(num)) {
+		memcpy(num, s, len);
+		num[len] = '\0';
+		rc = cfg_parse_uint(num, LOG_BUFFER_MAX >> units[i].shift, &v);
+	}
+	if (rc == -EINVAL) {
+		cfg_err_at(ld, &n->start_mark,
+			   "log_buffer: %s is not a size (bytes, or a number with KiB or MiB)",
+			   cfg_quote(s, q, sizeof(q)));
+		return;
+	}
+	v <<= units[i].shift;
+	if (rc == -ERANGE || v < LOG_BUFFER_MIN) {
+		cfg_err_at(ld, &n->start_mark, "log_buffer: %s out of range (64KiB-256MiB)", s);
+		return;
+	}
+	ld->cfg->log_buffer = v;
+}
+
 static void load_listen(struct loader *ld, yaml_node_t *map)
 {
 	struct field f[] = {
@@ -1284,10 +1327,20 @@ routes:
 
 static void load_root(struct loader *ld, yaml_node_t *root)
 {
-	struct field f[] = {{.key = "listen"},	       {.key = "network"}, {.key = "timeouts"},
-			    {.key = "shutdown_grace"}, {.key = "apps"},	   {.key = "log_level"},
-			    {.key = "protection"}};
-	enum { F_LISTEN, F_NETWORK, F_TIMEOUTS, F_GRACE, F_APPS, F_LOG, F_PROTECTION, F_N };
+	struct field f[] = {{.key = "listen"},	       {.key = "network"},   {.key = "timeouts"},
+			    {.key = "shutdown_grace"}, {.key = "apps"},	     {.key = "log_level"},
+			    {.key = "log_buffer"},     {.key = "protection"}};
+	enum {
+		F_LISTEN,
+		F_NETWORK,
+		F_TIMEOUTS,
+		F_GRACE,
+		F_APPS,
+		F_LOG,
+		F_LOG_BUFFER,
+		F_PROTECTION,
+		F_N
+	};
 	static const yaml_mark_t start = {0, 0, 0};
 
 	if (!root || cfg_node_is_null(root)) {
@@ -1297,13 +1350,15 @@ static void load_root(struct loader *ld, yaml_node_t *root)
 	if (root->type != YAML_MAPPING_NODE) {
 		cfg_err_at(ld, &root->start_mark,
 			   "the top level must be a mapping of keys (listen, network, timeouts, "
-			   "shutdown_grace, apps, log_level, protection), got %s",
+			   "shutdown_grace, apps, log_level, log_buffer, protection), got %s",
 			   cfg_node_kind(root));
 		return;
 	}
 	cfg_map_fields(ld, root, "config", "at top level", f, F_N);
 	if (f[F_LOG].val)
 		load_log_level(ld, f[F_LOG].val);
+	if (f[F_LOG_BUFFER].val)
+		load_log_buffer(ld, f[F_LOG_BUFFER].val);
 	/* Before the apps: their defaults and the IPv6 check depend on these. */
 	if (f[F_LISTEN].val)
 		load_listen(ld, f[F_LISTEN].val);
@@ -1378,6 +1433,7 @@ static struct cfg *cfg_new(const char *path)
 	c->idle_timeout_ms = DEF_IDLE_MS;
 	c->shutdown_grace_ms = DEF_GRACE_MS;
 	c->log_level = LOG_INFO;
+	c->log_buffer = LOG_BUFFER_DEFAULT;
 	c->manage_sysctls = true;
 	c->protection.unserved = CFG_UNSERVED_DROP;
 	c->protection.syn_rate_per_source = (struct cfg_rate){0, 1000};

@@ -150,7 +150,8 @@ struct cfg {
 
 	struct rt *rt; /* app index = position in apps[] */
 
-	int log_level; /* enum log_level (log.h); default LOG_INFO */
+	int log_level;	   /* enum log_level (log.h); default LOG_INFO */
+	size_t log_buffer; /* bytes between the logging threads and stderr (log.c) */
 
 	/* One "FILE:LINE:COL: warning: ..." line per thing that loaded but
 	 * deserves attention (an origin name that does not resolve yet), or

@@ -1,40 +1,312 @@
 /* log.c - timestamped diagnostic and access-log lines on stderr.
  *
- * Each line is formatted into a stack buffer and written with one write(2):
- * POSIX makes writes of up to PIPE_BUF bytes to a pipe atomic, and stderr is
- * usually a pipe or a journal socket, so lines from worker threads do not
- * interleave. Logging never blocks the caller on a lock.
+ * Whoever reads prism's stderr (journald, a pipe into a log shipper, a
+ * terminal) may stop reading or fall behind. A blocking write(2) on a full
+ * pipe would then stop every worker that logs, and with it all traffic. So
+ * while prism runs (log_start() to log_stop()), lines go through one
+ * buffer to a writer thread, the only thread that writes to stderr:
  *
- * Worker threads batch: between log_batch_begin() and log_flush() lines are
- * collected in a thread-local buffer of at most PIPE_BUF bytes and written
- * together, so a loop turn that ends many connections costs one write(2),
- * still atomic, instead of one per line.
+ *   worker: format the line, append it to a thread-local batch; at the end
+ *           of the loop turn, copy the batch into the buffer (one lock)
+ *   writer: take everything buffered, write it, in pieces of at most
+ *           PIPE_BUF after poll(2) says there is room, so it does not block
+ *           either and can give up at exit
+ *
+ * When the buffer (log_buffer bytes) is full, new lines are dropped and
+ * counted, and the writer reports the count as soon as it can write again.
+ * Access lines are written within LOG_DELAY_MS, or once LOG_HIGH bytes are
+ * waiting; diagnostics wake the writer at once.
+ *
+ * Before log_start() and after log_stop() (start-up errors, the last lines
+ * at exit, the commands other than run) lines are written directly, with
+ * the same bounded wait for room.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 
+#define LOG_DELAY_MS 100	 /* access lines wait at most this long */
+#define LOG_HIGH     (32u << 10) /* ... or until this much is waiting */
+#define LOG_STALL_MS 2000	 /* at exit, or before start: give up on a stalled reader */
+#define LOG_LINE_MAX 1024
+
 enum log_level log_max_level = LOG_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
+/* The thread-local batch of a worker, handed over once per loop turn. */
 static __thread bool batching;
-static __thread size_t batch_len;
+static __thread size_t batch_len, batch_lines;
+static __thread bool batch_urgent;
 static __thread char batch[PIPE_BUF];
 
-static void write_all(const char *buf, size_t n)
-{
-	int saved = errno; /* callers log then inspect errno */
+enum { W_BUSY, W_TIMED, W_IDLE }; /* what the writer is doing */
 
-	while (write(STDERR_FILENO, buf, n) == -1 && errno == EINTR)
-		;
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* CLOCK_MONOTONIC */
+	pthread_t thread;
+	bool on;     /* the writer runs: lines go to the buffer */
+	bool stop;   /* log_stop(): write what is left, then exit */
+	bool urgent; /* a diagnostic waits */
+	int state;
+	char *buf; /* ring: used bytes from head, wrapping at cap */
+	size_t cap, head, used;
+	uint64_t dropped; /* lines dropped since the last report */
+	uint64_t lost;	  /* lines given up at exit (reader stalled) */
+	bool regular;	  /* stderr is a regular file: no poll, big writes */
+} lg = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Writes <n> bytes to stderr; returns how many it wrote. Unless stderr is
+ * a regular file, waits for room with poll(2) and writes at most PIPE_BUF
+ * bytes at a time, which a pipe or socket with room takes without
+ * blocking. Gives up once no byte could be written for LOG_STALL_MS and
+ * <patient> is false (or NULL), or on an error such as EPIPE.
+ */
+static size_t write_out(const char *p, size_t n, bool regular, const bool *patient)
+{
+	uint64_t since = mono_ms();
+	int saved = errno; /* callers log then inspect errno */
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t w;
+
+		if (!regular) {
+			struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
+			int r = poll(&pfd, 1, 100);
+
+			if (r == -1 && errno != EINTR)
+				break;
+			if (r <= 0) {
+				if (!(patient && __atomic_load_n(patient, __ATOMIC_RELAXED)) &&
+				    mono_ms() - since >= LOG_STALL_MS)
+					break;
+				continue;
+			}
+		}
+		w = write(STDERR_FILENO, p + done,
+			  regular || n - done < PIPE_BUF ? n - done : PIPE_BUF);
+		if (w == -1) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			break; /* EPIPE: nobody reads any more */
+		}
+		done += (size_t)w;
+		since = mono_ms();
+	}
 	errno = saved;
+	return done;
+}
+
+static uint64_t lines_in(const char *p, size_t n)
+{
+	uint64_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += p[i] == '\n';
+	return k;
+}
+
+static bool stderr_regular(void)
+{
+	struct stat st;
+
+	return fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Appends <n> bytes holding <lines> lines to the buffer, or writes them
+ * directly when the writer is not running.
+ */
+static void push(const char *p, size_t n, size_t lines, bool urgent)
+{
+	size_t tail, first;
+	bool wake;
+
+	pthread_mutex_lock(&lg.lock);
+	if (!lg.on) {
+		pthread_mutex_unlock(&lg.lock);
+		write_out(p, n, stderr_regular(), NULL);
+		return;
+	}
+	if (lg.cap - lg.used < n) {
+		lg.dropped += lines;
+		pthread_mutex_unlock(&lg.lock);
+		return;
+	}
+	tail = (lg.head + lg.used) % lg.cap;
+	first = lg.cap - tail < n ? lg.cap - tail : n;
+	memcpy(lg.buf + tail, p, first);
+	memcpy(lg.buf, p + first, n - first);
+	lg.used += n;
+	lg.urgent |= urgent;
+	wake = lg.state == W_IDLE || (lg.state == W_TIMED && (lg.urgent || lg.used >= LOG_HIGH));
+	if (wake) {
+		lg.state = W_BUSY;
+		pthread_cond_signal(&lg.cond);
+	}
+	pthread_mutex_unlock(&lg.lock);
+}
+
+static void *writer_main(void *arg)
+{
+	struct timespec due = {0};
+	bool timed = false;
+
+	(void)arg;
+	pthread_mutex_lock(&lg.lock);
+	for (;;) {
+		size_t head, n, first, done;
+		uint64_t dropped;
+		bool ok;
+
+		if (lg.used == 0 && lg.dropped == 0) {
+			if (lg.stop)
+				break;
+			lg.state = W_IDLE;
+			pthread_cond_wait(&lg.cond, &lg.lock);
+			continue;
+		}
+		/* Access lines only, and not many: give others a moment to
+		 * join them, so that one write carries many lines.
+		 */
+		if (!lg.stop && !lg.urgent && lg.used < LOG_HIGH) {
+			if (!timed) {
+				clock_gettime(CLOCK_MONOTONIC, &due);
+				due.tv_nsec += LOG_DELAY_MS * 1000000L;
+				due.tv_sec += due.tv_nsec / 1000000000L;
+				due.tv_nsec %= 1000000000L;
+				timed = true;
+			}
+			lg.state = W_TIMED;
+			if (pthread_cond_timedwait(&lg.cond, &lg.lock, &due) != ETIMEDOUT)
+				continue;
+		}
+		timed = false;
+		lg.state = W_BUSY;
+		lg.urgent = false;
+		head = lg.head;
+		n = lg.used;
+		dropped = lg.dropped;
+		lg.dropped = 0;
+		pthread_mutex_unlock(&lg.lock);
+
+		/* Producers append after head + n only, so this part is ours
+		 * until head moves.
+		 */
+		first = lg.cap - head < n ? lg.cap - head : n;
+		done = write_out(lg.buf + head, first, lg.regular, &lg.on);
+		if (done == first)
+			done += write_out(lg.buf, n - first, lg.regular, &lg.on);
+		ok = done == n;
+		if (ok && dropped) /* buffered like any line: it follows these */
+			log_warn("log: %" PRIu64 " lines dropped: stderr is not read fast enough "
+				 "(log_buffer is %zu bytes)",
+				 dropped, lg.cap);
+
+		pthread_mutex_lock(&lg.lock);
+		lg.head = (head + n) % lg.cap;
+		lg.used -= n;
+		if (!ok) {
+			/* At exit, stderr stalled for LOG_STALL_MS; or it is
+			 * gone (EPIPE). Give up on everything buffered.
+			 */
+			if (done < first) {
+				lg.lost += lines_in(lg.buf + head + done, first - done);
+				done = first;
+			}
+			lg.lost += lines_in(lg.buf + (done - first), n - done);
+			if (lg.head + lg.used <= lg.cap) {
+				lg.lost += lines_in(lg.buf + lg.head, lg.used);
+			} else {
+				lg.lost += lines_in(lg.buf + lg.head, lg.cap - lg.head);
+				lg.lost += lines_in(lg.buf, lg.used - (lg.cap - lg.head));
+			}
+			lg.lost += dropped + lg.dropped;
+			lg.dropped = 0;
+			lg.head = lg.used = 0;
+		}
+	}
+	pthread_mutex_unlock(&lg.lock);
+	return NULL;
+}
+
+int log_start(size_t buffer)
+{
+	pthread_condattr_t ca;
+	int r;
+
+	if (lg.on)
+		return 0;
+	lg.buf = malloc(buffer);
+	if (!lg.buf)
+		return -ENOMEM;
+	lg.cap = buffer;
+	lg.head = lg.used = 0;
+	lg.dropped = lg.lost = 0;
+	lg.stop = lg.urgent = false;
+	lg.state = W_BUSY;
+	lg.regular = stderr_regular();
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&lg.cond, &ca);
+	pthread_condattr_destroy(&ca);
+	/* Before the thread exists: lines pushed from here on are buffered. */
+	pthread_mutex_lock(&lg.lock);
+	lg.on = true;
+	pthread_mutex_unlock(&lg.lock);
+	r = pthread_create(&lg.thread, NULL, writer_main, NULL);
+	if (r) {
+		pthread_mutex_lock(&lg.lock);
+		lg.on = false;
+		pthread_mutex_unlock(&lg.lock);
+		pthread_cond_destroy(&lg.cond);
+		free(lg.buf);
+		lg.buf = NULL;
+		return -r;
+	}
+	return 0;
+}
+
+uint64_t log_stop(void)
+{
+	pthread_mutex_lock(&lg.lock);
+	if (!lg.on) {
+		pthread_mutex_unlock(&lg.lock);
+		return 0;
+	}
+	lg.stop = true;
+	/* From here the writer gives up on a reader stalled LOG_STALL_MS,
+	 * and new lines are written directly.
+	 */
+	__atomic_store_n(&lg.on, false, __ATOMIC_RELAXED);
+	pthread_cond_signal(&lg.cond);
+	pthread_mutex_unlock(&lg.lock);
+	pthread_join(lg.thread, NULL);
+	pthread_cond_destroy(&lg.cond);
+	free(lg.buf);
+	lg.buf = NULL;
+	return lg.lost;
 }
 
 void log_batch_begin(void)
@@ -45,8 +317,9 @@ void log_batch_begin(void)
 void log_flush(void)
 {
 	if (batch_len)
-		write_all(batch, batch_len);
-	batch_len = 0;
+		push(batch, batch_len, batch_lines, batch_urgent);
+	batch_len = batch_lines = 0;
+	batch_urgent = false;
 }
 
 /* The "2026-11-26T07:40:42" part changes once a second: each thread keeps
@@ -86,9 +359,9 @@ static size_t log_stamp(char *buf, const char *level)
 	return n;
 }
 
-static void log_write(const char *level, const char *fmt, va_list ap)
+static void log_write(const char *level, bool urgent, const char *fmt, va_list ap)
 {
-	char buf[1024];
+	char buf[LOG_LINE_MAX];
 	size_t n;
 	int r;
 
@@ -100,14 +373,16 @@ static void log_write(const char *level, const char *fmt, va_list ap)
 		n = sizeof(buf) - 2; /* truncated: keep the newline */
 	buf[n++] = '\n';
 
-	if (!batching || n > sizeof(batch)) {
-		write_all(buf, n);
+	if (!batching) {
+		push(buf, n, 1, urgent);
 		return;
 	}
 	if (batch_len + n > sizeof(batch))
 		log_flush();
 	memcpy(batch + batch_len, buf, n);
 	batch_len += n;
+	batch_lines++;
+	batch_urgent |= urgent;
 }
 
 void log_msg(enum log_level lvl, const char *fmt, ...)
@@ -117,7 +392,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	if (lvl > log_max_level)
 		return;
 	va_start(ap, fmt);
-	log_write(level_names[lvl], fmt, ap);
+	log_write(level_names[lvl], true, fmt, ap);
 	va_end(ap);
 }
 
@@ -126,6 +401,6 @@ void log_access(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_write("access", fmt, ap);
+	log_write("access", false, fmt, ap);
 	va_end(ap);
 }

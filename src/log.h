@@ -1,13 +1,16 @@
 /* log.h - diagnostics and the access log, both line-oriented on stderr.
  *
- * One line per event, each written with a single write(2) so lines from
- * worker threads never interleave: "TIME LEVEL message". Access-log lines
- * use level "access" and key=value fields.
+ * One line per event, "TIME LEVEL message", whole lines only. Access-log
+ * lines use level "access" and key=value fields. Between log_start() and
+ * log_stop() a writer thread does the writing, so a slow or stalled reader
+ * of stderr never blocks the thread that logs (see log.c).
  */
 #ifndef PRISM_LOG_H
 #define PRISM_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 
 enum log_level {
 	LOG_ERR = 0,
@@ -21,6 +24,19 @@ extern enum log_level log_max_level;
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Writes an access-log line (level "access"). */
 void log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#define LOG_BUFFER_DEFAULT (1u << 20)
+#define LOG_BUFFER_MIN	   (64u << 10)
+#define LOG_BUFFER_MAX	   (256u << 20)
+
+/* Starts the writer thread with a buffer of <buffer> bytes; lines that do
+ * not fit are dropped and counted. Returns 0 or -errno.
+ */
+int log_start(size_t buffer);
+/* Writes what is buffered (giving up after 2 s without progress) and stops
+ * the writer. Returns the number of lines it had to give up.
+ */
+uint64_t log_stop(void);
 
 /* Starts batching this thread's lines until log_flush() (worker threads
  * call log_flush() at the end of every loop turn).

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,7 @@ static int cmd_run(int argc, char **argv)
 	sigset_t sigs;
 	char *err = NULL;
 	int n = 0, started = 0, rc = EXIT_RUNTIME, stops = 0;
+	uint64_t lost;
 	bool net_installed = false;
 
 	if (!path)
@@ -392,6 +394,15 @@ static int cmd_run(int argc, char **argv)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	/* Every later thread logs through the writer; it too inherits the mask. */
+	rc = log_start(cfg->log_buffer);
+	if (rc < 0) {
+		log_err("cannot start the log writer: %s", strerror(-rc));
+		rc = EXIT_RUNTIME;
+		goto out;
+	}
+	rc = EXIT_RUNTIME;
 
 	if (cfg->net_manage && net_check(&err) < 0) {
 		log_err("%s", err);
@@ -498,6 +509,10 @@ out:
 			rc = EXIT_RUNTIME;
 		}
 	}
+	lost = log_stop();
+	if (lost)
+		log_warn("log: %" PRIu64 " lines not written at exit: stderr was not being read",
+			 lost);
 	if (rc == 0)
 		log_info("stopped");
 	free(err);

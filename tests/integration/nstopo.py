@@ -170,6 +170,8 @@ class Proc:
                                   pass_fds=pass_fds)
         self.pid = self.p.pid
         self._eof = 0
+        self._go = threading.Event()  # cleared: the readers stop reading
+        self._go.set()
         self._threads = [
             threading.Thread(target=self._reader, args=(self.p.stdout, self.out), daemon=True),
             threading.Thread(target=self._reader, args=(self.p.stderr, self.err), daemon=True),
@@ -184,6 +186,7 @@ class Proc:
                 lines.append(line)
                 self._on_line(line)
                 self.cond.notify_all()
+            self._go.wait()
         with self.cond:
             self._eof += 1
             self.cond.notify_all()
@@ -233,12 +236,21 @@ class Proc:
     def alive(self):
         return self.p.poll() is None
 
+    def pause_reading(self):
+        """Stops reading the process's output (after the line being read):
+        its pipes fill up, as with a log reader that stalls."""
+        self._go.clear()
+
+    def resume_reading(self):
+        self._go.set()
+
     def send_signal(self, sig):
         if self.alive():
             os.kill(self.pid, sig)
 
     def wait(self, timeout):
         """Waits for exit; returns the exit code (negative: killed by signal)."""
+        self._go.set()
         rc = self.p.wait(timeout)
         for t in self._threads:
             t.join(2)

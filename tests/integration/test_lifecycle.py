@@ -1,10 +1,12 @@
 """test_lifecycle.py - how prism starts and stops: SIGTERM drains open
 connections (within shutdown_grace) and stops accepting, grace expiry closes
 the rest, the network setup is removed on exit; command-line exit codes;
-and no file descriptor leaks after many connections."""
+no file descriptor leaks after many connections; and a log reader that
+stops reading does not stop traffic."""
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import threading
@@ -210,3 +212,43 @@ def test_listener_per_worker_all_serve(topo):
     prism.wait_for(lambda: prism.listen_sockets(LISTEN_PORT) == {"tcp": 0, "tcp6": 0}, 5,
                    what="every listener closed after SIGTERM")
     assert prism.wait(10) == 0, prism.dump()
+
+
+DROPPED_RX = re.compile(r" warn log: (\d+) lines dropped: stderr is not read fast enough")
+
+
+def test_stalled_log_reader_does_not_stop_traffic(topo):
+    """Whoever reads prism's stderr stops reading: the pipe fills, then
+    log_buffer, and from there on access lines are dropped and counted;
+    connections are served all along. Once the reader reads again, every
+    line is either written or counted in a "lines dropped" warning."""
+    t = topo
+    srv = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    prism = t.start_prism(_cfg("1s") + "log_buffer: 64KiB\n")
+    prism.pause_reading()
+    # One access line (~170 bytes) per connection: 1,500 of them are about
+    # 250 KB, twice what the pipe (64 KiB) and the buffer (64 KiB) hold.
+    # A worker blocked on stderr would stop serving after ~400: a connect
+    # or a read below would time out.
+    n = 1500
+    for i in range(n):
+        c = peers.connect(t.c, f"192.0.2.{1 + i % 100}", 7000 + i % 10, timeout=5)
+        c.settimeout(5)
+        c.sendall(b"ping %d" % i)
+        c.shutdown(socket.SHUT_WR)
+        assert peers.recv_all(c) == b"ping %d" % i
+        c.close()
+    prism.resume_reading()
+
+    def accounted():
+        dropped = sum(int(m.group(1)) for m in map(DROPPED_RX.search, prism.err) if m)
+        return (dropped, len(prism.access)) if dropped + len(prism.access) >= n else None
+
+    dropped, written = prism.wait_for(accounted, 10, "every access line written or counted")
+    assert dropped > 0 and written > 0, (dropped, written)
+    assert dropped + written == n, (dropped, written)
+    # The lines that were written are whole: every field of the line is there.
+    for d in prism.access:
+        assert d.get("reason") == "client_closed" and d["c2o"] == d["o2c"] != "0", d
+    assert prism.stop(timeout=10) == 0

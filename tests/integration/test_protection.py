@@ -362,7 +362,9 @@ def test_syn_flood_legit_clients_served(ptopo):
             listen_overflows=dk.get("ListenOverflows"))
 
     assert ok >= 990, out
-    # Spoofed sources never complete a handshake: prism never saw them.
+    # Spoofed sources never complete a handshake: prism never saw them. (The
+    # log is written by a thread of its own: wait until it has caught up.)
+    p.wait_access(count=ok, timeout=10)
     spoofed = ipaddress.ip_network(SPOOF_ROUTE)
     assert not [x for x in p.access if "client" in x
                 and ipaddress.ip_address(client_ip(x)) in spoofed]
@@ -425,9 +427,8 @@ def test_connection_flood_bans_then_expires(ptopo, prism_bin):
     m = p.wait_log(BANNED_RX, timeout=5)
     banned_line = next(x for x in p.err if ban_re.search(x))
     assert int(m.group(2)) >= 5, banned_line
-    limited = [x for x in p.access if x.get("reason") == "rate_limit"
-               and client_ip(x) == ATTACKER4]
-    assert len(limited) >= 5, outcomes
+    limited = p.wait_access(lambda x: x.get("reason") == "rate_limit"
+                            and client_ip(x) == ATTACKER4, count=5, timeout=5)
 
     # The ban is in the kernel set, and the attacker's packets die there.
     cp = prism_cli(t, prism_bin, p, "ban", "list")
@@ -607,7 +608,8 @@ def test_slowloris_capped_and_reclaimed(ptopo):
     assert _max_overlap(intervals) <= PER_SOURCE, reasons
     assert fds_during <= base_fds + 2 * PER_SOURCE + 50, (base_fds, fds_during)
     assert fds_after == base_fds, (base_fds, fds_after)
-    assert len(p.access) - n_access0 >= SLOW_CONNS + 200
+    p.wait_for(lambda: len(p.access) - n_access0 >= SLOW_CONNS + 200, 10,
+               "the access lines of the attacker's and the legitimate connections")
     # Only the legitimate connections reached the origin.
     assert len(echo.done) == 10 + 200, len(echo.done)
     assert p.alive()
@@ -793,7 +795,7 @@ def test_caps_shed_under_low_fd_limit(ptopo, prism_bin):
     assert probe(t.l, LEGIT4[0], WEB, 8000, timeout=2.0) in ("reset", "eof")
     for s in held:
         assert ping(s, b"still here\n")
-    sheds = [d for d in p.access if d.get("reason") == "shed"]
+    sheds = p.wait_access(lambda d: d.get("reason") == "shed", count=shed_game + shed_web + 1)
     assert len(sheds) == shed_game + shed_web + 1, len(sheds)
     assert all(d.get("origin") == "-" for d in sheds), sheds[:3]
     fds_full = p.fd_count()

@@ -150,6 +150,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c->idle_timeout_ms, 300000);
 	assert_int_equal(c->shutdown_grace_ms, 10000);
 	assert_int_equal(c->log_level, LOG_INFO);
+	assert_int_equal(c->log_buffer, 1 << 20);
 	assert_int_equal(c->n_apps, 0);
 	assert_null(c->apps);
 	assert_non_null(c->rt);
@@ -172,10 +173,32 @@ static void test_defaults(void **state)
 	cfg_unref(c);
 }
 
+static void test_log_buffer_sizes(void **state)
+{
+	static const struct {
+		const char *yaml;
+		size_t bytes;
+	} cases[] = {
+	    {"log_buffer: 65536\n", 65536},
+	    {"log_buffer: 64KiB\n", 64 << 10},
+	    {"log_buffer: 256MiB\n", 256u << 20},
+	    {"log_buffer: 1500KiB\n", 1500 << 10},
+	};
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct cfg *c = load_ok(cases[i].yaml);
+
+		assert_int_equal(c->log_buffer, cases[i].bytes);
+		cfg_unref(c);
+	}
+}
+
 static void test_every_key(void **state)
 {
 	(void)state;
 	const char *yaml = "log_level: debug\n"
+			   "log_buffer: 4MiB\n"
 			   "listen:\n"
 			   "  address: 192.0.2.200\n"
 			   "  address6: 2001:db8::200\n"
@@ -207,6 +230,7 @@ static void test_every_key(void **state)
 	const struct cfg_app *a;
 
 	assert_int_equal(c->log_level, LOG_DEBUG);
+	assert_int_equal(c->log_buffer, 4 << 20);
 	assert_string_equal(inet_ntop(AF_INET, &c->listen4.sin_addr, buf, sizeof(buf)),
 			    "192.0.2.200");
 	assert_string_equal(inet_ntop(AF_INET6, &c->listen6.sin6_addr, buf, sizeof(buf)),
@@ -236,7 +260,7 @@ static void test_every_key(void **state)
 	assert_int_equal(a->proxy_protocol, PP_V2);
 	assert_int_equal(a->connect_timeout_ms, 2000);
 	assert_int_equal(a->idle_timeout_ms, 3600000);
-	assert_int_equal(a->pos.line, 15);
+	assert_int_equal(a->pos.line, 16);
 	assert_int_equal(a->pos.col, 5);
 
 	a = &c->apps[1];
@@ -430,8 +454,9 @@ static void test_error_positions(void **state)
 	static const struct {
 		const char *yaml, *want;
 	} t[] = {
-	    {"listne: {}\n", "1:1: unknown key \"listne\" at top level (expected one of: listen, "
-			     "network, timeouts, shutdown_grace, apps, log_level, protection)"},
+	    {"listne: {}\n",
+	     "1:1: unknown key \"listne\" at top level (expected one of: listen, "
+	     "network, timeouts, shutdown_grace, apps, log_level, log_buffer, protection)"},
 	    {"apps:\n  - name: web\n    edgee: 192.0.2.1\n",
 	     "3:5: unknown key \"edgee\" in app \"web\" (expected one of: name, protocol, edge, "
 	     "ports, origins, proxy_protocol, timeouts, balance, retries, health_check, passive, "
@@ -459,6 +484,14 @@ static void test_error_positions(void **state)
 	     "1:18: network.table: \"abcdefghijabcdefghijabcdefghijab\" is not a valid"},
 	    {"log_level: warning\n", "1:12: log_level: \"warning\" is not one of: error, warn, "
 				     "info, debug"},
+	    {"log_buffer: 1GiB\n", "1:13: log_buffer: \"1GiB\" is not a size (bytes, or a number "
+				   "with KiB or MiB)"},
+	    {"log_buffer: 64k\n", "1:13: log_buffer: \"64k\" is not a size"},
+	    {"log_buffer: KiB\n", "1:13: log_buffer: \"KiB\" is not a size"},
+	    {"log_buffer: 1000\n", "1:13: log_buffer: 1000 out of range (64KiB-256MiB)"},
+	    {"log_buffer: 257MiB\n", "1:13: log_buffer: 257MiB out of range (64KiB-256MiB)"},
+	    {"log_buffer: 99999999999999999999999KiB\n", "1:13: log_buffer: "
+							 "99999999999999999999999KiB out of range"},
 	    {"timeouts:\n  connect: 0\n", "2:12: timeouts.connect: must be more than 0"},
 	    {"timeouts:\n  idle: 5\n", "2:9: timeouts.idle: \"5\" is not a duration"},
 	    {"timeouts:\n  idle: -5s\n", "2:9: timeouts.idle: \"-5s\" is negative"},
@@ -686,7 +719,7 @@ static void test_message_quoting(void **state)
 
 	assert_string_equal(e, "t.yaml:1:1: unknown key \"a\\x0ab\" at top level (expected one "
 			       "of: listen, network, timeouts, shutdown_grace, apps, log_level, "
-			       "protection)\n");
+			       "log_buffer, protection)\n");
 	free(e);
 
 	char yaml[400];
@@ -1688,6 +1721,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_log_buffer_sizes),
 	    cmocka_unit_test(test_every_key),
 	    cmocka_unit_test(test_durations),
 	    cmocka_unit_test(test_off_is_a_string),

@@ -1,0 +1,199 @@
+/* test_log.c - log.c: line format, the writer thread, and a stderr that is
+ * not read: logging never blocks, every line is written or counted, and
+ * log_stop() gives up on a reader that never comes back.
+ *
+ * stderr is redirected to a pipe for each test. A call that blocked would
+ * hang the test: alarm() turns that into a failure.
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "log.h"
+
+#define LINES 3000
+
+static int saved_stderr = -1;
+static int rd = -1;
+
+/* stderr becomes the write end of a new pipe of <size> bytes. */
+static void stderr_to_pipe(int size)
+{
+	int p[2];
+
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_true(fcntl(p[1], F_SETPIPE_SZ, size) >= size);
+	saved_stderr = dup(STDERR_FILENO);
+	assert_true(saved_stderr >= 0);
+	assert_int_equal(dup2(p[1], STDERR_FILENO), STDERR_FILENO);
+	close(p[1]);
+	rd = p[0];
+}
+
+static void stderr_back(void)
+{
+	dup2(saved_stderr, STDERR_FILENO);
+	close(saved_stderr);
+	saved_stderr = -1;
+}
+
+struct reader {
+	pthread_t thread;
+	char *buf;
+	size_t len, cap;
+};
+
+static void *read_all(void *arg)
+{
+	struct reader *r = arg;
+
+	for (;;) {
+		ssize_t n;
+
+		if (r->cap - r->len < 65536) {
+			r->cap = r->cap * 2 + 65536;
+			r->buf = realloc(r->buf, r->cap + 1);
+			if (!r->buf)
+				abort();
+		}
+		n = read(rd, r->buf + r->len, r->cap - r->len);
+		if (n <= 0)
+			break;
+		r->len += (size_t)n;
+	}
+	r->buf[r->len] = '\0';
+	return NULL;
+}
+
+static size_t count(const char *text, const char *needle)
+{
+	size_t n = 0;
+
+	for (const char *p = text; (p = strstr(p, needle)); p++)
+		n++;
+	return n;
+}
+
+/* The sum of N in "log: N lines dropped" warnings. */
+static unsigned long dropped_in(const char *text)
+{
+	const char *key = " warn log: ";
+	unsigned long sum = 0;
+
+	for (const char *p = text; (p = strstr(p, key)); p++)
+		if (strstr(p, " lines dropped: ") < strchr(p, '\n'))
+			sum += strtoul(p + strlen(key), NULL, 10);
+	return sum;
+}
+
+static void test_direct_line_format(void **state)
+{
+	char buf[256];
+	ssize_t n;
+
+	(void)state;
+	stderr_to_pipe(65536);
+	log_info("hello %d", 42);
+	log_debug("not shown at level info");
+	stderr_back();
+	n = read(rd, buf, sizeof(buf) - 1);
+	close(rd);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	/* 2026-11-26T07:40:42.123Z info hello 42 */
+	assert_int_equal(strlen(buf), 24 + strlen(" info hello 42\n"));
+	assert_int_equal(buf[4], '-');
+	assert_int_equal(buf[10], 'T');
+	assert_int_equal(buf[19], '.');
+	assert_int_equal(buf[23], 'Z');
+	assert_string_equal(buf + 24, " info hello 42\n");
+}
+
+static void *batch_logger(void *arg)
+{
+	int from = *(int *)arg;
+
+	log_batch_begin();
+	for (int i = 0; i < LINES / 2; i++) {
+		log_access("conn=%d pad=%0120d", from + i, 0);
+		if (i % 10 == 9)
+			log_flush(); /* a worker's loop turn */
+	}
+	log_flush();
+	return NULL;
+}
+
+static void test_unread_stderr_never_blocks(void **state)
+{
+	struct reader r = {0};
+	pthread_t t1, t2;
+	int a = 0, b = LINES / 2;
+
+	(void)state;
+	stderr_to_pipe(65536);
+	assert_int_equal(log_start(65536), 0);
+	alarm(20);
+	/* Nobody reads: ~500 KB of lines against 64 KiB of pipe and 64 KiB of
+	 * buffer. Two threads log as workers do.
+	 */
+	assert_int_equal(pthread_create(&t1, NULL, batch_logger, &a), 0);
+	assert_int_equal(pthread_create(&t2, NULL, batch_logger, &b), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	/* Now read: what was buffered comes out, then the count of the rest. */
+	assert_int_equal(pthread_create(&r.thread, NULL, read_all, &r), 0);
+	assert_int_equal(log_stop(), 0);
+	stderr_back();
+	pthread_join(r.thread, NULL);
+	alarm(0);
+	close(rd);
+
+	size_t written = count(r.buf, " access conn=");
+	unsigned long dropped = dropped_in(r.buf);
+
+	assert_true(written > 0);
+	assert_true(dropped > 0);
+	assert_int_equal(written + dropped, LINES);
+	/* Whole lines only: each written one ends with its padding and '\n'. */
+	assert_int_equal(count(r.buf, "\n"), written + count(r.buf, " warn log: "));
+	free(r.buf);
+}
+
+static void test_stop_gives_up_on_stalled_reader(void **state)
+{
+	uint64_t lost;
+
+	(void)state;
+	stderr_to_pipe(65536);
+	assert_int_equal(log_start(1 << 20), 0);
+	alarm(20);
+	for (int i = 0; i < LINES; i++)
+		log_access("conn=%d pad=%0120d", i, 0);
+	/* The pipe holds some of it; the rest cannot be written. */
+	lost = log_stop();
+	alarm(0);
+	stderr_back();
+	close(rd);
+	assert_true(lost > 0);
+	assert_true(lost < LINES);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_direct_line_format),
+	    cmocka_unit_test(test_unread_stderr_never_blocks),
+	    cmocka_unit_test(test_stop_gives_up_on_stalled_reader),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
