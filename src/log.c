@@ -220,9 +220,9 @@ static void *writer_main(void *arg)
 			done += write_out(lg.buf, n - first, lg.regular, &lg.on);
 		ok = done == n;
 		if (ok && dropped) /* buffered like any line: it follows these */
-			log_warn("log: %" PRIu64 " lines dropped: stderr is not read fast enough "
-				 "(log_buffer is %zu bytes)",
-				 dropped, lg.cap);
+			log_err("log: %" PRIu64 " lines dropped: stderr is not read fast enough "
+				"(log_buffer is %zu bytes)",
+				dropped, lg.cap);
 
 		pthread_mutex_lock(&lg.lock);
 		lg.head = (head + n) % lg.cap;

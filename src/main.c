@@ -511,8 +511,8 @@ out:
 	}
 	lost = log_stop();
 	if (lost)
-		log_warn("log: %" PRIu64 " lines not written at exit: stderr was not being read",
-			 lost);
+		log_err("log: %" PRIu64 " lines not written at exit: stderr was not being read",
+			lost);
 	if (rc == 0)
 		log_info("stopped");
 	free(err);

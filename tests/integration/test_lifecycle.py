@@ -214,7 +214,7 @@ def test_listener_per_worker_all_serve(topo):
     assert prism.wait(10) == 0, prism.dump()
 
 
-DROPPED_RX = re.compile(r" warn log: (\d+) lines dropped: stderr is not read fast enough")
+DROPPED_RX = re.compile(r" error log: (\d+) lines dropped: stderr is not read fast enough")
 
 
 def test_stalled_log_reader_does_not_stop_traffic(topo):

@@ -86,7 +86,7 @@ static size_t count(const char *text, const char *needle)
 /* The sum of N in "log: N lines dropped" warnings. */
 static unsigned long dropped_in(const char *text)
 {
-	const char *key = " warn log: ";
+	const char *key = " error log: ";
 	unsigned long sum = 0;
 
 	for (const char *p = text; (p = strstr(p, key)); p++)
@@ -164,7 +164,7 @@ static void test_unread_stderr_never_blocks(void **state)
 	assert_true(dropped > 0);
 	assert_int_equal(written + dropped, LINES);
 	/* Whole lines only: each written one ends with its padding and '\n'. */
-	assert_int_equal(count(r.buf, "\n"), written + count(r.buf, " warn log: "));
+	assert_int_equal(count(r.buf, "\n"), written + count(r.buf, " error log: "));
 	free(r.buf);
 }
 
