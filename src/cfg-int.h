@@ -10,9 +10,10 @@
 
 #include "cfg.h"
 
-#define CFG_QUOTE_MAX 64 /* user text quoted in a message is cut here */
-#define CFG_NAME_MAX  64
-#define CFG_CONNS_MAX 10000000 /* max_conns, max_conns_per_source */
+#define CFG_QUOTE_MAX	64 /* user text quoted in a message is cut here */
+#define CFG_NAME_MAX	64
+#define CFG_CONNS_MAX	10000000 /* max_conns, max_conns_per_source */
+#define CFG_PAYLOAD_MAX 1024	 /* health_check.send / expect, bytes */
 
 /* Big enough for CFG_QUOTE_MAX bytes each escaped to 4, quotes and "...". */
 #define QBUF 300
@@ -59,7 +60,7 @@ __attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const 
 /* Quotes user text <s> into <buf> (QBUF bytes) for a message; returns <buf>. */
 const char *cfg_quote(const char *s, char *buf, size_t size);
 
-/* ---- node helpers (cfg.c) ---- */
+/* ---- node helpers (cfg_node.c) ---- */
 
 yaml_node_t *cfg_node_get(struct loader *ld, int id);
 const char *cfg_node_kind(const yaml_node_t *n);
@@ -70,7 +71,8 @@ int cfg_node_items(struct loader *ld, int id, const char *key, const char *expec
 int cfg_map_fields(struct loader *ld, yaml_node_t *map, const char *key, const char *where,
 		   struct field *f, size_t nf);
 
-/* ---- scalar parsers (cfg.c); each returns 0 or -EINVAL after reporting ---- */
+/* ---- scalar parsers (cfg_node.c; cfg_parse_port_range: cfg.c); each returns 0
+ * or -EINVAL after reporting ---- */
 
 /* Parses <s> of node <n>, "N" or "LO-HI" (ports 1-65535), for <key>;
  * problems are reported as "<key>: ..." with <what> naming the accepted
