@@ -371,7 +371,7 @@ static int cmd_run(int argc, char **argv)
 	struct cfg *cfg;
 	sigset_t sigs;
 	char *err = NULL;
-	int n = 0, started = 0, rc = EXIT_RUNTIME, stops = 0;
+	int n = 0, started = 0, rc = EXIT_RUNTIME, stops = 0, r;
 	uint64_t lost;
 	bool net_installed = false;
 
@@ -396,13 +396,11 @@ static int cmd_run(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	/* Every later thread logs through the writer; it too inherits the mask. */
-	rc = log_start(cfg->log_buffer);
-	if (rc < 0) {
-		log_err("cannot start the log writer: %s", strerror(-rc));
-		rc = EXIT_RUNTIME;
+	r = log_start(cfg->log_buffer);
+	if (r < 0) {
+		log_err("cannot start the log writer: %s", strerror(-r));
 		goto out;
 	}
-	rc = EXIT_RUNTIME;
 
 	if (cfg->net_manage && net_check(&err) < 0) {
 		log_err("%s", err);
@@ -443,7 +441,7 @@ static int cmd_run(int argc, char **argv)
 		}
 		net_installed = true;
 	}
-	int r = hc_start(&hc, origins, cfg->n_apps);
+	r = hc_start(&hc, origins, cfg->n_apps);
 	if (r < 0) {
 		log_err("cannot start health checks: %s", strerror(-r));
 		goto out;
