@@ -152,6 +152,14 @@ def list_netns():
 # --- processes -------------------------------------------------------------
 
 
+
+def veth(ns_a, name_a, ns_b, name_b):
+    """A veth pair created directly inside the two namespaces: no name ever
+    exists in the root namespace, so fixed names cannot collide between runs."""
+    run(["ip", "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b,
+         "netns", ns_b])
+
+
 class Proc:
     """A process whose stdout and stderr are read by threads into line lists.
 
@@ -400,12 +408,8 @@ class Topology:
 
     def _build(self):
         c, e, o = self.c, self.e, self.o
-        # Created directly inside the namespaces: no name ever exists in the
-        # root namespace, so fixed names cannot collide between runs.
-        run(["ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "e0",
-             "netns", e])
-        run(["ip", "link", "add", "e1", "netns", e, "type", "veth", "peer", "name", "o0",
-             "netns", o])
+        veth(c, "c0", e, "e0")
+        veth(e, "e1", o, "o0")
         self._batch(c, [
             f"addr add {CLIENT4}/24 dev c0",
             f"addr add {CLIENT6}/64 dev c0 nodad",

@@ -75,12 +75,9 @@ class ProtTopo(nstopo.Topology):
         c, e, o = self.c, self.e, self.o
         self.l = self._factory("l")
         lg = self.l
-        run(["ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "e0",
-             "netns", e])
-        run(["ip", "link", "add", "l0", "netns", lg, "type", "veth", "peer", "name", "e2",
-             "netns", e])
-        run(["ip", "link", "add", "e1", "netns", e, "type", "veth", "peer", "name", "o0",
-             "netns", o])
+        nstopo.veth(c, "c0", e, "e0")
+        nstopo.veth(lg, "l0", e, "e2")
+        nstopo.veth(e, "e1", o, "o0")
         self._batch(c, [
             f"addr add {ATTACKER4}/25 dev c0",
             *[f"addr add {a}/25 dev c0" for a in ATTACKER_EXTRA],
