@@ -39,7 +39,6 @@
 #define CFG_MAX_REBUILDS 64	   /* rt_build retries to find more overlaps */
 #define CFG_TABLE_MAX	 31
 #define CFG_WORKERS_MAX	 1024
-#define CFG_RETRIES_MAX	 16
 
 #define DEF_LISTEN4	   "127.0.0.1"
 #define DEF_LISTEN6	   "::1"

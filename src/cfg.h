@@ -105,6 +105,9 @@ struct cfg_protection {
 	bool set_deny, set_allow;	      /* the app's block set these lists */
 };
 
+/* apps[].retries: at most this many origins after the first. */
+#define CFG_RETRIES_MAX 16
+
 struct cfg_app {
 	char *name;
 	enum cfg_proto protocol;

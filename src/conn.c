@@ -188,15 +188,19 @@ static enum conn_reason connect_error_reason(int err)
 
 struct pick_ctx {
 	const struct origin_set *set;
-	uint64_t now, tried;
+	uint64_t now;
+	const uint16_t *tried;
+	unsigned n_tried;
 };
 
 static bool pick_usable(size_t i, void *arg)
 {
 	const struct pick_ctx *p = arg;
 
-	if (i < 64 && (p->tried & (1ull << i)))
-		return false;
+	/* At most retries + 1 entries: a scan is cheaper than any set. */
+	for (unsigned k = 0; k < p->n_tried; k++)
+		if (p->tried[k] == i)
+			return false;
 	return origin_usable(p->set->v[i], p->now);
 }
 
@@ -219,12 +223,16 @@ static int origin_pick(struct conn *c)
 	ctx.set = c->set;
 	ctx.now = w->now;
 	ctx.tried = c->tried;
+	ctx.n_tried = c->attempts;
 	addr_from_sa((const struct sockaddr *)&c->client, &caddr, &cport);
 	i = lb_pick(app->balance, c->set, &w->lbw[c->app_idx], &caddr, pick_usable, &ctx);
 	if (i == LB_NONE)
 		return -ENOENT;
-	if (i < 64)
-		c->tried |= 1ull << i;
+	/* origin_connect gives up after retries + 1 attempts, and a set
+	 * holds at most 1,000 origins of 64 addresses each (cfg_origins.c,
+	 * dns.c): both fit.
+	 */
+	c->tried[c->attempts] = (uint16_t)i;
 	o = c->set->v[i];
 	origin_ref(o);
 	__atomic_add_fetch(&o->active, 1, __ATOMIC_RELAXED);
@@ -779,7 +787,7 @@ static void connected(struct conn *c, uint32_t events)
 		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 		c->ack_held = false;
 	}
-	origin_set_unref(c->set); /* tried bits are meaningless from here on */
+	origin_set_unref(c->set); /* tried indices are meaningless from here on */
 	c->set = NULL;
 	c->state = CS_RELAYING;
 	c->last_active = c->w->now;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cfg.h"
 #include "pp.h"
 #include "timer.h"
 #include "worker.h"
@@ -87,13 +88,13 @@ struct conn {
 	struct conn *prev, *next; /* worker's live list */
 	struct conn *next_dead;
 
-	struct origin *o;	    /* the current attempt's origin (reference held) */
-	struct origin_set *set;	    /* while connecting: the set the tried bits index */
-	uint64_t tried;		    /* set indices already tried by this connection */
-	uint8_t attempts;	    /* connect attempts so far */
-	enum conn_reason last_fail; /* reason of the last failed attempt */
-	bool guarded;		    /* counted by the guard: release at the end */
-	bool ack_held;		    /* origin socket in delayed-ACK mode, see origin_connect */
+	struct origin *o;		     /* the current attempt's origin (reference held) */
+	struct origin_set *set;		     /* while connecting: the set <tried> indexes */
+	uint16_t tried[CFG_RETRIES_MAX + 1]; /* set indices of the attempts so far */
+	uint8_t attempts;		     /* connect attempts so far */
+	enum conn_reason last_fail;	     /* reason of the last failed attempt */
+	bool guarded;			     /* counted by the guard: release at the end */
+	bool ack_held; /* origin socket in delayed-ACK mode, see origin_connect */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

@@ -3,15 +3,16 @@ connections: retries hide it from every client, health checks take it out
 within fall x interval + timeout (no new connection is even attempted
 after that: SYNs counted by nftables in the origin namespace), and it is
 used again rise x interval after it comes back. Passive failure accounting
-is checked the same way without active checks."""
+is checked the same way without active checks. Retries never dial an
+origin the connection already tried, in sets of any size."""
 
 import re
 import threading
 import time
 
 import nstopo
-from test_balance import (add_origin_addrs, down_rx, fetch_here, host_of, ns_thread,
-                          start_tags, up_rx)
+from test_balance import (add_addrs, add_origin_addrs, down_rx, fetch_here, fetch_many,
+                          host_of, ns_thread, start_tags, up_rx)
 
 POOL = ["198.51.100.21", "198.51.100.22", "198.51.100.23"]
 VICTIM = POOL[2]
@@ -45,6 +46,22 @@ apps:
     passive: {failures: 2, cooldown: 1500ms}
     origins: ["198.51.100.21:8000", "198.51.100.22:8000", "198.51.100.23:8000"]
 """
+
+# 70 origins on one address: ports 10000-10063 answer, 10064-10069 refuse.
+MANY = "198.51.100.21"
+MANY_CFG = """\
+listen: {workers: 1}
+timeouts: {connect: 1s, idle: 30s}
+shutdown_grace: 500ms
+apps:
+  - name: many
+    edge: 192.0.2.0/24
+    ports: 8000
+    balance: source_hash
+    retries: 16
+    passive: {failures: 0}
+    origins: [%s]
+""" % ", ".join(f'"{MANY}:{10000 + i}"' for i in range(70))
 
 
 class Stream:
@@ -188,3 +205,29 @@ def test_passive_cooldown(topo):
     stream.stop()
     failed = [r for r in stream.results if r[2]]
     assert not failed, failed[:5]
+
+
+def test_retries_skip_tried_origins_in_large_sets(topo):
+    """source_hash ranks an app's origins the same way on every attempt
+    of a connection, so each retry must skip what the connection already
+    tried. Of 70 origins the last 6 refuse: a client whose first choice is
+    one of them gets one of the 64 others within its 17 attempts. (Tried
+    origins used to be bits of a 64-bit mask, so an origin past index 63
+    was dialed again on every retry and the client was refused.)"""
+    t = topo
+    add_origin_addrs(t, [MANY])
+    start_tags(t, [f"{MANY}:{10000 + i}" for i in range(64)])
+    syns = _syn_counter(t, MANY, "10064-10069")
+    # Clients from 100 addresses: source_hash hashes the address.
+    clients = [f"203.0.113.{i}" for i in range(100, 200)]
+    add_addrs(t.c, "c0", clients)
+    t.start_prism(MANY_CFG)
+    res = fetch_many(t.c, [("192.0.2.1", 8000, src) for src in clients])
+    failed = [(src, r[1]) for src, r in zip(clients, res) if r[1]]
+    assert not failed, f"{len(failed)} of {len(clients)} clients failed: {failed[:5]}"
+    # Some clients' first choice was a refusing origin past index 63:
+    # without that, nothing here tested the retries.
+    n = syns()
+    assert n > 0, "no client's first choice was a refusing origin"
+    # Each refusing origin is dialed at most once per connection.
+    assert n <= 6 * len(clients)
