@@ -95,18 +95,19 @@ bench: deps
 	$(MAKE) $(BUILD)/prism $(BUILD)/loadgen $(BUILD)/rt_bench
 	$(PYTHON) bench/run.py --build $(abspath $(BUILD)) $(BENCH_ARGS)
 
-$(BUILD)/loadgen: bench/loadgen.c
+LOADGEN_SRC := bench/loadgen.c $(wildcard bench/lg_*.c)
+$(BUILD)/loadgen: $(LOADGEN_SRC) bench/loadgen.h
 	@mkdir -p $(BUILD)
-	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -o $(BUILD)/loadgen bench/loadgen.c
+	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -o $(BUILD)/loadgen $(LOADGEN_SRC)
 
 $(BUILD)/rt_bench: bench/rt_bench.c src/rt.c $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Isrc -o $(BUILD)/rt_bench bench/rt_bench.c src/rt.c
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c
+	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c bench/*.c bench/*.h
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c fuzz/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c fuzz/*.c bench/*.c bench/*.h
 
 install: $(BUILD)/prism
 	install -D -m 0755 $(BUILD)/prism $(DESTDIR)$(PREFIX)/sbin/prism

@@ -1,7 +1,7 @@
 /* ban.c - the kernel ban sets (ban4, ban6 in prism's nft table): add, delete
  * and list sources with a timeout, through libnftables.
  *
- * The sets themselves are declared by netsetup.c; this file only edits their
+ * The sets themselves are declared by netsetup_nft.c; this file only edits their
  * elements. The kernel expires each element by itself, so a ban ends on time
  * even when prism is gone.
  */

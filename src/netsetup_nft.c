@@ -1,0 +1,736 @@
+/* netsetup_nft.c - the nft script that replaces prism's table in one
+ * transaction (net_up loads it, net_show prints it), and net_nft_run, which
+ * hands a script to libnftables.
+ *
+ * The table, per family (4 / 6):
+ *   prerouting  daddr in served (every edge prefix) -> jump guard
+ *   guard       ban -> ICMP errors and ND accepted -> non-TCP unserved ->
+ *               per-app deny / allow -> global deny / allow (skipping the
+ *               points of apps with lists of their own) -> SYN meter ->
+ *               claims: tproxy, accept -> the host's own sockets accept ->
+ *               unserved (drop, or RST with protection.unserved: reject)
+ * Every drop counts in a named counter (banned, app_denied,
+ * app_not_allowed, denied, not_allowed, syn_flood, unserved). A rule runs
+ * only when the config uses it, so the default costs a few lookups per
+ * packet to a served prefix and nothing for the host's other traffic. No
+ * conntrack anywhere: every rule decides on the packet alone.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <nftables/libnftables.h>
+
+#include "addr.h"
+#include "cfg.h"
+#include "netsetup-int.h"
+#include "rt.h"
+
+/* ---- the nft script ---------------------------------------------------- */
+
+/* The per-family words of the script. */
+struct fam {
+	bool v4;
+	char d;		  /* set name suffix: '4' or '6' */
+	const char *ip;	  /* payload keyword: ip / ip6 */
+	const char *type; /* set key type */
+};
+
+static const struct fam fams[2] = {
+    {.v4 = true, .d = '4', .ip = "ip", .type = "ipv4_addr"},
+    {.v4 = false, .d = '6', .ip = "ip6", .type = "ipv6_addr"},
+};
+
+/* Elements of one set as they are printed: the separator before each one
+ * and the closing brace depend on how many came before.
+ */
+struct set_out {
+	FILE *f;
+	size_t n;
+};
+
+/* One element per line: a big config stays readable in `net show`, and
+ * nft parses newlines inside the braces as it does in its own `list
+ * ruleset` output.
+ */
+static void elem_begin(struct set_out *o)
+{
+	fputs(o->n++ ? ",\n\t\t\t" : "\t\telements = {\n\t\t\t", o->f);
+}
+
+static void set_begin(struct set_out *o, FILE *f, const char *name, const struct fam *fm,
+		      const char *type, const char *flags)
+{
+	o->f = f;
+	o->n = 0;
+	fprintf(f, "\tset %s%c {\n\t\ttype %s;%s%s%s\n", name, fm->d, type, flags ? " " : "",
+		flags ? flags : "", flags ? ";" : "");
+}
+
+static void set_end(struct set_out *o)
+{
+	/* nft rejects "elements = { }": an empty set simply has none. */
+	if (o->n)
+		fputs("\n\t\t}\n", o->f);
+	fputs("\t}\n", o->f);
+}
+
+/* Returns the prefix length (in the family's own bits) when [lo, hi] is
+ * exactly one prefix, else -1. <bytes> is 4 or 16, <lo>/<hi> point at them.
+ */
+static int range_prefix_len(const uint8_t *lo, const uint8_t *hi, int bytes)
+{
+	int len = -1;
+
+	for (int i = 0; i < bytes; i++) {
+		uint8_t x = lo[i] ^ hi[i];
+
+		if (len < 0) {
+			if (x == 0)
+				continue;
+			/* First differing byte: the differing bits must be a
+			 * run of trailing ones, zero in lo.
+			 */
+			if ((x & (x + 1)) != 0 || (lo[i] & x) != 0)
+				return -1;
+			len = i * 8 + 8 - __builtin_popcount(x);
+		} else if (x != 0xff || lo[i] != 0) {
+			return -1;
+		}
+	}
+	return len < 0 ? bytes * 8 : len;
+}
+
+/* Prints the address range [lo, hi] as one address, a prefix, or a range. */
+static void print_range(FILE *f, const struct in6_addr *lo, const struct in6_addr *hi, bool v4)
+{
+	char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+	int bytes = v4 ? 4 : 16, off = v4 ? 12 : 0;
+	int plen = range_prefix_len(&lo->s6_addr[off], &hi->s6_addr[off], bytes);
+
+	net_fmt_addr(lo, v4, a, sizeof(a));
+	if (plen == bytes * 8) {
+		fputs(a, f);
+	} else if (plen >= 0) {
+		fprintf(f, "%s/%d", a, plen);
+	} else {
+		net_fmt_addr(hi, v4, b, sizeof(b));
+		fprintf(f, "%s-%s", a, b);
+	}
+}
+
+static void print_ports(FILE *f, uint16_t lo, uint16_t hi)
+{
+	if (lo == hi)
+		fprintf(f, " . %u", lo);
+	else
+		fprintf(f, " . %u-%u", lo, hi);
+}
+
+static void print_prefix(FILE *f, const struct addr_prefix *p)
+{
+	char ps[ADDR_STRLEN];
+
+	fputs(addr_fmt_prefix(p, ps), f);
+}
+
+/* A list of prefixes of one family, sorted, with every prefix that lies
+ * inside another one dropped: nft refuses overlapping interval elements,
+ * and the outer prefix already says it all.
+ */
+struct plist {
+	struct addr_prefix *v;
+	size_t n;
+};
+
+static bool prefix_contains(const struct addr_prefix *outer, const struct addr_prefix *in)
+{
+	if (outer->len > in->len)
+		return false;
+	for (unsigned int bit = 0; bit < outer->len; bit += 8) {
+		unsigned int left = outer->len - bit;
+		uint8_t mask = left >= 8 ? 0xff : (uint8_t)(0xff << (8 - left));
+
+		if ((outer->addr.s6_addr[bit / 8] ^ in->addr.s6_addr[bit / 8]) & mask)
+			return false;
+	}
+	return true;
+}
+
+static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n, bool v4)
+{
+	size_t k = 0;
+
+	out->v = NULL;
+	out->n = 0;
+	if (n == 0)
+		return 0;
+	out->v = calloc(n, sizeof(*out->v));
+	if (!out->v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if (net_is_v4_prefix(&in[i]) == v4)
+			out->v[k++] = in[i];
+	qsort(out->v, k, sizeof(*out->v), net_prefix_cmp);
+	/* Sorted by address, then length: a prefix inside any kept one is
+	 * inside the last kept one (prefixes nest or are disjoint).
+	 */
+	for (size_t i = 0; i < k; i++)
+		if (out->n == 0 || !prefix_contains(&out->v[out->n - 1], &out->v[i]))
+			out->v[out->n++] = out->v[i];
+	return 0;
+}
+
+static void print_plist_set(FILE *f, const char *name, const struct fam *fm, const struct plist *l)
+{
+	struct set_out o;
+
+	set_begin(&o, f, name, fm, fm->type, "flags interval");
+	for (size_t i = 0; i < l->n; i++) {
+		elem_begin(&o);
+		print_prefix(f, &l->v[i]);
+	}
+	set_end(&o);
+}
+
+/* Which apps' points a set is about. */
+enum own_kind {
+	OWN_ANY,	   /* every claim */
+	OWN_APP,	   /* the points app <app> owns */
+	OWN_SET_DENY,	   /* owned by an app with its own deny list */
+	OWN_SET_ALLOW,	   /* owned by an app with its own allow list (maybe empty) */
+	OWN_ENFORCE_ALLOW, /* owned by an app with its own non-empty allow list */
+};
+
+/* Walks the cover of all claims and emits the (address range . port
+ * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>.
+ * rt_cover's elements lie each within one trie node's own addresses, so
+ * the owner of a port is the same across an element's address range; it
+ * changes only at a port where some claim starts or ends (<bounds>).
+ */
+struct own_walk {
+	const struct cfg *cfg;
+	bool v4;
+	enum own_kind kind;
+	size_t app;
+	const uint32_t *bounds; /* sorted, distinct: every claim's lo and hi + 1 */
+	size_t nb;
+	struct set_out *o;
+	const struct plist *src; /* non-NULL: one element per source prefix */
+};
+
+static bool own_pick(const struct own_walk *w, uint32_t app)
+{
+	const struct cfg_protection *p;
+
+	if (app == RT_NONE || app >= w->cfg->n_apps)
+		return false;
+	p = &w->cfg->apps[app].protection;
+	switch (w->kind) {
+	case OWN_ANY:
+		return true;
+	case OWN_APP:
+		return app == w->app;
+	case OWN_SET_DENY:
+		return p->set_deny;
+	case OWN_SET_ALLOW:
+		return p->set_allow;
+	case OWN_ENFORCE_ALLOW:
+		return p->set_allow && p->n_allow > 0;
+	}
+	return false;
+}
+
+/* The smallest bound above <p>, or 65536. */
+static uint32_t next_bound(const struct own_walk *w, uint32_t p)
+{
+	size_t lo = 0, hi = w->nb;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (w->bounds[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < w->nb ? w->bounds[lo] : 65536;
+}
+
+static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi)
+{
+	size_t n = w->src ? w->src->n : 1;
+
+	for (size_t i = 0; i < n; i++) {
+		elem_begin(w->o);
+		if (w->src) {
+			print_prefix(w->o->f, &w->src->v[i]);
+			fputs(" . ", w->o->f);
+		}
+		print_range(w->o->f, &e->lo, &e->hi, w->v4);
+		print_ports(w->o->f, (uint16_t)plo, (uint16_t)phi);
+	}
+}
+
+static int own_elem(const struct rt_elem *e, void *arg)
+{
+	struct own_walk *w = arg;
+	uint32_t p = e->plo, run_lo = 0;
+	bool in_run = false;
+
+	while (p <= e->phi) {
+		uint32_t next = next_bound(w, p);
+		bool in = own_pick(w, rt_lookup(w->cfg->rt, &e->lo, (uint16_t)p));
+
+		if (in && !in_run)
+			run_lo = p;
+		else if (!in && in_run)
+			own_emit(w, e, run_lo, p - 1);
+		in_run = in;
+		p = next - 1 < e->phi ? next : (uint32_t)e->phi + 1;
+	}
+	if (in_run)
+		own_emit(w, e, run_lo, e->phi);
+	return 0;
+}
+
+static int bound_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Collects every claim's port bounds, sorted and distinct. Returns the
+ * count or -ENOMEM.
+ */
+static long port_bounds(const struct cfg *cfg, uint32_t **out)
+{
+	size_t n = 0, k = 0;
+	uint32_t *v;
+
+	*out = NULL;
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		n += 2 * cfg->apps[i].n_ports;
+	if (n == 0)
+		return 0;
+	v = calloc(n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		for (size_t j = 0; j < cfg->apps[i].n_ports; j++) {
+			v[k++] = cfg->apps[i].ports[j].lo;
+			v[k++] = (uint32_t)cfg->apps[i].ports[j].hi + 1;
+		}
+	qsort(v, k, sizeof(*v), bound_cmp);
+	n = 0;
+	for (size_t i = 0; i < k; i++)
+		if (n == 0 || v[n - 1] != v[i])
+			v[n++] = v[i];
+	*out = v;
+	return (long)n;
+}
+
+/* A set of (daddr . dport) or, with <src>, (saddr . daddr . dport). */
+static void print_own_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
+			  enum own_kind kind, const uint32_t *bounds, size_t nb)
+{
+	struct set_out o;
+	struct own_walk w = {
+	    .cfg = cfg, .v4 = fm->v4, .kind = kind, .bounds = bounds, .nb = nb, .o = &o};
+	char type[64];
+
+	snprintf(type, sizeof(type), "%s . inet_service", fm->type);
+	set_begin(&o, f, name, fm, type, "flags interval");
+	if (cfg->rt)
+		rt_cover(cfg->rt, fm->v4, own_elem, &w);
+	set_end(&o);
+}
+
+/* appdeny / appallow: for each app with its own list, (each source prefix
+ * of that list . each point the app owns). Points of different apps are
+ * disjoint and a list is free of nested prefixes, so no two elements
+ * overlap.
+ */
+static int print_src_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
+			 bool deny, const uint32_t *bounds, size_t nb)
+{
+	struct set_out o;
+	struct own_walk w = {
+	    .cfg = cfg, .v4 = fm->v4, .kind = OWN_APP, .bounds = bounds, .nb = nb, .o = &o};
+	char type[80];
+	int ret = 0;
+
+	snprintf(type, sizeof(type), "%s . %s . inet_service", fm->type, fm->type);
+	set_begin(&o, f, name, fm, type, "flags interval");
+	for (size_t i = 0; i < cfg->n_apps && cfg->rt; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+		struct plist l;
+
+		if (deny ? !(p->set_deny && p->n_deny) : !(p->set_allow && p->n_allow))
+			continue;
+		ret = plist_make(&l, deny ? p->deny : p->allow, deny ? p->n_deny : p->n_allow,
+				 fm->v4);
+		if (ret)
+			break;
+		w.app = i;
+		w.src = &l;
+		if (l.n)
+			rt_cover(cfg->rt, fm->v4, own_elem, &w);
+		free(l.v);
+	}
+	set_end(&o);
+	return ret;
+}
+
+static const char *rate_unit(uint32_t per_ms)
+{
+	switch (per_ms) {
+	case 60000:
+		return "minute";
+	case 3600000:
+		return "hour";
+	case 86400000:
+		return "day";
+	default:
+		return "second";
+	}
+}
+
+/* What the guard chain needs, worked out once for both families. */
+struct guard_plan {
+	bool app_deny;	  /* some app has its own non-empty deny list */
+	bool own_deny;	  /* some app has its own deny list: global deny skips it */
+	bool app_allow;	  /* some app has its own non-empty allow list */
+	bool own_allow;	  /* some app has its own allow list: global allow skips it */
+	bool deny, allow; /* the global lists are non-empty */
+	bool syn;	  /* global syn_rate_per_source */
+};
+
+static void plan_guard(const struct cfg *cfg, struct guard_plan *g)
+{
+	memset(g, 0, sizeof(*g));
+	for (size_t i = 0; i < cfg->n_apps; i++) {
+		const struct cfg_protection *p = &cfg->apps[i].protection;
+
+		g->own_deny |= p->set_deny;
+		g->app_deny |= p->set_deny && p->n_deny > 0;
+		g->own_allow |= p->set_allow;
+		g->app_allow |= p->set_allow && p->n_allow > 0;
+	}
+	g->deny = cfg->protection.n_deny > 0;
+	g->allow = cfg->protection.n_allow > 0;
+	g->syn = cfg->protection.syn_rate_per_source.n > 0;
+}
+
+static bool fam_on(const struct cfg *cfg, const struct fam *fm)
+{
+	return fm->v4 || cfg->listen6_on;
+}
+
+/* The sets of one family. <bans>: elements to put back into the ban set
+ * (see net_up), or NULL.
+ */
+static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm,
+		      const struct guard_plan *g, const uint32_t *bounds, size_t nb,
+		      const char *bans)
+{
+	struct addr_prefix *edges = NULL;
+	struct plist l;
+	struct set_out o;
+	long n;
+	int ret;
+
+	/* Bans carry their own timeout; the size bounds what prism and
+	 * `prism ban` can make the kernel hold.
+	 */
+	set_begin(&o, f, "ban", fm, fm->type, "size 65536; flags timeout");
+	if (bans && *bans) {
+		elem_begin(&o);
+		fputs(bans, f);
+	}
+	set_end(&o);
+	if (!fam_on(cfg, fm))
+		return 0;
+
+	print_own_set(f, cfg, fm, "claims", OWN_ANY, bounds, nb);
+
+	n = net_edge_prefixes(cfg, &edges);
+	if (n < 0)
+		return (int)n;
+	ret = plist_make(&l, edges, (size_t)n, fm->v4);
+	free(edges);
+	if (ret)
+		return ret;
+	print_plist_set(f, "served", fm, &l);
+	free(l.v);
+
+	if ((ret = plist_make(&l, cfg->protection.deny, cfg->protection.n_deny, fm->v4)))
+		return ret;
+	print_plist_set(f, "deny", fm, &l);
+	free(l.v);
+	if ((ret = plist_make(&l, cfg->protection.allow, cfg->protection.n_allow, fm->v4)))
+		return ret;
+	print_plist_set(f, "allow", fm, &l);
+	free(l.v);
+
+	if ((ret = print_src_set(f, cfg, fm, "appdeny", true, bounds, nb)))
+		return ret;
+	print_own_set(f, cfg, fm, "appdenyown", OWN_SET_DENY, bounds, nb);
+	if ((ret = print_src_set(f, cfg, fm, "appallow", false, bounds, nb)))
+		return ret;
+	print_own_set(f, cfg, fm, "appallowdst", OWN_ENFORCE_ALLOW, bounds, nb);
+	print_own_set(f, cfg, fm, "appallowown", OWN_SET_ALLOW, bounds, nb);
+
+	/* The SYN meter: one token bucket per source (an IPv6 source per
+	 * /64, what one host usually gets), forgotten a minute after its
+	 * last SYN. When it is full, new sources go unmetered: a flood from
+	 * spoofed addresses is SYN cookies' job, not a per-source limit's.
+	 */
+	if (g->syn) {
+		set_begin(&o, f, "synrate", fm, fm->type,
+			  "size 65536; flags dynamic,timeout; timeout 60s");
+		set_end(&o);
+	}
+	return 0;
+}
+
+static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan *g)
+{
+	const struct cfg_rate *r = &cfg->protection.syn_rate_per_source;
+
+	/* Only traffic to the served prefixes comes here (see prerouting). */
+	fputs("\tchain guard {\n", f);
+	for (int i = 0; i < 2; i++)
+		if (fam_on(cfg, &fams[i]))
+			fprintf(f, "\t\t%s saddr @ban%c counter name banned drop\n", fams[i].ip,
+				fams[i].d);
+	/* ICMP errors belong to connections prism relays (path MTU
+	 * discovery needs "packet too big") and ND to the addresses
+	 * themselves: without conntrack they cannot be matched to a flow, so
+	 * they pass by type. Everything else that is not TCP, prism does not
+	 * serve.
+	 */
+	fputs("\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } "
+	      "accept\n",
+	      f);
+	if (cfg->listen6_on)
+		fputs("\t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, "
+		      "parameter-problem, nd-neighbor-solicit, nd-neighbor-advert } accept\n",
+		      f);
+	fputs("\t\tmeta l4proto != tcp counter name unserved drop\n", f);
+	for (int i = 0; i < 2; i++) {
+		const struct fam *fm = &fams[i];
+
+		if (!fam_on(cfg, fm))
+			continue;
+		/* An app's own lists replace the global ones for the points it
+		 * owns: its rules come first, and the global rules skip the
+		 * points of apps that set their own (appdenyown/appallowown).
+		 */
+		if (g->app_deny)
+			fprintf(f,
+				"\t\t%s saddr . %s daddr . tcp dport @appdeny%c counter name "
+				"app_denied drop\n",
+				fm->ip, fm->ip, fm->d);
+		if (g->app_allow)
+			fprintf(f,
+				"\t\t%s daddr . tcp dport @appallowdst%c %s saddr . %s daddr . tcp "
+				"dport != @appallow%c counter name app_not_allowed drop\n",
+				fm->ip, fm->d, fm->ip, fm->ip, fm->d);
+		if (g->deny) {
+			fprintf(f, "\t\t%s saddr @deny%c ", fm->ip, fm->d);
+			if (g->own_deny)
+				fprintf(f, "%s daddr . tcp dport != @appdenyown%c ", fm->ip, fm->d);
+			fputs("counter name denied drop\n", f);
+		}
+		/* An allow list is about who may connect to the apps: it
+		 * leaves alone the rest of what reaches a served address
+		 * (replies to the host's own connections, see below), while
+		 * a denied source gets nothing.
+		 */
+		if (g->allow) {
+			fprintf(f, "\t\t%s saddr != @allow%c %s daddr . tcp dport @claims%c ",
+				fm->ip, fm->d, fm->ip, fm->d);
+			if (g->own_allow)
+				fprintf(f, "%s daddr . tcp dport != @appallowown%c ", fm->ip,
+					fm->d);
+			fputs("counter name not_allowed drop\n", f);
+		}
+	}
+	/* A SYN alone (no ACK, FIN, RST) opens a connection; no conntrack
+	 * needed to tell. Burst: one period's worth at once.
+	 */
+	if (g->syn) {
+		for (int i = 0; i < 2; i++) {
+			const struct fam *fm = &fams[i];
+
+			if (!fam_on(cfg, fm))
+				continue;
+			fprintf(f,
+				"\t\ttcp flags & (fin | syn | rst | ack) == syn update @synrate%c "
+				"{ %s saddr%s limit rate over %u/%s burst %u packets } counter "
+				"name syn_flood drop\n",
+				fm->d, fm->ip, fm->v4 ? "" : " & ffff:ffff:ffff:ffff::", r->n,
+				rate_unit(r->per_ms), r->n);
+		}
+	}
+}
+
+/* The rest of the guard chain: the claims go to the listener, the host's
+ * own connections pass, everything else is unserved.
+ */
+static void print_guard_tail(FILE *f, const struct cfg *cfg)
+{
+	char a4[INET_ADDRSTRLEN], a6[INET6_ADDRSTRLEN];
+	/* Only TCP is left here (see print_guard). */
+	const char *unserved = cfg->protection.unserved == CFG_UNSERVED_REJECT
+				   ? "counter name unserved reject with tcp reset"
+				   : "counter name unserved drop";
+
+	inet_ntop(AF_INET, &cfg->listen4.sin_addr, a4, sizeof(a4));
+	inet_ntop(AF_INET6, &cfg->listen6.sin6_addr, a6, sizeof(a6));
+	/* tproxy needs an explicit "meta l4proto tcp" in family inet, and
+	 * is not a verdict by itself: accept ends the walk.
+	 */
+	fprintf(f, "\t\tmeta l4proto tcp ip daddr . tcp dport @claims4 tproxy ip to %s:%u accept\n",
+		a4, ntohs(cfg->listen4.sin_port));
+	if (cfg->listen6_on)
+		fprintf(f,
+			"\t\tmeta l4proto tcp ip6 daddr . tcp dport @claims6 tproxy ip6 to [%s]:%u "
+			"accept\n",
+			a6, ntohs(cfg->listen6.sin6_port));
+	/* A served address may also be one the host uses itself (its own
+	 * main address as an edge): replies to its outgoing connections, and
+	 * services bound to that address by name, have a socket. Those pass.
+	 * A port only a wildcard listener (0.0.0.0:22) would take stays
+	 * unserved: that listener is not meant to answer on every address of
+	 * the prefixes. The wildcard key reads full sockets only (it breaks
+	 * on SYN_RECV and TIME_WAIT ones), hence the second lookup, whose
+	 * key any socket has. Only unserved packets pay for the lookups.
+	 */
+	fprintf(f, "\t\tsocket wildcard 1 %s\n", unserved);
+	fputs("\t\tsocket transparent 0 accept\n", f);
+	fprintf(f, "\t\t%s\n", unserved);
+	fputs("\t}\n", f);
+}
+
+static const char *const counters[] = {"banned",      "app_denied", "app_not_allowed", "denied",
+				       "not_allowed", "syn_flood",  "unserved"};
+
+/* The script for <cfg>, with <bans>[0] / [1] (v4 / v6 elements, or NULL)
+ * put back into the ban sets.
+ */
+char *net_build_script(const struct cfg *cfg, const char *const bans[2])
+{
+	const char *t = cfg->nft_table;
+	struct guard_plan g;
+	uint32_t *bounds = NULL;
+	char *buf = NULL;
+	size_t len = 0;
+	long nb;
+	int ret = 0;
+	FILE *f;
+
+	nb = port_bounds(cfg, &bounds);
+	if (nb < 0)
+		return NULL;
+	f = open_memstream(&buf, &len);
+	if (!f) {
+		free(bounds);
+		return NULL;
+	}
+	plan_guard(cfg, &g);
+
+	/* One transaction: create the table if missing, delete it, build it
+	 * anew. nft applies the whole buffer atomically, so the old rules stay
+	 * in force until the new ones replace them, and a failure leaves the
+	 * old table untouched.
+	 */
+	fprintf(f, "table inet %s\ndelete table inet %s\ntable inet %s {\n", t, t, t);
+	/* Named counters, one per reason to drop: `nft list counters table
+	 * inet TABLE` tells what was dropped and why.
+	 */
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		fprintf(f, "\tcounter %s {\n\t}\n", counters[i]);
+	for (int i = 0; i < 2 && !ret; i++)
+		ret = print_sets(f, cfg, &fams[i], &g, bounds, (size_t)nb, bans ? bans[i] : NULL);
+	/* Hook prerouting: TPROXY must act before the routing decision it
+	 * steers to the local socket. Priority mangle (-150) is where the
+	 * iptables TPROXY target lived and where nft documents it. Only
+	 * traffic to the served prefixes is guarded; the rest of the host's
+	 * traffic passes with one set lookup.
+	 */
+	fputs("\tchain prerouting {\n"
+	      "\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+	      "\t\tip daddr @served4 jump guard\n",
+	      f);
+	if (cfg->listen6_on)
+		fputs("\t\tip6 daddr @served6 jump guard\n", f);
+	fputs("\t}\n", f);
+	print_guard(f, cfg, &g);
+	print_guard_tail(f, cfg);
+	fputs("}\n", f);
+	free(bounds);
+
+	if (ferror(f) || ret) {
+		fclose(f);
+		free(buf);
+		return NULL;
+	}
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+char *net_nft_script(const struct cfg *cfg)
+{
+	return net_build_script(cfg, NULL);
+}
+
+/* ---- running nft ------------------------------------------------------ */
+
+/* Runs <script> in one libnftables context. On failure returns -EINVAL (nft
+ * gives no errno) with "<what>: <nft's error text>" in <*err> (just the
+ * text when <what> is NULL).
+ */
+int net_nft_run(const char *script, const char *what, char **err)
+{
+	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	int ret = 0;
+
+	if (!ctx)
+		return net_set_err(err, -ENOMEM, "%s: cannot create an nftables context",
+				   what ? what : "nft");
+	/* Capture both streams: nft's messages go into ours, not on stdout. */
+	if (nft_ctx_buffer_error(ctx) != 0 || nft_ctx_buffer_output(ctx) != 0) {
+		ret = net_set_err(err, -ENOMEM, "%s: cannot buffer nftables output",
+				  what ? what : "nft");
+		goto out;
+	}
+	if (nft_run_cmd_from_buffer(ctx, script) != 0) {
+		const char *e = nft_ctx_get_error_buffer(ctx);
+		size_t n = e ? strlen(e) : 0;
+		const char *next = e ? strstr(e + (n ? 1 : 0), "\nError:") : NULL;
+
+		/* The first error is the cause; the rest are mostly the
+		 * parser losing its footing after it.
+		 */
+		if (next && (size_t)(next - e) < n)
+			n = (size_t)(next - e);
+		while (n > 0 && (e[n - 1] == '\n' || e[n - 1] == ' '))
+			n--;
+		ret = net_set_err(err, -EINVAL, "%s%s%.*s", what ? what : "", what ? ": " : "",
+				  (int)n, n ? e : "nftables failed without a message");
+	}
+out:
+	nft_ctx_free(ctx);
+	return ret;
+}
