@@ -510,8 +510,26 @@ backend be_iperf
         for r in range(n or self.rounds):
             k = r % len(targets)
             for t in targets[k:] + targets[:k]:
+                self.flush_time_wait()
                 out[t].append(fn(t, r))
         return out
+
+    def flush_time_wait(self):
+        """Ends the TIME_WAIT sockets earlier targets left (60 s each) in
+        every namespace, so that each target starts from none. A rate round
+        leaves tens of thousands; the next target's connect() calls then
+        search a crowded port space: two identical prism builds measured
+        12,034 and 10,943 conn/s in the first and second slot of each round
+        (bench/ab.py before this flush). `ss -K` destroys them."""
+        for role in ("c", "e", "o", "n"):
+            argv = self.nsx(role, ["ss", "-K", "-tan", "state", "time-wait"])
+            self.note_cmd(argv)
+            # ss lists what it destroyed: thousands of lines, not wanted.
+            cp = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+            if cp.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)}: exit {cp.returncode}: "
+                                   f"{cp.stderr.strip()[-2000:]}")
 
     # -- loadgen / iperf3 ----------------------------------------------------
 
