@@ -155,7 +155,7 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	if (c->next)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
-	w->n_conns--;
+	__atomic_store_n(&w->n_conns, w->n_conns - 1, __ATOMIC_RELAXED);
 	c->next_dead = w->dead;
 	w->dead = c;
 }
@@ -374,7 +374,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 	if (w->conns)
 		w->conns->prev = c;
 	w->conns = c;
-	w->n_conns++;
+	__atomic_store_n(&w->n_conns, w->n_conns + 1, __ATOMIC_RELAXED);
 
 	addr_from_sa((const struct sockaddr *)edge, &daddr, &dport);
 	app = rt_lookup(w->cfg->rt, &daddr, dport);

@@ -217,6 +217,7 @@ int dns_start(struct dns **out, struct app_origins *apps, size_t n)
 	r = -pthread_create(&d->thread, NULL, dns_main, d);
 	if (r < 0)
 		goto fail;
+	pthread_setname_np(d->thread, "dns");
 	*out = d;
 	return 0;
 fail:

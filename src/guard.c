@@ -627,6 +627,7 @@ struct guard *guard_new(const struct cfg *cfg)
 			goto fail;
 		}
 		g->thread_on = true;
+		pthread_setname_np(g->thread, "bans");
 	}
 	return g;
 fail:

@@ -745,6 +745,7 @@ int hc_start(struct hc **out, struct app_origins *apps, size_t n)
 		r = -r;
 		goto fail;
 	}
+	pthread_setname_np(hc->thread, "health");
 	*out = hc;
 	return 0;
 fail:

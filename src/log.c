@@ -285,6 +285,7 @@ int log_start(size_t buffer)
 		lg.buf = NULL;
 		return -r;
 	}
+	pthread_setname_np(lg.thread, "log");
 	return 0;
 }
 

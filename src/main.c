@@ -492,6 +492,8 @@ out:
 		if (!joined || !joined[i])
 			worker_stop(&ws[i], true);
 	for (int i = 0; i < n; i++)
+		worker_wait(&ws[i]); /* all threads first: see worker_join */
+	for (int i = 0; i < n; i++)
 		worker_join(&ws[i]);
 	if (hc)
 		hc_stop(hc);

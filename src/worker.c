@@ -6,11 +6,18 @@
  * EPOLL_CTL_ADDs in its life and nothing else (closing an fd removes it from
  * the set). Listeners are level-triggered and drained in bounded batches so
  * one busy listener cannot starve established connections.
+ *
+ * Balancing: which worker accepts a connection depends on hashing and on
+ * who is awake (worker_share_listeners), so a burst of long-lived
+ * connections can land mostly on one worker and stay there. A worker that
+ * takes a busy peer's connection while it already holds clearly more than
+ * that peer hands it back (balance_target, worker_handoff).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -31,6 +38,12 @@
 #define POOL_MAX	 32    /* spare pipes kept per worker */
 #define ACCEPT_PAUSE_MS	 100   /* after EMFILE/ENOMEM: let connections drain */
 #define LISTEN_BACKLOG	 65535 /* capped by net.core.somaxconn */
+
+/* A worker keeps a new connection while it holds at most this many more
+ * than the peer it is compared with (whose load is <n>): balanced enough,
+ * and the hash's own spread of short connections rarely crosses it.
+ */
+#define HANDOFF_SLACK(n) (2 + (n) / 8)
 
 static uint64_t now_ms(void)
 {
@@ -103,6 +116,7 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 
 	memset(w, 0, sizeof(*w));
 	w->id = id;
+	pthread_mutex_init(&w->hq.lock, NULL);
 	w->epfd = -1;
 	w->wake.fd = w->lis[0].fd = w->lis[1].fd = -1;
 	w->cfg = cfg_ref(cfg);
@@ -286,6 +300,125 @@ static void accept_resume(struct timer *t)
 	listeners_enable(w, true);
 }
 
+/* ---- balancing ------------------------------------------------------ */
+
+/* What a peer reads as <v>'s load: its connections, and those queued for
+ * it.
+ */
+static uint64_t load_of(struct worker *v)
+{
+	return __atomic_load_n(&v->n_conns, __ATOMIC_RELAXED) +
+	       __atomic_load_n(&v->hq.len, __ATOMIC_RELAXED);
+}
+
+/* The worker that should serve a connection <w> has just accepted from
+ * listener <lis>: <w> itself, unless <lis> is a peer's (the owner was busy
+ * and <w> helped, see worker_share_listeners) and <w> already holds more
+ * than HANDOFF_SLACK connections above that owner. Then the owner gets it
+ * back. Left alone, the helping is what skews a burst of connections: the
+ * worker that happens to run takes the queues of those that wait for a
+ * CPU. Connections the kernel hashed to <w> itself stay, so the hash keeps
+ * the balance and handoffs stay rare. Counting connections, not their
+ * traffic, is what Envoy's exact balance does too: cheap to read, and
+ * right for the long-lived connections it is for.
+ */
+static struct worker *balance_target(struct worker *w, const struct io *lis)
+{
+	struct worker *owner;
+	uint64_t other;
+
+	if (!w->peers || lis == &w->lis[0] || lis == &w->lis[1])
+		return w;
+	owner = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
+	other = load_of(owner);
+	if (load_of(w) > other + HANDOFF_SLACK(other))
+		return owner;
+	return w;
+}
+
+/* Queues accepted socket <fd> for worker <t> and wakes it if its queue was
+ * empty. Returns false when <t> takes no more (stopping, or its queue is
+ * full): the caller serves the connection itself.
+ */
+static bool worker_handoff(struct worker *t, int fd, const struct sockaddr_storage *client,
+			   const struct sockaddr_storage *edge)
+{
+	struct handoff_queue *q = &t->hq;
+	struct handoff *h;
+	uint64_t one = 1;
+	bool was_empty;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->closed || q->len == HANDOFF_MAX) {
+		pthread_mutex_unlock(&q->lock);
+		return false;
+	}
+	h = &q->v[(q->head + q->len) % HANDOFF_MAX];
+	h->fd = fd;
+	memcpy(&h->client, client, addr_sa_len((const struct sockaddr *)client));
+	memcpy(&h->edge, edge, addr_sa_len((const struct sockaddr *)edge));
+	was_empty = q->len == 0;
+	__atomic_store_n(&q->len, q->len + 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&q->lock);
+	/* A non-empty queue has its wake-up pending already. */
+	if (was_empty && write(t->wake.fd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_err("cannot wake worker %d: %s", t->id, strerror(errno));
+	return true;
+}
+
+/* Takes the next queued handoff of <w> into <h>; with <close_q>, first
+ * refuses any more. Returns false when the queue is empty.
+ */
+static bool handoff_pop(struct worker *w, struct handoff *h, bool close_q)
+{
+	struct handoff_queue *q = &w->hq;
+	bool got = false;
+
+	pthread_mutex_lock(&q->lock);
+	if (close_q)
+		q->closed = true;
+	if (q->len) {
+		*h = q->v[q->head];
+		q->head = (q->head + 1) % HANDOFF_MAX;
+		__atomic_store_n(&q->len, q->len - 1, __ATOMIC_RELAXED);
+		got = true;
+	}
+	pthread_mutex_unlock(&q->lock);
+	return got;
+}
+
+/* Serves what the peers handed over. A stopping worker (<close_q>) still
+ * serves what was queued before, like any connection it had accepted.
+ */
+static void handoff_drain(struct worker *w, bool close_q)
+{
+	struct handoff h;
+
+	while (handoff_pop(w, &h, close_q)) {
+		struct sockaddr_storage client, edge;
+		int r;
+
+		memset(&client, 0, sizeof(client));
+		memset(&edge, 0, sizeof(edge));
+		memcpy(&client, &h.client, sizeof(h.client));
+		memcpy(&edge, &h.edge, sizeof(h.edge));
+		r = conn_accept(w, h.fd, &client, &edge);
+		if (r < 0)
+			worker_pause_accept(w, -r);
+	}
+}
+
+/* Closes whatever is still queued for <w> and refuses more: for a worker
+ * whose loop has ended (or never ran).
+ */
+static void handoff_close(struct worker *w)
+{
+	struct handoff h;
+
+	while (handoff_pop(w, &h, true))
+		close(h.fd);
+}
+
 static void do_accept(struct worker *w, struct io *lis)
 {
 	/* <lis> may be another worker's, which closes it when stopping. */
@@ -329,6 +462,10 @@ static void do_accept(struct worker *w, struct io *lis)
 			close(fd);
 			continue;
 		}
+		struct worker *t = balance_target(w, lis);
+
+		if (t != w && worker_handoff(t, fd, &client, &edge))
+			continue;
 		r = conn_accept(w, fd, &client, &edge);
 		if (r < 0)
 			worker_pause_accept(w, -r);
@@ -375,6 +512,7 @@ static void on_wake(struct worker *w)
 
 	while (read(w->wake.fd, &v, sizeof(v)) > 0)
 		;
+	handoff_drain(w, stop != 0);
 	if (!stop)
 		return;
 	if (!w->stopping) {
@@ -437,6 +575,7 @@ static void *worker_main(void *arg)
 		free_dead(w);
 		log_flush();
 	}
+	handoff_close(w); /* empty unless the loop failed */
 	free_dead(w);
 	log_flush();
 	return NULL;
@@ -444,9 +583,15 @@ static void *worker_main(void *arg)
 
 int worker_start(struct worker *w)
 {
+	char name[16];
 	int r = pthread_create(&w->thread, NULL, worker_main, w);
 
-	return r ? -r : 0;
+	if (r)
+		return -r;
+	/* Named for top -H, perf and /proc/PID/task/TID/comm. */
+	snprintf(name, sizeof(name), "worker%d", w->id);
+	pthread_setname_np(w->thread, name);
+	return 0;
 }
 
 void worker_stop(struct worker *w, bool now)
@@ -459,10 +604,18 @@ void worker_stop(struct worker *w, bool now)
 		log_err("worker %d: cannot wake: %s", w->id, strerror(errno));
 }
 
-void worker_join(struct worker *w)
+void worker_wait(struct worker *w)
 {
 	if (w->thread)
 		pthread_join(w->thread, NULL);
+	w->thread = 0;
+}
+
+void worker_join(struct worker *w)
+{
+	worker_wait(w);
+	handoff_close(w); /* a peer may have queued some before it ran */
+	pthread_mutex_destroy(&w->hq.lock);
 	close_listeners(w, false);
 	while (w->pool_n > 0) {
 		struct pipe_pair *p = &w->pool[--w->pool_n];

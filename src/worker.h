@@ -6,11 +6,15 @@
  * of spare pipes. An idle worker also takes connections from the queue of a
  * busy one (worker_share_listeners). Nothing on the data path is shared
  * between workers except the immutable configuration snapshot, so the hot
- * path takes no locks.
+ * path takes no locks. The exception is balancing: a worker that takes a
+ * connection from a busy peer's listener while it already holds clearly
+ * more connections than that peer hands it back, through the peer's locked
+ * handoff queue (balance_target, worker_handoff in worker.c).
  */
 #ifndef PRISM_WORKER_H
 #define PRISM_WORKER_H
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -51,6 +55,26 @@ struct pipe_pair {
 	int rd, wr;
 };
 
+/* An accepted connection on its way to another worker: the socket and its
+ * two addresses (a sockaddr_in fits in a sockaddr_in6).
+ */
+struct handoff {
+	int fd;
+	struct sockaddr_in6 client, edge;
+};
+
+#define HANDOFF_MAX 256 /* queued per worker; past that the acceptor keeps it */
+
+/* Connections handed over to a worker by its peers. <len> is also read
+ * without the lock, as part of the worker's load.
+ */
+struct handoff_queue {
+	pthread_mutex_t lock;
+	struct handoff v[HANDOFF_MAX];
+	uint32_t head, len;
+	bool closed; /* the worker takes no more: it is stopping or gone */
+};
+
 struct worker {
 	int id;
 	pthread_t thread;
@@ -71,8 +95,9 @@ struct worker {
 	int pool_n;
 
 	struct conn *conns; /* live connections, doubly linked */
-	uint64_t n_conns;
-	struct conn *dead; /* finalized in this loop turn; freed after it */
+	uint64_t n_conns;   /* written by this worker only, read by its peers */
+	struct conn *dead;  /* finalized in this loop turn; freed after it */
+	struct handoff_queue hq;
 
 	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
 	bool accept_paused;
@@ -103,7 +128,13 @@ int worker_start(struct worker *w);
  */
 void worker_stop(struct worker *w, bool now);
 
-/* Joins the thread and frees everything the worker holds. */
+/* Joins the thread. */
+void worker_wait(struct worker *w);
+
+/* Joins the thread and frees everything the worker holds. Join every
+ * worker's thread before freeing any worker: a running peer may still
+ * hand connections over to it.
+ */
 void worker_join(struct worker *w);
 
 /* Pipe pool: returns 0 and a pipe, or -errno. */
