@@ -263,10 +263,10 @@ socklen_t addr_sa_len(const struct sockaddr *sa)
 	}
 }
 
-void addr_sa_set_port(struct sockaddr_storage *ss, uint16_t port)
+void addr_sa_set_port(struct sockaddr *sa, uint16_t port)
 {
-	if (ss->ss_family == AF_INET)
-		((struct sockaddr_in *)ss)->sin_port = htons(port);
+	if (sa->sa_family == AF_INET)
+		((struct sockaddr_in *)sa)->sin_port = htons(port);
 	else
-		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+		((struct sockaddr_in6 *)sa)->sin6_port = htons(port);
 }

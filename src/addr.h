@@ -16,6 +16,15 @@
 /* Big enough for "[ffff:...:ffff]:65535" and for a prefix with "/128". */
 #define ADDR_STRLEN 64
 
+/* An IPv4 or IPv6 socket address in 28 bytes, where a sockaddr_storage
+ * takes 128: what a connection keeps of its client, edge and origin.
+ */
+union addr_sa {
+	struct sockaddr sa;
+	struct sockaddr_in in;
+	struct sockaddr_in6 in6;
+};
+
 struct addr_prefix {
 	struct in6_addr addr; /* network address, host bits zero, v4-mapped for IPv4 */
 	uint8_t len;	      /* 0..128 in the 128-bit space (IPv4: 96..128) */
@@ -54,8 +63,8 @@ const char *addr_fmt(const struct in6_addr *a, char *buf);
 /* Extracts the 128-bit key (v4-mapped for AF_INET) and port of <sa>. */
 void addr_from_sa(const struct sockaddr *sa, struct in6_addr *addr, uint16_t *port);
 
-/* Sets the port of the sockaddr_in/sockaddr_in6 in <ss> (host order in). */
-void addr_sa_set_port(struct sockaddr_storage *ss, uint16_t port);
+/* Sets the port of the sockaddr_in/sockaddr_in6 <sa> (host order in). */
+void addr_sa_set_port(struct sockaddr *sa, uint16_t port);
 
 /* socklen of <sa> by its family. */
 socklen_t addr_sa_len(const struct sockaddr *sa);

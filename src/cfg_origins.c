@@ -82,7 +82,7 @@ static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
 	for (i = 0; i < n; i++) {
 		if (v[i].ss_family != AF_INET && v[i].ss_family != AF_INET6)
 			continue;
-		addr_sa_set_port(&v[i], 0);
+		addr_sa_set_port((struct sockaddr *)&v[i], 0);
 		for (j = 0; j < k; j++)
 			if (sa_same_addr(&v[j], &v[i]))
 				break;
@@ -193,7 +193,7 @@ static int parse_origin_addr(struct loader *ld, yaml_node_t *n, const char *key,
 			o->port_mode = CFG_PORT_FIXED;
 			o->port = p;
 		}
-		addr_sa_set_port(&ss, 0);
+		addr_sa_set_port((struct sockaddr *)&ss, 0);
 		o->host = strndup(h, (size_t)(end - h));
 		o->addrs = malloc(sizeof(*o->addrs));
 		if (!o->host || !o->addrs) {

@@ -74,9 +74,8 @@ static void log_conn(const struct conn *c, const char *app, enum conn_reason rea
 
 	log_access("app=%s client=%s edge=%s origin=%s c2o=%llu o2c=%llu duration_ms=%llu "
 		   "reason=%s",
-		   app, addr_fmt_sa((const struct sockaddr *)&c->client, cl),
-		   addr_fmt_sa((const struct sockaddr *)&c->edge, ed),
-		   c->origin.ss_family ? addr_fmt_sa((const struct sockaddr *)&c->origin, og) : "-",
+		   app, addr_fmt_sa(&c->client.sa, cl), addr_fmt_sa(&c->edge.sa, ed),
+		   c->origin.sa.sa_family ? addr_fmt_sa(&c->origin.sa, og) : "-",
 		   (unsigned long long)c->c2o.bytes, (unsigned long long)c->o2c.bytes,
 		   (unsigned long long)dur, conn_reason_str(reason));
 }
@@ -141,7 +140,7 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 		struct in6_addr src;
 		uint16_t port;
 
-		addr_from_sa((const struct sockaddr *)&c->client, &src, &port);
+		addr_from_sa(&c->client.sa, &src, &port);
 		guard_release(w->guard, c->app_idx, &src);
 	}
 	origin_release(c);
@@ -224,7 +223,7 @@ static int origin_pick(struct conn *c)
 	ctx.now = w->now;
 	ctx.tried = c->tried;
 	ctx.n_tried = c->attempts;
-	addr_from_sa((const struct sockaddr *)&c->client, &caddr, &cport);
+	addr_from_sa(&c->client.sa, &caddr, &cport);
 	i = lb_pick(app->balance, c->set, &w->lbw[c->app_idx], &caddr, pick_usable, &ctx);
 	if (i == LB_NONE)
 		return -ENOENT;
@@ -239,7 +238,7 @@ static int origin_pick(struct conn *c)
 	c->o = o;
 
 	memcpy(&c->origin, &o->addr, sizeof(c->origin));
-	addr_from_sa((const struct sockaddr *)&c->edge, &unused, &dport);
+	addr_from_sa(&c->edge.sa, &unused, &dport);
 	switch (o->co->port_mode) {
 	case CFG_PORT_FIXED:
 		return 0; /* already in o->addr */
@@ -250,7 +249,7 @@ static int origin_pick(struct conn *c)
 	default:
 		port = dport; /* a port-less origin gets the port the client dialed */
 	}
-	addr_sa_set_port(&c->origin, port);
+	addr_sa_set_port(&c->origin.sa, port);
 	return 0;
 }
 
@@ -280,7 +279,7 @@ static int origin_connect(struct conn *c)
 			return 0;
 		}
 		c->attempts++;
-		ofd = socket(c->origin.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (ofd == -1) {
 			err = errno;
 			conn_finalize(c, CR_RESOURCE);
@@ -296,8 +295,7 @@ static int origin_connect(struct conn *c)
 		 */
 		setsockopt(ofd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
 		c->ack_held = true;
-		if (connect(ofd, (struct sockaddr *)&c->origin,
-			    addr_sa_len((struct sockaddr *)&c->origin)) == 0 ||
+		if (connect(ofd, &c->origin.sa, addr_sa_len(&c->origin.sa)) == 0 ||
 		    errno == EINPROGRESS)
 			break;
 		err = errno;
@@ -346,8 +344,8 @@ static void connect_failed(struct conn *c, int err, enum conn_reason reason)
 	origin_connect(c);
 }
 
-int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
-		const struct sockaddr_storage *edge)
+int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
+		const struct sockaddr *edge)
 {
 	struct conn *c;
 	struct in6_addr daddr;
@@ -367,8 +365,8 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 	c->c2o.pipe.rd = c->c2o.pipe.wr = -1;
 	c->o2c.pipe.rd = c->o2c.pipe.wr = -1;
 	c->start = c->last_active = w->now;
-	c->client = *client;
-	c->edge = *edge;
+	memcpy(&c->client, client, addr_sa_len(client));
+	memcpy(&c->edge, edge, addr_sa_len(edge));
 	timer_init(&c->timer, conn_timeout);
 	c->next = w->conns;
 	if (w->conns)
@@ -422,8 +420,11 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
 		return -err;
 	}
 	if (c->app->proxy_protocol != PP_OFF) {
-		ssize_t n = pp_encode(c->app->proxy_protocol, (struct sockaddr *)&c->client,
-				      (struct sockaddr *)&c->edge, c->pp, sizeof(c->pp));
+		/* Only the length is kept: relay() encodes the header again
+		 * when it sends it, so a connection holds no copy.
+		 */
+		ssize_t n = pp_encode(c->app->proxy_protocol, &c->client.sa, &c->edge.sa,
+				      w->scratch, PP_MAX_LEN);
 		if (n > 0)
 			c->pp_len = (uint8_t)n;
 	}
@@ -707,7 +708,15 @@ static void relay(struct conn *c)
 		/* The PROXY header goes first, before any payload byte. */
 		if (!c->org.wr)
 			return;
-		ssize_t n = send(c->org.fd, c->pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
+		char *pp = c->w->scratch;
+		ssize_t n =
+		    pp_encode(c->app->proxy_protocol, &c->client.sa, &c->edge.sa, pp, PP_MAX_LEN);
+
+		if (n != c->pp_len) {
+			conn_finalize(c, CR_RESOURCE); /* cannot happen: same input */
+			return;
+		}
+		n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
 		if (n == -1) {
 			if (errno == EAGAIN) {
 				c->org.wr = false;

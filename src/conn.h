@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "addr.h"
 #include "cfg.h"
 #include "pp.h"
 #include "timer.h"
@@ -82,9 +83,8 @@ struct conn {
 	struct half c2o, o2c;
 	struct timer timer; /* connect timeout, then idle timeout */
 	uint64_t start, last_active;
-	uint8_t pp_len, pp_off;
-	char pp[PP_MAX_LEN];
-	struct sockaddr_storage client, edge, origin;
+	uint8_t pp_len, pp_off; /* PROXY header: its length, bytes sent (see relay) */
+	union addr_sa client, edge, origin;
 	struct conn *prev, *next; /* worker's live list */
 	struct conn *next_dead;
 
@@ -103,8 +103,8 @@ struct conn {
  * logged. Returns -EMFILE/-ENFILE/-ENOMEM/-ENOBUFS when the worker should
  * pause accepting, else 0.
  */
-int conn_accept(struct worker *w, int fd, const struct sockaddr_storage *client,
-		const struct sockaddr_storage *edge);
+int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
+		const struct sockaddr *edge);
 
 /* Handles epoll <events> on <io>, one of <c>'s two sockets. */
 void conn_io(struct conn *c, struct io *io, uint32_t events);

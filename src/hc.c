@@ -471,7 +471,7 @@ static void check_start(struct check *c)
 	struct sockaddr_storage sa = c->o->addr;
 	uint16_t port = check_port(c->ha, c->o);
 
-	addr_sa_set_port(&sa, port);
+	addr_sa_set_port((struct sockaddr *)&sa, port);
 
 	c->state = CK_CONNECTING;
 	hc->inflight++;

@@ -30,7 +30,7 @@ struct origin *origin_new(const struct cfg_origin *co, const struct sockaddr_sto
 	o->backup = co->backup;
 	o->up = 1;
 	if (co->port_mode == CFG_PORT_FIXED)
-		addr_sa_set_port(&o->addr, co->port);
+		addr_sa_set_port((struct sockaddr *)&o->addr, co->port);
 	addr_fmt_sa((const struct sockaddr *)&o->addr, a);
 	if (co->port_mode != CFG_PORT_FIXED) /* drop the meaningless ":0" */
 		*strrchr(a, ':') = '\0';

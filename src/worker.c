@@ -340,8 +340,8 @@ static struct worker *balance_target(struct worker *w, const struct io *lis)
  * empty. Returns false when <t> takes no more (stopping, or its queue is
  * full): the caller serves the connection itself.
  */
-static bool worker_handoff(struct worker *t, int fd, const struct sockaddr_storage *client,
-			   const struct sockaddr_storage *edge)
+static bool worker_handoff(struct worker *t, int fd, const struct sockaddr *client,
+			   const struct sockaddr *edge)
 {
 	struct handoff_queue *q = &t->hq;
 	struct handoff *h;
@@ -355,8 +355,8 @@ static bool worker_handoff(struct worker *t, int fd, const struct sockaddr_stora
 	}
 	h = &q->v[(q->head + q->len) % HANDOFF_MAX];
 	h->fd = fd;
-	memcpy(&h->client, client, addr_sa_len((const struct sockaddr *)client));
-	memcpy(&h->edge, edge, addr_sa_len((const struct sockaddr *)edge));
+	memcpy(&h->client, client, addr_sa_len(client));
+	memcpy(&h->edge, edge, addr_sa_len(edge));
 	was_empty = q->len == 0;
 	__atomic_store_n(&q->len, q->len + 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&q->lock);
@@ -395,14 +395,8 @@ static void handoff_drain(struct worker *w, bool close_q)
 	struct handoff h;
 
 	while (handoff_pop(w, &h, close_q)) {
-		struct sockaddr_storage client, edge;
-		int r;
+		int r = conn_accept(w, h.fd, &h.client.sa, &h.edge.sa);
 
-		memset(&client, 0, sizeof(client));
-		memset(&edge, 0, sizeof(edge));
-		memcpy(&client, &h.client, sizeof(h.client));
-		memcpy(&edge, &h.edge, sizeof(h.edge));
-		r = conn_accept(w, h.fd, &client, &edge);
 		if (r < 0)
 			worker_pause_accept(w, -r);
 	}
@@ -464,9 +458,10 @@ static void do_accept(struct worker *w, struct io *lis)
 		}
 		struct worker *t = balance_target(w, lis);
 
-		if (t != w && worker_handoff(t, fd, &client, &edge))
+		if (t != w &&
+		    worker_handoff(t, fd, (struct sockaddr *)&client, (struct sockaddr *)&edge))
 			continue;
-		r = conn_accept(w, fd, &client, &edge);
+		r = conn_accept(w, fd, (struct sockaddr *)&client, (struct sockaddr *)&edge);
 		if (r < 0)
 			worker_pause_accept(w, -r);
 	}

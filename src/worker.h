@@ -14,11 +14,11 @@
 #ifndef PRISM_WORKER_H
 #define PRISM_WORKER_H
 
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "addr.h"
 #include "timer.h"
 
 struct app_origins;
@@ -56,11 +56,11 @@ struct pipe_pair {
 };
 
 /* An accepted connection on its way to another worker: the socket and its
- * two addresses (a sockaddr_in fits in a sockaddr_in6).
+ * two addresses.
  */
 struct handoff {
 	int fd;
-	struct sockaddr_in6 client, edge;
+	union addr_sa client, edge;
 };
 
 #define HANDOFF_MAX 256 /* queued per worker; past that the acceptor keeps it */
