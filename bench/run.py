@@ -264,6 +264,7 @@ class Bench:
         self.ns = {r: f"pbn{pid}{r}" for r in "ceon"}
         self.made_ns = []
         self.procs = []
+        self.tw_warned = False
         self.net_up = False
         self.commands = {}  # scenario -> [command strings], in order
         self.scen = "setup"
@@ -527,9 +528,12 @@ backend be_iperf
             # ss lists what it destroyed: thousands of lines, not wanted.
             cp = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, timeout=60)
-            if cp.returncode != 0:
-                raise RuntimeError(f"{' '.join(argv)}: exit {cp.returncode}: "
-                                   f"{cp.stderr.strip()[-2000:]}")
+            if cp.returncode != 0 and not self.tw_warned:
+                # A kernel without CONFIG_INET_DIAG_DESTROY: the run goes
+                # on, with the slot bias described above.
+                self.tw_warned = True
+                sys.stderr.write(f"bench: warning: {' '.join(argv)}: exit {cp.returncode}: "
+                                 f"{cp.stderr.strip()[-300:]}\n")
 
     # -- loadgen / iperf3 ----------------------------------------------------
 
