@@ -141,7 +141,7 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 		uint16_t port;
 
 		addr_from_sa(&c->client.sa, &src, &port);
-		guard_release(w->guard, c->app_idx, &src);
+		guard_release(w->guard, c->app_idx, &src, c->guard_tracked);
 	}
 	origin_release(c);
 	origin_set_unref(c->set);
@@ -398,7 +398,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 		enum guard_verdict v;
 
 		addr_from_sa((const struct sockaddr *)client, &src, &sport);
-		v = guard_admit(w->guard, app, &src, w->now);
+		v = guard_admit(w->guard, app, &src, w->now, &c->guard_tracked);
 		if (v != GUARD_OK) {
 			/* Reset at once: no origin is contacted for it. */
 			conn_finalize(c, verdict_reason[v]);

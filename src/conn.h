@@ -94,6 +94,7 @@ struct conn {
 	uint8_t attempts;		     /* connect attempts so far */
 	enum conn_reason last_fail;	     /* reason of the last failed attempt */
 	bool guarded;			     /* counted by the guard: release at the end */
+	bool guard_tracked;		     /* ... and against its source (guard_admit) */
 	bool ack_held; /* origin socket in delayed-ACK mode, see origin_connect */
 };
 

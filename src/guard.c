@@ -322,12 +322,15 @@ static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t
 }
 
 enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *src,
-			       uint64_t now_ms)
+			       uint64_t now_ms, bool *tracked)
 {
 	const struct cfg_app *app = app_of(g, app_idx);
 	enum guard_verdict v = GUARD_OK;
 	struct ban_req req;
 	bool ban = false;
+
+	if (tracked)
+		*tracked = false;
 
 	/* Load first: a shed connection is not the source's fault and does
 	 * not count against it.
@@ -366,6 +369,8 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 		v = GUARD_RATE_LIMIT;
 	if (v == GUARD_OK) {
 		e->concurrent++;
+		if (tracked)
+			*tracked = true;
 	} else {
 		ban = violation(e, p, now_ms, &req.violations);
 		if (ban) {
@@ -390,7 +395,7 @@ undo_process:
 	return v;
 }
 
-void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src)
+void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src, bool tracked)
 {
 	const struct cfg_app *app = app_of(g, app_idx);
 
@@ -400,7 +405,10 @@ void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src
 		return;
 	if (app->max_conns)
 		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
-	if (!g->table || !app_tracks_sources(app))
+	/* An untracked connection (admitted while its bucket was full) added
+	 * to no entry: an entry the source got since is not its to decrement.
+	 */
+	if (!tracked || !g->table || !app_tracks_sources(app))
 		return;
 
 	uint64_t h = src_hash(g, app_idx, src);
@@ -409,11 +417,6 @@ void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src
 	struct src_entry *e;
 
 	pthread_mutex_lock(m);
-	/* Not found only when it was admitted while its bucket was full. Then,
-	 * if the source got an entry since, this decrements a count that the
-	 * untracked connection never added to: the source is briefly allowed
-	 * one connection more. Not worth a per-connection handle.
-	 */
 	e = entry_get(g, &g->table[bi * BUCKET_WAYS], app_idx, src, 0, false);
 	if (e && e->concurrent)
 		e->concurrent--;
