@@ -120,6 +120,6 @@ help:
 	@echo "make test      install deps, build, run unit + integration tests"
 	@echo "make asan      the tests against an ASan+UBSan build"
 	@echo "make bench     benchmarks vs HAProxy and direct -> docs/benchmarks.md (BENCH_ARGS=--quick)"
-	@echo "make fuzz      run the config-loader fuzzer (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+	@echo "make fuzz      run the config-loader and PROXY-parser fuzzers (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 	@echo "make install   install build/prism to $(PREFIX)/sbin"
 	@echo "make format    clang-format the sources"
