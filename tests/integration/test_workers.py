@@ -3,11 +3,14 @@ worker also accepts from the others' listeners when they are busy; a
 burst of long-lived connections that arrives while one worker is held up
 (here: its thread stopped with ptrace, standing in for a worker the
 scheduler keeps off the CPU) must still end up spread over both workers,
-not all kept by the one that happened to run."""
+not all kept by the one that happened to run. Connections handed to a
+worker that is told to stop before it gets to them are still served."""
 
+import contextlib
 import ctypes
 import glob
 import os
+import signal
 
 import nstopo
 import peers
@@ -62,6 +65,19 @@ def _epoll_sizes(pid):
     return out
 
 
+@contextlib.contextmanager
+def _stopped(pid, name):
+    """Keeps prism's thread <name> stopped (ptrace) inside the block."""
+    tid = _thread(pid, name)
+    _ptrace(PTRACE_SEIZE, tid)
+    try:
+        _ptrace(PTRACE_INTERRUPT, tid)
+        os.waitpid(tid, WALL)
+        yield
+    finally:
+        _ptrace(PTRACE_DETACH, tid)
+
+
 def _accept_queue(t, port):
     """Connections waiting in the accept queues of prism's listeners."""
     out = nstopo.run(nstopo.ns_exec(t.e, ["ss", "-Hltn", f"sport = :{port}"])).stdout
@@ -80,20 +96,13 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     workers = [fd for fd, n in idle.items() if n == top]
     assert len(workers) == 2, idle
 
-    tid = _thread(prism.pid, "worker1")
-    _ptrace(PTRACE_SEIZE, tid)
-    socks = []
-    try:
-        _ptrace(PTRACE_INTERRUPT, tid)
-        os.waitpid(tid, WALL)  # worker1 is stopped from here on
+    with _stopped(prism.pid, "worker1"):
         # The kernel hashes about half of the burst to worker1's listener;
         # worker0 takes them all from the queues.
         socks = [peers.connect(t.c, f"192.0.2.{1 + i % 200}", 7000, timeout=5)
                  for i in range(N)]
         prism.wait_for(lambda: _accept_queue(t, 15001) == 0, 5,
                        what="worker0 accepted the whole burst")
-    finally:
-        _ptrace(PTRACE_DETACH, tid)
     for i, s in enumerate(socks):
         s.sendall(b"%03d" % i)
     for i, s in enumerate(socks):
@@ -109,3 +118,31 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     assert per_worker[0] >= N // 5, f"connections per worker: {per_worker}"
     for s in socks:
         s.close()
+
+
+def test_handed_over_connections_served_by_a_stopping_worker(topo):
+    """SIGTERM reaches prism while worker1, stopped, still has connections
+    queued for it: once it runs again it serves them within
+    shutdown_grace, like the ones it accepted itself, and prism exits
+    cleanly."""
+    t = topo
+    ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(CFG.replace("shutdown_grace: 1s", "shutdown_grace: 5s"))
+    with _stopped(prism.pid, "worker1"):
+        socks = [peers.connect(t.c, f"192.0.2.{1 + i % 200}", 7000, timeout=5)
+                 for i in range(N)]
+        prism.wait_for(lambda: _accept_queue(t, 15001) == 0, 5,
+                       what="worker0 accepted the whole burst")
+        mark = len(prism.err)
+        prism.send_signal(signal.SIGTERM)
+        prism.wait_log(r"stopping: no new connections", timeout=5, start=mark)
+    for i, s in enumerate(socks):
+        s.sendall(b"%03d" % i)
+    for i, s in enumerate(socks):
+        assert peers.recv_exact(s, 3) == b"%03d" % i
+        s.close()
+    assert prism.wait(10) == 0, prism.dump()
+    served = [line for line in prism.err[mark:] if " access " in line]
+    assert len(served) == N, prism.dump()
+    assert all("reason=client_closed" in line for line in served), served[:5]
