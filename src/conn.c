@@ -374,7 +374,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 	w->conns = c;
 	__atomic_store_n(&w->n_conns, w->n_conns + 1, __ATOMIC_RELAXED);
 
-	addr_from_sa((const struct sockaddr *)edge, &daddr, &dport);
+	addr_from_sa(edge, &daddr, &dport);
 	app = rt_lookup(w->cfg->rt, &daddr, dport);
 	if (app == RT_NONE) {
 		/* The nft set and the routing table come from the same claims,
@@ -397,7 +397,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 		uint16_t sport;
 		enum guard_verdict v;
 
-		addr_from_sa((const struct sockaddr *)client, &src, &sport);
+		addr_from_sa(client, &src, &sport);
 		v = guard_admit(w->guard, app, &src, w->now, &c->guard_tracked);
 		if (v != GUARD_OK) {
 			/* Reset at once: no origin is contacted for it. */

@@ -12,6 +12,7 @@
 #include "cfg.h"
 #include "dns.h"
 #include "log.h"
+#include "timer.h"
 
 struct dns {
 	pthread_t thread;
@@ -20,14 +21,6 @@ struct dns {
 	size_t n;
 	uint64_t *due; /* per app: ms monotonic of the next resolution, 0 = never */
 };
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {

@@ -31,6 +31,7 @@
 #include "cfg.h"
 #include "guard.h"
 #include "log.h"
+#include "timer.h"
 
 #define BUCKET_WAYS 8	    /* entries per bucket: the eviction window */
 #define N_STRIPES   256	    /* mutexes over the buckets */
@@ -105,14 +106,6 @@ struct guard {
 	uint64_t st_ban_dropped, st_sources;
 	uint64_t last_full_log;
 };
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Formats a duration the way the config spells it: "500ms", "30s", "10m". */
 static const char *fmt_duration(uint32_t ms, char *buf, size_t len)

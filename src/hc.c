@@ -84,14 +84,6 @@ struct hc {
 	uint64_t last_resource_log;
 };
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static uint64_t hc_rand(struct hc *hc)
 {
 	/* xorshift64: jitter only, nothing depends on its quality */
@@ -633,7 +625,7 @@ static void *hc_main(void *arg)
 	struct epoll_event evs[HC_EVENTS];
 	int timeout;
 
-	hc->now = now_ms();
+	hc->now = mono_ms();
 	timeout = timer_run(&hc->timers, hc->now);
 	while (!__atomic_load_n(&hc->stop, __ATOMIC_ACQUIRE)) {
 		int n = epoll_wait(hc->epfd, evs, HC_EVENTS, timeout);
@@ -642,7 +634,7 @@ static void *hc_main(void *arg)
 			log_err("health checks: epoll_wait: %s", strerror(errno));
 			break;
 		}
-		hc->now = now_ms();
+		hc->now = mono_ms();
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr == hc) {
 				uint64_t v;
@@ -700,7 +692,7 @@ int hc_start(struct hc **out, struct app_origins *apps, size_t n)
 		r = -ENOMEM;
 		goto fail;
 	}
-	hc->now = now_ms();
+	hc->now = mono_ms();
 	hc->rng = hc->now * 0x9e3779b97f4a7c15ULL + (uint64_t)getpid();
 	if (!hc->rng)
 		hc->rng = 1;

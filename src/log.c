@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "timer.h"
 
 #define LOG_DELAY_MS 100	 /* access lines wait at most this long */
 #define LOG_HIGH     (32u << 10) /* ... or until this much is waiting */
@@ -68,14 +69,6 @@ static struct {
 	uint64_t lost;	  /* lines given up at exit (reader stalled) */
 	bool regular;	  /* stderr is a regular file: no poll, big writes */
 } lg = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Writes <n> bytes to stderr; returns how many it wrote. Unless stderr is
  * a regular file, waits for room with poll(2) and writes at most PIPE_BUF
@@ -119,12 +112,13 @@ static size_t write_out(const char *p, size_t n, bool regular, const bool *patie
 	return done;
 }
 
-static uint64_t lines_in(const char *p, size_t n)
+/* Lines in the <n> bytes of the ring from offset <off> (wrapping). */
+static uint64_t ring_lines(size_t off, size_t n)
 {
 	uint64_t k = 0;
 
 	for (size_t i = 0; i < n; i++)
-		k += p[i] == '\n';
+		k += lg.buf[(off + i) % lg.cap] == '\n';
 	return k;
 }
 
@@ -229,19 +223,11 @@ static void *writer_main(void *arg)
 		lg.used -= n;
 		if (!ok) {
 			/* At exit, stderr stalled for LOG_STALL_MS; or it is
-			 * gone (EPIPE). Give up on everything buffered.
+			 * gone (EPIPE). Give up on everything buffered: what
+			 * was not written, and what was appended meanwhile
+			 * right after it.
 			 */
-			if (done < first) {
-				lg.lost += lines_in(lg.buf + head + done, first - done);
-				done = first;
-			}
-			lg.lost += lines_in(lg.buf + (done - first), n - done);
-			if (lg.head + lg.used <= lg.cap) {
-				lg.lost += lines_in(lg.buf + lg.head, lg.used);
-			} else {
-				lg.lost += lines_in(lg.buf + lg.head, lg.cap - lg.head);
-				lg.lost += lines_in(lg.buf, lg.used - (lg.cap - lg.head));
-			}
+			lg.lost += ring_lines((head + done) % lg.cap, n - done + lg.used);
 			lg.lost += dropped + lg.dropped;
 			lg.dropped = 0;
 			lg.head = lg.used = 0;

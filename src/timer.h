@@ -10,11 +10,24 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* The struct that embeds <ptr> as its <member>: how a timer callback (or
  * an epoll event) finds its owner.
  */
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* CLOCK_MONOTONIC in ms: the time base of deadlines, and of the threads
+ * that keep their own (health checks, DNS refresh, bans, the log writer).
+ * Workers read the coarse clock instead, once per loop turn (worker.c).
+ */
+static inline uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 struct timer {
 	uint64_t deadline;	     /* ms, monotonic */

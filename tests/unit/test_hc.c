@@ -26,6 +26,7 @@
 #include "hc.h"
 #include "log.h"
 #include "origin.h"
+#include "timer.h"
 
 /* ---- log capture: stderr into a memfd, read back for assertions ---- */
 
@@ -88,14 +89,6 @@ static int count(const char *hay, const char *needle)
 	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
 		n++;
 	return n;
-}
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* Open descriptors of this process, to catch leaks across a test. */
