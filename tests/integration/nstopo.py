@@ -358,9 +358,9 @@ class Prism(Proc):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def _listeners(self):
-        """(family, port) of each TCP socket in LISTEN state in prism's
-        namespace (via /proc/PID/net), family "tcp" or "tcp6"; none once the
-        process is gone, since its sockets went with it."""
+        """(family, port, accept queue) of each TCP socket in LISTEN state in
+        prism's namespace (via /proc/PID/net), family "tcp" or "tcp6"; none
+        once the process is gone, since its sockets went with it."""
         for f in ("tcp", "tcp6"):
             try:
                 with open(f"/proc/{self.pid}/net/{f}") as fh:
@@ -369,19 +369,24 @@ class Prism(Proc):
                 continue
             for line in lines:
                 parts = line.split()
-                if parts[3] == "0A":
-                    yield f, int(parts[1].rsplit(":", 1)[1], 16)
+                if parts[3] == "0A":  # rx_queue of a listener: its accept queue
+                    yield (f, int(parts[1].rsplit(":", 1)[1], 16),
+                           int(parts[4].split(":")[1], 16))
 
     def listen_sockets(self, port):
         """{"tcp": n, "tcp6": m}: how many sockets listen on <port>."""
         out = {"tcp": 0, "tcp6": 0}
-        for f, p in self._listeners():
+        for f, p, _q in self._listeners():
             out[f] += p == port
         return out
 
+    def accept_queue(self, port):
+        """Connections waiting to be accepted on the listeners of <port>."""
+        return sum(q for _f, p, q in self._listeners() if p == port)
+
     def listening_ports(self):
         """TCP ports in LISTEN state in prism's namespace."""
-        return {p for _f, p in self._listeners()}
+        return {p for _f, p, _q in self._listeners()}
 
 
 # --- the topology ----------------------------------------------------------

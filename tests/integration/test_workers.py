@@ -12,7 +12,6 @@ import glob
 import os
 import signal
 
-import nstopo
 import peers
 from nstopo import ORIGIN4
 
@@ -78,10 +77,14 @@ def _stopped(pid, name):
         _ptrace(PTRACE_DETACH, tid)
 
 
-def _accept_queue(t, port):
-    """Connections waiting in the accept queues of prism's listeners."""
-    out = nstopo.run(nstopo.ns_exec(t.e, ["ss", "-Hltn", f"sport = :{port}"])).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+def _burst(t, prism):
+    """Opens N connections (not yet used) and waits until prism accepted
+    them all: with worker1 stopped, worker0 takes them from both
+    listeners' queues (the kernel hashes about half to worker1's)."""
+    socks = [peers.connect(t.c, f"192.0.2.{1 + i % 200}", 7000, timeout=5) for i in range(N)]
+    prism.wait_for(lambda: prism.accept_queue(15001) == 0, 5,
+                   what="worker0 accepted the whole burst")
+    return socks
 
 
 def test_burst_spreads_over_workers_while_one_is_held_up(topo):
@@ -97,12 +100,7 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     assert len(workers) == 2, idle
 
     with _stopped(prism.pid, "worker1"):
-        # The kernel hashes about half of the burst to worker1's listener;
-        # worker0 takes them all from the queues.
-        socks = [peers.connect(t.c, f"192.0.2.{1 + i % 200}", 7000, timeout=5)
-                 for i in range(N)]
-        prism.wait_for(lambda: _accept_queue(t, 15001) == 0, 5,
-                       what="worker0 accepted the whole burst")
+        socks = _burst(t, prism)
     for i, s in enumerate(socks):
         s.sendall(b"%03d" % i)
     for i, s in enumerate(socks):
@@ -130,10 +128,7 @@ def test_handed_over_connections_served_by_a_stopping_worker(topo):
     t.on_teardown(ls.close)
     prism = t.start_prism(CFG.replace("shutdown_grace: 1s", "shutdown_grace: 5s"))
     with _stopped(prism.pid, "worker1"):
-        socks = [peers.connect(t.c, f"192.0.2.{1 + i % 200}", 7000, timeout=5)
-                 for i in range(N)]
-        prism.wait_for(lambda: _accept_queue(t, 15001) == 0, 5,
-                       what="worker0 accepted the whole burst")
+        socks = _burst(t, prism)
         mark = len(prism.err)
         prism.send_signal(signal.SIGTERM)
         prism.wait_log(r"stopping: no new connections", timeout=5, start=mark)
