@@ -352,6 +352,7 @@ class AsyncEcho:
         self.nsloop = nsloop
         self.done = []
         self.errors = []
+        self.handlers = set()
 
         async def start():
             return await asyncio.start_server(self._handle, addr, port, backlog=2048,
@@ -362,6 +363,7 @@ class AsyncEcho:
     async def _handle(self, reader, writer):
         peer = writer.get_extra_info("peername")
         n = 0
+        self.handlers.add(asyncio.current_task())
         try:
             while True:
                 b = await reader.read(CHUNK)
@@ -374,12 +376,18 @@ class AsyncEcho:
         except Exception as e:
             self.errors.append(repr(e))
         finally:
+            self.handlers.discard(asyncio.current_task())
             writer.close()
 
     def close(self):
         async def stop():
             self.server.close()
             await self.server.wait_closed()
+            # Python 3.11's wait_closed does not wait for the handlers:
+            # end them here, or they are collected after the loop closed.
+            for t in list(self.handlers):
+                t.cancel()
+            await asyncio.gather(*self.handlers, return_exceptions=True)
 
         try:
             self.nsloop.run(stop(), timeout=5)
