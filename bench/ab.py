@@ -2,7 +2,7 @@
 """ab.py - A/B rounds of the rate scenario: several prism builds (and
 HAProxy) in alternating rounds, in bench/run.py's topology.
 
-  bench/ab.py [--rounds N] [--duration S] [--no-haproxy] BUILD [BUILD ...]
+  bench/ab.py [--rounds N] [--duration S] [--no-haproxy] [--cc CC] BUILD [BUILD ...]
 
 Each BUILD is a build directory holding `prism`; the first one's `loadgen`
 drives the load. Prints one line per round and the medians per target:
@@ -26,11 +26,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--cc", default=R.DEFAULT_CC, help="TCP congestion control (as run.py)")
     ap.add_argument("builds", nargs="+")
     a = ap.parse_args()
     builds = [os.path.abspath(b) for b in a.builds]
     args = argparse.Namespace(quick=False, rounds=a.rounds, build=builds[0],
-                              haproxy_splice="force")
+                              haproxy_splice="force", cc=a.cc)
     b = R.Bench(args)
     b.t_rate = a.duration
     targets = ([] if a.no_haproxy else ["haproxy"]) + builds

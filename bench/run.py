@@ -52,6 +52,9 @@ TARGETS = ("direct", "haproxy", "prism")
 # (off by default in TCP mode), the counterpart of what prism does by default.
 RATE_TARGETS = ("direct", "haproxy", "haproxy-smart", "prism")
 SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt")
+# Debian's (and Linux's) default. Some hosts default to BBR; without the fq
+# qdisc BBR paces with a timer per socket, and bulk runs then measure that.
+DEFAULT_CC = "cubic"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -280,6 +283,10 @@ class Bench:
         self.t_lat = 1 if q else 2
         self.mem_conns = (1000, 9000)
         self.mem_rounds = 1 if q else 3
+        self.cc = getattr(args, "cc", DEFAULT_CC)
+        self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
+        self.cc_allowed_restore = None
+        self.cc_allowed_changed = False
 
     # -- commands --------------------------------------------------------
 
@@ -369,6 +376,26 @@ class Bench:
             self.sh(self.nsx(role, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
                                      "net.ipv4.ip_local_port_range=1024 65535",
                                      "net.core.somaxconn=4096"] + extra), note=True)
+        self.set_cc()
+
+    def set_cc(self):
+        """Every namespace gets the same TCP congestion control (--cc), so a
+        run measures the same way on any host. A namespace other than the
+        first may only pick an algorithm of the host's
+        tcp_allowed_congestion_control: one missing there is added for the
+        run and the list restored at teardown."""
+        if self.cc == "system":
+            return
+        cc_check(self.cc)
+        allowed = read_sysctl("net.ipv4.tcp_allowed_congestion_control")
+        if self.cc not in allowed.split():
+            self.cc_allowed_restore = allowed
+            self.cc_allowed_changed = True
+            self.sh(["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={allowed} {self.cc}"],
+                    note=True)
+        for role in "ceon":
+            self.sh(self.nsx(role, ["sysctl", "-qw", f"net.ipv4.tcp_congestion_control={self.cc}"]),
+                    note=True)
 
     def teardown(self):
         errors = []
@@ -381,6 +408,13 @@ class Bench:
             if cp.returncode != 0:
                 errors.append(f"{n}: {cp.stderr.strip()}")
         self.made_ns = []
+        if self.cc_allowed_restore is not None:
+            cp = self.sh(["sysctl", "-qw",
+                          f"net.ipv4.tcp_allowed_congestion_control={self.cc_allowed_restore}"],
+                         check=False)
+            if cp.returncode != 0:
+                errors.append(f"tcp_allowed_congestion_control: {cp.stderr.strip()}")
+            self.cc_allowed_restore = None
         return errors
 
     # -- configs ----------------------------------------------------------
@@ -854,6 +888,26 @@ def cmd_out(argv):
         return "?"
 
 
+def read_sysctl(name):
+    with open("/proc/sys/" + name.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+def cc_check(cc):
+    """Loads congestion control <cc> if it is a module; RuntimeError if the
+    kernel has no such algorithm."""
+    avail = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+    if cc in avail:
+        return
+    try:
+        subprocess.run(["modprobe", f"tcp_{cc}"], capture_output=True, check=False)
+    except OSError:  # no kmod: a kernel without modules
+        pass
+    avail = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+    if cc not in avail:
+        raise RuntimeError(f"--cc {cc}: not in this kernel (it has {' '.join(avail)})")
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as f:
@@ -945,6 +999,11 @@ class Report:
                        "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism), "
                        "each round starting one target later"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
+            ["TCP congestion control", (f"{b.cc_system} (the host's default; `--cc system`)"
+                                        if b.cc == "system" else
+                                        f"{b.cc} in every namespace (`--cc`; the host's "
+                                        f"default is {b.cc_system}, qdisc "
+                                        f"{read_sysctl('net.core.default_qdisc')})")],
         ])
         self.w("Cells are *median (min–max)* over the rounds. Topology: client "
                f"{CLIENT4} → edge ({EDGE_C4} / {EDGE_O4}) → origin {ORIGIN4}, one veth "
@@ -953,7 +1012,9 @@ class Report:
                f"dials {ORIGIN4} itself. `haproxy` and `prism`: the client dials "
                f"{PREFIX} (random address and port unless said otherwise) or "
                f"{IPERF_EDGE} (iperf3); the TPROXY rule of `prism net up` delivers to "
-               f"127.0.0.1:{LISTEN_PORT}. Both proxies run 2 threads; the proxy's CPU is "
+               f"127.0.0.1:{LISTEN_PORT}. Every socket of every namespace uses the TCP "
+               "congestion control in the table above (see \"Congestion control\" in the "
+               "notes for why it is set). Both proxies run 2 threads; the proxy's CPU is "
                "utime+stime from /proc/PID/stat around each round. prism writes its "
                "access log (a line per connection) to a file, which the harness reads "
                "only to wait for startup; HAProxy is configured without a log.")
@@ -1211,7 +1272,9 @@ class Report:
                "namespaces (`pbn<pid>c|e|o|n`); the configs are below. Commands are listed "
                "in order of first use; every round repeats them per target (direct: the "
                "client command alone; haproxy: `net up`, haproxy, client, `net down`; "
-               "prism: `prism run`, client).")
+               "prism: `prism run`, client)."
+               + (" The harness puts the host's `tcp_allowed_congestion_control` back as it "
+                  "found it when it is done." if b.cc_allowed_changed else ""))
         self.w()
         for scen, cmds in b.commands.items():
             self.w(f"**{scen}**")
@@ -1254,6 +1317,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     ap.add_argument("--only", help="comma-separated subset of " + ",".join(SCENARIOS))
     ap.add_argument("--json", help="raw results (default BUILD/bench/results.json)")
+    ap.add_argument("--cc", default=DEFAULT_CC,
+                    help=f"TCP congestion control in every namespace (default {DEFAULT_CC}, "
+                    "Debian's default; 'system' keeps the host's)")
     ap.add_argument("--haproxy-splice", choices=("force", "auto"), default="force",
                     help="HAProxy splice options (default force: splice-request/response)")
     args = ap.parse_args()
@@ -1263,6 +1329,11 @@ def main():
     # leaves SIGINT ignored, and Python then installs no handler of its own.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
+    if args.cc != "system":
+        try:
+            cc_check(args.cc)
+        except RuntimeError as e:
+            sys.exit(f"bench: {e}")
     b = Bench(args)
     if not os.access(b.prism, os.X_OK):
         sys.exit(f"bench: {b.prism} missing (make build/prism)")
