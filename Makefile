@@ -54,7 +54,7 @@ deps:
 # Everything: unit tests (cmocka, each binary one pytest case) and the
 # integration tests in network namespaces, in one pytest run.
 test: deps
-	$(MAKE) all
+	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench
 	PRISM_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 unit: all
@@ -90,7 +90,8 @@ fuzz: deps
 	done
 
 # Benchmarks (docs/benchmarks.md): direct vs HAProxy vs prism in namespaces,
-# under 10 minutes; BENCH_ARGS=--quick for a < 90 s smoke run.
+# under 10 minutes; BENCH_ARGS=--quick for a < 90 s smoke run (the test suite
+# runs one), --cc ALGO|system for the TCP congestion control (default cubic).
 bench: deps
 	$(MAKE) $(BUILD)/prism $(BUILD)/loadgen $(BUILD)/rt_bench
 	$(PYTHON) bench/run.py --build $(abspath $(BUILD)) $(BENCH_ARGS)
@@ -119,7 +120,7 @@ help:
 	@echo "make demo      install deps, build, run prism in namespaces (DEMO_SECONDS=N)"
 	@echo "make test      install deps, build, run unit + integration tests"
 	@echo "make asan      the tests against an ASan+UBSan build"
-	@echo "make bench     benchmarks vs HAProxy and direct -> docs/benchmarks.md (BENCH_ARGS=--quick)"
+	@echo "make bench     benchmarks vs HAProxy and direct -> docs/benchmarks.md (BENCH_ARGS: --quick, --cc ALGO|system)"
 	@echo "make fuzz      run the config-loader and PROXY-parser fuzzers (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 	@echo "make install   install build/prism to $(PREFIX)/sbin"
 	@echo "make format    clang-format the sources"

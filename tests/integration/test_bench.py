@@ -1,0 +1,104 @@
+"""Smoke test of the benchmark harness (bench/run.py --quick): every
+scenario runs against direct, HAProxy and prism, the report carries its
+tables, and the harness leaves the host as it found it (namespaces, and the
+congestion-control list it may widen). No timing is asserted: speed is the
+harness's output, not something a test can judge on a shared machine."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("PRISM_BUILD", REPO / "build"))
+ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def run_harness(tmp_path, *extra):
+    """Runs bench/run.py --quick; on a timeout it is stopped with SIGTERM
+    first, which makes it clean up, and whatever it left is removed."""
+    out, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    argv = ["/usr/bin/python3", str(REPO / "bench" / "run.py"), "--quick", "--build", str(BUILD),
+            "--out", str(out), "--json", str(js)] + list(extra)
+    allowed = read(ALLOWED)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+        for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                   text=True).stdout.splitlines():
+            if re.match(rf"pbn{p.pid}[ceon]\b", line):
+                subprocess.run(["ip", "netns", "del", line.split()[0]])
+        with open(ALLOWED, "w") as f:
+            f.write(allowed)
+        pytest.fail("bench/run.py --quick took over 300 s")
+    return p, stdout, stderr, out, js, allowed
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    for tool in ("prism", "loadgen", "rt_bench"):
+        assert (BUILD / tool).exists(), f"{BUILD / tool} not built (make test builds it)"
+    return run_harness(tmp_path_factory.mktemp("bench"))
+
+
+def test_quick_run_reports_every_scenario(quick_run):
+    p, _, stderr, out, js, _ = quick_run
+    assert p.returncode == 0, stderr[-3000:]
+    data = json.loads(js.read_text())
+    assert data["skipped"] == {}, data["skipped"]
+    res = data["results"]
+    for key in ("bulk1", "bulk4"):
+        for target in ("direct", "haproxy", "prism"):
+            assert res[key][target][0]["gbps"] > 0, (key, target)
+    for target in ("direct", "haproxy", "haproxy-smart", "prism"):
+        r = res["rate"][target][0]
+        assert r["conn_per_s"] > 0 and r["errors"] == 0, (target, r)
+    text = out.read_text()
+    for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
+                  "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## Targets",
+                  "## Exact commands"):
+        assert title in text, title
+    assert re.search(r"^apps=100000 ns_per_lookup=\S+", text, re.M)
+
+
+def test_every_namespace_gets_the_congestion_control(quick_run):
+    """The harness sets one algorithm (cubic by default) in all four
+    namespaces, says so in the machine table, and lists the commands."""
+    p, _, stderr, out, _, _ = quick_run
+    assert p.returncode == 0, stderr[-3000:]
+    text = out.read_text()
+    assert re.search(r"^\| TCP congestion control \| cubic in every namespace", text, re.M)
+    for ns in ("$CLIENT", "$EDGE", "$ORIGIN", "$NAIVE"):
+        assert f"ip netns exec {ns} sysctl -qw net.ipv4.tcp_congestion_control=cubic" in text
+
+
+def test_host_left_as_found(quick_run):
+    """No namespace of the run survives it, and the host's list of
+    algorithms namespaces may pick is back to what it was."""
+    p, _, _, _, _, allowed = quick_run
+    assert read(ALLOWED) == allowed
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not re.search(rf"\bpbn{p.pid}[ceon]\b", names), names
+
+
+def test_unknown_congestion_control_is_refused(tmp_path):
+    p, _, stderr, out, _, allowed = run_harness(tmp_path, "--cc", "no-such-cc")
+    assert p.returncode != 0
+    assert "bench: --cc no-such-cc: not in this kernel (it has " in stderr
+    assert not out.exists()
+    assert read(ALLOWED) == allowed
