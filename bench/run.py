@@ -389,10 +389,15 @@ class Bench:
         cc_check(self.cc)
         allowed = read_sysctl("net.ipv4.tcp_allowed_congestion_control")
         if self.cc not in allowed.split():
+            argv = ["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={allowed} {self.cc}"]
+            self.note_cmd(argv)
+            cp = self.sh(argv, check=False)
+            if cp.returncode != 0:
+                raise RuntimeError(f"--cc {self.cc}: namespaces may not pick it and the host's "
+                                   f"list could not be widened ({cp.stderr.strip()}); "
+                                   "--cc system keeps the host's algorithm")
             self.cc_allowed_restore = allowed
             self.cc_allowed_changed = True
-            self.sh(["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={allowed} {self.cc}"],
-                    note=True)
         for role in "ceon":
             self.sh(self.nsx(role, ["sysctl", "-qw", f"net.ipv4.tcp_congestion_control={self.cc}"]),
                     note=True)
@@ -1343,6 +1348,9 @@ def main():
     except (Stop, KeyboardInterrupt) as e:
         sys.stderr.write(f"bench: interrupted ({e or 'Ctrl-C'}), cleaning up\n")
         rc = 130
+    except RuntimeError as e:  # a setup command failed: say which, then clean up
+        sys.stderr.write(f"bench: {e}\n")
+        rc = 1
     finally:
         # Ctrl-C during cleanup must not leave namespaces behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
