@@ -21,6 +21,18 @@ bool addr_is_v4(const struct in6_addr *a)
 	return memcmp(a->s6_addr, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0;
 }
 
+bool addr_prefix_contains(const struct addr_prefix *outer, const struct addr_prefix *in)
+{
+	int bytes = outer->len / 8, rest = outer->len % 8;
+
+	if (outer->len > in->len || memcmp(&outer->addr, &in->addr, (size_t)bytes) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xff00u >> rest);
+	return (outer->addr.s6_addr[bytes] & mask) == (in->addr.s6_addr[bytes] & mask);
+}
+
 static void addr_map_v4(const struct in_addr *v4, struct in6_addr *out)
 {
 	memcpy(out->s6_addr, v4_mapped_prefix, sizeof(v4_mapped_prefix));

@@ -33,6 +33,11 @@ struct addr_prefix {
 /* Returns true when <a> is a v4-mapped address. */
 bool addr_is_v4(const struct in6_addr *a);
 
+/* True when prefix <outer> contains prefix <in> (or equals it); a bare
+ * address is a prefix of length 128.
+ */
+bool addr_prefix_contains(const struct addr_prefix *outer, const struct addr_prefix *in);
+
 /* Parses "192.0.2.10", "192.0.2.0/24", "2001:db8::/64" into <out>. A bare
  * address is a /32 (IPv4) or /128 (IPv6). Returns 0, or -EINVAL with <*why>
  * set to a static sentence: not an address, bad length, or host bits set

@@ -58,19 +58,6 @@ bad:
 	return -EINVAL;
 }
 
-/* True when prefix <p> contains prefix <q> (or equals it). */
-static bool prefix_contains(const struct addr_prefix *p, const struct addr_prefix *q)
-{
-	int bytes = p->len / 8, rest = p->len % 8;
-
-	if (p->len > q->len || memcmp(&p->addr, &q->addr, (size_t)bytes) != 0)
-		return false;
-	if (rest == 0)
-		return true;
-	uint8_t mask = (uint8_t)(0xff00u >> rest);
-	return (p->addr.s6_addr[bytes] & mask) == (q->addr.s6_addr[bytes] & mask);
-}
-
 /* A prefix of a deny/allow list, where it was written, for the overlap check. */
 struct listed_prefix {
 	struct addr_prefix p;
@@ -106,7 +93,7 @@ static int check_prefix_list(struct loader *ld, const char *key, struct listed_p
 	for (i = 1; i < n; i++) {
 		const struct listed_prefix *o = &v[outer], *x = &v[i];
 
-		if (!prefix_contains(&o->p, &x->p)) {
+		if (!addr_prefix_contains(&o->p, &x->p)) {
 			outer = i;
 			continue;
 		}

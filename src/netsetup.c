@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <net/if.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -632,6 +633,66 @@ static void check_sysctls(const struct cfg *cfg)
 			 v, SOMAXCONN_WANT);
 }
 
+/* ---- the host's own addresses -------------------------------------------- */
+
+/* The edge prefix of <cfg> that holds address <a> (first in config order),
+ * or NULL; <*app> is set to its app.
+ */
+static const struct addr_prefix *edge_holding(const struct cfg *cfg, const struct in6_addr *a,
+					      const struct cfg_app **app)
+{
+	struct addr_prefix host = {.addr = *a, .len = 128};
+
+	for (size_t i = 0; i < cfg->n_apps; i++)
+		for (size_t j = 0; j < cfg->apps[i].n_edges; j++)
+			if (addr_prefix_contains(&cfg->apps[i].edges[j], &host)) {
+				*app = &cfg->apps[i];
+				return &cfg->apps[i].edges[j];
+			}
+	return NULL;
+}
+
+/* An address of this host inside an edge prefix is no longer the host's
+ * on every port: the ports an app serves go to prism, and the others are
+ * unserved and dropped, so a service listening on a wildcard address (sshd
+ * on 0.0.0.0:22) cannot be reached on it any more. That is how an operator
+ * locks themselves out of a box, so each such address gets a warning.
+ */
+static void check_host_addrs(const struct cfg *cfg)
+{
+	struct ifaddrs *ifa;
+
+	if (getifaddrs(&ifa) == -1) {
+		log_warn(
+		    "cannot list this host's addresses to check them against the edge prefixes: "
+		    "%s",
+		    strerror(errno));
+		return;
+	}
+	for (const struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+		const struct addr_prefix *edge;
+		const struct cfg_app *app;
+		char as[ADDR_STRLEN], es[ADDR_STRLEN];
+		struct in6_addr a;
+		uint16_t port;
+
+		if (!i->ifa_addr ||
+		    (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6))
+			continue;
+		addr_from_sa(i->ifa_addr, &a, &port);
+		edge = edge_holding(cfg, &a, &app);
+		if (!edge)
+			continue;
+		log_warn(
+		    "%s (on %s) is an address of this host inside edge %s of app %s: ports no "
+		    "app serves there are dropped, so a service listening on a wildcard address "
+		    "(sshd on 0.0.0.0:22) cannot be reached on it; keep management addresses out "
+		    "of edge prefixes",
+		    addr_fmt(&a, as), i->ifa_name, addr_fmt_prefix(edge, es), app->name);
+	}
+	freeifaddrs(ifa);
+}
+
 /* ---- bans across a reload ------------------------------------------------ */
 
 /* Replacing the table empties its ban sets. The bans in force are read
@@ -704,6 +765,7 @@ int net_up(const struct cfg *cfg, char **err)
 	if (ret)
 		return ret;
 	check_sysctls(cfg);
+	check_host_addrs(cfg);
 	saved_bans(cfg->nft_table, bans);
 	script = net_build_script(cfg, (const char *const *)bans);
 	free(bans[0]);

@@ -148,20 +148,6 @@ struct plist {
 	size_t n;
 };
 
-static bool prefix_contains(const struct addr_prefix *outer, const struct addr_prefix *in)
-{
-	if (outer->len > in->len)
-		return false;
-	for (unsigned int bit = 0; bit < outer->len; bit += 8) {
-		unsigned int left = outer->len - bit;
-		uint8_t mask = left >= 8 ? 0xff : (uint8_t)(0xff << (8 - left));
-
-		if ((outer->addr.s6_addr[bit / 8] ^ in->addr.s6_addr[bit / 8]) & mask)
-			return false;
-	}
-	return true;
-}
-
 static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n, bool v4)
 {
 	size_t k = 0;
@@ -181,7 +167,7 @@ static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n,
 	 * inside the last kept one (prefixes nest or are disjoint).
 	 */
 	for (size_t i = 0; i < k; i++)
-		if (out->n == 0 || !prefix_contains(&out->v[out->n - 1], &out->v[i]))
+		if (out->n == 0 || !addr_prefix_contains(&out->v[out->n - 1], &out->v[i]))
 			out->v[out->n++] = out->v[i];
 	return 0;
 }

@@ -432,6 +432,22 @@ def test_up_turns_on_syn_cookies(ns, cfg):
     net(ns, "down", cfg)
 
 
+def test_up_warns_of_host_addresses_in_edges(ns, cfg):
+    """A host address inside an edge prefix stops serving wildcard
+    listeners (sshd on 0.0.0.0:22) on its unserved ports: net up names each
+    such address, its device, the edge and the app, and no other address."""
+    run("ip", "-n", ns, "link", "add", "h0", "type", "veth", "peer", "name", "h1")
+    run("ip", "-n", ns, "addr", "add", "198.18.5.20/24", "dev", "h0")
+    run("ip", "-n", ns, "addr", "add", "2001:db8:5::20/64", "dev", "h0", "nodad")
+    run("ip", "-n", ns, "addr", "add", "198.51.100.1/24", "dev", "h0")
+    p = net(ns, "up", cfg)
+    warned = re.findall(r" warn (\S+) \(on (\S+)\) is an address of this host inside edge "
+                        r"(\S+) of app (\S+): ", p.stderr)
+    assert sorted(warned) == [("198.18.5.20", "h0", "198.18.5.0/24", "wide"),
+                              ("2001:db8:5::20", "h0", "2001:db8:5::/64", "six")], p.stderr
+    net(ns, "down", cfg)
+
+
 def test_up_leaves_sysctls_when_told(ns, tmp_path):
     path = tmp_path / "nosysctl.yaml"
     path.write_text(CFG_NESTED.replace("  table: prism\n", "  table: prism\n  sysctls: false\n"))

@@ -71,6 +71,36 @@ static void test_prefix_stored_mapped(void **state)
 	assert_false(addr_is_v4(&p.addr));
 }
 
+static bool contains(const char *outer, const char *in)
+{
+	struct addr_prefix o, i;
+	const char *why;
+
+	assert_int_equal(addr_parse_prefix(outer, &o, &why), 0);
+	assert_int_equal(addr_parse_prefix(in, &i, &why), 0);
+	return addr_prefix_contains(&o, &i);
+}
+
+static void test_prefix_contains(void **state)
+{
+	(void)state;
+	assert_true(contains("192.0.2.0/24", "192.0.2.255"));
+	assert_true(contains("192.0.2.0/24", "192.0.2.128/25"));
+	assert_true(contains("192.0.2.0/24", "192.0.2.0/24"));
+	assert_false(contains("192.0.2.0/24", "192.0.3.0"));
+	assert_false(contains("192.0.2.128/25", "192.0.2.0/24")); /* wider */
+	assert_false(contains("192.0.2.128/25", "192.0.2.127"));
+	assert_true(contains("192.0.2.128/25", "192.0.2.128"));
+	assert_true(contains("198.18.0.0/15", "198.19.255.255")); /* mask mid-byte */
+	assert_false(contains("198.18.0.0/15", "198.20.0.0"));
+	assert_true(contains("0.0.0.0/0", "203.0.113.7"));
+	assert_false(contains("0.0.0.0/0", "2001:db8::1")); /* families apart */
+	assert_true(contains("2001:db8::/33", "2001:db8:7fff::1"));
+	assert_false(contains("2001:db8::/33", "2001:db8:8000::1"));
+	assert_true(contains("2001:db8::1", "2001:db8::1"));
+	assert_false(contains("2001:db8::1", "2001:db8::2"));
+}
+
 static void test_prefix_bad(void **state)
 {
 	(void)state;
@@ -241,13 +271,10 @@ static void test_fmt_prefix_longest(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_prefix_good),
-	    cmocka_unit_test(test_prefix_stored_mapped),
-	    cmocka_unit_test(test_prefix_bad),
-	    cmocka_unit_test(test_hostport_good),
-	    cmocka_unit_test(test_hostport_port_value),
-	    cmocka_unit_test(test_hostport_bad),
-	    cmocka_unit_test(test_fmt),
+	    cmocka_unit_test(test_prefix_good),	       cmocka_unit_test(test_prefix_stored_mapped),
+	    cmocka_unit_test(test_prefix_bad),	       cmocka_unit_test(test_prefix_contains),
+	    cmocka_unit_test(test_hostport_good),      cmocka_unit_test(test_hostport_port_value),
+	    cmocka_unit_test(test_hostport_bad),       cmocka_unit_test(test_fmt),
 	    cmocka_unit_test(test_fmt_prefix_longest),
 	};
 
