@@ -455,13 +455,16 @@ apps:
         splice = ("    option splice-auto" if self.args.haproxy_splice == "auto" else
                   "    option splice-request\n    option splice-response")
         # maxsock = 2 * maxconn + 2 * maxpipes + a few must stay under the
-        # 20,000-fd hard limit, hence the explicit (small) maxpipes.
+        # 20,000-fd hard limit, hence the explicit (small) maxpipes. The
+        # pipes are as large as prism's: with the kernel's 64 KiB HAProxy
+        # moved a third less on one stream.
         with open(self.haproxy_cfg, "w") as f:
             f.write(f"""# HAProxy benchmark config (written by bench/run.py)
 global
     nbthread 2
     maxconn 9500
     maxpipes 400
+    tune.pipesize {prism_pipe_size()}
 
 defaults
     mode tcp
@@ -891,6 +894,16 @@ def cmd_out(argv):
                               timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
+
+
+def prism_pipe_size():
+    """PIPE_SIZE of src/worker.h: the pipe size prism relays through, which
+    HAProxy is given too."""
+    with open(os.path.join(REPO, "src", "worker.h")) as f:
+        m = re.search(r"^#define PIPE_SIZE \((\d+) \* 1024\)", f.read(), re.M)
+    if not m:
+        raise RuntimeError("src/worker.h: no `#define PIPE_SIZE (N * 1024)`")
+    return int(m.group(1)) * 1024
 
 
 def read_sysctl(name):

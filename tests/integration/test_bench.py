@@ -87,6 +87,17 @@ def test_every_namespace_gets_the_congestion_control(quick_run):
         assert f"ip netns exec {ns} sysctl -qw net.ipv4.tcp_congestion_control=cubic" in text
 
 
+def test_haproxy_gets_prisms_pipe_size(quick_run):
+    """Both proxies splice through pipes of the same size: prism's
+    PIPE_SIZE, and HAProxy's tune.pipesize in the config the report shows."""
+    p, _, stderr, out, _, _ = quick_run
+    assert p.returncode == 0, stderr[-3000:]
+    m = re.search(r"^#define PIPE_SIZE \((\d+) \* 1024\)",
+                  (REPO / "src" / "worker.h").read_text(), re.M)
+    assert m, "PIPE_SIZE not found in src/worker.h"
+    assert re.search(rf"^    tune\.pipesize {int(m.group(1)) * 1024}$", out.read_text(), re.M)
+
+
 def test_host_left_as_found(quick_run):
     """No namespace of the run survives it, and the host's list of
     algorithms namespaces may pick is back to what it was."""
