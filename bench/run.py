@@ -285,8 +285,7 @@ class Bench:
         self.mem_rounds = 1 if q else 3
         self.cc = getattr(args, "cc", DEFAULT_CC)
         self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
-        self.cc_allowed_restore = None
-        self.cc_allowed_changed = False
+        self.cc_allowed_was = None  # the host's list, when set_cc widened it
 
     # -- commands --------------------------------------------------------
 
@@ -396,8 +395,7 @@ class Bench:
                 raise RuntimeError(f"--cc {self.cc}: namespaces may not pick it and the host's "
                                    f"list could not be widened ({cp.stderr.strip()}); "
                                    "--cc system keeps the host's algorithm")
-            self.cc_allowed_restore = allowed
-            self.cc_allowed_changed = True
+            self.cc_allowed_was = allowed
         for role in "ceon":
             self.sh(self.nsx(role, ["sysctl", "-qw", f"net.ipv4.tcp_congestion_control={self.cc}"]),
                     note=True)
@@ -413,13 +411,12 @@ class Bench:
             if cp.returncode != 0:
                 errors.append(f"{n}: {cp.stderr.strip()}")
         self.made_ns = []
-        if self.cc_allowed_restore is not None:
+        if self.cc_allowed_was is not None:  # writing it twice is harmless
             cp = self.sh(["sysctl", "-qw",
-                          f"net.ipv4.tcp_allowed_congestion_control={self.cc_allowed_restore}"],
+                          f"net.ipv4.tcp_allowed_congestion_control={self.cc_allowed_was}"],
                          check=False)
             if cp.returncode != 0:
                 errors.append(f"tcp_allowed_congestion_control: {cp.stderr.strip()}")
-            self.cc_allowed_restore = None
         return errors
 
     # -- configs ----------------------------------------------------------
@@ -1292,7 +1289,7 @@ class Report:
                "client command alone; haproxy: `net up`, haproxy, client, `net down`; "
                "prism: `prism run`, client)."
                + (" The harness puts the host's `tcp_allowed_congestion_control` back as it "
-                  "found it when it is done." if b.cc_allowed_changed else ""))
+                  "found it when it is done." if b.cc_allowed_was is not None else ""))
         self.w()
         for scen, cmds in b.commands.items():
             self.w(f"**{scen}**")
@@ -1347,11 +1344,6 @@ def main():
     # leaves SIGINT ignored, and Python then installs no handler of its own.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    if args.cc != "system":
-        try:
-            cc_check(args.cc)
-        except RuntimeError as e:
-            sys.exit(f"bench: {e}")
     b = Bench(args)
     if not os.access(b.prism, os.X_OK):
         sys.exit(f"bench: {b.prism} missing (make build/prism)")
