@@ -10,8 +10,8 @@
  * Balancing: which worker accepts a connection depends on hashing and on
  * who is awake (worker_share_listeners), so a burst of long-lived
  * connections can land mostly on one worker and stay there. A worker that
- * takes a busy peer's connection while it already holds clearly more than
- * that peer hands it back (balance_target, worker_handoff).
+ * accepts a connection while it already holds more than a peer hands it to
+ * that peer (balance_target, worker_handoff).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,10 +40,12 @@
 #define LISTEN_BACKLOG	 65535 /* capped by net.core.somaxconn */
 
 /* A worker keeps a new connection while it holds at most this many more
- * than the peer it is compared with (whose load is <n>): balanced enough,
- * and the hash's own spread of short connections rarely crosses it.
+ * than the peer it is compared with (whose load is <n>): none while the
+ * counts are small, where one connection more is a large share, and an
+ * eighth at large counts, which the hash's own spread of short
+ * connections seldom crosses.
  */
-#define HANDOFF_SLACK(n) (2 + (n) / 8)
+#define HANDOFF_SLACK(n) ((n) / 8)
 
 static uint64_t now_ms(void)
 {
@@ -312,27 +314,38 @@ static uint64_t load_of(struct worker *v)
 }
 
 /* The worker that should serve a connection <w> has just accepted from
- * listener <lis>: <w> itself, unless <lis> is a peer's (the owner was busy
- * and <w> helped, see worker_share_listeners) and <w> already holds more
- * than HANDOFF_SLACK connections above that owner. Then the owner gets it
- * back. Left alone, the helping is what skews a burst of connections: the
+ * listener <lis>: <w> itself, unless <w> already holds more than
+ * HANDOFF_SLACK connections above the peer it compares itself with. Then
+ * that peer gets it. The peer is the listener's owner when <lis> is a
+ * peer's (the owner was busy and <w> helped, see worker_share_listeners):
+ * left alone, the helping is what skews a burst of connections, as the
  * worker that happens to run takes the queues of those that wait for a
- * CPU. Connections the kernel hashed to <w> itself stay, so the hash keeps
- * the balance and handoffs stay rare. Counting connections, not their
- * traffic, is what Envoy's exact balance does too: cheap to read, and
- * right for the long-lived connections it is for.
+ * CPU. For <w>'s own listener it is the next peer in turn, one load read
+ * per accept whatever the number of workers: the kernel's hash spreads
+ * many connections well, but puts two long-lived ones on the same worker
+ * half the time, so a few heavy flows (iperf3's streams, SSH sessions)
+ * were often served by one worker while another idled. Counting
+ * connections, not their traffic, is what Envoy's exact balance and
+ * HAProxy's thread choice do too: cheap to read, and right for the
+ * long-lived connections that balancing is for.
  */
 static struct worker *balance_target(struct worker *w, const struct io *lis)
 {
-	struct worker *owner;
+	struct worker *t;
 	uint64_t other;
 
-	if (!w->peers || lis == &w->lis[0] || lis == &w->lis[1])
+	if (!w->peers || w->n_peers < 2)
 		return w;
-	owner = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
-	other = load_of(owner);
+	if (lis == &w->lis[0] || lis == &w->lis[1]) {
+		w->next_peer = (w->next_peer + 1) % w->n_peers;
+		if (w->next_peer == w->id)
+			w->next_peer = (w->next_peer + 1) % w->n_peers;
+		t = &w->peers[w->next_peer];
+	} else
+		t = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
+	other = load_of(t);
 	if (load_of(w) > other + HANDOFF_SLACK(other))
-		return owner;
+		return t;
 	return w;
 }
 

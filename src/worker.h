@@ -83,6 +83,7 @@ struct worker {
 	struct io lis[2];     /* IPv4 and IPv6 listeners; fd -1 when absent */
 	struct worker *peers; /* all workers (this one included), or NULL */
 	int n_peers;
+	int next_peer;		     /* the peer balance_target compares with next */
 	struct cfg *cfg;	     /* one reference held */
 	struct app_origins *origins; /* per app, borrowed from main */
 	struct guard *guard;	     /* process-wide limits; NULL when none are set */

@@ -3,8 +3,10 @@ worker also accepts from the others' listeners when they are busy; a
 burst of long-lived connections that arrives while one worker is held up
 (here: its thread stopped with ptrace, standing in for a worker the
 scheduler keeps off the CPU) must still end up spread over both workers,
-not all kept by the one that happened to run. Connections handed to a
-worker that is told to stop before it gets to them are still served."""
+not all kept by the one that happened to run. A few long-lived
+connections, arriving one by one, alternate between the workers instead
+of following the hash. Connections handed to a worker that is told to
+stop before it gets to them are still served."""
 
 import contextlib
 import ctypes
@@ -87,17 +89,23 @@ def _burst(t, prism):
     return socks
 
 
+def _worker_sets(prism):
+    """The two workers' epoll fds and their size at rest. Those sets hold
+    the most then: a wake-up eventfd, and every worker's listeners (theirs
+    and each other's)."""
+    idle = _epoll_sizes(prism.pid)
+    top = max(idle.values())
+    workers = [fd for fd, n in idle.items() if n == top]
+    assert len(workers) == 2, idle
+    return workers, top
+
+
 def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     t = topo
     ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
     t.on_teardown(ls.close)
     prism = t.start_prism(CFG)
-    idle = _epoll_sizes(prism.pid)
-    # The two workers' sets hold the most at rest: a wake-up eventfd, and
-    # every worker's listeners (theirs and each other's).
-    top = max(idle.values())
-    workers = [fd for fd, n in idle.items() if n == top]
-    assert len(workers) == 2, idle
+    workers, top = _worker_sets(prism)
 
     with _stopped(prism.pid, "worker1"):
         socks = _burst(t, prism)
@@ -114,6 +122,30 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     # 60 (as before balancing), nor a split the hash alone would give
     # only once in 10^5 bursts.
     assert per_worker[0] >= N // 5, f"connections per worker: {per_worker}"
+    for s in socks:
+        s.close()
+
+
+def test_few_long_connections_alternate_between_workers(topo):
+    """Twelve connections opened one after another, each served before
+    the next: after every one, the workers' counts differ by at most one.
+    The kernel's hash alone puts two heavy flows on the same worker half
+    the time, and keeps a prefix of twelve balanced once in 64."""
+    t = topo
+    ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(CFG)
+    workers, top = _worker_sets(prism)
+    socks, splits = [], []
+    for i in range(12):
+        s = peers.connect(t.c, f"192.0.2.{1 + i}", 7000, timeout=5)
+        socks.append(s)
+        s.sendall(b"%03d" % i)
+        assert peers.recv_exact(s, 3) == b"%03d" % i
+        sizes = _epoll_sizes(prism.pid)
+        splits.append([(sizes[fd] - top) // 2 for fd in workers])
+    assert all(sum(sp) == n + 1 for n, sp in enumerate(splits)), splits
+    assert all(abs(a - b) <= 1 for a, b in splits), f"connections per worker: {splits}"
     for s in socks:
         s.close()
 
