@@ -304,6 +304,11 @@ static void accept_resume(struct timer *t)
 
 /* ---- balancing ------------------------------------------------------ */
 
+/* The worker that took the last connection balance_target placed while
+ * counts were small (atomic; shared by all workers).
+ */
+static int last_taker = -1;
+
 /* What a peer reads as <v>'s load: its connections, and those queued for
  * it.
  */
@@ -324,7 +329,9 @@ static uint64_t load_of(struct worker *v)
  * per accept whatever the number of workers: the kernel's hash spreads
  * many connections well, but puts two long-lived ones on the same worker
  * half the time, so a few heavy flows (iperf3's streams, SSH sessions)
- * were often served by one worker while another idled. Counting
+ * were often served by one worker while another idled. While counts are
+ * small, equal counts send the connection to whichever worker did not take
+ * the previous one, so connections opened one by one alternate. Counting
  * connections, not their traffic, is what Envoy's exact balance and
  * HAProxy's thread choice do too: cheap to read, and right for the
  * long-lived connections that balancing is for.
@@ -332,7 +339,7 @@ static uint64_t load_of(struct worker *v)
 static struct worker *balance_target(struct worker *w, const struct io *lis)
 {
 	struct worker *t;
-	uint64_t other;
+	uint64_t other, mine;
 
 	if (!w->peers || w->n_peers < 2)
 		return w;
@@ -344,9 +351,20 @@ static struct worker *balance_target(struct worker *w, const struct io *lis)
 	} else
 		t = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
 	other = load_of(t);
-	if (load_of(w) > other + HANDOFF_SLACK(other))
-		return t;
-	return w;
+	mine = load_of(w);
+	if (HANDOFF_SLACK(other) == 0) {
+		/* Small counts: exact, and at equal counts alternate. Without
+		 * that, a connection that stays idle (iperf3's control
+		 * connection, FTP's) and the busy ones after it split 1+1/3 as
+		 * often as 1+2/2.
+		 */
+		if (mine > other ||
+		    (mine == other && __atomic_load_n(&last_taker, __ATOMIC_RELAXED) == w->id))
+			w = t;
+		__atomic_store_n(&last_taker, w->id, __ATOMIC_RELAXED);
+		return w;
+	}
+	return mine > other + HANDOFF_SLACK(other) ? t : w;
 }
 
 /* Queues accepted socket <fd> for worker <t> and wakes it if its queue was

@@ -128,9 +128,12 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
 
 def test_few_long_connections_alternate_between_workers(topo):
     """Twelve connections opened one after another, each served before
-    the next: after every one, the workers' counts differ by at most one.
-    The kernel's hash alone puts two heavy flows on the same worker half
-    the time, and keeps a prefix of twelve balanced once in 64."""
+    the next, go to the workers in turn: counts never differ by more than
+    one, and at equal counts the next connection goes to the other worker
+    (so an idle first connection, like iperf3's or FTP's control one,
+    leaves the busy ones after it split evenly). The kernel's hash alone
+    puts two heavy flows on the same worker half the time, and alternates
+    twelve connections once in 2048."""
     t = topo
     ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
     t.on_teardown(ls.close)
@@ -146,6 +149,9 @@ def test_few_long_connections_alternate_between_workers(topo):
         splits.append([(sizes[fd] - top) // 2 for fd in workers])
     assert all(sum(sp) == n + 1 for n, sp in enumerate(splits)), splits
     assert all(abs(a - b) <= 1 for a, b in splits), f"connections per worker: {splits}"
+    took = [0 if sp[0] > prev[0] else 1 for prev, sp in zip([[0, 0]] + splits, splits)]
+    assert all(a != b for a, b in zip(took, took[1:])), \
+        f"worker that took each connection: {took} (counts: {splits})"
     for s in socks:
         s.close()
 
