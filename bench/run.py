@@ -874,15 +874,33 @@ def rfmt(r):
     return "n/a" if r is None else f"{r:.2f}x"
 
 
-def get(rs, *path):
-    """Values at <path> (keys into each round's dict) across rounds."""
+def vals(rs, *path):
+    """Values at <path> (keys into each round's dict), one per round."""
     out = []
     for r in rs or []:
         v = r
         for k in path:
             v = v.get(k) if isinstance(v, dict) else None
         out.append(v)
-    return summ(out)
+    return out
+
+
+def get(rs, *path):
+    """summ() of the values at <path> across rounds."""
+    return summ(vals(rs, *path))
+
+
+def ahead(rs, path, higher_better, a="prism", b="haproxy"):
+    """"k of n": the rounds in which <a> beat <b> at <path>. Each round runs
+    every target within a minute or so, so a slow stretch of the machine
+    hits both values of a pair, which a comparison of medians does not
+    see."""
+    pairs = [(x, y) for x, y in zip(vals(rs.get(a), *path), vals(rs.get(b), *path))
+             if x is not None and y is not None]
+    if not pairs:
+        return ""
+    k = sum(1 for x, y in pairs if (x > y if higher_better else x < y))
+    return f"{k} of {len(pairs)}"
 
 
 def cmd_out(argv):
@@ -974,14 +992,15 @@ class Report:
             rows.append([label] + [cell(s[t], nd) for t in TARGETS] + self.ratios(s))
         self.table(head, rows)
 
-    def verdict(self, target, value, ok, a=None, b=None):
+    def verdict(self, target, value, ok, a=None, b=None, won=""):
         """One row of the Targets table; <a>, <b>: the two summ() triples
-        compared, to flag a verdict that the run-to-run spread could flip."""
+        compared, to flag a verdict that the run-to-run spread could flip;
+        <won>: ahead()'s count of the rounds prism won."""
         note = ""
         if a and b and a[1] <= b[2] and b[1] <= a[2]:
             note = "min–max ranges overlap"
         self.verdicts.append((target, value, "n/a" if ok is None else "met" if ok else "not met",
-                              note))
+                              won, note))
 
     def skipped(self, scen):
         """Notes a failed or skipped scenario; True when nothing of it was measured."""
@@ -1212,28 +1231,31 @@ class Report:
             rh, rd = ratio(g.get("prism"), g.get("haproxy")), ratio(g.get("prism"), g.get("direct"))
             st = "1 stream" if n == 1 else f"{n} streams"
             self.verdict(f"throughput {st} ≥ 1.0× haproxy", rfmt(rh),
-                         None if rh is None else rh >= 1.0, g.get("prism"), g.get("haproxy"))
+                         None if rh is None else rh >= 1.0, g.get("prism"), g.get("haproxy"),
+                         ahead(rs or {}, ("gbps",), True))
             self.verdict(f"throughput {st} ≥ 0.8× direct", rfmt(rd),
                          None if rd is None else rd >= 0.8)
             cp, ch = c.get("prism"), c.get("haproxy")
             self.verdict(f"CPU/GB {st} < haproxy",
                          f"{cell(cp, 3)} vs {cell(ch, 3)} s/GB" if cp and ch else "n/a",
-                         None if not (cp and ch) else cp[0] < ch[0], cp, ch)
+                         None if not (cp and ch) else cp[0] < ch[0], cp, ch,
+                         ahead(rs or {}, ("cpu_s_per_gb",), False))
         rs = res.get("rate")
         if rs:
             cp, ch = get(rs["prism"], "conn_per_s"), get(rs["haproxy"], "conn_per_s")
             cr = ratio(cp, ch)
             self.verdict("conn/s ≥ 1.2× haproxy", rfmt(cr), None if cr is None else cr >= 1.2,
-                         cp, ch)
+                         cp, ch, ahead(rs, ("conn_per_s",), True))
             if "haproxy-smart" in rs:
                 cs = get(rs["haproxy-smart"], "conn_per_s")
                 crs = ratio(cp, cs)
                 self.verdict("(for reference, no target) conn/s vs haproxy-smart", rfmt(crs),
-                             None, cp, cs)
+                             None, cp, cs, ahead(rs, ("conn_per_s",), True, b="haproxy-smart"))
             pp, ph = get(rs["prism"], "lat_us", "p99"), get(rs["haproxy"], "lat_us", "p99")
             self.verdict("conn/s p99 latency ≤ haproxy",
                          f"{fmt(pp and pp[0], 0)} vs {fmt(ph and ph[0], 0)} µs",
-                         None if not (pp and ph) else pp[0] <= ph[0], pp, ph)
+                         None if not (pp and ph) else pp[0] <= ph[0], pp, ph,
+                         ahead(rs, ("lat_us", "p99"), False))
         else:
             self.verdict("conn/s ≥ 1.2× haproxy, p99 no worse", "not measured", None)
         for n in (1, 64):
@@ -1244,7 +1266,8 @@ class Report:
             pp, ph = get(rs["prism"], "rtt_us", "p99"), get(rs["haproxy"], "rtt_us", "p99")
             self.verdict(f"req/resp p99 ≤ haproxy ({n} conn{'s' if n > 1 else ''})",
                          f"{fmt(pp and pp[0], 0)} vs {fmt(ph and ph[0], 0)} µs",
-                         None if not (pp and ph) else pp[0] <= ph[0], pp, ph)
+                         None if not (pp and ph) else pp[0] <= ph[0], pp, ph,
+                         ahead(rs, ("rtt_us", "p99"), False))
         for n in self.b.mem_conns:
             rs = res.get(f"memory{n}")
             v = get(rs["prism"], "rss_kib_per_conn") if rs else None
@@ -1271,11 +1294,14 @@ class Report:
         self.w("## Targets")
         self.w()
         self.w("Judged on the medians above" + (" (quick run: 1 round)" if self.b.quick else "")
-               + ". *min–max ranges overlap*: prism's and HAProxy's spreads over the rounds "
-               "overlap, so another run on this shared machine may well give the other "
-               "verdict.")
+               + ". *prism ahead*: in how many rounds prism's value beat HAProxy's (each "
+               "round runs every target within a minute or so, so the pair shares the "
+               "machine's speed at that time). *min–max ranges overlap*: prism's and "
+               "HAProxy's spreads over the rounds overlap, so another run on this shared "
+               "machine may well give the other verdict.")
         self.w()
-        self.table(["target", "measured", "verdict", "note"], [list(v) for v in self.verdicts])
+        self.table(["target", "measured", "verdict", "prism ahead", "note"],
+                   [list(v) for v in self.verdicts])
 
     def commands(self):
         b = self.b

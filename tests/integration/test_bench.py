@@ -80,6 +80,28 @@ def test_quick_run_reports_every_scenario(quick_run):
     assert re.search(r"^apps=100000 ns_per_lookup=\S+", text, re.M)
 
 
+def test_targets_count_the_rounds_prism_won(quick_run):
+    """The Targets table says, per prism-vs-HAProxy target, in how many
+    rounds prism's value was the better one (1 round in a quick run)."""
+    p, _, stderr, out, _, _ = quick_run
+    assert p.returncode == 0, stderr[-3000:]
+    text = out.read_text()
+    assert "| target | measured | verdict | prism ahead | note |" in text
+    for row in ("throughput 1 stream ≥ 1.0× haproxy", "CPU/GB 4 streams < haproxy",
+                "conn/s ≥ 1.2× haproxy", "req/resp p99 ≤ haproxy (64 conns)"):
+        assert re.search(rf"^\| {re.escape(row)} \|[^|]*\|[^|]*\| [01] of 1 \|", text, re.M), row
+
+
+def test_rounds_won_pairs_values_of_the_same_round():
+    """ahead() compares prism and HAProxy round by round, whichever way
+    is better, and leaves out rounds where either has no value."""
+    rs = {"prism": [{"v": 10}, {"v": 5}, {"v": 7}, {"v": None}],
+          "haproxy": [{"v": 9}, {"v": 6}, {"v": 1}, {"v": 3}]}
+    assert bench_run.ahead(rs, ("v",), True) == "2 of 3"
+    assert bench_run.ahead(rs, ("v",), False) == "1 of 3"
+    assert bench_run.ahead({"prism": [], "haproxy": []}, ("v",), True) == ""
+
+
 def test_every_namespace_gets_the_congestion_control(quick_run):
     """The harness sets one algorithm (cubic by default) in all four
     namespaces, says so in the machine table, and lists the commands."""
