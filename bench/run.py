@@ -284,6 +284,7 @@ class Bench:
         self.mem_conns = (1000, 9000)
         self.mem_rounds = 1 if q else 3
         self.cc = getattr(args, "cc", DEFAULT_CC)
+        self.pin = getattr(args, "pin", False)
         self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
         self.cc_allowed_was = None  # the host's list, when set_cc widened it
 
@@ -592,20 +593,31 @@ backend be_iperf
 
     # -- scenario 1: bulk ------------------------------------------------------
 
+    def pin_to(self, p, cpu):
+        """With --pin, moves every thread of <p> (a Proc; None: nothing) to
+        CPU <cpu>."""
+        if self.pin and p is not None:
+            self.note_cmd(["taskset", "-a", "-p", "-c", str(cpu), f"<pid of {p.name}>"])
+            self.sh(["taskset", "-a", "-p", "-c", str(cpu), str(p.pid)])
+
     def sc_bulk(self):
         srv = self.spawn("o", ["iperf3", "-s", "-B", ORIGIN4, "-p", str(IPERF_PORT),
                                "--forceflush"], "iperf3-s")
         srv.wait_log(r"Server listening", 10, stream="out")
         try:
+            self.pin_to(srv, 1)
             for streams in (1, 4):
                 def one(target, _r, streams=streams):
                     p = self.start_target(target)
                     try:
+                        self.pin_to(p, 1)
                         c0 = cpu_s(p.pid) if p else None
                         m0 = machine_cpu()
                         addr, port = self.dest(target, "iperf")
                         argv = self.nsx("c", ["iperf3", "-c", addr, "-p", port, "-t",
                                               str(self.t_bulk), "-P", str(streams), "-J"])
+                        if self.pin:
+                            argv = ["taskset", "-c", "0"] + argv
                         j = None
                         for _attempt in range(3):  # "server busy" right after a test
                             cp = self.sh(argv, timeout=self.t_bulk + 30, check=False, note=True)
@@ -1033,6 +1045,10 @@ class Report:
                        "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism), "
                        "each round starting one target later"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
+            ["bulk placement", "pinned (`--pin`): the iperf3 client on CPU 0, the iperf3 "
+             "server and every thread of the proxy on CPU 1" if b.pin else
+             "left to the scheduler (`--pin` puts the iperf3 client on CPU 0, and the "
+             "iperf3 server and the proxy on CPU 1)"],
             ["TCP congestion control", (f"{b.cc_system} (the host's default; `--cc system`)"
                                         if b.cc == "system" else
                                         f"{b.cc} in every namespace (`--cc`; the host's "
@@ -1361,11 +1377,16 @@ def main():
     ap.add_argument("--cc", default=DEFAULT_CC,
                     help=f"TCP congestion control in every namespace (default {DEFAULT_CC}, "
                     "Debian's default; 'system' keeps the host's)")
+    ap.add_argument("--pin", action="store_true",
+                    help="bulk: run the iperf3 client on CPU 0, and the iperf3 server and the "
+                    "proxy on CPU 1, instead of leaving the four busy threads to the scheduler")
     ap.add_argument("--haproxy-splice", choices=("force", "auto"), default="force",
                     help="HAProxy splice options (default force: splice-request/response)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, nftables)")
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        sys.exit("bench: --pin needs CPUs 0 and 1")
     # Explicitly, also SIGINT: a shell starting us in the background (`&`)
     # leaves SIGINT ignored, and Python then installs no handler of its own.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -131,6 +131,22 @@ def test_host_left_as_found(quick_run):
     assert not re.search(rf"\bpbn{p.pid}[ceon]\b", names), names
 
 
+def test_pinned_bulk_run(tmp_path):
+    """--pin puts the iperf3 client on CPU 0 and the iperf3 server and the
+    proxy on CPU 1, lists the taskset commands and says so in the report."""
+    p, _, stderr, out, js, allowed = run_harness(tmp_path, "--only", "bulk", "--pin")
+    assert p.returncode == 0, stderr[-3000:]
+    res = json.loads(js.read_text())["results"]
+    for target in ("direct", "haproxy", "prism"):
+        assert res["bulk4"][target][0]["gbps"] > 0, target
+    text = out.read_text()
+    assert re.search(r"^\| bulk placement \| pinned \(`--pin`\)", text, re.M)
+    assert re.search(r"^taskset -c 0 ip netns exec \$CLIENT iperf3 -c ", text, re.M)
+    for name in ("iperf3-s", "haproxy", "prism"):
+        assert f"taskset -a -p -c 1 '<pid of {name}>'" in text, name
+    assert read(ALLOWED) == allowed
+
+
 def test_unknown_congestion_control_is_refused(tmp_path):
     p, _, stderr, out, _, allowed = run_harness(tmp_path, "--cc", "no-such-cc")
     assert p.returncode != 0
