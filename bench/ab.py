@@ -8,7 +8,9 @@ Each BUILD is a build directory holding `prism`; the first one's `loadgen`
 drives the load. Prints one line per round and the medians per target:
 conn/s, the proxy's CPU µs per connection, packets per connection (edge
 veths), the machine's busy µs per connection (/proc/stat), the origin
-process's CPU µs per connection and the p99 connection latency. This is how
+process's CPU µs per connection and the p99 connection latency, and for
+each build the rounds in which its conn/s beat HAProxy's (or, with
+--no-haproxy, the first build's). This is how
 the A/B figures in docs/benchmarks.md's notes were taken; `make bench`
 reports the same readings for the committed build.
 """
@@ -83,6 +85,10 @@ def main():
               f"machine {med('machine_us_per_conn'):.0f} µs/conn, origin "
               f"{med('origin_us_per_conn'):.1f} µs/conn, idle {med('machine_idle'):.2f}, "
               f"p99 {med('lat_us', 'p99'):.0f} µs")
+    ref = targets[0]
+    for t in targets[1:]:
+        won = R.ahead(res, ("conn_per_s",), True, a=t, b=ref)
+        print(f"{t}: more conn/s than {ref} in {won or '0 of 0'} rounds")
 
 
 if __name__ == "__main__":

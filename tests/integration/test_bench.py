@@ -147,6 +147,25 @@ def test_pinned_bulk_run(tmp_path):
     assert read(ALLOWED) == allowed
 
 
+def test_ab_rounds(tmp_path):
+    """bench/ab.py, the A/B tool of docs/benchmarks.md's notes: two builds
+    in alternating rounds of the rate scenario, one line per round, the
+    medians, and the rounds each build won against the first."""
+    other = tmp_path / "other-build"  # the same build under a second name
+    other.symlink_to(BUILD.resolve())
+    argv = ["/usr/bin/python3", str(REPO / "bench" / "ab.py"), "--rounds", "2", "--duration",
+            "1", "--no-haproxy", str(BUILD), str(other)]
+    allowed = read(ALLOWED)
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    lines = cp.stdout.splitlines()
+    assert sum(1 for x in lines if re.search(r" round [01]: \d+ conn/s, proxy ", x)) == 4, lines
+    assert sum(1 for x in lines if re.search(r": median \d+ conn/s, ", x)) == 2, lines
+    assert any(re.search(rf"^{re.escape(str(other))}: more conn/s than \S+ in [0-2] of 2 rounds$",
+                         x) for x in lines), lines
+    assert read(ALLOWED) == allowed
+
+
 def test_unknown_congestion_control_is_refused(tmp_path):
     p, _, stderr, out, _, allowed = run_harness(tmp_path, "--cc", "no-such-cc")
     assert p.returncode != 0
