@@ -352,19 +352,17 @@ static struct worker *balance_target(struct worker *w, const struct io *lis)
 		t = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
 	other = load_of(t);
 	mine = load_of(w);
-	if (HANDOFF_SLACK(other) == 0) {
-		/* Small counts: exact, and at equal counts alternate. Without
-		 * that, a connection that stays idle (iperf3's control
-		 * connection, FTP's) and the busy ones after it split 1+1/3 as
-		 * often as 1+2/2.
-		 */
-		if (mine > other ||
-		    (mine == other && __atomic_load_n(&last_taker, __ATOMIC_RELAXED) == w->id))
-			w = t;
-		__atomic_store_n(&last_taker, w->id, __ATOMIC_RELAXED);
-		return w;
-	}
-	return mine > other + HANDOFF_SLACK(other) ? t : w;
+	if (HANDOFF_SLACK(other) > 0)
+		return mine > other + HANDOFF_SLACK(other) ? t : w;
+	/* Small counts: exact, and at equal counts alternate. Without that, a
+	 * connection that stays idle (iperf3's control connection, FTP's) and
+	 * the busy ones after it split 1+1/3 as often as 1+2/2.
+	 */
+	if (mine > other ||
+	    (mine == other && __atomic_load_n(&last_taker, __ATOMIC_RELAXED) == w->id))
+		w = t;
+	__atomic_store_n(&last_taker, w->id, __ATOMIC_RELAXED);
+	return w;
 }
 
 /* Queues accepted socket <fd> for worker <t> and wakes it if its queue was

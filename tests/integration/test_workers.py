@@ -100,6 +100,13 @@ def _worker_sets(prism):
     return workers, top
 
 
+def _per_worker(prism, workers, top):
+    """Connections each worker serves: a relayed connection has its client
+    and origin socket in the set of the worker that serves it."""
+    sizes = _epoll_sizes(prism.pid)
+    return [(sizes[fd] - top) // 2 for fd in workers]
+
+
 def test_burst_spreads_over_workers_while_one_is_held_up(topo):
     t = topo
     ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
@@ -113,11 +120,8 @@ def test_burst_spreads_over_workers_while_one_is_held_up(topo):
         s.sendall(b"%03d" % i)
     for i, s in enumerate(socks):
         assert peers.recv_exact(s, 3) == b"%03d" % i
-    sizes = _epoll_sizes(prism.pid)
-    # Each relayed connection has its client and origin socket in the set
-    # of the worker that serves it.
-    per_worker = sorted((sizes[fd] - top) // 2 for fd in workers)
-    assert sum(per_worker) == N, (per_worker, sizes)
+    per_worker = sorted(_per_worker(prism, workers, top))
+    assert sum(per_worker) == N, per_worker
     # worker0 kept only its fair part and handed worker1 the rest: not all
     # 60 (as before balancing), nor a split the hash alone would give
     # only once in 10^5 bursts.
@@ -145,8 +149,7 @@ def test_few_long_connections_alternate_between_workers(topo):
         socks.append(s)
         s.sendall(b"%03d" % i)
         assert peers.recv_exact(s, 3) == b"%03d" % i
-        sizes = _epoll_sizes(prism.pid)
-        splits.append([(sizes[fd] - top) // 2 for fd in workers])
+        splits.append(_per_worker(prism, workers, top))
     assert all(sum(sp) == n + 1 for n, sp in enumerate(splits)), splits
     assert all(abs(a - b) <= 1 for a, b in splits), f"connections per worker: {splits}"
     took = [0 if sp[0] > prev[0] else 1 for prev, sp in zip([[0, 0]] + splits, splits)]
