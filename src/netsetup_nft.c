@@ -7,7 +7,9 @@
  *   guard       ban -> ICMP errors and ND accepted -> non-TCP unserved ->
  *               per-app deny / allow -> global deny / allow (skipping the
  *               points of apps with lists of their own) -> SYN meter ->
- *               claims: tproxy, accept -> the host's own sockets accept ->
+ *               prism's own connections accept (no SYN, a transparent
+ *               socket) -> claims: tproxy, accept -> the host's own
+ *               sockets accept ->
  *               unserved (drop, or RST with protection.unserved: reject)
  * Every drop counts in a named counter (banned, app_denied,
  * app_not_allowed, denied, not_allowed, syn_flood, unserved). A rule runs
@@ -581,6 +583,21 @@ static void print_guard_tail(FILE *f, const struct cfg *cfg)
 
 	inet_ntop(AF_INET, &cfg->listen4.sin_addr, a4, sizeof(a4));
 	inet_ntop(AF_INET6, &cfg->listen6.sin6_addr, a6, sizeof(a6));
+	/* A packet of a connection prism already holds (any but a SYN, to
+	 * a transparent socket: accepted, half-open or in TIME_WAIT) needs
+	 * no tproxy: the AnyIP route makes its address local and the
+	 * stack's early demux finds the socket, with its cached route. One
+	 * socket lookup here replaces the claims set lookup, the one tproxy
+	 * makes and a route lookup per packet: in 4-stream bulk runs the
+	 * netfilter, input route and socket lookup functions fell from about
+	 * 5.4% of all CPU samples to 3.7% (docs/benchmarks.md). A SYN still
+	 * goes to tproxy, which alone knows to send one that meets a
+	 * TIME_WAIT socket to the listener; so does the ACK that ends a
+	 * handshake answered with a SYN cookie (no socket has its address
+	 * yet). And an established connection outlives its claim's
+	 * removal from the set instead of being dropped as unserved.
+	 */
+	fputs("\t\ttcp flags & syn == 0 socket transparent 1 accept\n", f);
 	/* tproxy needs an explicit "meta l4proto tcp" in family inet, and
 	 * is not a verdict by itself: accept ends the walk.
 	 */

@@ -330,6 +330,7 @@ def test_guard_loads_every_protection(ns, tmp_path):
              r'counter name "syn_flood" drop',
              r'update @synrate6 \{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over '
              r'50/second',
+             r'tcp flags ! syn socket transparent 1 accept',
              r'ip daddr \. tcp dport @claims4 tproxy ip to 127\.0\.0\.1:15001 accept',
              r'ip6 daddr \. tcp dport @claims6 tproxy ip6 to \[::1\]:15001 accept',
              r'socket transparent 0 accept',

@@ -390,3 +390,57 @@ def test_origin_reply_in_pieces_without_delay(topo):
     first piece ACKed at once rather than after 40 ms (0.8 s in all)."""
     took = _twenty_exchanges(topo, client_first=True)
     assert took < 0.6, f"20 exchanges with a reply in two pieces took {took:.2f} s"
+
+
+# --- the guard chain's path for established connections -------------------------
+
+CFG_CLAIMS = """\
+listen: {workers: 1}
+protection: {unserved: reject}
+apps:
+  - name: four
+    edge: 192.0.2.0/25
+    ports: 7000
+    origins: 198.51.100.10:7000
+  - name: six
+    edge: 2001:db8::/64
+    ports: 7000
+    origins: "[2001:db8:1::10]:7000"
+"""
+
+
+def test_established_connections_pass_without_their_claim(topo):
+    """A packet of a connection prism holds (not a SYN, to a transparent
+    socket) is accepted by the guard chain before the claims set and tproxy:
+    the AnyIP route and the stack's own socket lookup deliver it. With the
+    claims sets flushed under two open connections (IPv4 and IPv6), new
+    connections are unserved (reset, with `unserved: reject`), while the
+    open ones go on relaying both ways. Without that rule their packets
+    would miss the claims too and be reset as unserved."""
+    t = topo
+    prism = t.start_prism(CFG_CLAIMS)
+    held = []
+    for edge, origin, other in (("192.0.2.10", ORIGIN4, "192.0.2.11"),
+                                ("2001:db8::10", nstopo.ORIGIN6, "2001:db8::11")):
+        ls = peers.Listener(t.o, origin, 7000)
+        t.on_teardown(ls.close)
+        c = peers.connect(t.c, edge, 7000, timeout=5)
+        o = ls.accept(timeout=5)
+        c.sendall(b"before")
+        assert peers.recv_exact(o, 6) == b"before"
+        held.append((other, c, o))
+    for s in ("claims4", "claims6"):
+        nstopo.run(nstopo.ns_exec(t.e, ["nft", "flush", "set", "inet", "prism", s]))
+    for other, c, o in held:
+        _, what, _ = peers.open_outcome(t.c, other, 7000, timeout=5)
+        assert what == "refused", (other, what)
+        c.sendall(b"after the flush")
+        assert peers.recv_exact(o, 15) == b"after the flush"
+        o.sendall(b"reply")
+        assert peers.recv_exact(c, 5) == b"reply"
+        port = _client_port(c)
+        c.close()
+        assert peers.outcome(o, 5) == "eof"
+        o.close()
+        d = prism.access_for(port)
+        assert (int(d["c2o"]), int(d["o2c"])) == (21, 5), d
