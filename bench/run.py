@@ -22,6 +22,7 @@ namespaces are deleted on every exit path (Ctrl-C and SIGTERM included).
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import re
@@ -55,6 +56,8 @@ SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt")
 # Debian's (and Linux's) default. Some hosts default to BBR; without the fq
 # qdisc BBR paces with a timer per socket, and bulk runs then measure that.
 DEFAULT_CC = "cubic"
+# The host's tcp_allowed_congestion_control from before a run (pid) widened it.
+CC_STATE = "/run/prism-bench-cc.{pid}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -334,12 +337,23 @@ class Bench:
 
     def reap_stale(self):
         """Deletes namespaces left by an earlier run of this harness that was
-        SIGKILLed (its pid is gone); nobody else uses the pbn<pid> names."""
+        SIGKILLed (its pid is gone); nobody else uses the pbn<pid> names.
+        Puts back the host's tcp_allowed_congestion_control such a run
+        widened (set_cc keeps the list it found in CC_STATE)."""
         cp = self.sh(["ip", "netns", "list"], check=False)
         for line in cp.stdout.splitlines():
             m = re.match(r"(pbn(\d+)[ceon])\b", line)
             if m and not os.path.exists(f"/proc/{m.group(2)}"):
                 self.sh(["ip", "netns", "del", m.group(1)], check=False)
+        for path in glob.glob(CC_STATE.format(pid="*")):
+            pid = path.rsplit(".", 1)[1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                with open(path) as f:
+                    was = f.read().strip()
+                if was:
+                    self.sh(["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={was}"],
+                            check=False)
+                os.unlink(path)
 
     def setup(self):
         c, e, o, nv = self.ns["c"], self.ns["e"], self.ns["o"], self.ns["n"]
@@ -391,8 +405,12 @@ class Bench:
         if self.cc not in allowed.split():
             argv = ["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={allowed} {self.cc}"]
             self.note_cmd(argv)
+            # Kept until teardown, for reap_stale should this run be killed.
+            with open(CC_STATE.format(pid=os.getpid()), "w") as f:
+                f.write(allowed + "\n")
             cp = self.sh(argv, check=False)
             if cp.returncode != 0:
+                os.unlink(CC_STATE.format(pid=os.getpid()))
                 raise RuntimeError(f"--cc {self.cc}: namespaces may not pick it and the host's "
                                    f"list could not be widened ({cp.stderr.strip()}); "
                                    "--cc system keeps the host's algorithm")
@@ -418,6 +436,11 @@ class Bench:
                          check=False)
             if cp.returncode != 0:
                 errors.append(f"tcp_allowed_congestion_control: {cp.stderr.strip()}")
+            else:
+                try:
+                    os.unlink(CC_STATE.format(pid=os.getpid()))
+                except FileNotFoundError:
+                    pass
         return errors
 
     # -- configs ----------------------------------------------------------
@@ -1331,7 +1354,9 @@ class Report:
                "client command alone; haproxy: `net up`, haproxy, client, `net down`; "
                "prism: `prism run`, client)."
                + (" The harness puts the host's `tcp_allowed_congestion_control` back as it "
-                  "found it when it is done." if b.cc_allowed_was is not None else ""))
+                  "found it when it is done (a run that was killed leaves the list it found in "
+                  "`/run/prism-bench-cc.PID`, and the next run puts that back)."
+                  if b.cc_allowed_was is not None else ""))
         self.w()
         for scen, cmds in b.commands.items():
             self.w(f"**{scen}**")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -172,3 +173,50 @@ def test_unknown_congestion_control_is_refused(tmp_path):
     assert "bench: --cc no-such-cc: not in this kernel (it has " in stderr
     assert not out.exists()
     assert read(ALLOWED) == allowed
+
+
+def test_killed_run_is_undone_by_the_next(tmp_path):
+    """A run killed with SIGKILL cannot put back the congestion-control
+    list it widened, nor delete its namespaces: the next run does both
+    (reap_stale, from the list the killed run kept in CC_STATE). The host's
+    list is narrowed first so that the run has to widen it."""
+    was = read(ALLOWED)
+    narrow = " ".join(a for a in was.split() if a != "cubic") or "reno"
+    with open(ALLOWED, "w") as f:
+        f.write(narrow)
+    argv = ["/usr/bin/python3", str(REPO / "bench" / "run.py"), "--quick", "--only", "rt",
+            "--build", str(BUILD), "--out", str(tmp_path / "b.md"),
+            "--json", str(tmp_path / "b.json")]
+    killed = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = bench_run.CC_STATE.format(pid=killed.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while "cubic" not in read(ALLOWED).split():
+            assert killed.poll() is None, "the run ended before widening the list"
+            assert time.monotonic() < deadline, "the run never widened the list"
+            time.sleep(0.05)
+        killed.kill()
+        killed.wait(10)
+        assert read(ALLOWED).split() == narrow.split() + ["cubic"]
+        assert read(state) == narrow
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert re.search(rf"\bpbn{killed.pid}[ceon]\b", names), names
+
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert read(ALLOWED) == narrow
+        assert not os.path.exists(state)
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not re.search(rf"\bpbn{killed.pid}[ceon]\b", names), names
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait(10)
+        for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                   text=True).stdout.splitlines():
+            if re.match(rf"pbn{killed.pid}[ceon]\b", line):
+                subprocess.run(["ip", "netns", "del", line.split()[0]])
+        if os.path.exists(state):
+            os.unlink(state)
+        with open(ALLOWED, "w") as f:
+            f.write(was)
