@@ -78,7 +78,10 @@ def test_quick_run_reports_every_scenario(quick_run):
                   "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## Targets",
                   "## Exact commands"):
         assert title in text, title
-    assert re.search(r"^apps=100000 ns_per_lookup=\S+", text, re.M)
+    assert re.search(r"^apps=100000 ns_per_lookup=\S+ median=\S+ chained_ns=\S+", text, re.M)
+    # The chained (one lookup on its own) figure is reported, not judged.
+    assert re.search(r"^\| \(for reference, no target\) one lookup on its own \(chained_ns\), "
+                     r"10 → 100k apps \| [\d.]+ → [\d.]+ ns \([\d.]+×\) \| n/a \|", text, re.M)
 
 
 def test_targets_count_the_rounds_prism_won(quick_run):
