@@ -337,13 +337,20 @@ class Bench:
 
     def reap_stale(self):
         """Deletes namespaces left by an earlier run of this harness that was
-        SIGKILLed (its pid is gone); nobody else uses the pbn<pid> names.
-        Puts back the host's tcp_allowed_congestion_control such a run
-        widened (set_cc keeps the list it found in CC_STATE)."""
+        SIGKILLed (its pid is gone), after stopping what that run started in
+        them (its origin, servers, proxies outlive it); nobody else uses the
+        pbn<pid> names. Puts back the host's tcp_allowed_congestion_control
+        such a run widened (set_cc keeps the list it found in CC_STATE)."""
         cp = self.sh(["ip", "netns", "list"], check=False)
         for line in cp.stdout.splitlines():
             m = re.match(r"(pbn(\d+)[ceon])\b", line)
             if m and not os.path.exists(f"/proc/{m.group(2)}"):
+                pids = self.sh(["ip", "netns", "pids", m.group(1)], check=False).stdout.split()
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 self.sh(["ip", "netns", "del", m.group(1)], check=False)
         for path in glob.glob(CC_STATE.format(pid="*")):
             pid = path.rsplit(".", 1)[1]

@@ -178,11 +178,40 @@ def test_unknown_congestion_control_is_refused(tmp_path):
     assert read(ALLOWED) == allowed
 
 
+def children(pid):
+    """Pids of the processes whose parent is <pid>."""
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def cmdline(pid):
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def gone(pid):
+    """True once <pid> has exited (a zombie counts as exited)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_killed_run_is_undone_by_the_next(tmp_path):
     """A run killed with SIGKILL cannot put back the congestion-control
-    list it widened, nor delete its namespaces: the next run does both
-    (reap_stale, from the list the killed run kept in CC_STATE). The host's
-    list is narrowed first so that the run has to widen it."""
+    list it widened, delete its namespaces or stop the origin server it
+    started: the next run does all three (reap_stale, from the list the
+    killed run kept in CC_STATE). The host's list is narrowed first so
+    that the run has to widen it."""
     was = read(ALLOWED)
     narrow = " ".join(a for a in was.split() if a != "cubic") or "reno"
     with open(ALLOWED, "w") as f:
@@ -190,20 +219,27 @@ def test_killed_run_is_undone_by_the_next(tmp_path):
     argv = ["/usr/bin/python3", str(REPO / "bench" / "run.py"), "--quick", "--only", "rt",
             "--build", str(BUILD), "--out", str(tmp_path / "b.md"),
             "--json", str(tmp_path / "b.json")]
-    killed = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = tmp_path / "killed.err"
+    with open(err, "w") as f:
+        killed = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
     state = bench_run.CC_STATE.format(pid=killed.pid)
+    orphans = []
     try:
+        # The list is widened at setup, before the origin server starts.
         deadline = time.monotonic() + 60
-        while "cubic" not in read(ALLOWED).split():
-            assert killed.poll() is None, "the run ended before widening the list"
-            assert time.monotonic() < deadline, "the run never widened the list"
+        while not ("cubic" in read(ALLOWED).split() and orphans):
+            assert killed.poll() is None, ("the run ended before it was set up: exit "
+                                           f"{killed.returncode}: {err.read_text()[-2000:]}")
+            assert time.monotonic() < deadline, "the run never widened the list or started"
             time.sleep(0.05)
+            orphans = [c for c in children(killed.pid) if "loadgen" in cmdline(c)]
         killed.kill()
         killed.wait(10)
         assert read(ALLOWED).split() == narrow.split() + ["cubic"]
         assert read(state) == narrow
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert re.search(rf"\bpbn{killed.pid}[ceon]\b", names), names
+        assert not any(gone(o) for o in orphans), orphans
 
         p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -211,10 +247,14 @@ def test_killed_run_is_undone_by_the_next(tmp_path):
         assert not os.path.exists(state)
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert not re.search(rf"\bpbn{killed.pid}[ceon]\b", names), names
+        assert all(gone(o) for o in orphans), orphans
     finally:
         if killed.poll() is None:
             killed.kill()
             killed.wait(10)
+        for o in orphans:
+            if not gone(o):
+                os.kill(o, signal.SIGKILL)
         for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                    text=True).stdout.splitlines():
             if re.match(rf"pbn{killed.pid}[ceon]\b", line):
