@@ -1,8 +1,10 @@
 #!/usr/bin/python3
-"""ab.py - A/B rounds of the rate scenario: several prism builds (and
-HAProxy) in alternating rounds, in bench/run.py's topology.
+"""ab.py - A/B rounds of the rate scenario (or, with --bulk, of the bulk
+one): several prism builds (and HAProxy) in alternating rounds, in
+bench/run.py's topology.
 
-  bench/ab.py [--rounds N] [--duration S] [--no-haproxy] [--cc CC] BUILD [BUILD ...]
+  bench/ab.py [--rounds N] [--duration S] [--no-haproxy] [--cc CC] [--bulk STREAMS]
+              BUILD [BUILD ...]
 
 Each BUILD is a build directory holding `prism`; the first one's `loadgen`
 drives the load. Prints one line per round and the medians per target:
@@ -10,9 +12,11 @@ conn/s, the proxy's CPU µs per connection, packets per connection (edge
 veths), the machine's busy µs per connection (/proc/stat), the origin
 process's CPU µs per connection and the p99 connection latency, and for
 each build the rounds in which its conn/s beat HAProxy's (or, with
---no-haproxy, the first build's). This is how
-the A/B figures in docs/benchmarks.md's notes were taken; `make bench`
-reports the same readings for the committed build.
+--no-haproxy, the first build's). With --bulk, iperf3 with STREAMS streams
+instead: Gbit/s, the proxy's and the machine's CPU seconds per GB, and the
+rounds won on Gbit/s. This is how the A/B figures in docs/benchmarks.md's
+notes were taken; `make bench` reports the same readings for the committed
+build.
 """
 import argparse
 import os
@@ -29,20 +33,22 @@ def main():
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--cc", default=R.DEFAULT_CC, help="TCP congestion control (as run.py)")
+    ap.add_argument("--bulk", type=int, default=0, metavar="STREAMS",
+                    help="iperf3 with this many streams instead of the rate scenario")
     ap.add_argument("builds", nargs="+")
     a = ap.parse_args()
     builds = [os.path.abspath(b) for b in a.builds]
     args = argparse.Namespace(quick=False, rounds=a.rounds, build=builds[0],
                               haproxy_splice="force", cc=a.cc)
     b = R.Bench(args)
-    b.t_rate = a.duration
+    b.t_rate = b.t_bulk = a.duration
     targets = ([] if a.no_haproxy else ["haproxy"]) + builds
     res = {t: [] for t in targets}
     b.reap_stale()
     try:
         b.setup()
         b.write_configs()
-        org = b.start_origin()
+        org = b.start_iperf_server() if a.bulk else b.start_origin()
         for r in range(a.rounds):
             # Each round starts one target later, and each target starts
             # with no TIME_WAIT sockets left by the others (as run.py's
@@ -57,11 +63,15 @@ def main():
                 p = b.start_target(kind)
                 o0 = R.cpu_s(org.pid)
                 try:
-                    j = b.rate_once(kind, "prefix", p)
+                    j = b.bulk_once(kind, a.bulk, p) if a.bulk else b.rate_once(kind, "prefix", p)
                 finally:
                     b.stop_target(kind, p)
-                j["origin_us_per_conn"] = (R.cpu_s(org.pid) - o0) * 1e6 / j["conns"]
                 res[t].append(j)
+                if a.bulk:
+                    print(f"{t} round {r}: {j['gbps']:.2f} Gbit/s, proxy {j['cpu_s_per_gb']:.3f} "
+                          f"s/GB, machine {j['machine_s_per_gb']:.3f} s/GB", flush=True)
+                    continue
+                j["origin_us_per_conn"] = (R.cpu_s(org.pid) - o0) * 1e6 / j["conns"]
                 print(f"{t} round {r}: {j['conn_per_s']:.0f} conn/s, "
                       f"proxy {j['cpu_us_per_conn']:.1f} µs/conn, "
                       f"{j['packets_per_conn']:.2f} packets/conn, "
@@ -71,6 +81,9 @@ def main():
         errors = b.teardown()
         if errors:
             print("teardown: " + "; ".join(errors), file=sys.stderr)
+    if a.bulk:
+        report_bulk(res, targets)
+        return
     for t, js in res.items():
         def med(*path):
             vals = []
@@ -89,6 +102,18 @@ def main():
     for t in targets[1:]:
         won = R.ahead(res, ("conn_per_s",), True, a=t, b=ref)
         print(f"{t}: more conn/s than {ref} in {won or '0 of 0'} rounds")
+
+
+def report_bulk(res, targets):
+    for t, js in res.items():
+        def med(key):
+            return statistics.median(j[key] for j in js) if js else float("nan")
+        print(f"{t}: median {med('gbps'):.2f} Gbit/s, proxy {med('cpu_s_per_gb'):.3f} s/GB, "
+              f"machine {med('machine_s_per_gb'):.3f} s/GB")
+    ref = targets[0]
+    for t in targets[1:]:
+        won = R.ahead(res, ("gbps",), True, a=t, b=ref)
+        print(f"{t}: more Gbit/s than {ref} in {won or '0 of 0'} rounds")
 
 
 if __name__ == "__main__":

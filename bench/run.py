@@ -630,43 +630,52 @@ backend be_iperf
             self.note_cmd(["taskset", "-a", "-p", "-c", str(cpu), f"<pid of {p.name}>"])
             self.sh(["taskset", "-a", "-p", "-c", str(cpu), str(p.pid)])
 
-    def sc_bulk(self):
+    def start_iperf_server(self):
         srv = self.spawn("o", ["iperf3", "-s", "-B", ORIGIN4, "-p", str(IPERF_PORT),
                                "--forceflush"], "iperf3-s")
         srv.wait_log(r"Server listening", 10, stream="out")
+        self.pin_to(srv, 1)
+        return srv
+
+    def bulk_once(self, target, streams, p):
+        """One iperf3 run of <streams> streams to <target>, whose proxy is
+        the running Proc <p> (None for direct)."""
+        self.pin_to(p, 1)
+        c0 = cpu_s(p.pid) if p else None
+        m0 = machine_cpu()
+        addr, port = self.dest(target, "iperf")
+        argv = self.nsx("c", ["iperf3", "-c", addr, "-p", port, "-t", str(self.t_bulk),
+                              "-P", str(streams), "-J"])
+        if self.pin:
+            argv = ["taskset", "-c", "0"] + argv
+        j = None
+        for _attempt in range(3):  # "server busy" right after a test
+            cp = self.sh(argv, timeout=self.t_bulk + 30, check=False, note=True)
+            j = json.loads(cp.stdout) if cp.stdout.strip() else {}
+            if "error" not in j and cp.returncode == 0:
+                break
+            time.sleep(0.5)
+        if "error" in j or "end" not in j:
+            raise RuntimeError(f"iperf3: {j.get('error', cp.stderr)}")
+        c1 = cpu_s(p.pid) if p else None
+        m1 = machine_cpu()
+        rx = j["end"]["sum_received"]
+        gb = rx["bytes"] / 1e9
+        return {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx["bytes"],
+                "cpu_s": None if p is None else c1 - c0,
+                "cpu_s_per_gb": None if p is None else (c1 - c0) / gb,
+                "machine_s_per_gb": (m1[0] - m0[0]) / gb}
+
+    def sc_bulk(self):
+        srv = self.start_iperf_server()
         try:
-            self.pin_to(srv, 1)
             for streams in (1, 4):
                 def one(target, _r, streams=streams):
                     p = self.start_target(target)
                     try:
-                        self.pin_to(p, 1)
-                        c0 = cpu_s(p.pid) if p else None
-                        m0 = machine_cpu()
-                        addr, port = self.dest(target, "iperf")
-                        argv = self.nsx("c", ["iperf3", "-c", addr, "-p", port, "-t",
-                                              str(self.t_bulk), "-P", str(streams), "-J"])
-                        if self.pin:
-                            argv = ["taskset", "-c", "0"] + argv
-                        j = None
-                        for _attempt in range(3):  # "server busy" right after a test
-                            cp = self.sh(argv, timeout=self.t_bulk + 30, check=False, note=True)
-                            j = json.loads(cp.stdout) if cp.stdout.strip() else {}
-                            if "error" not in j and cp.returncode == 0:
-                                break
-                            time.sleep(0.5)
-                        if "error" in j or "end" not in j:
-                            raise RuntimeError(f"iperf3: {j.get('error', cp.stderr)}")
-                        c1 = cpu_s(p.pid) if p else None
-                        m1 = machine_cpu()
+                        return self.bulk_once(target, streams, p)
                     finally:
                         self.stop_target(target, p)
-                    rx = j["end"]["sum_received"]
-                    gb = rx["bytes"] / 1e9
-                    return {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx["bytes"],
-                            "cpu_s": None if p is None else c1 - c0,
-                            "cpu_s_per_gb": None if p is None else (c1 - c0) / gb,
-                            "machine_s_per_gb": (m1[0] - m0[0]) / gb}
                 self.res[f"bulk{streams}"] = self.rounds_of(one)
         finally:
             self.kill(srv)

@@ -170,6 +170,23 @@ def test_ab_rounds(tmp_path):
     assert read(ALLOWED) == allowed
 
 
+def test_ab_bulk_rounds(tmp_path):
+    """bench/ab.py --bulk: the same alternation with iperf3 instead of the
+    rate scenario, Gbit/s and CPU per GB per round and in the medians."""
+    other = tmp_path / "other-build"
+    other.symlink_to(BUILD.resolve())
+    argv = ["/usr/bin/python3", str(REPO / "bench" / "ab.py"), "--rounds", "2", "--duration",
+            "1", "--no-haproxy", "--bulk", "2", str(BUILD), str(other)]
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    lines = cp.stdout.splitlines()
+    rx = r" round [01]: [\d.]+ Gbit/s, proxy [\d.]+ s/GB, machine [\d.]+ s/GB$"
+    assert sum(1 for x in lines if re.search(rx, x)) == 4, lines
+    assert sum(1 for x in lines if re.search(r": median [\d.]+ Gbit/s, ", x)) == 2, lines
+    assert any(re.search(rf"^{re.escape(str(other))}: more Gbit/s than \S+ in [0-2] of 2 "
+                         r"rounds$", x) for x in lines), lines
+
+
 def test_unknown_congestion_control_is_refused(tmp_path):
     p, _, stderr, out, _, allowed = run_harness(tmp_path, "--cc", "no-such-cc")
     assert p.returncode != 0
