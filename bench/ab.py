@@ -61,7 +61,7 @@ def main():
                     b.prism = os.path.join(t, "prism")
                 b.flush_time_wait()
                 p = b.start_target(kind)
-                o0 = R.cpu_s(org.pid)
+                o0 = R.cpu_s(org.pid)  # the origin: loadgen, or iperf3 with --bulk
                 try:
                     j = b.bulk_once(kind, a.bulk, p) if a.bulk else b.rate_once(kind, "prefix", p)
                 finally:
@@ -98,10 +98,16 @@ def main():
               f"machine {med('machine_us_per_conn'):.0f} µs/conn, origin "
               f"{med('origin_us_per_conn'):.1f} µs/conn, idle {med('machine_idle'):.2f}, "
               f"p99 {med('lat_us', 'p99'):.0f} µs")
+    print_won(res, targets, "conn_per_s", "conn/s")
+
+
+def print_won(res, targets, key, unit):
+    """For each target after the first, the rounds in which its <key> beat
+    the first target's."""
     ref = targets[0]
     for t in targets[1:]:
-        won = R.ahead(res, ("conn_per_s",), True, a=t, b=ref)
-        print(f"{t}: more conn/s than {ref} in {won or '0 of 0'} rounds")
+        won = R.ahead(res, (key,), True, a=t, b=ref)
+        print(f"{t}: more {unit} than {ref} in {won or '0 of 0'} rounds")
 
 
 def report_bulk(res, targets):
@@ -110,10 +116,7 @@ def report_bulk(res, targets):
             return statistics.median(j[key] for j in js) if js else float("nan")
         print(f"{t}: median {med('gbps'):.2f} Gbit/s, proxy {med('cpu_s_per_gb'):.3f} s/GB, "
               f"machine {med('machine_s_per_gb'):.3f} s/GB")
-    ref = targets[0]
-    for t in targets[1:]:
-        won = R.ahead(res, ("gbps",), True, a=t, b=ref)
-        print(f"{t}: more Gbit/s than {ref} in {won or '0 of 0'} rounds")
+    print_won(res, targets, "gbps", "Gbit/s")
 
 
 if __name__ == "__main__":

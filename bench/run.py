@@ -290,6 +290,7 @@ class Bench:
         self.pin = getattr(args, "pin", False)
         self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
         self.cc_allowed_was = None  # the host's list, when set_cc widened it
+        self.cc_state = CC_STATE.format(pid=os.getpid())  # that list, for reap_stale
 
     # -- commands --------------------------------------------------------
 
@@ -413,11 +414,11 @@ class Bench:
             argv = ["sysctl", "-qw", f"net.ipv4.tcp_allowed_congestion_control={allowed} {self.cc}"]
             self.note_cmd(argv)
             # Kept until teardown, for reap_stale should this run be killed.
-            with open(CC_STATE.format(pid=os.getpid()), "w") as f:
+            with open(self.cc_state, "w") as f:
                 f.write(allowed + "\n")
             cp = self.sh(argv, check=False)
             if cp.returncode != 0:
-                os.unlink(CC_STATE.format(pid=os.getpid()))
+                os.unlink(self.cc_state)
                 raise RuntimeError(f"--cc {self.cc}: namespaces may not pick it and the host's "
                                    f"list could not be widened ({cp.stderr.strip()}); "
                                    "--cc system keeps the host's algorithm")
@@ -445,7 +446,7 @@ class Bench:
                 errors.append(f"tcp_allowed_congestion_control: {cp.stderr.strip()}")
             else:
                 try:
-                    os.unlink(CC_STATE.format(pid=os.getpid()))
+                    os.unlink(self.cc_state)
                 except FileNotFoundError:
                     pass
         return errors
