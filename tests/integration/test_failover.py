@@ -10,7 +10,10 @@ import re
 import threading
 import time
 
+import pytest
+
 import nstopo
+import peers
 from test_balance import (add_addrs, add_origin_addrs, down_rx, fetch_here, fetch_many,
                           host_of, ns_thread, start_tags, up_rx)
 
@@ -231,3 +234,49 @@ def test_retries_skip_tried_origins_in_large_sets(topo):
     assert n > 0, "no client's first choice was a refusing origin"
     # Each refusing origin is dialed at most once per connection.
     assert n <= 6 * len(clients)
+
+
+# An origin the edge has no route to (a typo, a withdrawn prefix): connect()
+# fails at once (ENETUNREACH) instead of timing out.
+UNROUTABLE = "198.18.255.1"
+UNROUTABLE_CFG = f"""\
+listen: {{workers: 1}}
+timeouts: {{connect: 10s, idle: 30s}}
+shutdown_grace: 500ms
+apps:
+  - name: typo
+    edge: 192.0.2.0/24
+    ports: 8000
+    balance: round_robin
+    retries: 1
+    passive: {{failures: 0}}
+    origins: ["{UNROUTABLE}:8000", "198.51.100.21:8000"]
+  - name: nowhere
+    edge: 192.0.2.0/24
+    ports: 8001
+    retries: 1
+    passive: {{failures: 0}}
+    origins: {UNROUTABLE}:8000
+"""
+
+
+def test_unroutable_origin(topo):
+    """Every connection to app typo succeeds through its routable origin,
+    whichever origin round robin tries first; a connection to app nowhere
+    is reset at once (as docs/config.md says), logged as origin_unreachable,
+    and prism serves on."""
+    t = topo
+    add_origin_addrs(t, [POOL[0]])
+    start_tags(t, [f"{POOL[0]}:8000"])
+    prism = t.start_prism(UNROUTABLE_CFG)
+    res = fetch_many(t.c, [("192.0.2.10", 8000, None)] * 6)
+    assert [host_of(tag) for tag, _, _ in res] == [POOL[0]] * 6, res
+
+    s = peers.connect(t.c, "192.0.2.10", 8001)
+    t.on_teardown(s.close)
+    s.settimeout(5)  # half the connect timeout: waiting for it fails here
+    with pytest.raises(ConnectionResetError):
+        s.recv(1)
+    d = prism.access_for(s.getsockname()[1])
+    assert d["app"] == "nowhere" and d["reason"] == "origin_unreachable", d
+    assert prism.alive()
