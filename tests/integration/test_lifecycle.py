@@ -133,6 +133,23 @@ def test_cli_exit_codes(prism_bin, netns, tmp_path):
     assert cp.returncode == 0 and "usage" in (cp.stdout + cp.stderr).lower()
     cp = nstopo.run([prism_bin, "no-such-command"], check=False)
     assert cp.returncode == 2, cp
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(_cfg("1s"))
+    # (argv, exit code, what stdout or stderr must say)
+    for argv, rc, says in [
+        (["--version"], 0, "prism "),
+        (["help"], 0, "prism ban list|add|del"),
+        (["help", "run"], 0, "usage: prism run"),
+        (["help", "nope"], 2, 'unknown command "nope"'),
+        (["run", "-x"], 2, "prism run: bad option -x"),
+        (["check", "-c", str(cfg), "extra"], 2, 'unexpected argument "extra"'),
+        (["ban", "-x"], 2, "prism ban: bad option -x"),
+        (["ban", "del", "-c", str(cfg)], 2, "usage: prism ban"),
+        (["ban", "add", "192.0.2.300", "-c", str(cfg)], 2, "192.0.2.300 is not an address"),
+        (["ban", "add", "192.0.2.3", "soon", "-c", str(cfg)], 2, "soon is not a duration"),
+    ]:
+        cp = nstopo.run([prism_bin, *argv], check=False)
+        assert cp.returncode == rc and says in cp.stdout + cp.stderr, (argv, cp)
     # In a namespace of its own, in case it got as far as network setup.
     ns = netns("x")
     cp = nstopo.run(nstopo.ns_exec(ns, [prism_bin, "run", "-c",
@@ -252,3 +269,35 @@ def test_stalled_log_reader_does_not_stop_traffic(topo):
     for d in prism.access:
         assert d.get("reason") == "client_closed" and d["c2o"] == d["o2c"] != "0", d
     assert prism.stop(timeout=10) == 0
+
+
+def test_sighup_ignored_second_sigterm_closes_now(topo):
+    """SIGHUP is logged and changes nothing; a second SIGTERM during the
+    shutdown grace closes the open connections at once (the grace here is
+    far longer than the test waits)."""
+    t = topo
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(_cfg("5m"))
+    c, o = _pair(t, ls)
+    t.on_teardown(c.close)
+    t.on_teardown(o.close)
+    prism.send_signal(signal.SIGHUP)
+    prism.wait_log(r"warn SIGHUP: configuration reload is not supported yet; ignored")
+    c.sendall(b"one")
+    assert peers.recv_exact(o, 3) == b"one"
+
+    prism.send_signal(signal.SIGTERM)
+    prism.wait_log(r"stopping: no new connections")
+    c.sendall(b"two")  # still relayed: the grace has minutes to run
+    assert peers.recv_exact(o, 3) == b"two"
+    port = c.getsockname()[1]
+
+    prism.send_signal(signal.SIGTERM)
+    prism.wait_log(r"again: closing all connections now")
+    assert peers.outcome(c, 5) in ("eof", "reset")
+    assert peers.outcome(o, 5) in ("eof", "reset")
+    assert prism.wait(5) == 0, prism.dump()
+    d = prism.access_for(port)
+    assert d["reason"] == "shutdown" and int(d["c2o"]) == 6, d
+    assert not _net_installed(t)
