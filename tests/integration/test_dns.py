@@ -1,7 +1,8 @@
 """test_dns.py - an origin given by host name: resolved at load through the
 edge namespace's /etc/hosts (ip netns exec bind-mounts /etc/netns/NS/hosts
 over it), and re-resolved in the background every dns.refresh, so new
-connections follow the name to its new address."""
+connections follow the name to its new address. A name that stops
+resolving keeps its addresses; one that gains an address adds it."""
 
 import os
 import shutil
@@ -89,3 +90,23 @@ def test_dns_origin_follows_the_name(topo):
     assert moved_at - t_change < 1.5, moved_at - t_change
     got = _round(t, 10, 100)
     assert set(got) == {NEW}, got
+
+    # The name stops resolving (same length again): its address is kept.
+    mark = len(prism.err)
+    gone_text = new_text.replace("origin-c.test", "origin-x.test")
+    with open(hosts, "r+") as f:
+        f.write(gone_text)
+    prism.wait_log(r"warn app named: cannot resolve origin origin-c\.test \(.*\); "
+                   r"keeping its 1 address\(es\)", start=mark)
+    got = _round(t, 10, 200)
+    assert set(got) == {NEW}, got
+
+    # It resolves to two addresses (a longer file, written in one piece
+    # over the shorter one): the one it had stays, the other joins.
+    mark = len(prism.err)
+    with open(hosts, "r+") as f:
+        f.write(new_text + _hosts_line(OLD))
+    prism.wait_log(r"info app named: origin origin-c\.test now resolves to "
+                   rf"({NEW}, {OLD}|{OLD}, {NEW}) \(had 1 address\(es\)\)", start=mark)
+    got = _round(t, 20, 300)
+    assert set(got) == {NEW, OLD}, got
