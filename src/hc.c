@@ -34,9 +34,8 @@
 #include "log.h"
 #include "timer.h"
 
-#define HC_MAX_INFLIGHT 256 /* checks connecting/talking at once */
-#define HC_EVENTS	64
-#define HC_SHOW_MAX	48 /* reply bytes quoted in a failure reason */
+#define HC_EVENTS   64
+#define HC_SHOW_MAX 48 /* reply bytes quoted in a failure reason */
 
 enum check_state {
 	CK_PENDING,    /* timer armed at its due time */

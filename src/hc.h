@@ -23,6 +23,9 @@
 struct cfg_app;
 struct hc;
 
+/* Active checks connecting or talking at once; the rest wait in a FIFO. */
+#define HC_MAX_INFLIGHT 256
+
 /* Starts the health-check thread over <n> apps' origin sets (borrowed; they
  * must outlive hc_stop). Apps without health_check are skipped. Returns 0 or
  * -errno; *out is NULL when no app has checks.

@@ -615,6 +615,65 @@ static void test_thread_send_expect(void **state)
 	free(log);
 }
 
+/* More origins than HC_MAX_INFLIGHT, each a silent listener's backlog
+ * (connect succeeds, no reply ever comes), and a timeout far longer than the
+ * interval that spreads the first checks: HC_MAX_INFLIGHT checks are in
+ * flight at once and never more; the rest wait, and each runs once a slot
+ * frees, so every origin is found down.
+ */
+static void test_thread_inflight_bound(void **state)
+{
+	enum { N = HC_MAX_INFLIGHT + 44 };
+	struct cfg_health h = {.interval_ms = 100,
+			       .timeout_ms = 1500,
+			       .rise = 1,
+			       .fall = 1,
+			       .send = "PING\r\n",
+			       .send_len = 6,
+			       .expect = "+PONG",
+			       .expect_len = 5};
+	static struct sockaddr_storage addrs[N];
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	uint16_t port;
+	int lfd = listener(0, &port), base, most = 0;
+	uint64_t t0;
+	size_t down = 0;
+	char *log;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 4 * N), 0); /* never accepted: all wait here */
+	cap_begin();
+	base = open_fds();
+	fixture_init(&f, port, h);
+	/* One configured origin with N addresses, all 127.0.0.1: N origins. */
+	for (size_t i = 0; i < N; i++)
+		addrs[i] = f.addr;
+	f.co.addrs = addrs;
+	f.co.n_addrs = N;
+	app_origins_swap(&f.ao, origin_set_from_cfg(&f.app));
+	assert_int_equal(f.ao.set->n, N);
+
+	t0 = mono_ms();
+	while (down < N && mono_ms() - t0 < 20000) {
+		int n = open_fds() - base;
+
+		most = n > most ? n : most;
+		down = 0;
+		for (size_t i = 0; i < N; i++)
+			down += __atomic_load_n(&f.ao.set->v[i]->hc_fail, __ATOMIC_RELAXED) > 0;
+		usleep(1000);
+	}
+	fixture_deinit(&f);
+	close(lfd);
+	log = cap_end();
+	assert_int_equal(down, N);
+	/* The thread's own epoll and wake-up fds, then one per check. */
+	assert_true(most >= HC_MAX_INFLIGHT);
+	assert_true(most <= HC_MAX_INFLIGHT + 2);
+	assert_true(count(log, "is down") >= N);
+	free(log);
+}
+
 /* The thread re-reads the set every interval: a swapped-in origin gets
  * checked, the one swapped out is no longer touched.
  */
@@ -697,6 +756,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_connect, teardown),
 	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
+	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
