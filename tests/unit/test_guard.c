@@ -177,7 +177,7 @@ static int teardown(void **state)
 /* --- fixtures --- */
 
 static struct cfg cfg;
-static struct cfg_app apps[2];
+static struct cfg_app apps[4]; /* most tests use the first two */
 
 static void cfg_setup(void)
 {
@@ -444,6 +444,75 @@ static void test_ban(void **state)
 	guard_free(g);
 	capture_stop();
 	assert_int_equal(n_calls, 4);
+}
+
+/* Where <needle> was first logged, or -1. */
+static long captured_at(const char *needle)
+{
+	static char buf[1 << 16];
+	FILE *f = fopen(cap_path, "r");
+	const char *p;
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	p = strstr(buf, needle);
+	return p ? p - buf : -1;
+}
+
+/* Bans of different lengths end in the order of their expiry, not of
+ * their start: banned in the order a (600ms), b (200ms), c (300ms),
+ * d (400ms), so the expiry heap has to move entries both up (b past a,
+ * d past a) and down (a below c, then below d) as bans start and end.
+ */
+static void test_ban_expiry_order(void **state)
+{
+	static const char *const src[] = {"203.0.113.4", "203.0.113.2", "203.0.113.3",
+					  "203.0.113.5"};
+	static const uint32_t ms[] = {600, 200, 300, 400};
+	/* The unban lines, in the order expected. */
+	static const char *const unban[] = {
+	    "info source 203.0.113.2 unbanned (ban of 200ms expired)",
+	    "info source 203.0.113.3 unbanned (ban of 300ms expired)",
+	    "info source 203.0.113.5 unbanned (ban of 400ms expired)",
+	    "info source 203.0.113.4 unbanned (ban of 600ms expired)",
+	};
+	struct guard *g;
+	long at[4];
+
+	(void)state;
+	cfg_setup();
+	cfg.n_apps = 4; /* one ban length per app */
+	for (size_t i = 0; i < 4; i++) {
+		apps[i].name = i == 0 ? "web" : i == 1 ? "ssh" : i == 2 ? "db" : "mail";
+		apps[i].protection.max_conns_per_source = 1;
+		apps[i].protection.ban_after = 3;
+		apps[i].protection.ban_window_ms = 10000;
+		apps[i].protection.ban_duration_ms = ms[i];
+	}
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	for (size_t k = 0; k < 4; k++) {
+		struct in6_addr a = v4(src[k]);
+
+		assert_int_equal(guard_admit(g, (uint32_t)k, &a, 1000, NULL), GUARD_OK);
+		for (int i = 0; i < 3; i++)
+			assert_int_equal(guard_admit(g, (uint32_t)k, &a, 1000, NULL),
+					 GUARD_SOURCE_LIMIT);
+		/* One at a time, so that the heap gets them in this order. */
+		assert_int_equal(wait_calls((int)k + 1), (int)k + 1);
+	}
+	assert_true(captured_wait_n("unbanned (ban of", 4));
+	for (int k = 0; k < 4; k++)
+		at[k] = captured_at(unban[k]);
+	guard_free(g);
+	capture_stop();
+	assert_true(at[0] >= 0);
+	for (int k = 1; k < 4; k++)
+		assert_true(at[k] > at[k - 1]);
 }
 
 /* Failed bans are logged; with network.manage off, once. */
@@ -724,6 +793,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_shed, teardown),
 	    cmocka_unit_test_teardown(test_shed_is_no_violation, teardown),
 	    cmocka_unit_test_teardown(test_ban, teardown),
+	    cmocka_unit_test_teardown(test_ban_expiry_order, teardown),
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
