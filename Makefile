@@ -28,7 +28,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS     := $(wildcard src/*.h)
 
-.PHONY: all deps test unit demo fuzz asan format format-check \
+.PHONY: all deps test unit demo fuzz asan coverage format format-check \
         install clean help bench
 
 all: $(BUILD)/prism $(UNIT_BIN)
@@ -63,6 +63,14 @@ unit: all
 # The same tests against an ASan+UBSan build.
 asan: deps
 	$(MAKE) test BUILD=build-asan SANITIZE=1 OPT="-O1 -g"
+
+# Line coverage of src/ by the whole test suite (gcov, part of gcc): a
+# --coverage build in build-cov, the tests, then a table per source file;
+# build-cov/gcov/*.c.gcov mark the lines that never ran (#####).
+coverage: deps
+	rm -f build-cov/obj/*.gcda
+	$(MAKE) test BUILD=build-cov OPT="-O0 -g --coverage" LDFLAGS=--coverage
+	@sh scripts/coverage.sh build-cov
 
 demo: deps
 	$(MAKE) $(BUILD)/prism
@@ -114,12 +122,13 @@ install: $(BUILD)/prism
 	install -D -m 0755 $(BUILD)/prism $(DESTDIR)$(PREFIX)/sbin/prism
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-cov
 
 help:
 	@echo "make demo      install deps, build, run prism in namespaces (DEMO_SECONDS=N)"
 	@echo "make test      install deps, build, run unit + integration tests"
 	@echo "make asan      the tests against an ASan+UBSan build"
+	@echo "make coverage  the tests on a --coverage build, then line coverage per source file"
 	@echo "make bench     benchmarks vs HAProxy and direct -> docs/benchmarks.md (BENCH_ARGS: --quick, --cc ALGO|system)"
 	@echo "make fuzz      run the config-loader and PROXY-parser fuzzers (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 	@echo "make install   install build/prism to $(PREFIX)/sbin"
