@@ -482,6 +482,8 @@ enum resp_mode {
 	RESP_PONG,   /* "+PONG\r\n", in two writes */
 	RESP_ERR,    /* "-ERR nope\r\n" */
 	RESP_SILENT, /* reads, never answers, keeps the connection */
+	RESP_SHORT,  /* "+PO", then closes */
+	RESP_RESET,  /* reads, then resets the connection */
 };
 
 struct responder {
@@ -531,6 +533,13 @@ static void *responder_main(void *arg)
 		} else if (mode == RESP_ERR) {
 			if (write(c, "-ERR nope\r\n", 11) != 11)
 				break;
+		} else if (mode == RESP_SHORT) {
+			if (write(c, "+PO", 3) != 3)
+				break;
+		} else if (mode == RESP_RESET) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+			setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		} else if (n_held < 64) {
 			held[n_held++] = c;
 			continue;
@@ -597,6 +606,18 @@ static void test_thread_send_expect(void **state)
 	__atomic_store_n(&r.mode, RESP_PONG, __ATOMIC_RELAXED);
 	assert_true(wait_state(o, 1, 2, -1, 5000) >= 0);
 
+	/* The start of the reply, then the origin closes: down, quoting it. */
+	__atomic_store_n(&r.mode, RESP_SHORT, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
+	__atomic_store_n(&r.mode, RESP_PONG, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 1, 2, -1, 5000) >= 0);
+
+	/* A reset instead of a reply: down. */
+	__atomic_store_n(&r.mode, RESP_RESET, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
+	__atomic_store_n(&r.mode, RESP_PONG, __ATOMIC_RELAXED);
+	assert_true(wait_state(o, 1, 2, -1, 5000) >= 0);
+
 	/* No reply at all: the timeout fails it. */
 	__atomic_store_n(&r.mode, RESP_SILENT, __ATOMIC_RELAXED);
 	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
@@ -606,10 +627,13 @@ static void test_thread_send_expect(void **state)
 	responder_stop(&r);
 	log = cap_end();
 	assert_int_equal(open_fds(), fds);
-	assert_int_equal(count(log, "is down"), 2);
-	assert_int_equal(count(log, "is up"), 1);
+	assert_int_equal(count(log, "is down"), 4);
+	assert_int_equal(count(log, "is up"), 3);
 	assert_non_null(
 	    strstr(log, "is down: 2 failed checks (last: reply mismatch: got '-ERR ')"));
+	assert_non_null(strstr(log, "is down: 2 failed checks (last: closed by origin after 3 "
+				    "bytes of reply (got '+PO'))"));
+	assert_non_null(strstr(log, "is down: 2 failed checks (last: connection reset by origin)"));
 	assert_non_null(strstr(log, "is down: 2 failed checks (last: timeout after 300 ms waiting "
 				    "for the reply (0 of 5 bytes))"));
 	free(log);
