@@ -84,19 +84,22 @@ def stall_and_resume(p, sender, reader):
     return sent
 
 
-def test_backpressure_both_directions(topo):
+def both_ways(topo, edge, one_way):
+    """One connection through prism to an origin of the test's: runs
+    <one_way>(prism, sender, reader) client to origin, then origin to
+    client; then both halves must still close cleanly, and the access line
+    must count the bytes each call returned."""
     lis = peers.Listener(topo.o, nstopo.ORIGIN4, 7100)
     topo.on_teardown(lis.close)
     p = topo.start_prism(CFG)
-    cli = peers.connect(topo.c, "192.0.2.33", 7100)
+    cli = peers.connect(topo.c, edge, 7100)
     org = lis.accept()
     topo.on_teardown(cli.close)
     topo.on_teardown(org.close)
 
-    up = stall_and_resume(p, cli, org)  # origin does not read
-    down = stall_and_resume(p, org, cli)  # client does not read
+    up = one_way(p, cli, org)
+    down = one_way(p, org, cli)
 
-    # Still a healthy connection: both halves close cleanly.
     for s in (cli, org):
         s.settimeout(10)
     cli.shutdown(socket.SHUT_WR)
@@ -107,11 +110,15 @@ def test_backpressure_both_directions(topo):
     assert int(d["c2o"]) == up and int(d["o2c"]) == down, d
 
 
+def test_backpressure_both_directions(topo):
+    both_ways(topo, "192.0.2.33", stall_and_resume)
+
+
 CHUNK = 1000  # well under prism's 16 KiB scratch buffer: small-message mode
 NCHUNKS = 64  # several times what the shrunken buffers below hold
 
 
-def small_writes_to_stalled_reader(sender, reader):
+def small_writes_to_stalled_reader(p, sender, reader):
     """Sends NCHUNKS messages of CHUNK bytes, one by one, while <reader> does
     not read; then reads them all and returns the byte count."""
     sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -137,20 +144,4 @@ def test_small_messages_to_a_stalled_reader(topo):
     for ns, key in ((topo.e, "net.ipv4.tcp_wmem"), (topo.o, "net.ipv4.tcp_rmem"),
                     (topo.c, "net.ipv4.tcp_rmem")):
         nstopo.run(nstopo.ns_exec(ns, ["sysctl", "-qw", f"{key}=4096 4096 4096"]))
-    lis = peers.Listener(topo.o, nstopo.ORIGIN4, 7100)
-    topo.on_teardown(lis.close)
-    p = topo.start_prism(CFG)
-    cli = peers.connect(topo.c, "192.0.2.34", 7100)
-    org = lis.accept()
-    topo.on_teardown(cli.close)
-    topo.on_teardown(org.close)
-
-    up = small_writes_to_stalled_reader(cli, org)
-    down = small_writes_to_stalled_reader(org, cli)
-
-    cli.shutdown(socket.SHUT_WR)
-    assert peers.recv_all(org) == b""
-    org.shutdown(socket.SHUT_WR)
-    assert peers.recv_all(cli) == b""
-    d = p.access_for(cli.getsockname()[1])
-    assert int(d["c2o"]) == up and int(d["o2c"]) == down, d
+    both_ways(topo, "192.0.2.34", small_writes_to_stalled_reader)
