@@ -64,13 +64,18 @@ unit: all
 asan: deps
 	$(MAKE) test BUILD=build-asan SANITIZE=1 OPT="-O1 -g"
 
-# Line coverage of src/ by the whole test suite (gcov, part of gcc): a
-# --coverage build in build-cov, the tests, then a table per source file;
-# build-cov/gcov/*.c.gcov mark the lines that never ran (#####).
-coverage: deps
-	rm -f build-cov/obj/*.gcda
-	$(MAKE) test BUILD=build-cov OPT="-O0 -g --coverage" LDFLAGS=--coverage
-	@sh scripts/coverage.sh build-cov
+# Line coverage of src/ by the whole test suite: a --coverage build in
+# build-cov (atomic counters: prism is multi-threaded), the tests, then
+# gcovr's table per source file, with the lines that never ran, and the
+# same as annotated HTML in build-cov/coverage/.
+coverage:
+	@sh scripts/deps.sh gcovr
+	rm -rf build-cov # make does not track flags: build afresh, no old counts
+	$(MAKE) test BUILD=build-cov OPT="-O0 -g --coverage -fprofile-update=atomic" \
+	  LDFLAGS=--coverage
+	@mkdir -p build-cov/coverage
+	gcovr build-cov -r . --filter src/ \
+	  --html-details build-cov/coverage/index.html --txt
 
 demo: deps
 	$(MAKE) $(BUILD)/prism

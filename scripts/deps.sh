@@ -1,11 +1,12 @@
 #!/bin/sh
-# deps.sh - install the Debian packages prism needs to build, test and demo,
-# but only those that are missing, so a second run costs one dpkg query.
+# deps.sh [PKG...] - install the Debian packages prism needs to build, test
+# and demo, and any given as arguments (gcovr for `make coverage`), but only
+# those that are missing, so a second run costs one dpkg query.
 set -e
 PKGS="build-essential pkg-config clang clang-format libclang-rt-14-dev
 libyaml-dev libnftables-dev libmnl-dev libcap-dev libcmocka-dev
 nftables iproute2 python3 python3-pytest haproxy openssh-server openssh-client
-iperf3 procps redis-server hping3"
+iperf3 procps redis-server hping3 $*"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
