@@ -222,6 +222,17 @@ static struct in6_addr v6n(uint32_t i)
 
 /* --- tests --- */
 
+/* <n> admissions of <src> to app <app> at <now> pass; the next one gets
+ * <then>.
+ */
+static void admits(struct guard *g, uint32_t app, const struct in6_addr *src, uint64_t now, int n,
+		   enum guard_verdict then)
+{
+	for (int i = 0; i < n; i++)
+		assert_int_equal(guard_admit(g, app, src, now, NULL), GUARD_OK);
+	assert_int_equal(guard_admit(g, app, src, now, NULL), then);
+}
+
 static void test_concurrent(void **state)
 {
 	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2");
@@ -234,21 +245,16 @@ static void test_concurrent(void **state)
 	g = guard_new(&cfg);
 	assert_non_null(g);
 
-	assert_int_equal(guard_admit(g, 0, &a, 1000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 1000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 1000, NULL), GUARD_SOURCE_LIMIT);
+	admits(g, 0, &a, 1000, 2, GUARD_SOURCE_LIMIT);
 	assert_int_equal(guard_admit(g, 0, &b, 1000, NULL), GUARD_OK);
 	/* Per app: app 1 has no per-source limit. */
 	for (int i = 0; i < 10; i++)
 		assert_int_equal(guard_admit(g, 1, &a, 1000, NULL), GUARD_OK);
 	guard_release(g, 0, &a, true);
-	assert_int_equal(guard_admit(g, 0, &a, 1001, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 1001, NULL), GUARD_SOURCE_LIMIT);
+	admits(g, 0, &a, 1001, 1, GUARD_SOURCE_LIMIT);
 	guard_release(g, 0, &a, true);
 	guard_release(g, 0, &a, true);
-	assert_int_equal(guard_admit(g, 0, &a, 1002, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 1002, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 1002, NULL), GUARD_SOURCE_LIMIT);
+	admits(g, 0, &a, 1002, 2, GUARD_SOURCE_LIMIT);
 
 	guard_stats(g, &st);
 	assert_int_equal(st.source_limit, 3);
@@ -272,18 +278,13 @@ static void test_rate(void **state)
 	assert_non_null(g);
 
 	/* Burst of n, then empty. */
-	assert_int_equal(guard_admit(g, 0, &a, 10000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 10000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 10000, NULL), GUARD_RATE_LIMIT);
+	admits(g, 0, &a, 10000, 2, GUARD_RATE_LIMIT);
 	assert_int_equal(guard_admit(g, 0, &b, 10000, NULL), GUARD_OK);
 	/* 2/s refills one token in 500 ms, not earlier. */
 	assert_int_equal(guard_admit(g, 0, &a, 10499, NULL), GUARD_RATE_LIMIT);
-	assert_int_equal(guard_admit(g, 0, &a, 10500, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 10500, NULL), GUARD_RATE_LIMIT);
+	admits(g, 0, &a, 10500, 1, GUARD_RATE_LIMIT);
 	/* A long pause refills to the burst, no more. */
-	assert_int_equal(guard_admit(g, 0, &a, 60000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 60000, NULL), GUARD_OK);
-	assert_int_equal(guard_admit(g, 0, &a, 60000, NULL), GUARD_RATE_LIMIT);
+	admits(g, 0, &a, 60000, 2, GUARD_RATE_LIMIT);
 	/* Time going backwards (a caller's coarse clock) refills nothing. */
 	assert_int_equal(guard_admit(g, 0, &a, 59000, NULL), GUARD_RATE_LIMIT);
 	/* Releasing does not give tokens back. */
@@ -301,8 +302,7 @@ static void test_rate(void **state)
 	apps[0].protection.conn_rate_per_source = (struct cfg_rate){.n = 30, .per_ms = 60000};
 	g = guard_new(&cfg);
 	assert_non_null(g);
-	for (int i = 0; i < 30; i++)
-		assert_int_equal(guard_admit(g, 0, &a, 0, NULL), GUARD_OK);
+	admits(g, 0, &a, 0, 30, GUARD_RATE_LIMIT);
 	assert_int_equal(guard_admit(g, 0, &a, 1999, NULL), GUARD_RATE_LIMIT);
 	assert_int_equal(guard_admit(g, 0, &a, 2000, NULL), GUARD_OK);
 	guard_free(g);
