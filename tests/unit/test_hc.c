@@ -477,6 +477,36 @@ static void test_thread_connect(void **state)
 	free(log);
 }
 
+/* send without expect: the check passes once its payload is sent. */
+static void test_thread_send_only(void **state)
+{
+	struct cfg_health h = {.interval_ms = 50,
+			       .timeout_ms = 500,
+			       .rise = 1,
+			       .fall = 2,
+			       .send = "QUIT\r\n",
+			       .send_len = 6};
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	struct origin *o;
+	uint16_t port;
+	int fds = open_fds(), lfd = listener(0, &port);
+	char *log;
+
+	(void)state;
+	cap_begin();
+	fixture_init(&f, port, h);
+	o = first_origin(&f);
+	assert_true(wait_state(o, 1, 3, lfd, 5000) >= 0);
+	close(lfd);
+	assert_true(wait_state(o, 0, 2, -1, 5000) >= 0);
+	fixture_deinit(&f);
+	log = cap_end();
+	assert_int_equal(open_fds(), fds);
+	assert_int_equal(count(log, "is down: 2 failed checks (last: connect: Connection refused)"),
+			 1);
+	free(log);
+}
+
 /* A responder: reads the check's request, answers according to <mode>. */
 enum resp_mode {
 	RESP_PONG,   /* "+PONG\r\n", in two writes */
@@ -769,6 +799,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_passive_concurrent, teardown),
 	    cmocka_unit_test_teardown(test_thread_none, teardown),
 	    cmocka_unit_test_teardown(test_thread_connect, teardown),
+	    cmocka_unit_test_teardown(test_thread_send_only, teardown),
 	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
