@@ -1,8 +1,9 @@
 """test_lifecycle.py - how prism starts and stops: SIGTERM drains open
-connections (within shutdown_grace) and stops accepting, grace expiry closes
-the rest, the network setup is removed on exit; command-line exit codes;
-no file descriptor leaks after many connections; and a log reader that
-stops reading does not stop traffic."""
+connections (within shutdown_grace) and stops accepting, grace expiry or a
+second SIGTERM closes the rest, SIGHUP is ignored, the network setup is
+removed on exit; command-line help, usage errors and exit codes; no file
+descriptor leaks after many connections; and a log reader that stops
+reading does not stop traffic."""
 
 import hashlib
 import os
