@@ -189,3 +189,61 @@ def test_routing_longest_prefix_then_narrowest_range(topo):
     for addr, port, want in cases:
         _, info = _ask(t, addr, port)
         assert info["origin"] == want, (addr, port, info)
+
+
+UNMANAGED_CFG = """\
+listen: {workers: 1, address6: "off"}
+network: {manage: false}
+timeouts: {connect: 2s, idle: 30s}
+shutdown_grace: 500ms
+apps:
+  - name: web
+    edge: 192.0.2.0/24
+    ports: 8000
+    origins: 198.51.100.10:7000
+"""
+
+
+def test_unmanaged_network_and_no_app(topo):
+    """network.manage: false: prism installs nothing and removes nothing;
+    the operator's own route and TPROXY rule deliver the traffic. Their rule
+    here is broader than the config's claims, so a connection that no app
+    claims reaches prism too: it is reset and logged as no_app."""
+    t = topo
+    rule = ("table inet pttest {\n"
+            " chain prerouting {\n"
+            "  type filter hook prerouting priority mangle; policy accept;\n"
+            "  ip daddr 192.0.2.0/24 meta l4proto tcp tproxy ip to 127.0.0.1:15001 accept\n"
+            " }\n}\n")
+    nstopo.run(nstopo.ns_exec(t.e, ["nft", "-f", "-"]), input=rule)
+    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.e, ["nft", "delete", "table", "inet",
+                                                          "pttest"]), check=False))
+    route = ["ip", "-n", t.e, "route", "add", "local", "192.0.2.0/24", "dev", "lo",
+             "table", "local"]
+    nstopo.run(route)
+    t.on_teardown(lambda: nstopo.run(route[:4] + ["del"] + route[5:], check=False))
+    srv = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(srv.close)
+    prism = t.start_prism(UNMANAGED_CFG)
+    assert "prism" not in t.edge_nft_tables()
+    assert t.edge_prism_routes() == ""
+
+    c = peers.connect(t.c, "192.0.2.77", 8000)
+    t.on_teardown(c.close)
+    o = srv.accept()
+    t.on_teardown(o.close)
+    c.sendall(b"claimed")
+    assert peers.recv_exact(o, 7) == b"claimed"
+
+    cport, what, s = peers.open_outcome(t.c, "192.0.2.77", 9000, timeout=5)
+    if s:
+        t.on_teardown(s.close)
+        what = peers.outcome(s, 5)
+    assert what == "reset", what
+    d = prism.access_for(cport)
+    assert d["reason"] == "no_app" and d["edge"] == "192.0.2.77:9000", d
+
+    assert prism.stop(timeout=10) == 0
+    assert "pttest" in t.edge_nft_tables()
+    out = nstopo.run(["ip", "-n", t.e, "route", "show", "table", "local", "192.0.2.0/24"])
+    assert "192.0.2.0/24" in out.stdout, out.stdout
