@@ -71,6 +71,20 @@ def open_outcome(ns, addr, port, timeout=2.0):
     return cport, what, s
 
 
+def first_outcome(ns, addr, port, timeout=5.0):
+    """Connects, and reports (client port, what happened first): at connect
+    'refused', 'reset', 'timeout' or 'unreachable'; once connected, what the
+    next read gets ('eof', 'reset', 'timeout' or 'data'). A reset right after
+    the handshake may reach either call."""
+    cport, what, s = open_outcome(ns, addr, port, timeout)
+    if s:
+        try:
+            what = outcome(s, timeout)
+        finally:
+            s.close()
+    return cport, what
+
+
 def try_connect(ns, addr, port, timeout=2.0):
     """Returns None if the connection could not be made (refused, reset,
     timed out, unreachable), or the connected socket."""

@@ -235,10 +235,7 @@ def test_unmanaged_network_and_no_app(topo):
     c.sendall(b"claimed")
     assert peers.recv_exact(o, 7) == b"claimed"
 
-    cport, what, s = peers.open_outcome(t.c, "192.0.2.77", 9000, timeout=5)
-    if s:
-        t.on_teardown(s.close)
-        what = peers.outcome(s, 5)
+    cport, what = peers.first_outcome(t.c, "192.0.2.77", 9000)
     assert what == "reset", what
     d = prism.access_for(cport)
     assert d["reason"] == "no_app" and d["edge"] == "192.0.2.77:9000", d
