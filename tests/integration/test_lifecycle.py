@@ -144,6 +144,9 @@ def test_cli_exit_codes(prism_bin, netns, tmp_path):
         (["help", "nope"], 2, 'unknown command "nope"'),
         (["run", "-x"], 2, "prism run: bad option -x"),
         (["check", "-c", str(cfg), "extra"], 2, 'unexpected argument "extra"'),
+        (["net"], 2, "usage: prism net up|down|show"),
+        (["net", "sideways", "-c", str(cfg)], 2, "usage: prism net up|down|show"),
+        (["net", "show"], 2, "usage: prism net"),  # no -c
         (["ban", "-x"], 2, "prism ban: bad option -x"),
         (["ban", "del", "-c", str(cfg)], 2, "usage: prism ban"),
         (["ban", "add", "192.0.2.300", "-c", str(cfg)], 2, "192.0.2.300 is not an address"),
