@@ -694,6 +694,29 @@ static void test_several_errors(void **state)
 	free(e);
 }
 
+/* Every repeat of a name is reported, against the first app of that name,
+ * and stays out of the routing table: the repeats here claim what the first
+ * ones claim, which would otherwise be reported as overlaps too.
+ */
+static void test_duplicate_names(void **state)
+{
+	(void)state;
+	const char *yaml = "apps:\n"
+			   "  - {name: b, edge: 192.0.2.2, ports: 1, origins: 198.51.100.1}\n"
+			   "  - {name: a, edge: 192.0.2.1, ports: 1, origins: 198.51.100.1}\n"
+			   "  - {name: b, edge: 192.0.2.2, ports: 1, origins: 198.51.100.1}\n"
+			   "  - {name: c, edge: 192.0.2.3, ports: 1, origins: 198.51.100.1}\n"
+			   "  - {name: a, edge: 192.0.2.1, ports: 1, origins: 198.51.100.1}\n"
+			   "  - {name: b, edge: 192.0.2.2, ports: 1, origins: 198.51.100.1}\n";
+	const char *want = "t.yaml:4:12: duplicate app name \"b\" (first at line 2)\n"
+			   "t.yaml:6:12: duplicate app name \"a\" (first at line 3)\n"
+			   "t.yaml:7:12: duplicate app name \"b\" (first at line 2)\n";
+	char *e = load_bad(yaml);
+
+	assert_string_equal(e, want);
+	free(e);
+}
+
 static void test_many_errors_capped(void **state)
 {
 	(void)state;
@@ -773,6 +796,50 @@ static void test_load_file(void **state)
 	assert_int_equal(cfg_load("/", &c, &errors), -EISDIR);
 	assert_string_equal(errors, "/: cannot read: Is a directory\n");
 	free(errors);
+
+	/* Up to 32 MiB is read (these zeros are then no YAML); a byte more is
+	 * refused, saying why.
+	 */
+	strcpy(path, "/tmp/test_cfg_XXXXXX");
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 32 << 20), 0);
+	assert_int_equal(cfg_load(path, &c, &errors), -EINVAL);
+	free(errors);
+	assert_int_equal(ftruncate(fd, (32 << 20) + 1), 0);
+	close(fd);
+	assert_int_equal(cfg_load(path, &c, &errors), -EFBIG);
+	snprintf(want, sizeof(want),
+		 "%s: cannot read: larger than 32 MiB, the most a config may be\n", path);
+	assert_string_equal(errors, want);
+	free(errors);
+	unlink(path);
+}
+
+/* At most 1,000,000 (edge, port range) claims in all: 1,001 edges times
+ * 1,000 ports are refused before any table is built.
+ */
+static void test_claims_cap(void **state)
+{
+	(void)state;
+	char *yaml = malloc(64 << 10), *e;
+	size_t o = 0;
+
+	assert_non_null(yaml);
+	o += (size_t)sprintf(yaml + o,
+			     "apps:\n  - name: big\n    origins: 198.51.100.1\n    edge: [");
+	for (int i = 0; i < 1001; i++)
+		o += (size_t)sprintf(yaml + o, "%s198.18.%d.%d", i ? ", " : "", i / 256, i % 256);
+	o += (size_t)sprintf(yaml + o, "]\n    ports: [");
+	for (int i = 0; i < 1000; i++)
+		o += (size_t)sprintf(yaml + o, "%s%d", i ? ", " : "", 2 * i + 1);
+	sprintf(yaml + o, "]\n");
+	e = load_bad(yaml);
+	assert_string_equal(
+	    e, "t.yaml:2:3: apps: more than 1000000 (edge, port range) combinations in "
+	       "all; merge edges into prefixes or ports into ranges\n");
+	free(e);
+	free(yaml);
 }
 
 static void test_refs(void **state)
@@ -1732,9 +1799,11 @@ int main(void)
 	    cmocka_unit_test(test_app_errors),
 	    cmocka_unit_test(test_overlaps),
 	    cmocka_unit_test(test_several_errors),
+	    cmocka_unit_test(test_duplicate_names),
 	    cmocka_unit_test(test_many_errors_capped),
 	    cmocka_unit_test(test_message_quoting),
 	    cmocka_unit_test(test_load_file),
+	    cmocka_unit_test(test_claims_cap),
 	    cmocka_unit_test(test_refs),
 	    cmocka_unit_test_setup_teardown(test_origins_example, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_defaults, use_stub, restore_resolver),
