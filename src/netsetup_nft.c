@@ -126,6 +126,60 @@ static void print_range(FILE *f, const struct in6_addr *lo, const struct in6_add
 	}
 }
 
+/* Whether <b> is the address right after <a> (both big-endian). */
+static bool addr_follows(const struct in6_addr *a, const struct in6_addr *b)
+{
+	struct in6_addr n = *a;
+	int i;
+
+	for (i = 15; i >= 0 && ++n.s6_addr[i] == 0; i--)
+		;
+	return i >= 0 && memcmp(&n, b, sizeof(n)) == 0;
+}
+
+/* Elements of an address set, with ranges that touch merged into one: a
+ * /16 claimed as 65,536 apps of a /32 each is one element, not 65,536.
+ * Add ranges in ascending order, without overlaps; run_flush at the end.
+ */
+struct run_out {
+	struct set_out o;
+	bool v4, open;
+	struct in6_addr lo, hi;
+};
+
+static void run_flush(struct run_out *r)
+{
+	if (!r->open)
+		return;
+	elem_begin(&r->o);
+	print_range(r->o.f, &r->lo, &r->hi, r->v4);
+	r->open = false;
+}
+
+static void run_add(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi)
+{
+	if (r->open && addr_follows(&r->hi, lo)) {
+		r->hi = *hi;
+		return;
+	}
+	run_flush(r);
+	r->lo = *lo;
+	r->hi = *hi;
+	r->open = true;
+}
+
+static void prefix_range(const struct addr_prefix *p, struct in6_addr *lo, struct in6_addr *hi)
+{
+	*lo = *hi = p->addr;
+	for (int i = 0; i < 16; i++) {
+		int keep = p->len - i * 8; /* network bits in this byte */
+		uint8_t host = keep >= 8 ? 0 : keep <= 0 ? 0xff : (uint8_t)(0xff >> keep);
+
+		lo->s6_addr[i] &= (uint8_t)~host;
+		hi->s6_addr[i] |= host;
+	}
+}
+
 static void print_ports(FILE *f, uint16_t lo, uint16_t hi)
 {
 	if (lo == hi)
@@ -176,14 +230,17 @@ static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n,
 
 static void print_plist_set(FILE *f, const char *name, const struct fam *fm, const struct plist *l)
 {
-	struct set_out o;
+	struct run_out r = {.v4 = fm->v4};
 
-	set_begin(&o, f, name, fm, fm->type, "flags interval");
+	set_begin(&r.o, f, name, fm, fm->type, "flags interval");
 	for (size_t i = 0; i < l->n; i++) {
-		elem_begin(&o);
-		print_prefix(f, &l->v[i]);
+		struct in6_addr lo, hi;
+
+		prefix_range(&l->v[i], &lo, &hi);
+		run_add(&r, &lo, &hi);
 	}
-	set_end(&o);
+	run_flush(&r);
+	set_end(&r.o);
 }
 
 /* Which apps' points a set is about. */
@@ -210,7 +267,33 @@ struct own_walk {
 	size_t nb;
 	struct set_out *o;
 	const struct plist *src; /* non-NULL: one element per source prefix */
+	struct run_out *all;	 /* non-NULL: only elements of <tier>, and where */
+	int tier;		 /* the addresses of tier CT_ALL go */
 };
+
+/* The claims of a family are split by shape into three sets, because what
+ * the kernel pays per SYN depends on the kind of set. A concatenated
+ * interval set (nft's pipapo) is searched in time linear in its elements:
+ * with 65,536 elements of (one address . 1-65535) that took about 24 µs
+ * per SYN and 7 s to load (docs/benchmarks.md, "Many apps"). So:
+ * - CT_ALL: addresses whose every port is claimed, in an address interval
+ *   set (a binary search), touching ranges merged;
+ * - CT_POINT: one address and one port, in a hash set;
+ * - CT_RANGE: the rest, in the concatenated interval set.
+ * Elements of the three are disjoint, so a SYN matches at most one.
+ */
+enum claim_tier { CT_ALL, CT_POINT, CT_RANGE, CT_N };
+
+static const char *const tier_set[CT_N] = {"claimsall", "claimspoint", "claims"};
+
+static enum claim_tier tier_of(const struct rt_elem *e, uint32_t plo, uint32_t phi)
+{
+	if (plo == 1 && phi == 65535)
+		return CT_ALL;
+	if (plo == phi && memcmp(&e->lo, &e->hi, sizeof(e->lo)) == 0)
+		return CT_POINT;
+	return CT_RANGE;
+}
 
 static bool own_pick(const struct own_walk *w, uint32_t app)
 {
@@ -253,6 +336,17 @@ static uint32_t next_bound(const struct own_walk *w, uint32_t p)
 static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi)
 {
 	size_t n = w->src ? w->src->n : 1;
+
+	if (w->all) {
+		enum claim_tier t = tier_of(e, plo, phi);
+
+		if ((int)t != w->tier)
+			return;
+		if (t == CT_ALL) {
+			run_add(w->all, &e->lo, &e->hi);
+			return;
+		}
+	}
 
 	for (size_t i = 0; i < n; i++) {
 		elem_begin(w->o);
@@ -340,6 +434,37 @@ static void print_own_set(FILE *f, const struct cfg *cfg, const struct fam *fm, 
 	set_end(&o);
 }
 
+/* The claims sets of one family (see claim_tier); stores how many
+ * elements each got in <n>.
+ */
+static void print_claims(FILE *f, const struct cfg *cfg, const struct fam *fm,
+			 const uint32_t *bounds, size_t nb, size_t n[CT_N])
+{
+	char type[64];
+
+	snprintf(type, sizeof(type), "%s . inet_service", fm->type);
+	for (int t = 0; t < CT_N; t++) {
+		struct run_out all = {.v4 = fm->v4};
+		struct set_out *o = &all.o;
+		struct own_walk w = {.cfg = cfg,
+				     .v4 = fm->v4,
+				     .kind = OWN_ANY,
+				     .bounds = bounds,
+				     .nb = nb,
+				     .o = o,
+				     .tier = t,
+				     .all = &all};
+
+		set_begin(o, f, tier_set[t], fm, t == CT_ALL ? fm->type : type,
+			  t == CT_POINT ? NULL : "flags interval");
+		if (cfg->rt)
+			rt_cover(cfg->rt, fm->v4, own_elem, &w);
+		run_flush(&all);
+		n[t] = o->n;
+		set_end(o);
+	}
+}
+
 /* appdeny / appallow: for each app with its own list, (each source prefix
  * of that list . each point the app owns). Points of different apps are
  * disjoint and a list is free of nested prefixes, so no two elements
@@ -392,12 +517,13 @@ static const char *rate_unit(uint32_t per_ms)
 
 /* What the guard chain needs, worked out once for both families. */
 struct guard_plan {
-	bool app_deny;	  /* some app has its own non-empty deny list */
-	bool own_deny;	  /* some app has its own deny list: global deny skips it */
-	bool app_allow;	  /* some app has its own non-empty allow list */
-	bool own_allow;	  /* some app has its own allow list: global allow skips it */
-	bool deny, allow; /* the global lists are non-empty */
-	bool syn;	  /* global syn_rate_per_source */
+	bool app_deny;		/* some app has its own non-empty deny list */
+	bool own_deny;		/* some app has its own deny list: global deny skips it */
+	bool app_allow;		/* some app has its own non-empty allow list */
+	bool own_allow;		/* some app has its own allow list: global allow skips it */
+	bool deny, allow;	/* the global lists are non-empty */
+	bool syn;		/* global syn_rate_per_source */
+	size_t claims[2][CT_N]; /* elements per claims set, [0] IPv4, [1] IPv6 */
 };
 
 static void plan_guard(const struct cfg *cfg, struct guard_plan *g)
@@ -421,12 +547,29 @@ static bool fam_on(const struct cfg *cfg, const struct fam *fm)
 	return fm->v4 || cfg->listen6_on;
 }
 
+/* Whether the guard chain matches claims of <tier> for <fm>: the
+ * concatenated set always (tests and operators look for it), the others
+ * when they hold anything.
+ */
+static bool tier_on(const struct guard_plan *g, const struct fam *fm, int tier)
+{
+	return tier == CT_RANGE || g->claims[!fm->v4][tier] > 0;
+}
+
+/* What a claim of <tier> matches, e.g. "ip daddr . tcp dport @claims4 ". */
+static void print_claim_match(FILE *f, const struct fam *fm, int tier)
+{
+	if (tier == CT_ALL)
+		fprintf(f, "%s daddr @%s%c tcp dport != 0 ", fm->ip, tier_set[tier], fm->d);
+	else
+		fprintf(f, "%s daddr . tcp dport @%s%c ", fm->ip, tier_set[tier], fm->d);
+}
+
 /* The sets of one family. <bans>: elements to put back into the ban set
  * (see net_up), or NULL.
  */
-static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm,
-		      const struct guard_plan *g, const uint32_t *bounds, size_t nb,
-		      const char *bans)
+static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, struct guard_plan *g,
+		      const uint32_t *bounds, size_t nb, const char *bans)
 {
 	struct addr_prefix *edges = NULL;
 	struct plist l;
@@ -446,7 +589,7 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm,
 	if (!fam_on(cfg, fm))
 		return 0;
 
-	print_own_set(f, cfg, fm, "claims", OWN_ANY, bounds, nb);
+	print_claims(f, cfg, fm, bounds, nb, g->claims[!fm->v4]);
 
 	n = net_edge_prefixes(cfg, &edges);
 	if (n < 0)
@@ -542,9 +685,11 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 		 * (replies to the host's own connections, see below), while
 		 * a denied source gets nothing.
 		 */
-		if (g->allow) {
-			fprintf(f, "\t\t%s saddr != @allow%c %s daddr . tcp dport @claims%c ",
-				fm->ip, fm->d, fm->ip, fm->d);
+		for (int t = 0; g->allow && t < CT_N; t++) {
+			if (!tier_on(g, fm, t))
+				continue;
+			fprintf(f, "\t\t%s saddr != @allow%c ", fm->ip, fm->d);
+			print_claim_match(f, fm, t);
 			if (g->own_allow)
 				fprintf(f, "%s daddr . tcp dport != @appallowown%c ", fm->ip,
 					fm->d);
@@ -573,7 +718,7 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 /* The rest of the guard chain: the claims go to the listener, the host's
  * own connections pass, everything else is unserved.
  */
-static void print_guard_tail(FILE *f, const struct cfg *cfg)
+static void print_guard_tail(FILE *f, const struct cfg *cfg, const struct guard_plan *g)
 {
 	char a4[INET_ADDRSTRLEN], a6[INET6_ADDRSTRLEN];
 	/* Only TCP is left here (see print_guard). */
@@ -601,13 +746,22 @@ static void print_guard_tail(FILE *f, const struct cfg *cfg)
 	/* tproxy needs an explicit "meta l4proto tcp" in family inet, and
 	 * is not a verdict by itself: accept ends the walk.
 	 */
-	fprintf(f, "\t\tmeta l4proto tcp ip daddr . tcp dport @claims4 tproxy ip to %s:%u accept\n",
-		a4, ntohs(cfg->listen4.sin_port));
-	if (cfg->listen6_on)
-		fprintf(f,
-			"\t\tmeta l4proto tcp ip6 daddr . tcp dport @claims6 tproxy ip6 to [%s]:%u "
-			"accept\n",
-			a6, ntohs(cfg->listen6.sin6_port));
+	for (int i = 0; i < 2; i++) {
+		const struct fam *fm = &fams[i];
+
+		for (int t = 0; t < CT_N && fam_on(cfg, fm); t++) {
+			if (!tier_on(g, fm, t))
+				continue;
+			fputs("\t\tmeta l4proto tcp ", f);
+			print_claim_match(f, fm, t);
+			if (fm->v4)
+				fprintf(f, "tproxy ip to %s:%u accept\n", a4,
+					ntohs(cfg->listen4.sin_port));
+			else
+				fprintf(f, "tproxy ip6 to [%s]:%u accept\n", a6,
+					ntohs(cfg->listen6.sin6_port));
+		}
+	}
 	/* A served address may also be one the host uses itself (its own
 	 * main address as an edge): replies to its outgoing connections, and
 	 * services bound to that address by name, have a socket. Those pass.
@@ -677,7 +831,7 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2])
 		fputs("\t\tip6 daddr @served6 jump guard\n", f);
 	fputs("\t}\n", f);
 	print_guard(f, cfg, &g);
-	print_guard_tail(f, cfg);
+	print_guard_tail(f, cfg, &g);
 	fputs("}\n", f);
 	free(bounds);
 

@@ -429,7 +429,7 @@ def test_established_connections_pass_without_their_claim(topo):
         c.sendall(b"before")
         assert peers.recv_exact(o, 6) == b"before"
         held.append((other, c, o))
-    for s in ("claims4", "claims6"):
+    for s in (f"{tier}{fam}" for tier in ("claimsall", "claimspoint", "claims") for fam in "46"):
         nstopo.run(nstopo.ns_exec(t.e, ["nft", "flush", "set", "inet", "prism", s]))
     for other, c, o in held:
         _, what, _ = peers.open_outcome(t.c, other, 7000, timeout=5)

@@ -191,6 +191,38 @@ def test_routing_longest_prefix_then_narrowest_range(topo):
         assert info["origin"] == want, (addr, port, info)
 
 
+CFG_SHAPES = """\
+listen: {workers: 2}
+apps:
+  - {name: whole, edge: 192.0.2.20, ports: "*", origins: "198.51.100.10:9000"}
+  - {name: point, edge: 192.0.2.21, ports: 22, origins: "198.51.100.11:9001"}
+  - {name: range, edge: 192.0.2.0/24, ports: "8000-8999", origins: "198.51.100.12:9002"}
+"""
+
+
+def test_routing_each_claim_shape(topo):
+    """The guard chain splits the claims by shape into three sets (every
+    port of an address, one address and port, the rest: test_net.py's
+    test_claims_split_by_shape). A connection to each shape is relayed to
+    its app, and a port next to a claimed point is not accepted."""
+    t = topo
+    for addr, port, name in ((ORIGIN4, 9000, "whole"), (ORIGIN_B, 9001, "point"),
+                             (ORIGIN_C, 9002, "range")):
+        srv = peers.ThreadServer(t.o, addr, port, peers.report_handler(name))
+        t.on_teardown(srv.close)
+    t.start_prism(CFG_SHAPES)
+    for addr, port, want in (("192.0.2.20", 1, "whole"), ("192.0.2.20", 65535, "whole"),
+                             ("192.0.2.20", 8500, "whole"), ("192.0.2.21", 22, "point"),
+                             ("192.0.2.21", 8000, "range"), ("192.0.2.99", 8999, "range")):
+        _, info = _ask(t, addr, port)
+        assert info["origin"] == want, (addr, port, info)
+    for addr, port in (("192.0.2.21", 23), ("192.0.2.22", 22), ("192.0.2.19", 7999)):
+        s = peers.try_connect(t.c, addr, port, timeout=1)
+        if s is not None:
+            s.close()
+            raise AssertionError(f"{addr}:{port} was accepted")
+
+
 UNMANAGED_CFG = """\
 listen: {workers: 1, address6: "off"}
 network: {manage: false}
