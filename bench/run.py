@@ -23,6 +23,7 @@ namespaces are deleted on every exit path (Ctrl-C and SIGTERM included).
 import argparse
 import datetime
 import glob
+import ipaddress
 import json
 import os
 import re
@@ -52,7 +53,11 @@ TARGETS = ("direct", "haproxy", "prism")
 # The rate scenario also runs HAProxy with its two packet-saving options
 # (off by default in TCP mode), the counterpart of what prism does by default.
 RATE_TARGETS = ("direct", "haproxy", "haproxy-smart", "prism")
-SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt")
+SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt", "apps")
+# The "apps" scenario: the same /16 as one app, and as this many apps (one per
+# address, the first ones split into two port halves), like an edge that
+# gives every customer an address of its own.
+MANY_APPS = 100_000
 # Debian's (and Linux's) default. Some hosts default to BBR; without the fq
 # qdisc BBR paces with a timer per socket, and bulk runs then measure that.
 DEFAULT_CC = "cubic"
@@ -514,6 +519,13 @@ backend be_echo
 backend be_iperf
     server s {ORIGIN4}:{IPERF_PORT}
 """)
+        self.prism_apps_cfg = os.path.join(self.work, "prism-apps.yaml")
+        with open(self.prism_cfg) as f:
+            text = f.read()
+        head, tail = text.split("  - name: bench\n", 1)
+        tail = tail.split("  - name: iperf\n", 1)[1]
+        with open(self.prism_apps_cfg, "w") as f:
+            f.write(head + "".join(many_apps()) + "  - name: iperf\n" + tail)
         with open(self.haproxy_cfg) as f:
             text = f.read()
         self.haproxy_smart_cfg = os.path.join(self.work, "haproxy-smart.cfg")
@@ -534,17 +546,18 @@ backend be_iperf
             return "198.18.0.1", str(ECHO_PORT)
         return PREFIX, "1-65535"
 
-    def start_target(self, target):
-        """Starts the proxy of <target>; returns its Proc (None for direct)."""
+    def start_target(self, target, cfg=None):
+        """Starts the proxy of <target>; returns its Proc (None for direct).
+        <cfg>: prism's config, if not the usual one."""
         if target == "direct":
             return None
         p = None
         try:
             if target == "prism":
                 t0 = time.monotonic()
-                p = self.spawn("e", [self.prism, "run", "-c", self.prism_cfg], "prism",
+                p = self.spawn("e", [self.prism, "run", "-c", cfg or self.prism_cfg], "prism",
                                err_file=os.path.join(self.work, "prism.log"))
-                p.wait_log(r"\bready\b", 15)
+                p.wait_log(r"\bready\b", 60)
                 self.prism_start_ms.append((time.monotonic() - t0) * 1000)
                 return p
             self.sh(self.nsx("e", [self.prism, "net", "up", "-c", self.prism_cfg]), note=True)
@@ -853,6 +866,36 @@ backend be_iperf
                 rows[int(d["apps"])] = {k: float(v) for k, v in d.items()}
         self.res["rt"] = {"lines": cp.stdout.strip().splitlines(), "rows": rows}
 
+    # -- many apps ---------------------------------------------------------------------
+
+    def claims_elems(self):
+        """{set name: elements} of prism's claims sets in the edge namespace."""
+        cp = self.sh(self.nsx("e", ["nft", "-j", "list", "table", "inet", "prism"]),
+                     timeout=60)
+        out = {}
+        for o in json.loads(cp.stdout)["nftables"]:
+            st = o.get("set")
+            if st and st["name"].startswith("claims"):
+                out[st["name"]] = len(st.get("elem", []))
+        return out
+
+    def sc_apps(self):
+        def one(kind, _r):
+            cfg = self.prism_cfg if kind == "one" else self.prism_apps_cfg
+            t0 = time.monotonic()
+            self.sh([self.prism, "check", "-c", cfg], timeout=120, note=_r == 0)
+            check_ms = (time.monotonic() - t0) * 1000
+            n0 = len(self.prism_start_ms)
+            p = self.start_target("prism", cfg)
+            try:
+                j = {"setup_wall_ms": self.prism_start_ms[n0], "check_ms": check_ms,
+                     "rss_kib": rss_kib(p.pid), "claims": self.claims_elems()}
+                j.update(self.rate_once("prism", "prefix", p))
+                return j
+            finally:
+                self.stop_target("prism", p)
+        self.res["apps"] = self.rounds_of(one, targets=("one", "many"))
+
     # -- main --------------------------------------------------------------------------
 
     def run(self):
@@ -953,6 +996,20 @@ def ahead(rs, path, higher_better, a="prism", b="haproxy"):
         return ""
     k = sum(1 for x, y in pairs if (x > y if higher_better else x < y))
     return f"{k} of {len(pairs)}"
+
+
+def many_apps():
+    """The app entries of prism-apps.yaml (see MANY_APPS)."""
+    net = ipaddress.ip_network(PREFIX)
+    split = MANY_APPS - net.num_addresses
+    for i, addr in enumerate(net):
+        if i < split:
+            yield (f"  - {{name: a{i}l, edge: {addr}, ports: \"1-32767\", "
+                   f"origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n")
+            yield (f"  - {{name: a{i}h, edge: {addr}, ports: \"32768-65535\", "
+                   f"origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n")
+        else:
+            yield f"  - {{name: a{i}, edge: {addr}, ports: \"*\", origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n"
 
 
 def cmd_out(argv):
@@ -1115,6 +1172,7 @@ class Report:
         self.memory()
         self.anyport()
         self.rt()
+        self.apps()
         self.targets()
         self.commands()
         self.w(NOTES_MARKER)
@@ -1282,6 +1340,44 @@ class Report:
                "accepted connection.")
         self.w()
 
+    def apps(self):
+        self.w("## 7. Many apps")
+        self.w()
+        if self.skipped("apps"):
+            return
+        rs = self.res.get("apps")
+        if not rs:
+            return
+        self.w(f"The rate scenario's load (random address in {PREFIX} × random port) through "
+               f"prism with the /16 as one app, and as {MANY_APPS:,} apps: one per address, "
+               f"the first {MANY_APPS - 65536:,} addresses as two apps of half the ports "
+               "each (`prism-apps.yaml`, written by bench/run.py). Setup: spawn to ready, "
+               "including the nft table and the 65,536 routes. `prism check`: loading and "
+               "checking the config alone (wall time of the command). Claims set elements: "
+               "what `prism net up` put in `claimsall4` / `claimspoint4` / `claims4` "
+               "(docs/architecture.md).")
+        self.w()
+        cols = (("one", "1 app"), ("many", f"{MANY_APPS:,} apps"))
+        rows = []
+        for label, path, nd in (("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
+                                ("latency p99 µs", ("lat_us", "p99"), 0),
+                                ("prism CPU µs/conn", ("cpu_us_per_conn",), 1),
+                                ("machine CPU µs/conn", ("machine_us_per_conn",), 1),
+                                ("setup ms (spawn → ready)", ("setup_wall_ms",), 0),
+                                ("`prism check` ms", ("check_ms",), 0),
+                                ("prism RSS KiB after ready", ("rss_kib",), 0)):
+            rows.append([label] + [cell(get(rs[k], *path), nd) for k, _ in cols])
+        sets = ("claimsall4", "claimspoint4", "claims4")
+        rows.append(["claims set elements (all / point / range)"]
+                    + [" / ".join(fmt(rs[k][-1]["claims"].get(n), 0) if rs[k] else "–"
+                                  for n in sets) for k, _ in cols])
+        self.table(["metric"] + [n for _, n in cols], rows)
+        a, b = (get(rs[k], "conn_per_s") for k in ("many", "one"))
+        won = ahead(rs, ('conn_per_s',), True, 'many', 'one')
+        self.w(f"Ratio: {MANY_APPS:,} apps ÷ 1 app = {rfmt(ratio(a, b))} in conn/s "
+               f"({MANY_APPS:,} apps faster in {won or '–'} rounds).")
+        self.w()
+
     def targets(self):
         res, T = self.res, TARGETS
         for n in (1, 4):
@@ -1350,6 +1446,11 @@ class Report:
                              "10 → 100k apps", f"{a:.1f} → {z:.1f} ns ({z / a:.1f}×)", None)
         else:
             self.verdict("route lookup ≤ 2× growth, < 200 ns", "not measured", None)
+        rs = res.get("apps")
+        if rs:
+            a, b = (get(rs[k], "conn_per_s") for k in ("many", "one"))
+            self.verdict(f"(for reference, no target) conn/s with {MANY_APPS:,} apps ÷ 1 app "
+                         "(section 7)", rfmt(ratio(a, b)), None, a, b)
         rs = res.get("anyport")
         a, s = (get(rs[k], "conn_per_s") for k in ("prefix", "single")) if rs else (None, None)
         r = ratio(a, s)

@@ -73,9 +73,16 @@ def test_quick_run_reports_every_scenario(quick_run):
     for target in ("direct", "haproxy", "haproxy-smart", "prism"):
         r = res["rate"][target][0]
         assert r["conn_per_s"] > 0 and r["errors"] == 0, (target, r)
+    # 100,000 apps, one or two per address of the /16: all served, and the
+    # claims merge into one address range (plus iperf's address).
+    for kind in ("one", "many"):
+        r = res["apps"][kind][0]
+        assert r["conn_per_s"] > 0 and r["errors"] == 0, (kind, r)
+        assert r["claims"] == {"claimsall4": 2, "claimspoint4": 0, "claims4": 0}, (kind, r)
     text = out.read_text()
     for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
-                  "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## Targets",
+                  "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## 7. Many apps",
+                  "## Targets",
                   "## Exact commands"):
         assert title in text, title
     assert re.search(r"^apps=100000 ns_per_lookup=\S+ median=\S+ chained_ns=\S+", text, re.M)
