@@ -58,6 +58,7 @@ SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt", "apps")
 # address, the first ones split into two port halves), like an edge that
 # gives every customer an address of its own.
 MANY_APPS = 100_000
+APPS_TARGETS = ("one", "many", "lists")
 # Debian's (and Linux's) default. Some hosts default to BBR; without the fq
 # qdisc BBR paces with a timer per socket, and bulk runs then measure that.
 DEFAULT_CC = "cubic"
@@ -519,13 +520,16 @@ backend be_echo
 backend be_iperf
     server s {ORIGIN4}:{IPERF_PORT}
 """)
-        self.prism_apps_cfg = os.path.join(self.work, "prism-apps.yaml")
         with open(self.prism_cfg) as f:
             text = f.read()
         head, tail = text.split("  - name: bench\n", 1)
         tail = tail.split("  - name: iperf\n", 1)[1]
-        with open(self.prism_apps_cfg, "w") as f:
-            f.write(head + "".join(many_apps()) + "  - name: iperf\n" + tail)
+        self.prism_apps_cfg = {}
+        for kind, name, lists in (("many", "prism-apps.yaml", False),
+                                  ("lists", "prism-apps-lists.yaml", True)):
+            self.prism_apps_cfg[kind] = os.path.join(self.work, name)
+            with open(self.prism_apps_cfg[kind], "w") as f:
+                f.write(head + "".join(many_apps(lists)) + "  - name: iperf\n" + tail)
         with open(self.haproxy_cfg) as f:
             text = f.read()
         self.haproxy_smart_cfg = os.path.join(self.work, "haproxy-smart.cfg")
@@ -869,19 +873,20 @@ backend be_iperf
     # -- many apps ---------------------------------------------------------------------
 
     def claims_elems(self):
-        """{set name: elements} of prism's claims sets in the edge namespace."""
+        """{set name: elements} of prism's claims and appallow sets (every
+        tier) in the edge namespace."""
         cp = self.sh(self.nsx("e", ["nft", "-j", "list", "table", "inet", "prism"]),
                      timeout=60)
         out = {}
         for o in json.loads(cp.stdout)["nftables"]:
             st = o.get("set")
-            if st and st["name"].startswith("claims"):
+            if st and st["name"].startswith(("claims", "appallow")):
                 out[st["name"]] = len(st.get("elem", []))
         return out
 
     def sc_apps(self):
         def one(kind, _r):
-            cfg = self.prism_cfg if kind == "one" else self.prism_apps_cfg
+            cfg = self.prism_cfg if kind == "one" else self.prism_apps_cfg[kind]
             t0 = time.monotonic()
             self.sh([self.prism, "check", "-c", cfg], timeout=120, note=_r == 0)
             check_ms = (time.monotonic() - t0) * 1000
@@ -894,7 +899,7 @@ backend be_iperf
                 return j
             finally:
                 self.stop_target("prism", p)
-        self.res["apps"] = self.rounds_of(one, targets=("one", "many"))
+        self.res["apps"] = self.rounds_of(one, targets=APPS_TARGETS)
 
     # -- main --------------------------------------------------------------------------
 
@@ -998,18 +1003,20 @@ def ahead(rs, path, higher_better, a="prism", b="haproxy"):
     return f"{k} of {len(pairs)}"
 
 
-def many_apps():
-    """The app entries of prism-apps.yaml (see MANY_APPS)."""
+def many_apps(lists=False):
+    """The app entries of prism-apps.yaml (see MANY_APPS). With <lists>, each
+    address's apps have an allow list of their own: the client's /24 and an
+    address no other list has, as every customer of an edge may list its
+    own sources."""
     net = ipaddress.ip_network(PREFIX)
     split = MANY_APPS - net.num_addresses
     for i, addr in enumerate(net):
-        if i < split:
-            yield (f"  - {{name: a{i}l, edge: {addr}, ports: \"1-32767\", "
-                   f"origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n")
-            yield (f"  - {{name: a{i}h, edge: {addr}, ports: \"32768-65535\", "
-                   f"origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n")
-        else:
-            yield f"  - {{name: a{i}, edge: {addr}, ports: \"*\", origins: \"{ORIGIN4}:{ECHO_PORT}\"}}\n"
+        extra = (f", protection: {{allow: [{CLIENT4.rsplit('.', 1)[0]}.0/24, "
+                 f"100.64.{i >> 8}.{i & 255}]}}" if lists else "")
+        for name, ports in (((f"a{i}l", "1-32767"), (f"a{i}h", "32768-65535")) if i < split
+                            else ((f"a{i}", "*"),)):
+            yield (f"  - {{name: {name}, edge: {addr}, ports: \"{ports}\", "
+                   f"origins: \"{ORIGIN4}:{ECHO_PORT}\"{extra}}}\n")
 
 
 def cmd_out(argv):
@@ -1352,12 +1359,15 @@ class Report:
                f"prism with the /16 as one app, and as {MANY_APPS:,} apps: one per address, "
                f"the first {MANY_APPS - 65536:,} addresses as two apps of half the ports "
                "each (`prism-apps.yaml`, written by bench/run.py). Setup: spawn to ready, "
-               "including the nft table and the 65,536 routes. `prism check`: loading and "
-               "checking the config alone (wall time of the command). Claims set elements: "
-               "what `prism net up` put in `claimsall4` / `claimspoint4` / `claims4` "
+               "including the nft table and the 65,536 routes. `with allow lists`: the same "
+               "apps, each address's with an allow list of its own (the client's /24 and an "
+               "address of its own), `prism-apps-lists.yaml`. `prism check`: loading and "
+               "checking the config alone (wall time of the command). Set elements: what "
+               "`prism net up` put in the tiers of the claims sets and of `appallow4` "
                "(docs/architecture.md).")
         self.w()
-        cols = (("one", "1 app"), ("many", f"{MANY_APPS:,} apps"))
+        cols = (("one", "1 app"), ("many", f"{MANY_APPS:,} apps"),
+                ("lists", f"{MANY_APPS:,} apps with allow lists"))
         rows = []
         for label, path, nd in (("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
                                 ("latency p99 µs", ("lat_us", "p99"), 0),
@@ -1367,15 +1377,17 @@ class Report:
                                 ("`prism check` ms", ("check_ms",), 0),
                                 ("prism RSS KiB after ready", ("rss_kib",), 0)):
             rows.append([label] + [cell(get(rs[k], *path), nd) for k, _ in cols])
-        sets = ("claimsall4", "claimspoint4", "claims4")
-        rows.append(["claims set elements (all / point / range)"]
-                    + [" / ".join(fmt(rs[k][-1]["claims"].get(n), 0) if rs[k] else "–"
-                                  for n in sets) for k, _ in cols])
+        for base in ("claims", "appallow"):
+            sets = [f"{base}{t}4" for t in ("all", "point", "")]
+            rows.append([f"`{base}4` elements (all / point / range)"]
+                        + [" / ".join(fmt(rs[k][-1]["claims"].get(n), 0) if rs[k] else "–"
+                                      for n in sets) for k, _ in cols])
         self.table(["metric"] + [n for _, n in cols], rows)
-        a, b = (get(rs[k], "conn_per_s") for k in ("many", "one"))
-        won = ahead(rs, ('conn_per_s',), True, 'many', 'one')
-        self.w(f"Ratio: {MANY_APPS:,} apps ÷ 1 app = {rfmt(ratio(a, b))} in conn/s "
-               f"({MANY_APPS:,} apps faster in {won or '–'} rounds).")
+        one = get(rs["one"], "conn_per_s")
+        for k, label in cols[1:]:
+            won = ahead(rs, ("conn_per_s",), True, k, "one")
+            self.w(f"- {label} ÷ 1 app = {rfmt(ratio(get(rs[k], 'conn_per_s'), one))} in conn/s "
+                   f"(faster than 1 app in {won or '–'} rounds).")
         self.w()
 
     def targets(self):
@@ -1448,9 +1460,11 @@ class Report:
             self.verdict("route lookup ≤ 2× growth, < 200 ns", "not measured", None)
         rs = res.get("apps")
         if rs:
-            a, b = (get(rs[k], "conn_per_s") for k in ("many", "one"))
-            self.verdict(f"(for reference, no target) conn/s with {MANY_APPS:,} apps ÷ 1 app "
-                         "(section 7)", rfmt(ratio(a, b)), None, a, b)
+            b = get(rs["one"], "conn_per_s")
+            for k, what in (("many", ""), ("lists", " with allow lists")):
+                a = get(rs[k], "conn_per_s")
+                self.verdict(f"(for reference, no target) conn/s with {MANY_APPS:,} "
+                             f"apps{what} ÷ 1 app (section 7)", rfmt(ratio(a, b)), None, a, b)
         rs = res.get("anyport")
         a, s = (get(rs[k], "conn_per_s") for k in ("prefix", "single")) if rs else (None, None)
         r = ratio(a, s)

@@ -137,34 +137,72 @@ static bool addr_follows(const struct in6_addr *a, const struct in6_addr *b)
 	return i >= 0 && memcmp(&n, b, sizeof(n)) == 0;
 }
 
+static void print_prefix(FILE *f, const struct addr_prefix *p)
+{
+	char ps[ADDR_STRLEN];
+
+	fputs(addr_fmt_prefix(p, ps), f);
+}
+
+/* A list of prefixes of one family, sorted, with every prefix that lies
+ * inside another one dropped: nft refuses overlapping interval elements,
+ * and the outer prefix already says it all.
+ */
+struct plist {
+	struct addr_prefix *v;
+	size_t n;
+};
+
+static bool plist_same(const struct plist *a, const struct plist *b)
+{
+	if (!a || !b || a->n != b->n)
+		return a == b;
+	for (size_t i = 0; i < a->n; i++)
+		if (a->v[i].len != b->v[i].len ||
+		    memcmp(&a->v[i].addr, &b->v[i].addr, sizeof(a->v[i].addr)) != 0)
+			return false;
+	return true;
+}
+
 /* Elements of an address set, with ranges that touch merged into one: a
  * /16 claimed as 65,536 apps of a /32 each is one element, not 65,536.
- * Add ranges in ascending order, without overlaps; run_flush at the end.
+ * With <src>, each range is one element per source prefix ("RANGE . SRC"),
+ * and only ranges with equal lists merge. Add ranges in ascending order,
+ * without overlaps; run_flush at the end.
  */
 struct run_out {
 	struct set_out o;
 	bool v4, open;
 	struct in6_addr lo, hi;
+	const struct plist *src;
 };
 
 static void run_flush(struct run_out *r)
 {
 	if (!r->open)
 		return;
-	elem_begin(&r->o);
-	print_range(r->o.f, &r->lo, &r->hi, r->v4);
+	for (size_t i = 0; i < (r->src ? r->src->n : 1); i++) {
+		elem_begin(&r->o);
+		print_range(r->o.f, &r->lo, &r->hi, r->v4);
+		if (r->src) {
+			fputs(" . ", r->o.f);
+			print_prefix(r->o.f, &r->src->v[i]);
+		}
+	}
 	r->open = false;
 }
 
-static void run_add(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi)
+static void run_add(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi,
+		    const struct plist *src)
 {
-	if (r->open && addr_follows(&r->hi, lo)) {
+	if (r->open && plist_same(r->src, src) && addr_follows(&r->hi, lo)) {
 		r->hi = *hi;
 		return;
 	}
 	run_flush(r);
 	r->lo = *lo;
 	r->hi = *hi;
+	r->src = src;
 	r->open = true;
 }
 
@@ -187,22 +225,6 @@ static void print_ports(FILE *f, uint16_t lo, uint16_t hi)
 	else
 		fprintf(f, " . %u-%u", lo, hi);
 }
-
-static void print_prefix(FILE *f, const struct addr_prefix *p)
-{
-	char ps[ADDR_STRLEN];
-
-	fputs(addr_fmt_prefix(p, ps), f);
-}
-
-/* A list of prefixes of one family, sorted, with every prefix that lies
- * inside another one dropped: nft refuses overlapping interval elements,
- * and the outer prefix already says it all.
- */
-struct plist {
-	struct addr_prefix *v;
-	size_t n;
-};
 
 static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n, bool v4)
 {
@@ -237,7 +259,7 @@ static void print_plist_set(FILE *f, const char *name, const struct fam *fm, con
 		struct in6_addr lo, hi;
 
 		prefix_range(&l->v[i], &lo, &hi);
-		run_add(&r, &lo, &hi);
+		run_add(&r, &lo, &hi, NULL);
 	}
 	run_flush(&r);
 	set_end(&r.o);
@@ -246,51 +268,72 @@ static void print_plist_set(FILE *f, const char *name, const struct fam *fm, con
 /* Which apps' points a set is about. */
 enum own_kind {
 	OWN_ANY,	   /* every claim */
-	OWN_APP,	   /* the points app <app> owns */
 	OWN_SET_DENY,	   /* owned by an app with its own deny list */
 	OWN_SET_ALLOW,	   /* owned by an app with its own allow list (maybe empty) */
 	OWN_ENFORCE_ALLOW, /* owned by an app with its own non-empty allow list */
+	OWN_LIST_DENY,	   /* the same with a deny list, per source prefix of it */
+	OWN_LIST_ALLOW,	   /* the same with an allow list, per source prefix of it */
 };
 
+/* The sets of (address . port) points the guard chain looks up are each
+ * split by shape into up to three nft sets, because what the kernel pays
+ * per SYN depends on the kind of set. A concatenated interval set (nft's
+ * pipapo) is searched in time linear in its elements: with 65,536
+ * elements of (one address . 1-65535) that took about 24 µs per SYN and
+ * 7 s to load, and 65,536 apps with an allow list of their own made
+ * SYNs cost about 1 ms each (docs/benchmarks.md, "Many apps"). So:
+ * - CT_ALL: addresses whose every port is in, in an address interval set
+ *   (a binary search), touching ranges merged; with source prefixes,
+ *   (source . address) pairs, without the port ranges' expansion;
+ * - CT_POINT: one address and one port, in a hash set (not with source
+ *   prefixes, which are ranges: those points go to CT_RANGE);
+ * - CT_RANGE: the rest, in the concatenated interval set of the name.
+ * The tiers of a set are disjoint, so the guard chain matches a set with
+ * one rule per tier, and its absence with the tiers' absences in one rule.
+ */
+enum claim_tier { CT_ALL, CT_POINT, CT_RANGE, CT_N };
+
+enum tset { TS_CLAIMS, TS_DENYOWN, TS_ALLOWDST, TS_ALLOWOWN, TS_DENY, TS_ALLOW, TS_N };
+
+static const struct {
+	const char *name;
+	enum own_kind kind;
+	bool src; /* keyed by the source prefix too */
+} tsets[TS_N] = {
+    [TS_CLAIMS] = {"claims", OWN_ANY, false},
+    [TS_DENYOWN] = {"appdenyown", OWN_SET_DENY, false},
+    [TS_ALLOWDST] = {"appallowdst", OWN_ENFORCE_ALLOW, false},
+    [TS_ALLOWOWN] = {"appallowown", OWN_SET_ALLOW, false},
+    [TS_DENY] = {"appdeny", OWN_LIST_DENY, true},
+    [TS_ALLOW] = {"appallow", OWN_LIST_ALLOW, true},
+};
+
+static const char *const tier_suffix[CT_N] = {"all", "point", ""};
+
 /* Walks the cover of all claims and emits the (address range . port
- * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>.
- * rt_cover's elements lie each within one trie node's own addresses, so
- * the owner of a port is the same across an element's address range; it
- * changes only at a port where some claim starts or ends (<bounds>).
+ * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>,
+ * and of those only the ones of tier <tier>. rt_cover's elements lie each
+ * within one trie node's own addresses, so the owner of a port is the same
+ * across an element's address range; it changes only at a port where some
+ * claim starts or ends (<bounds>).
  */
 struct own_walk {
 	const struct cfg *cfg;
 	bool v4;
 	enum own_kind kind;
-	size_t app;
+	int tier;
 	const uint32_t *bounds; /* sorted, distinct: every claim's lo and hi + 1 */
 	size_t nb;
-	struct set_out *o;
-	const struct plist *src; /* non-NULL: one element per source prefix */
-	struct run_out *all;	 /* non-NULL: only elements of <tier>, and where */
-	int tier;		 /* the addresses of tier CT_ALL go */
+	const struct plist *lists; /* OWN_LIST_*: each app's source prefixes */
+	struct run_out *r;	   /* where the elements go */
 };
 
-/* The claims of a family are split by shape into three sets, because what
- * the kernel pays per SYN depends on the kind of set. A concatenated
- * interval set (nft's pipapo) is searched in time linear in its elements:
- * with 65,536 elements of (one address . 1-65535) that took about 24 µs
- * per SYN and 7 s to load (docs/benchmarks.md, "Many apps"). So:
- * - CT_ALL: addresses whose every port is claimed, in an address interval
- *   set (a binary search), touching ranges merged;
- * - CT_POINT: one address and one port, in a hash set;
- * - CT_RANGE: the rest, in the concatenated interval set.
- * Elements of the three are disjoint, so a SYN matches at most one.
- */
-enum claim_tier { CT_ALL, CT_POINT, CT_RANGE, CT_N };
-
-static const char *const tier_set[CT_N] = {"claimsall", "claimspoint", "claims"};
-
-static enum claim_tier tier_of(const struct rt_elem *e, uint32_t plo, uint32_t phi)
+static enum claim_tier tier_of(const struct own_walk *w, const struct rt_elem *e, uint32_t plo,
+			       uint32_t phi)
 {
 	if (plo == 1 && phi == 65535)
 		return CT_ALL;
-	if (plo == phi && memcmp(&e->lo, &e->hi, sizeof(e->lo)) == 0)
+	if (plo == phi && !w->lists && memcmp(&e->lo, &e->hi, sizeof(e->lo)) == 0)
 		return CT_POINT;
 	return CT_RANGE;
 }
@@ -305,14 +348,16 @@ static bool own_pick(const struct own_walk *w, uint32_t app)
 	switch (w->kind) {
 	case OWN_ANY:
 		return true;
-	case OWN_APP:
-		return app == w->app;
 	case OWN_SET_DENY:
 		return p->set_deny;
 	case OWN_SET_ALLOW:
 		return p->set_allow;
 	case OWN_ENFORCE_ALLOW:
 		return p->set_allow && p->n_allow > 0;
+	case OWN_LIST_DENY:
+		return p->set_deny && w->lists[app].n > 0;
+	case OWN_LIST_ALLOW:
+		return p->set_allow && w->lists[app].n > 0;
 	}
 	return false;
 }
@@ -333,51 +378,58 @@ static uint32_t next_bound(const struct own_walk *w, uint32_t p)
 	return lo < w->nb ? w->bounds[lo] : 65536;
 }
 
-static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi)
+static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi,
+		     uint32_t app)
 {
-	size_t n = w->src ? w->src->n : 1;
+	const struct plist *src = w->lists ? &w->lists[app] : NULL;
+	enum claim_tier t = tier_of(w, e, plo, phi);
+	struct set_out *o = &w->r->o;
 
-	if (w->all) {
-		enum claim_tier t = tier_of(e, plo, phi);
-
-		if ((int)t != w->tier)
-			return;
-		if (t == CT_ALL) {
-			run_add(w->all, &e->lo, &e->hi);
-			return;
-		}
+	if ((int)t != w->tier)
+		return;
+	if (t == CT_ALL) {
+		run_add(w->r, &e->lo, &e->hi, src);
+		return;
 	}
-
-	for (size_t i = 0; i < n; i++) {
-		elem_begin(w->o);
-		if (w->src) {
-			print_prefix(w->o->f, &w->src->v[i]);
-			fputs(" . ", w->o->f);
+	for (size_t i = 0; i < (src ? src->n : 1); i++) {
+		elem_begin(o);
+		print_range(o->f, &e->lo, &e->hi, w->v4);
+		print_ports(o->f, (uint16_t)plo, (uint16_t)phi);
+		if (src) {
+			fputs(" . ", o->f);
+			print_prefix(o->f, &src->v[i]);
 		}
-		print_range(w->o->f, &e->lo, &e->hi, w->v4);
-		print_ports(w->o->f, (uint16_t)plo, (uint16_t)phi);
 	}
 }
 
+/* Emits the element's runs of picked ports. With source lists a run also
+ * ends where the list changes: each owner has its own, though owners with
+ * equal lists share runs.
+ */
 static int own_elem(const struct rt_elem *e, void *arg)
 {
 	struct own_walk *w = arg;
-	uint32_t p = e->plo, run_lo = 0;
+	uint32_t p = e->plo, run_lo = 0, run_app = RT_NONE;
 	bool in_run = false;
 
 	while (p <= e->phi) {
 		uint32_t next = next_bound(w, p);
-		bool in = own_pick(w, rt_lookup(w->cfg->rt, &e->lo, (uint16_t)p));
+		uint32_t app = rt_lookup(w->cfg->rt, &e->lo, (uint16_t)p);
+		bool in = own_pick(w, app);
+		bool other =
+		    in && in_run && w->lists && !plist_same(&w->lists[app], &w->lists[run_app]);
 
-		if (in && !in_run)
+		if (in_run && (!in || other))
+			own_emit(w, e, run_lo, p - 1, run_app);
+		if (in && (!in_run || other)) {
 			run_lo = p;
-		else if (!in && in_run)
-			own_emit(w, e, run_lo, p - 1);
+			run_app = app;
+		}
 		in_run = in;
 		p = next - 1 < e->phi ? next : (uint32_t)e->phi + 1;
 	}
 	if (in_run)
-		own_emit(w, e, run_lo, e->phi);
+		own_emit(w, e, run_lo, e->phi, run_app);
 	return 0;
 }
 
@@ -418,87 +470,70 @@ static long port_bounds(const struct cfg *cfg, uint32_t **out)
 	return (long)n;
 }
 
-/* A set of (daddr . dport) or, with <src>, (saddr . daddr . dport). */
-static void print_own_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
-			  enum own_kind kind, const uint32_t *bounds, size_t nb)
-{
-	struct set_out o;
-	struct own_walk w = {
-	    .cfg = cfg, .v4 = fm->v4, .kind = kind, .bounds = bounds, .nb = nb, .o = &o};
-	char type[64];
-
-	snprintf(type, sizeof(type), "%s . inet_service", fm->type);
-	set_begin(&o, f, name, fm, type, "flags interval");
-	if (cfg->rt)
-		rt_cover(cfg->rt, fm->v4, own_elem, &w);
-	set_end(&o);
-}
-
-/* The claims sets of one family (see claim_tier); stores how many
- * elements each got in <n>.
+/* Prints the sets of <ts> for one family (one per tier; see claim_tier)
+ * and stores how many elements each got in <n>. <lists>: for sets keyed
+ * by source, each app's list of this family.
  */
-static void print_claims(FILE *f, const struct cfg *cfg, const struct fam *fm,
-			 const uint32_t *bounds, size_t nb, size_t n[CT_N])
+static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enum tset ts,
+		       const uint32_t *bounds, size_t nb, const struct plist *lists, size_t n[CT_N])
 {
-	char type[64];
+	char type[80], name[32];
 
-	snprintf(type, sizeof(type), "%s . inet_service", fm->type);
 	for (int t = 0; t < CT_N; t++) {
-		struct run_out all = {.v4 = fm->v4};
-		struct set_out *o = &all.o;
+		struct run_out r = {.v4 = fm->v4};
 		struct own_walk w = {.cfg = cfg,
 				     .v4 = fm->v4,
-				     .kind = OWN_ANY,
+				     .kind = tsets[ts].kind,
+				     .tier = t,
 				     .bounds = bounds,
 				     .nb = nb,
-				     .o = o,
-				     .tier = t,
-				     .all = &all};
+				     .lists = tsets[ts].src ? lists : NULL,
+				     .r = &r};
 
-		set_begin(o, f, tier_set[t], fm, t == CT_ALL ? fm->type : type,
-			  t == CT_POINT ? NULL : "flags interval");
+		n[t] = 0;
+		if (t == CT_POINT && tsets[ts].src)
+			continue;
+		snprintf(type, sizeof(type), "%s%s%s%s", fm->type,
+			 t == CT_ALL ? "" : " . inet_service", tsets[ts].src ? " . " : "",
+			 tsets[ts].src ? fm->type : "");
+		snprintf(name, sizeof(name), "%s%s", tsets[ts].name, tier_suffix[t]);
+		set_begin(&r.o, f, name, fm, type, t == CT_POINT ? NULL : "flags interval");
 		if (cfg->rt)
 			rt_cover(cfg->rt, fm->v4, own_elem, &w);
-		run_flush(&all);
-		n[t] = o->n;
-		set_end(o);
+		run_flush(&r);
+		n[t] = r.o.n;
+		set_end(&r.o);
 	}
 }
 
-/* appdeny / appallow: for each app with its own list, (each source prefix
- * of that list . each point the app owns). Points of different apps are
- * disjoint and a list is free of nested prefixes, so no two elements
- * overlap.
+/* Each app's own deny (<deny>) or allow list of family <v4>, as plists
+ * (empty for apps without one); NULL when out of memory.
  */
-static int print_src_set(FILE *f, const struct cfg *cfg, const struct fam *fm, const char *name,
-			 bool deny, const uint32_t *bounds, size_t nb)
+static struct plist *app_lists(const struct cfg *cfg, bool deny, bool v4)
 {
-	struct set_out o;
-	struct own_walk w = {
-	    .cfg = cfg, .v4 = fm->v4, .kind = OWN_APP, .bounds = bounds, .nb = nb, .o = &o};
-	char type[80];
-	int ret = 0;
+	struct plist *v = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*v));
 
-	snprintf(type, sizeof(type), "%s . %s . inet_service", fm->type, fm->type);
-	set_begin(&o, f, name, fm, type, "flags interval");
-	for (size_t i = 0; i < cfg->n_apps && cfg->rt; i++) {
+	for (size_t i = 0; v && i < cfg->n_apps; i++) {
 		const struct cfg_protection *p = &cfg->apps[i].protection;
-		struct plist l;
 
-		if (deny ? !(p->set_deny && p->n_deny) : !(p->set_allow && p->n_allow))
+		if (!(deny ? p->set_deny : p->set_allow))
 			continue;
-		ret = plist_make(&l, deny ? p->deny : p->allow, deny ? p->n_deny : p->n_allow,
-				 fm->v4);
-		if (ret)
-			break;
-		w.app = i;
-		w.src = &l;
-		if (l.n)
-			rt_cover(cfg->rt, fm->v4, own_elem, &w);
-		free(l.v);
+		if (plist_make(&v[i], deny ? p->deny : p->allow, deny ? p->n_deny : p->n_allow,
+			       v4)) {
+			for (size_t k = 0; k < i; k++)
+				free(v[k].v);
+			free(v);
+			v = NULL;
+		}
 	}
-	set_end(&o);
-	return ret;
+	return v;
+}
+
+static void free_lists(struct plist *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i].v);
+	free(v);
 }
 
 static const char *rate_unit(uint32_t per_ms)
@@ -517,13 +552,13 @@ static const char *rate_unit(uint32_t per_ms)
 
 /* What the guard chain needs, worked out once for both families. */
 struct guard_plan {
-	bool app_deny;		/* some app has its own non-empty deny list */
-	bool own_deny;		/* some app has its own deny list: global deny skips it */
-	bool app_allow;		/* some app has its own non-empty allow list */
-	bool own_allow;		/* some app has its own allow list: global allow skips it */
-	bool deny, allow;	/* the global lists are non-empty */
-	bool syn;		/* global syn_rate_per_source */
-	size_t claims[2][CT_N]; /* elements per claims set, [0] IPv4, [1] IPv6 */
+	bool app_deny;		 /* some app has its own non-empty deny list */
+	bool own_deny;		 /* some app has its own deny list: global deny skips it */
+	bool app_allow;		 /* some app has its own non-empty allow list */
+	bool own_allow;		 /* some app has its own allow list: global allow skips it */
+	bool deny, allow;	 /* the global lists are non-empty */
+	bool syn;		 /* global syn_rate_per_source */
+	size_t n[2][TS_N][CT_N]; /* elements per set, [0] IPv4, [1] IPv6 */
 };
 
 static void plan_guard(const struct cfg *cfg, struct guard_plan *g)
@@ -547,22 +582,34 @@ static bool fam_on(const struct cfg *cfg, const struct fam *fm)
 	return fm->v4 || cfg->listen6_on;
 }
 
-/* Whether the guard chain matches claims of <tier> for <fm>: the
- * concatenated set always (tests and operators look for it), the others
+/* Whether the guard chain matches tier <t> of <ts> for <fm>: the claims'
+ * concatenated set always (tests and operators look for it), the rest
  * when they hold anything.
  */
-static bool tier_on(const struct guard_plan *g, const struct fam *fm, int tier)
+static bool tier_on(const struct guard_plan *g, const struct fam *fm, enum tset ts, int t)
 {
-	return tier == CT_RANGE || g->claims[!fm->v4][tier] > 0;
+	return (ts == TS_CLAIMS && t == CT_RANGE) || g->n[!fm->v4][ts][t] > 0;
 }
 
-/* What a claim of <tier> matches, e.g. "ip daddr . tcp dport @claims4 ". */
-static void print_claim_match(FILE *f, const struct fam *fm, int tier)
+/* What an element of tier <t> of <ts> matches, e.g. "ip daddr . tcp dport
+ * @claims4 "; with <neg>, what lies outside it.
+ */
+static void print_tmatch(FILE *f, const struct fam *fm, enum tset ts, int t, bool neg)
 {
-	if (tier == CT_ALL)
-		fprintf(f, "%s daddr @%s%c tcp dport != 0 ", fm->ip, tier_set[tier], fm->d);
-	else
-		fprintf(f, "%s daddr . tcp dport @%s%c ", fm->ip, tier_set[tier], fm->d);
+	fprintf(f, "%s daddr %s", fm->ip, t == CT_ALL ? "" : ". tcp dport ");
+	if (tsets[ts].src)
+		fprintf(f, ". %s saddr ", fm->ip);
+	fprintf(f, "%s@%s%s%c ", neg ? "!= " : "", tsets[ts].name, tier_suffix[t], fm->d);
+	if (t == CT_ALL && !neg)
+		fputs("tcp dport != 0 ", f);
+}
+
+/* Outside every tier of <ts>: one negated match per tier that holds any. */
+static void print_not_in(FILE *f, const struct guard_plan *g, const struct fam *fm, enum tset ts)
+{
+	for (int t = 0; t < CT_N; t++)
+		if (tier_on(g, fm, ts, t))
+			print_tmatch(f, fm, ts, t, true);
 }
 
 /* The sets of one family. <bans>: elements to put back into the ban set
@@ -589,7 +636,7 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, stru
 	if (!fam_on(cfg, fm))
 		return 0;
 
-	print_claims(f, cfg, fm, bounds, nb, g->claims[!fm->v4]);
+	print_tset(f, cfg, fm, TS_CLAIMS, bounds, nb, NULL, g->n[!fm->v4][TS_CLAIMS]);
 
 	n = net_edge_prefixes(cfg, &edges);
 	if (n < 0)
@@ -610,13 +657,28 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, stru
 	print_plist_set(f, "allow", fm, &l);
 	free(l.v);
 
-	if ((ret = print_src_set(f, cfg, fm, "appdeny", true, bounds, nb)))
-		return ret;
-	print_own_set(f, cfg, fm, "appdenyown", OWN_SET_DENY, bounds, nb);
-	if ((ret = print_src_set(f, cfg, fm, "appallow", false, bounds, nb)))
-		return ret;
-	print_own_set(f, cfg, fm, "appallowdst", OWN_ENFORCE_ALLOW, bounds, nb);
-	print_own_set(f, cfg, fm, "appallowown", OWN_SET_ALLOW, bounds, nb);
+	/* The apps' own lists: appdeny / appallow hold, for each app with
+	 * its own list, (each point the app owns . each source prefix of
+	 * it); the others the points of the apps with lists of their own.
+	 * The destination comes first because it is what tells elements
+	 * apart: a source prefix is often in many apps' lists, and nft's
+	 * concatenated sets pay for every element that matches the first
+	 * field (about 1 ms per SYN for 65,536 apps with one list between
+	 * them, source first).
+	 * Points of different apps are disjoint and a list is free of nested
+	 * prefixes, so no two elements overlap.
+	 */
+	for (int ts = TS_DENYOWN; ts < TS_N; ts++) {
+		struct plist *lists = NULL;
+
+		if (tsets[ts].src) {
+			lists = app_lists(cfg, ts == TS_DENY, fm->v4);
+			if (!lists)
+				return -ENOMEM;
+		}
+		print_tset(f, cfg, fm, ts, bounds, nb, lists, g->n[!fm->v4][ts]);
+		free_lists(lists, cfg->n_apps);
+	}
 
 	/* The SYN meter: one token bucket per source (an IPv6 source per
 	 * /64, what one host usually gets), forgotten a minute after its
@@ -641,6 +703,27 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 		if (fam_on(cfg, &fams[i]))
 			fprintf(f, "\t\t%s saddr @ban%c counter name banned drop\n", fams[i].ip,
 				fams[i].d);
+	/* A packet of a connection prism already holds (any but a SYN, to
+	 * a transparent socket: accepted, half-open or in TIME_WAIT) is
+	 * accepted right after the bans (a ban cuts open connections too),
+	 * before any other set is searched. The lists and the claims were
+	 * checked on its SYN; searching them again for every packet cost
+	 * their lookups per packet, and a concatenated set with many
+	 * elements costs microseconds per lookup (docs/benchmarks.md, "Many
+	 * apps"). It needs no tproxy either: the AnyIP route makes its
+	 * address local and the stack's early demux finds the socket, with
+	 * its cached route. One socket lookup here replaces the claims set
+	 * lookup, the one tproxy makes and a route lookup per packet: in
+	 * 4-stream bulk runs the netfilter, input route and socket lookup
+	 * functions fell from about 5.4% of all CPU samples to 3.7%
+	 * (docs/benchmarks.md). A SYN still goes to tproxy, which alone
+	 * knows to send one that meets a TIME_WAIT socket to the listener;
+	 * so does the ACK that ends a handshake answered with a SYN cookie
+	 * (no socket has its address yet). And an established connection
+	 * outlives its claim's removal from the set, or its source's
+	 * addition to a deny list, instead of being dropped.
+	 */
+	fputs("\t\ttcp flags & syn == 0 socket transparent 1 accept\n", f);
 	/* ICMP errors belong to connections prism relays (path MTU
 	 * discovery needs "packet too big") and ND to the addresses
 	 * themselves: without conntrack they cannot be matched to a flow, so
@@ -664,20 +747,25 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 		 * owns: its rules come first, and the global rules skip the
 		 * points of apps that set their own (appdenyown/appallowown).
 		 */
-		if (g->app_deny)
-			fprintf(f,
-				"\t\t%s saddr . %s daddr . tcp dport @appdeny%c counter name "
-				"app_denied drop\n",
-				fm->ip, fm->ip, fm->d);
-		if (g->app_allow)
-			fprintf(f,
-				"\t\t%s daddr . tcp dport @appallowdst%c %s saddr . %s daddr . tcp "
-				"dport != @appallow%c counter name app_not_allowed drop\n",
-				fm->ip, fm->d, fm->ip, fm->ip, fm->d);
+		for (int t = 0; g->app_deny && t < CT_N; t++) {
+			if (!tier_on(g, fm, TS_DENY, t))
+				continue;
+			fputs("\t\t", f);
+			print_tmatch(f, fm, TS_DENY, t, false);
+			fputs("counter name app_denied drop\n", f);
+		}
+		for (int t = 0; g->app_allow && t < CT_N; t++) {
+			if (!tier_on(g, fm, TS_ALLOWDST, t))
+				continue;
+			fputs("\t\t", f);
+			print_tmatch(f, fm, TS_ALLOWDST, t, false);
+			print_not_in(f, g, fm, TS_ALLOW);
+			fputs("counter name app_not_allowed drop\n", f);
+		}
 		if (g->deny) {
 			fprintf(f, "\t\t%s saddr @deny%c ", fm->ip, fm->d);
 			if (g->own_deny)
-				fprintf(f, "%s daddr . tcp dport != @appdenyown%c ", fm->ip, fm->d);
+				print_not_in(f, g, fm, TS_DENYOWN);
 			fputs("counter name denied drop\n", f);
 		}
 		/* An allow list is about who may connect to the apps: it
@@ -686,13 +774,12 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 		 * a denied source gets nothing.
 		 */
 		for (int t = 0; g->allow && t < CT_N; t++) {
-			if (!tier_on(g, fm, t))
+			if (!tier_on(g, fm, TS_CLAIMS, t))
 				continue;
 			fprintf(f, "\t\t%s saddr != @allow%c ", fm->ip, fm->d);
-			print_claim_match(f, fm, t);
+			print_tmatch(f, fm, TS_CLAIMS, t, false);
 			if (g->own_allow)
-				fprintf(f, "%s daddr . tcp dport != @appallowown%c ", fm->ip,
-					fm->d);
+				print_not_in(f, g, fm, TS_ALLOWOWN);
 			fputs("counter name not_allowed drop\n", f);
 		}
 	}
@@ -728,21 +815,6 @@ static void print_guard_tail(FILE *f, const struct cfg *cfg, const struct guard_
 
 	inet_ntop(AF_INET, &cfg->listen4.sin_addr, a4, sizeof(a4));
 	inet_ntop(AF_INET6, &cfg->listen6.sin6_addr, a6, sizeof(a6));
-	/* A packet of a connection prism already holds (any but a SYN, to
-	 * a transparent socket: accepted, half-open or in TIME_WAIT) needs
-	 * no tproxy: the AnyIP route makes its address local and the
-	 * stack's early demux finds the socket, with its cached route. One
-	 * socket lookup here replaces the claims set lookup, the one tproxy
-	 * makes and a route lookup per packet: in 4-stream bulk runs the
-	 * netfilter, input route and socket lookup functions fell from about
-	 * 5.4% of all CPU samples to 3.7% (docs/benchmarks.md). A SYN still
-	 * goes to tproxy, which alone knows to send one that meets a
-	 * TIME_WAIT socket to the listener; so does the ACK that ends a
-	 * handshake answered with a SYN cookie (no socket has its address
-	 * yet). And an established connection outlives its claim's
-	 * removal from the set instead of being dropped as unserved.
-	 */
-	fputs("\t\ttcp flags & syn == 0 socket transparent 1 accept\n", f);
 	/* tproxy needs an explicit "meta l4proto tcp" in family inet, and
 	 * is not a verdict by itself: accept ends the walk.
 	 */
@@ -750,10 +822,10 @@ static void print_guard_tail(FILE *f, const struct cfg *cfg, const struct guard_
 		const struct fam *fm = &fams[i];
 
 		for (int t = 0; t < CT_N && fam_on(cfg, fm); t++) {
-			if (!tier_on(g, fm, t))
+			if (!tier_on(g, fm, TS_CLAIMS, t))
 				continue;
 			fputs("\t\tmeta l4proto tcp ", f);
-			print_claim_match(f, fm, t);
+			print_tmatch(f, fm, TS_CLAIMS, t, false);
 			if (fm->v4)
 				fprintf(f, "tproxy ip to %s:%u accept\n", a4,
 					ntohs(cfg->listen4.sin_port));

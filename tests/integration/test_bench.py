@@ -74,11 +74,16 @@ def test_quick_run_reports_every_scenario(quick_run):
         r = res["rate"][target][0]
         assert r["conn_per_s"] > 0 and r["errors"] == 0, (target, r)
     # 100,000 apps, one or two per address of the /16: all served, and the
-    # claims merge into one address range (plus iperf's address).
-    for kind in ("one", "many"):
+    # claims merge into one address range (plus iperf's address). With an
+    # allow list of its own per address, (address . source) pairs, two per
+    # address: the two apps of an address share their list.
+    for kind in ("one", "many", "lists"):
         r = res["apps"][kind][0]
         assert r["conn_per_s"] > 0 and r["errors"] == 0, (kind, r)
-        assert r["claims"] == {"claimsall4": 2, "claimspoint4": 0, "claims4": 0}, (kind, r)
+        c = r["claims"]
+        assert (c["claimsall4"], c["claimspoint4"], c["claims4"]) == (2, 0, 0), (kind, r)
+        assert (c["appallowall4"], c["appallow4"]) == ((131072, 0) if kind == "lists"
+                                                       else (0, 0)), (kind, r)
     text = out.read_text()
     for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
                   "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## 7. Many apps",

@@ -103,13 +103,16 @@ def in_set(ns, set_name, elem):
     return p.returncode == 0
 
 
-def claimed(ns, fam, elem):
-    """True when a SYN to <elem> ("ADDR . PORT") meets a claims set of the
-    family: the claims are split by shape over three sets (netsetup_nft.c,
-    claim_tier), whose elements are disjoint."""
-    addr, port = elem.split(" . ")
-    return (port != "0" and in_set(ns, f"claimsall{fam}", addr)
-            or in_set(ns, f"claimspoint{fam}", elem) or in_set(ns, f"claims{fam}", elem))
+def in_tiers(ns, base, elem):
+    """True when <elem> ("ADDR . PORT[ . SRC]") is in the point set <base>
+    ("claims4", "appallow4", ...), which prism splits by shape over up to
+    three nft sets with disjoint elements (netsetup_nft.c, claim_tier):
+    BASE-all (addresses whose every port is in, without the port), BASE-point
+    (single points, not for sets with sources) and BASE itself."""
+    name, fam = base[:-1], base[-1]
+    addr, port, *src = elem.split(" . ")
+    return (port != "0" and in_set(ns, f"{name}all{fam}", " . ".join([addr, *src]))
+            or in_set(ns, f"{name}point{fam}", elem) or in_set(ns, base, elem))
 
 
 def set_elems(ns, set_name):
@@ -199,13 +202,13 @@ def test_nested_claims_loaded(ns, cfg):
     inside6 = ["2001:db8:5:: . 443", "2001:db8:5::ffff . 8100", "2001:db8:5:0:ffff:ffff:ffff:ffff . 8000"]
     outside6 = ["2001:db8:5::1 . 444", "2001:db8:5::1 . 8101", "2001:db8:6:: . 443"]
     for e in inside4:
-        assert claimed(ns, "4", e), e
+        assert in_tiers(ns, "claims4", e), e
     for e in outside4:
-        assert not claimed(ns, "4", e), e
+        assert not in_tiers(ns, "claims4", e), e
     for e in inside6:
-        assert claimed(ns, "6", e), e
+        assert in_tiers(ns, "claims6", e), e
     for e in outside6:
-        assert not claimed(ns, "6", e), e
+        assert not in_tiers(ns, "claims6", e), e
     net(ns, "down", cfg)
 
 
@@ -213,16 +216,19 @@ def test_nested_claims_loaded(ns, cfg):
 CFG_SHAPES = """\
 listen: {address: 127.0.0.1, address6: "::1", port: 15001}
 network: {table: prism}
-protection: {allow: [203.0.113.0/24]}
+protection: {allow: &q [203.0.113.0/24, 100.64.0.0/10]}
 apps:
-  - {name: whole, edge: 198.18.7.0/24, ports: "*", origins: 198.51.100.10}
+  - {name: whole, edge: 198.18.7.0/24, ports: "*", origins: 198.51.100.10,
+     protection: {allow: [192.0.2.0/24]}}
   - {name: ssh, edge: 198.18.8.1, ports: 22, origins: "198.51.100.10:22"}
   - {name: web, edge: 198.18.8.0/24, ports: "8000-8999", origins: 198.51.100.10}
-  - {name: q0, edge: 198.18.9.0, ports: "*", origins: 198.51.100.10}
-  - {name: q1, edge: 198.18.9.1, ports: "1-999", origins: 198.51.100.10}
-  - {name: q1b, edge: 198.18.9.1, ports: "1000-65535", origins: 198.51.100.10}
-  - {name: q2, edge: 198.18.9.2, ports: "*", origins: 198.51.100.10}
-  - {name: q3, edge: 198.18.9.3, ports: "*", origins: 198.51.100.10}
+  - {name: q0, edge: 198.18.9.0, ports: "*", origins: 198.51.100.10, protection: {allow: *q}}
+  - {name: q1, edge: 198.18.9.1, ports: "1-999", origins: 198.51.100.10,
+     protection: {allow: [203.0.113.0/24, 100.64.0.0/10]}}
+  - {name: q1b, edge: 198.18.9.1, ports: "1000-65535", origins: 198.51.100.10,
+     protection: {allow: [203.0.113.0/24, 100.64.0.0/10]}}
+  - {name: q2, edge: 198.18.9.2, ports: "*", origins: 198.51.100.10, protection: {allow: *q}}
+  - {name: q3, edge: 198.18.9.3, ports: "*", origins: 198.51.100.10, protection: {allow: *q}}
   - {name: six, edge: "2001:db8:7::/48", ports: "*", origins: "[2001:db8::10]"}
   - {name: six1, edge: "2001:db8:8::1", ports: 443, origins: "[2001:db8::10]"}
 """
@@ -247,14 +253,21 @@ def test_claims_split_by_shape(ns, tmp_path):
     assert set_elems(ns, "claimsall6") == ["2001:db8:7::/48"]
     assert set_elems(ns, "claimspoint6") == ["2001:db8:8::1 . 443"]
     assert set_elems(ns, "claims6") == []
+    # The apps' own lists split the same way; runs of addresses whose apps
+    # have equal lists merge (q1 and q1b list theirs separately).
+    assert set_elems(ns, "appallowdstall4") == ["198.18.7.0/24", "198.18.9.0/30"]
+    assert set_elems(ns, "appallowall4") == [
+        "198.18.7.0/24 . 192.0.2.0/24", "198.18.9.0/30 . 100.64.0.0/10",
+        "198.18.9.0/30 . 203.0.113.0/24"]
+    assert set_elems(ns, "appallowdst4") == set_elems(ns, "appallow4") == []
     for e in ("198.18.7.9 . 1", "198.18.7.9 . 65535", "198.18.8.1 . 22", "198.18.8.1 . 8000",
               "198.18.8.200 . 8999", "198.18.9.1 . 999", "198.18.9.3 . 40000"):
-        assert claimed(ns, "4", e), e
+        assert in_tiers(ns, "claims4", e), e
     for e in ("198.18.7.9 . 0", "198.18.8.1 . 23", "198.18.8.2 . 22", "198.18.8.200 . 9000",
               "198.18.9.4 . 1", "198.18.6.255 . 80"):
-        assert not claimed(ns, "4", e), e
-    assert claimed(ns, "6", "2001:db8:7:ffff::1 . 7") and claimed(ns, "6", "2001:db8:8::1 . 443")
-    assert not claimed(ns, "6", "2001:db8:8::1 . 444")
+        assert not in_tiers(ns, "claims4", e), e
+    assert in_tiers(ns, "claims6", "2001:db8:7:ffff::1 . 7") and in_tiers(ns, "claims6", "2001:db8:8::1 . 443")
+    assert not in_tiers(ns, "claims6", "2001:db8:8::1 . 444")
     g = run("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "prism", "guard").stdout
     for fam, ip, to in (("4", "ip", r"ip to 127\.0\.0\.1:15001"),
                         ("6", "ip6", r"ip6 to \[::1\]:15001")):
@@ -262,8 +275,12 @@ def test_claims_split_by_shape(ns, tmp_path):
                       rf"{ip} daddr \. tcp dport @claimspoint{fam}",
                       rf"{ip} daddr \. tcp dport @claims{fam}"):
             assert re.search(rf"{match} tproxy {to} accept", g), (match, g)
-            assert re.search(rf"{ip} saddr != @allow{fam} {match} counter name "
+            assert re.search(rf"{ip} saddr != @allow{fam} {match} (\S+ )*counter name "
                              r'"not_allowed" drop', g), (match, g)
+    assert re.search(r"ip daddr @appallowdstall4 tcp dport != 0 ip daddr \. ip saddr != "
+                     r'@appallowall4 counter name "app_not_allowed" drop', g), g
+    assert re.search(r"ip saddr != @allow4 ip daddr \. tcp dport @claims4 ip daddr != "
+                     r"@appallowownall4 counter", g), g
     net(ns, "down", path)
 
 
@@ -392,20 +409,24 @@ def test_guard_loads_every_protection(ns, tmp_path):
     g = guard_chain(ns)
     order = [r'ip saddr @ban4 counter name "banned" drop',
              r'ip6 saddr @ban6 counter name "banned" drop',
+             r'tcp flags ! syn socket transparent 1 accept',
              r'icmpv6 type \{.*packet-too-big.*\} accept',
              r'meta l4proto != tcp counter name "unserved" drop',
-             r'ip saddr \. ip daddr \. tcp dport @appdeny4 counter name "app_denied" drop',
-             r'ip daddr \. tcp dport @appallowdst4 ip saddr \. ip daddr \. tcp dport != '
+             r'ip daddr \. tcp dport \. ip saddr @appdeny4 counter name "app_denied" drop',
+             r'ip daddr \. tcp dport @appallowdstpoint4 ip daddr \. tcp dport \. ip saddr != '
              r'@appallow4 counter name "app_not_allowed" drop',
              r'ip saddr @deny4 ip daddr \. tcp dport != @appdenyown4 counter name "denied" '
              r'drop',
+             r'ip saddr != @allow4 ip daddr \. tcp dport @claimspoint4 ip daddr \. tcp dport '
+             r'!= @appallowownpoint4 ip daddr \. tcp dport != @appallowown4 counter name '
+             r'"not_allowed" drop',
              r'ip saddr != @allow4 ip daddr \. tcp dport @claims4 ip daddr \. tcp dport != '
-             r'@appallowown4 counter name "not_allowed" drop',
+             r'@appallowownpoint4 ip daddr \. tcp dport != @appallowown4 counter name '
+             r'"not_allowed" drop',
              r'update @synrate4 \{ ip saddr limit rate over 50/second burst 50 packets \} '
              r'counter name "syn_flood" drop',
              r'update @synrate6 \{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over '
              r'50/second',
-             r'tcp flags ! syn socket transparent 1 accept',
              r'ip daddr \. tcp dport @claims4 tproxy ip to 127\.0\.0\.1:15001 accept',
              r'ip6 daddr \. tcp dport @claims6 tproxy ip6 to \[::1\]:15001 accept',
              r'socket transparent 0 accept',
@@ -428,29 +449,29 @@ def test_guard_loads_every_protection(ns, tmp_path):
 
     # wide's own deny list covers exactly the points wide owns: not port
     # 22 or 8500 of 198.18.5.10, which belong to "one".
-    assert in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.200 . 8000")
-    assert in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 8501")
-    assert not in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 8500")
-    assert not in_set(ns, "appdeny4", "192.0.2.66 . 198.18.5.10 . 22")
-    assert not in_set(ns, "appdeny4", "192.0.2.67 . 198.18.5.200 . 8000")
-    assert in_set(ns, "appdenyown4", "198.18.5.200 . 8999")
-    assert not in_set(ns, "appdenyown4", "198.18.5.10 . 8500")
-    assert not in_set(ns, "appdenyown4", "198.18.6.1 . 80")
-    assert in_set(ns, "appdeny6", "2001:db8:bad:1::9 . 2001:db8:5::1 . 443")
-    assert not in_set(ns, "appdeny6", "2001:db8:bad:2::9 . 2001:db8:5::1 . 443")
+    assert in_tiers(ns, "appdeny4", "198.18.5.200 . 8000 . 192.0.2.66")
+    assert in_tiers(ns, "appdeny4", "198.18.5.10 . 8501 . 192.0.2.66")
+    assert not in_tiers(ns, "appdeny4", "198.18.5.10 . 8500 . 192.0.2.66")
+    assert not in_tiers(ns, "appdeny4", "198.18.5.10 . 22 . 192.0.2.66")
+    assert not in_tiers(ns, "appdeny4", "198.18.5.200 . 8000 . 192.0.2.67")
+    assert in_tiers(ns, "appdenyown4", "198.18.5.200 . 8999")
+    assert not in_tiers(ns, "appdenyown4", "198.18.5.10 . 8500")
+    assert not in_tiers(ns, "appdenyown4", "198.18.6.1 . 80")
+    assert in_tiers(ns, "appdeny6", "2001:db8:5::1 . 443 . 2001:db8:bad:1::9")
+    assert not in_tiers(ns, "appdeny6", "2001:db8:5::1 . 443 . 2001:db8:bad:2::9")
 
     # one's allow list: enforced on its points only.
-    assert in_set(ns, "appallowdst4", "198.18.5.10 . 22")
-    assert in_set(ns, "appallowdst4", "198.18.5.10 . 8500")
-    assert not in_set(ns, "appallowdst4", "198.18.5.10 . 8501")
-    assert not in_set(ns, "appallowdst4", "198.18.6.1 . 80")
-    assert in_set(ns, "appallow4", "192.0.2.5 . 198.18.5.10 . 22")
-    assert in_set(ns, "appallow4", "192.0.2.100 . 198.18.5.10 . 8500")
-    assert not in_set(ns, "appallow4", "192.0.2.20 . 198.18.5.10 . 22")
+    assert in_tiers(ns, "appallowdst4", "198.18.5.10 . 22")
+    assert in_tiers(ns, "appallowdst4", "198.18.5.10 . 8500")
+    assert not in_tiers(ns, "appallowdst4", "198.18.5.10 . 8501")
+    assert not in_tiers(ns, "appallowdst4", "198.18.6.1 . 80")
+    assert in_tiers(ns, "appallow4", "198.18.5.10 . 22 . 192.0.2.5")
+    assert in_tiers(ns, "appallow4", "198.18.5.10 . 8500 . 192.0.2.100")
+    assert not in_tiers(ns, "appallow4", "198.18.5.10 . 22 . 192.0.2.20")
     # open's empty list: skips the global allow list, enforces nothing.
-    assert in_set(ns, "appallowown4", "198.18.6.1 . 80")
-    assert in_set(ns, "appallowown4", "198.18.5.10 . 22")
-    assert not in_set(ns, "appallowown4", "198.18.5.1 . 8000")
+    assert in_tiers(ns, "appallowown4", "198.18.6.1 . 80")
+    assert in_tiers(ns, "appallowown4", "198.18.5.10 . 22")
+    assert not in_tiers(ns, "appallowown4", "198.18.5.1 . 8000")
 
     net(ns, "down", path)
     assert state(ns) == before

@@ -647,54 +647,60 @@ LIST_COUNTERS = ("denied", "not_allowed", "app_denied", "app_not_allowed")
 SCAN_PORTS = 1000
 
 
+def check_list_cases(t, p, echo, cases):
+    """Probes each (namespace, source, edge address, port, expected outcome,
+    counter that must rise) of <cases>: only that counter of the list
+    counters rises, and blocked connections reach neither prism nor the
+    origin. Returns (connections served, {probe: counters that rose})."""
+    served, seen = 0, {}
+    for ns, src, dst, port, want, counter in cases:
+        before = counters(t)
+        got = probe(ns, src, dst, port, timeout=0.5)
+        d = delta(before, counters(t))
+        assert got == want, (src, dst, port, got, d)
+        for k in LIST_COUNTERS:
+            if k == counter:
+                assert d[k] >= 1, (src, dst, port, d)
+            else:
+                assert d[k] == 0, (src, dst, port, k, d)
+        seen[f"{src}->{port}"] = {k: d[k] for k in LIST_COUNTERS if d[k]}
+        served += want == "served"
+    p.wait_access(count=served, timeout=5)
+    blocked = {(src, f"{dst}:{port}") for _, src, dst, port, want, _ in cases if want != "served"}
+    assert not [d for d in p.access if (client_ip(d), d["edge"]) in blocked], p.access
+    deadline = time.monotonic() + 5
+    while len(echo.done) < served and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(echo.done) == served, echo.done
+    return served, seen
+
+
 def test_deny_allow_lists_and_unserved_scan(ptopo):
     t = ptopo
     echo = start_echo(t)
     p = start_prism(t, CFG_LISTS)
     a2, a10, a20, a40 = ATTACKER4, *ATTACKER_EXTRA
     legit = LEGIT4[0]
-    # (namespace, source, port, expected outcome, nft counter that must rise).
+    # (namespace, source, edge, port, expected outcome, nft counter that must rise).
     # web (8000) follows the global lists; game (8001) has its own deny list,
     # which replaces the global one for it; admin (8002) its own allow list.
     cases = [
-        (t.c, a2, 8000, "served", None),
-        (t.c, a2, 8001, "served", None),
-        (t.c, a2, 8002, "timeout", "app_not_allowed"),  # not on admin's allow list
-        (t.c, a10, 8000, "served", None),
-        (t.c, a10, 8001, "timeout", "app_denied"),  # on game's deny list
-        (t.c, a20, 8000, "timeout", "denied"),  # on the global deny list ...
-        (t.c, a20, 8001, "served", None),  # ... which game's own list replaces
-        (t.c, a20, 8002, "timeout", "app_not_allowed"),
-        (t.c, a40, 8000, "timeout", "not_allowed"),  # not on the global allow list
-        (t.c, a40, 8001, "timeout", "not_allowed"),  # game has no allow list of its own
-        (t.c, a40, 8002, "timeout", "app_not_allowed"),
-        (t.l, legit, 8000, "served", None),
-        (t.l, legit, 8001, "served", None),
-        (t.l, legit, 8002, "served", None),
+        (t.c, a2, WEB, 8000, "served", None),
+        (t.c, a2, WEB, 8001, "served", None),
+        (t.c, a2, WEB, 8002, "timeout", "app_not_allowed"),  # not on admin's allow list
+        (t.c, a10, WEB, 8000, "served", None),
+        (t.c, a10, WEB, 8001, "timeout", "app_denied"),  # on game's deny list
+        (t.c, a20, WEB, 8000, "timeout", "denied"),  # on the global deny list ...
+        (t.c, a20, WEB, 8001, "served", None),  # ... which game's own list replaces
+        (t.c, a20, WEB, 8002, "timeout", "app_not_allowed"),
+        (t.c, a40, WEB, 8000, "timeout", "not_allowed"),  # not on the global allow list
+        (t.c, a40, WEB, 8001, "timeout", "not_allowed"),  # game has no allow list of its own
+        (t.c, a40, WEB, 8002, "timeout", "app_not_allowed"),
+        (t.l, legit, WEB, 8000, "served", None),
+        (t.l, legit, WEB, 8001, "served", None),
+        (t.l, legit, WEB, 8002, "served", None),
     ]
-    served = 0
-    seen = {}
-    for ns, src, port, want, counter in cases:
-        before = counters(t)
-        got = probe(ns, src, WEB, port, timeout=0.5)
-        d = delta(before, counters(t))
-        assert got == want, (src, port, got, d)
-        for k in LIST_COUNTERS:
-            if k == counter:
-                assert d[k] >= 1, (src, port, d)
-            else:
-                assert d[k] == 0, (src, port, k, d)
-        seen[f"{src}->{port}"] = {k: d[k] for k in LIST_COUNTERS if d[k]}
-        served += want == "served"
-    # Blocked connections never reached prism nor the origin.
-    p.wait_access(count=served, timeout=5)
-    blocked = {(src, port) for _, src, port, want, _ in cases if want != "served"}
-    assert not [d for d in p.access
-                if (client_ip(d), int(d["edge"].rsplit(":", 1)[1])) in blocked], p.access
-    deadline = time.monotonic() + 5
-    while len(echo.done) < served and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(echo.done) == served, echo.done
+    served, seen = check_list_cases(t, p, echo, cases)
 
     # A SYN scan of 1000 ports no app claims, on a served address: dropped
     # (no RST, no SYN-ACK) and counted, nothing reaches prism or the origin.
@@ -713,6 +719,44 @@ def test_deny_allow_lists_and_unserved_scan(ptopo):
     assert SCAN_PORTS <= scan["unserved"] <= SCAN_PORTS + 20, scan
     assert len(p.access) == n_access
     assert len(echo.done) == served
+
+
+CFG_LISTS_WHOLE = """\
+listen: {workers: 2, address6: "off"}
+network: {manage: true, table: prism, sysctls: true}
+timeouts: {connect: 2s, idle: 30s}
+shutdown_grace: 1s
+protection: {unserved: drop, syn_rate_per_source: 0, conn_rate_per_source: 0, ban: {after: 0}}
+apps:
+  - {name: private, edge: 192.0.2.40, ports: "*", origins: "198.51.100.10:7000",
+     protection: {allow: [203.0.113.128/25]}}
+  - {name: public, edge: 192.0.2.41, ports: "*", origins: "198.51.100.10:7000",
+     protection: {deny: [203.0.113.10]}}
+  - {name: games, edge: 192.0.2.42, ports: "27000-27999", origins: "198.51.100.10:7000",
+     protection: {allow: [203.0.113.128/25]}}
+"""
+
+
+def test_app_lists_on_whole_addresses(ptopo):
+    """Apps' own lists on every port of an address go into the address
+    tiers of the list sets (netsetup_nft.c, claim_tier), a port range into
+    the concatenated ones: each is enforced on its own points."""
+    t = ptopo
+    echo = start_echo(t)
+    p = start_prism(t, CFG_LISTS_WHOLE)
+    a2, a10 = ATTACKER4, ATTACKER_EXTRA[0]
+    legit = LEGIT4[0]
+    g = run(ns_exec(t.e, ["nft", "list", "chain", "inet", "prism", "guard"])).stdout
+    assert "@appallowdstall4" in g and "@appdenyall4" in g and "@appallowdst4" in g, g
+    check_list_cases(t, p, echo, [
+        (t.c, a2, "192.0.2.40", 1234, "timeout", "app_not_allowed"),
+        (t.l, legit, "192.0.2.40", 1234, "served", None),
+        (t.l, legit, "192.0.2.40", 65535, "served", None),
+        (t.c, a10, "192.0.2.41", 5555, "timeout", "app_denied"),
+        (t.c, a2, "192.0.2.41", 5555, "served", None),
+        (t.c, a2, "192.0.2.42", 27500, "timeout", "app_not_allowed"),
+        (t.l, legit, "192.0.2.42", 27500, "served", None),
+    ])
 
 
 # --- 5. caps under a low fd limit -------------------------------------------------------
