@@ -323,7 +323,7 @@ static void test_passive_concurrent(void **state)
 
 /* ---- the check thread, against 127.0.0.1 ---- */
 
-static int listener(uint16_t port, uint16_t *bound)
+static int listener_on(uint32_t addr, uint16_t port, uint16_t *bound)
 {
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
 	socklen_t len = sizeof(sa);
@@ -331,7 +331,7 @@ static int listener(uint16_t port, uint16_t *bound)
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	assert_true(fd >= 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_addr.s_addr = htonl(addr);
 	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
 	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	assert_int_equal(listen(fd, 64), 0);
@@ -339,6 +339,11 @@ static int listener(uint16_t port, uint16_t *bound)
 	if (bound)
 		*bound = ntohs(sa.sin_port);
 	return fd;
+}
+
+static int listener(uint16_t port, uint16_t *bound)
+{
+	return listener_on(INADDR_LOOPBACK, port, bound);
 }
 
 /* One app with one origin at 127.0.0.1:<port>, and its run-time state. */
@@ -669,7 +674,10 @@ static void test_thread_inflight_bound(void **state)
 	static struct sockaddr_storage addrs[N];
 	static struct fixture f; /* static: outlives a failed assertion's longjmp */
 	uint16_t port;
-	int lfd = listener(0, &port), base, most = 0;
+	/* Every address of 127/8 is local: the N origins are 127.0.x.y,
+	 * distinct, so no two share a check.
+	 */
+	int lfd = listener_on(INADDR_ANY, 0, &port), base, most = 0;
 	uint64_t t0;
 	size_t down = 0;
 	char *log;
@@ -679,9 +687,14 @@ static void test_thread_inflight_bound(void **state)
 	cap_begin();
 	base = open_fds();
 	fixture_init(&f, port, h);
-	/* One configured origin with N addresses, all 127.0.0.1: N origins. */
-	for (size_t i = 0; i < N; i++)
+	/* One configured origin with N addresses: N origins. */
+	for (size_t i = 0; i < N; i++) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&addrs[i];
+
 		addrs[i] = f.addr;
+		a->sin_addr.s_addr =
+		    htonl(0x7f000001u + (uint32_t)(i / 250) * 256 + (uint32_t)(i % 250));
+	}
 	f.co.addrs = addrs;
 	f.co.n_addrs = N;
 	app_origins_swap(&f.ao, origin_set_from_cfg(&f.app));
@@ -764,9 +777,92 @@ static void test_thread_set_swap(void **state)
 /* After a failed assertion: stop the threads, give stderr back (with the
  * captured log, which explains the failure) before the next test.
  */
+/* Many apps checking one origin with the same settings share its checks:
+ * one connection per interval for them all, where each app used to make
+ * its own, and every app still sees the result. An app with another
+ * timeout checks on its own.
+ */
+enum { SHARED_APPS = 40 };
+static struct hc *live_hc;
+
+static void test_thread_shared_checks(void **state)
+{
+	static struct sockaddr_storage addr;
+	static struct cfg_origin co;
+	static struct cfg_app apps[SHARED_APPS + 1];
+	static struct app_origins aos[SHARED_APPS + 1];
+	struct cfg_health h = {
+	    .on = true, .interval_ms = 50, .timeout_ms = 500, .rise = 1, .fall = 2};
+	struct sockaddr_in *sin = (struct sockaddr_in *)&addr;
+	uint16_t port;
+	int fds = open_fds(), lfd = listener(0, &port), accepted = 0;
+	uint64_t t0, ms;
+	char *log;
+
+	(void)state;
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	co = (struct cfg_origin){.host = "127.0.0.1",
+				 .addrs = &addr,
+				 .n_addrs = 1,
+				 .port_mode = CFG_PORT_FIXED,
+				 .port = port,
+				 .weight = 1};
+	cap_begin();
+	for (int i = 0; i <= SHARED_APPS; i++) {
+		apps[i] = (struct cfg_app){.name = i < SHARED_APPS ? "shared" : "own",
+					   .origins = &co,
+					   .n_origins = 1,
+					   .health = h};
+		if (i == SHARED_APPS)
+			apps[i].health.timeout_ms = 400;
+		pthread_mutex_init(&aos[i].lock, NULL);
+		aos[i].app = &apps[i];
+		aos[i].set = origin_set_from_cfg(&apps[i]);
+		assert_non_null(aos[i].set);
+	}
+	assert_int_equal(hc_start(&live_hc, aos, SHARED_APPS + 1), 0);
+
+	/* 20 intervals: two keys, so about 40 checks, not 820. */
+	t0 = mono_ms();
+	while ((ms = mono_ms() - t0) < 20 * 50) {
+		int c;
+
+		while ((c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+			accepted++;
+			close(c);
+		}
+		usleep(1000);
+	}
+	assert_true(accepted >= 2 * 10);
+	assert_true(accepted <= 2 * (int)(ms / 50 + 2));
+	for (int i = 0; i <= SHARED_APPS; i++)
+		assert_true(__atomic_load_n(&aos[i].set->v[0]->hc_ok, __ATOMIC_RELAXED) >= 5);
+
+	/* Gone: every app finds it down. */
+	close(lfd);
+	for (int i = 0; i <= SHARED_APPS; i++)
+		assert_true(wait_state(aos[i].set->v[0], 0, 2, -1, 5000) >= 0);
+	hc_stop(live_hc);
+	live_hc = NULL;
+	for (int i = 0; i <= SHARED_APPS; i++) {
+		origin_set_unref(aos[i].set);
+		pthread_mutex_destroy(&aos[i].lock);
+	}
+	log = cap_end();
+	assert_int_equal(open_fds(), fds);
+	assert_int_equal(count(log, "warn app shared: origin 127.0.0.1:"), SHARED_APPS);
+	assert_int_equal(count(log, "warn app own: origin 127.0.0.1:"), 1);
+	free(log);
+}
+
 static int teardown(void **state)
 {
 	(void)state;
+	if (live_hc) {
+		hc_stop(live_hc);
+		live_hc = NULL;
+	}
 	if (live_fx)
 		fixture_deinit(live_fx);
 	if (live_resp)
@@ -792,6 +888,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
+	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
