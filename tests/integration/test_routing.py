@@ -170,13 +170,18 @@ apps:
 """
 
 
-def test_routing_longest_prefix_then_narrowest_range(topo):
-    t = topo
-    for addr, port, name in ((ORIGIN4, 9000, "wide"), (ORIGIN_B, 9001, "longer"),
-                             (ORIGIN_C, 9002, "narrow")):
+def _three_apps(t, cfg, names):
+    """Starts report servers named <names> on 198.51.100.10:9000, .11:9001
+    and .12:9002 (the origins of the three apps of <cfg>), then prism."""
+    for addr, port, name in zip((ORIGIN4, ORIGIN_B, ORIGIN_C), (9000, 9001, 9002), names):
         srv = peers.ThreadServer(t.o, addr, port, peers.report_handler(name))
         t.on_teardown(srv.close)
-    t.start_prism(CFG_PRECEDENCE)
+    return t.start_prism(cfg)
+
+
+def test_routing_longest_prefix_then_narrowest_range(topo):
+    t = topo
+    _three_apps(t, CFG_PRECEDENCE, ("wide", "longer", "narrow"))
     cases = [
         ("192.0.2.5", 8550, "wide"),      # /25 does not contain .5
         ("192.0.2.200", 8550, "longer"),  # longer prefix beats wider
@@ -206,11 +211,7 @@ def test_routing_each_claim_shape(topo):
     test_claims_split_by_shape). A connection to each shape is relayed to
     its app, and a port next to a claimed point is not accepted."""
     t = topo
-    for addr, port, name in ((ORIGIN4, 9000, "whole"), (ORIGIN_B, 9001, "point"),
-                             (ORIGIN_C, 9002, "range")):
-        srv = peers.ThreadServer(t.o, addr, port, peers.report_handler(name))
-        t.on_teardown(srv.close)
-    t.start_prism(CFG_SHAPES)
+    _three_apps(t, CFG_SHAPES, ("whole", "point", "range"))
     for addr, port, want in (("192.0.2.20", 1, "whole"), ("192.0.2.20", 65535, "whole"),
                              ("192.0.2.20", 8500, "whole"), ("192.0.2.21", 22, "point"),
                              ("192.0.2.21", 8000, "range"), ("192.0.2.99", 8999, "range")):
