@@ -194,6 +194,16 @@ int cfg_parse_duration(const char *s, uint32_t *ms);
 extern int (*cfg_resolver)(const char *host, struct sockaddr_storage **addrs, size_t *n,
 			   const char **why);
 
+/* cfg_resolver, with the answers remembered for one pass over the apps (a
+ * config load, a round of DNS refreshes), so that a name many apps list is
+ * resolved once per pass: 65,536 apps with one named origin made 65,536
+ * lookups. <*memo> starts NULL; cfg_memo_free ends the pass. Same results
+ * as cfg_resolver; *addrs is the caller's to free.
+ */
+int cfg_resolve_memo(void **memo, const char *host, struct sockaddr_storage **addrs, size_t *n,
+		     const char **why);
+void cfg_memo_free(void **memo);
+
 struct cfg *cfg_ref(struct cfg *c);
 void cfg_unref(struct cfg *c);
 

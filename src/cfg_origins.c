@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <search.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -132,6 +133,85 @@ static int resolve_system(const char *host, struct sockaddr_storage **addrs, siz
 
 int (*cfg_resolver)(const char *host, struct sockaddr_storage **addrs, size_t *n,
 		    const char **why) = resolve_system;
+
+struct memo_ent {
+	char *host;
+	int rc;
+	const char *why; /* resolvers return static strings */
+	struct sockaddr_storage *addrs;
+	size_t n;
+};
+
+static int memo_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct memo_ent *)a)->host, ((const struct memo_ent *)b)->host);
+}
+
+static void memo_ent_free(void *p)
+{
+	struct memo_ent *e = p;
+
+	free(e->host);
+	free(e->addrs);
+	free(e);
+}
+
+/* A copy of <n> addresses (NULL for none), or NULL with errno ENOMEM. */
+static struct sockaddr_storage *addrs_copy(const struct sockaddr_storage *v, size_t n)
+{
+	struct sockaddr_storage *c;
+
+	if (!n)
+		return NULL;
+	c = malloc(n * sizeof(*c));
+	if (c)
+		memcpy(c, v, n * sizeof(*c));
+	return c;
+}
+
+int cfg_resolve_memo(void **memo, const char *host, struct sockaddr_storage **addrs, size_t *n,
+		     const char **why)
+{
+	struct memo_ent key = {.host = (char *)host}, *e, **found;
+	int rc;
+
+	found = tfind(&key, memo, memo_cmp);
+	if (found) {
+		e = *found;
+		*addrs = NULL;
+		*n = 0;
+		if (e->rc != 0) {
+			*why = e->why;
+			return e->rc;
+		}
+		*addrs = addrs_copy(e->addrs, e->n);
+		if (e->n && !*addrs) {
+			*why = "out of memory";
+			return -ENOMEM;
+		}
+		*n = e->n;
+		return 0;
+	}
+	rc = cfg_resolver(host, addrs, n, why);
+	/* Remembered when there is memory for it; the answer stands either way. */
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return rc;
+	e->host = strdup(host);
+	e->rc = rc;
+	e->why = rc != 0 ? *why : NULL;
+	e->n = rc == 0 ? *n : 0;
+	e->addrs = rc == 0 ? addrs_copy(*addrs, *n) : NULL;
+	if (!e->host || (e->n && !e->addrs) || !tsearch(e, memo, memo_cmp))
+		memo_ent_free(e);
+	return rc;
+}
+
+void cfg_memo_free(void **memo)
+{
+	tdestroy(*memo, memo_ent_free);
+	*memo = NULL;
+}
 
 void cfg_origin_clear(struct cfg_origin *o)
 {
@@ -439,6 +519,7 @@ int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char 
 void cfg_resolve_names(struct loader *ld)
 {
 	struct cfg *c = ld->cfg;
+	void *memo = NULL;
 	size_t a, i;
 
 	for (a = 0; a < c->n_apps; a++) {
@@ -453,7 +534,7 @@ void cfg_resolve_names(struct loader *ld)
 
 			if (!o->is_name)
 				continue;
-			if (cfg_resolver(o->host, &addrs, &n, &why) == 0 && addrs &&
+			if (cfg_resolve_memo(&memo, o->host, &addrs, &n, &why) == 0 && addrs &&
 			    (n = addrs_dedupe(addrs, n)) > 0) {
 				o->addrs = addrs;
 				o->n_addrs = n;
@@ -467,6 +548,7 @@ void cfg_resolve_names(struct loader *ld)
 			    o->host, why, cfg_fmt_duration(app->dns_refresh_ms, dur, sizeof(dur)));
 		}
 	}
+	cfg_memo_free(&memo);
 }
 
 /* ---- balancing, health ---- */

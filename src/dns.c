@@ -33,15 +33,16 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
 }
 
 /* Resolves <host> through cfg_resolver (the loader's resolver, so tests can
- * stub both) into at most <max> addresses (port 0). Returns the count, or
- * -1 with <*why> set.
+ * stub both), once per round for all apps (<memo>), into at most <max>
+ * addresses (port 0). Returns the count, or -1 with <*why> set.
  */
-static int resolve(const char *host, struct sockaddr_storage *out, int max, const char **why)
+static int resolve(void **memo, const char *host, struct sockaddr_storage *out, int max,
+		   const char **why)
 {
 	struct sockaddr_storage *v = NULL;
 	size_t n = 0;
 
-	if (cfg_resolver(host, &v, &n, why) < 0)
+	if (cfg_resolve_memo(memo, host, &v, &n, why) < 0)
 		return -1;
 	if (n > (size_t)max)
 		n = (size_t)max;
@@ -55,7 +56,7 @@ static int resolve(const char *host, struct sockaddr_storage *out, int max, cons
 /* Re-resolves the named origins of one app; swaps in a new set if any
  * address changed.
  */
-static void refresh_app(struct app_origins *ao)
+static void refresh_app(struct app_origins *ao, void **memo)
 {
 	const struct cfg_app *app = ao->app;
 	struct origin_set *cur = app_origins_get(ao);
@@ -87,7 +88,7 @@ static void refresh_app(struct app_origins *ao)
 				}
 			continue;
 		}
-		got = resolve(co->host, addrs, MAX_ADDRS, &why);
+		got = resolve(memo, co->host, addrs, MAX_ADDRS, &why);
 		if (got < 0) {
 			log_warn("app %s: cannot resolve origin %s (%s); keeping its %zu "
 				 "address(es)",
@@ -151,19 +152,21 @@ static void *dns_main(void *arg)
 	for (;;) {
 		uint64_t now = mono_ms(), next = UINT64_MAX;
 		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
+		void *memo = NULL; /* this round's answers, shared by its apps */
 		int timeout;
 
 		for (size_t i = 0; i < d->n; i++) {
 			if (!d->due[i])
 				continue;
 			if (d->due[i] <= now) {
-				refresh_app(&d->apps[i]);
+				refresh_app(&d->apps[i], &memo);
 				now = mono_ms();
 				d->due[i] = now + d->apps[i].app->dns_refresh_ms;
 			}
 			if (d->due[i] < next)
 				next = d->due[i];
 		}
+		cfg_memo_free(&memo);
 		timeout = next == UINT64_MAX ? -1 : (int)(next - now);
 		if (poll(&pfd, 1, timeout) > 0)
 			return NULL; /* dns_stop */

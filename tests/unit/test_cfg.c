@@ -1127,6 +1127,24 @@ static void test_origin_forms(void **state)
 	assert_non_null(c->warnings);
 	cfg_unref(c);
 
+	/* A name several apps list is looked up once per load, an answer and
+	 * a failure alike; each app still gets its addresses or its warning.
+	 */
+	stub_calls = 0;
+	c = load_ok("apps:\n"
+		    "  - {name: a, edge: 192.0.2.1, ports: 80, origins: [one.test, nowhere.test]}\n"
+		    "  - {name: b, edge: 192.0.2.2, ports: 80, origins: [one.test, nowhere.test]}\n"
+		    "  - {name: c, edge: 192.0.2.3, ports: 80, origins: one.test}\n");
+	assert_int_equal(stub_calls, 2);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(c->apps[i].origins[0].n_addrs, 1);
+		assert_string_equal(sa(&c->apps[i].origins[0].addrs[0], buf), "198.51.100.9:0");
+	}
+	assert_int_equal(count_lines(c->warnings), 2);
+	assert_non_null(strstr(c->warnings, "t.yaml:2:"));
+	assert_non_null(strstr(c->warnings, "t.yaml:3:"));
+	cfg_unref(c);
+
 	/* One origin as a mapping, without a list. */
 	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: {address: "
 		    "198.51.100.1, port: 81}}\n");
