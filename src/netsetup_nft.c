@@ -171,39 +171,63 @@ static bool plist_same(const struct plist *a, const struct plist *b)
  * without overlaps; run_flush at the end.
  */
 struct run_out {
-	struct set_out o;
+	struct set_out *o;
 	bool v4, open;
 	struct in6_addr lo, hi;
+	uint32_t plo, phi; /* the port range; 0-0: none (an address set) */
 	const struct plist *src;
 };
+
+static void print_ports(FILE *f, uint16_t lo, uint16_t hi);
 
 static void run_flush(struct run_out *r)
 {
 	if (!r->open)
 		return;
 	for (size_t i = 0; i < (r->src ? r->src->n : 1); i++) {
-		elem_begin(&r->o);
-		print_range(r->o.f, &r->lo, &r->hi, r->v4);
+		elem_begin(r->o);
+		print_range(r->o->f, &r->lo, &r->hi, r->v4);
+		if (r->phi)
+			print_ports(r->o->f, (uint16_t)r->plo, (uint16_t)r->phi);
 		if (r->src) {
-			fputs(" . ", r->o.f);
-			print_prefix(r->o.f, &r->src->v[i]);
+			fputs(" . ", r->o->f);
+			print_prefix(r->o->f, &r->src->v[i]);
 		}
 	}
 	r->open = false;
 }
 
+/* Extends the open run with [lo, hi] when it follows on with the same
+ * ports and list; returns false otherwise, leaving it alone.
+ */
+static bool run_extend(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi,
+		       uint32_t plo, uint32_t phi, const struct plist *src)
+{
+	if (!r->open || r->plo != plo || r->phi != phi || !plist_same(r->src, src) ||
+	    !addr_follows(&r->hi, lo))
+		return false;
+	r->hi = *hi;
+	return true;
+}
+
+static void run_open(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi,
+		     uint32_t plo, uint32_t phi, const struct plist *src)
+{
+	r->lo = *lo;
+	r->hi = *hi;
+	r->plo = plo;
+	r->phi = phi;
+	r->src = src;
+	r->open = true;
+}
+
 static void run_add(struct run_out *r, const struct in6_addr *lo, const struct in6_addr *hi,
 		    const struct plist *src)
 {
-	if (r->open && plist_same(r->src, src) && addr_follows(&r->hi, lo)) {
-		r->hi = *hi;
+	if (run_extend(r, lo, hi, 0, 0, src))
 		return;
-	}
 	run_flush(r);
-	r->lo = *lo;
-	r->hi = *hi;
-	r->src = src;
-	r->open = true;
+	run_open(r, lo, hi, 0, 0, src);
 }
 
 static void prefix_range(const struct addr_prefix *p, struct in6_addr *lo, struct in6_addr *hi)
@@ -252,9 +276,10 @@ static int plist_make(struct plist *out, const struct addr_prefix *in, size_t n,
 
 static void print_plist_set(FILE *f, const char *name, const struct fam *fm, const struct plist *l)
 {
-	struct run_out r = {.v4 = fm->v4};
+	struct set_out o;
+	struct run_out r = {.o = &o, .v4 = fm->v4};
 
-	set_begin(&r.o, f, name, fm, fm->type, "flags interval");
+	set_begin(&o, f, name, fm, fm->type, "flags interval");
 	for (size_t i = 0; i < l->n; i++) {
 		struct in6_addr lo, hi;
 
@@ -262,7 +287,7 @@ static void print_plist_set(FILE *f, const char *name, const struct fam *fm, con
 		run_add(&r, &lo, &hi, NULL);
 	}
 	run_flush(&r);
-	set_end(&r.o);
+	set_end(&o);
 }
 
 /* Which apps' points a set is about. */
@@ -292,6 +317,8 @@ enum own_kind {
  * one rule per tier, and its absence with the tiers' absences in one rule.
  */
 enum claim_tier { CT_ALL, CT_POINT, CT_RANGE, CT_N };
+
+#define RANGE_RUNS 16 /* port runs of one element merged onwards at once */
 
 enum tset { TS_CLAIMS, TS_DENYOWN, TS_ALLOWDST, TS_ALLOWOWN, TS_DENY, TS_ALLOW, TS_N };
 
@@ -326,7 +353,19 @@ struct own_walk {
 	size_t nb;
 	const struct plist *lists; /* OWN_LIST_*: each app's source prefixes */
 	struct run_out *r;	   /* where the elements go */
+	/* Tier CT_RANGE: runs of addresses with the same ports (and list)
+	 * that go on from one element to the next, merged. 65,536 apps of
+	 * one address each, all with ports 7000-7999, are one element.
+	 */
+	struct run_out open[RANGE_RUNS];
 };
+
+static void open_runs_flush(struct own_walk *w, const struct in6_addr *keep_hi)
+{
+	for (int i = 0; i < RANGE_RUNS; i++)
+		if (!keep_hi || memcmp(&w->open[i].hi, keep_hi, sizeof(*keep_hi)) != 0)
+			run_flush(&w->open[i]);
+}
 
 static enum claim_tier tier_of(const struct own_walk *w, const struct rt_elem *e, uint32_t plo,
 			       uint32_t phi)
@@ -383,13 +422,27 @@ static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, 
 {
 	const struct plist *src = w->lists ? &w->lists[app] : NULL;
 	enum claim_tier t = tier_of(w, e, plo, phi);
-	struct set_out *o = &w->r->o;
+	struct set_out *o = w->r->o;
 
 	if ((int)t != w->tier)
 		return;
 	if (t == CT_ALL) {
 		run_add(w->r, &e->lo, &e->hi, src);
 		return;
+	}
+	if (t == CT_RANGE) {
+		struct run_out *free_run = NULL;
+
+		for (int i = 0; i < RANGE_RUNS; i++) {
+			if (run_extend(&w->open[i], &e->lo, &e->hi, plo, phi, src))
+				return;
+			if (!w->open[i].open && !free_run)
+				free_run = &w->open[i];
+		}
+		if (free_run) {
+			run_open(free_run, &e->lo, &e->hi, plo, phi, src);
+			return;
+		}
 	}
 	for (size_t i = 0; i < (src ? src->n : 1); i++) {
 		elem_begin(o);
@@ -430,6 +483,9 @@ static int own_elem(const struct rt_elem *e, void *arg)
 	}
 	if (in_run)
 		own_emit(w, e, run_lo, e->phi, run_app);
+	/* A run this element did not extend cannot go on to the next one. */
+	if (w->tier == CT_RANGE)
+		open_runs_flush(w, &e->hi);
 	return 0;
 }
 
@@ -480,7 +536,8 @@ static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enu
 	char type[80], name[32];
 
 	for (int t = 0; t < CT_N; t++) {
-		struct run_out r = {.v4 = fm->v4};
+		struct set_out o;
+		struct run_out r = {.o = &o, .v4 = fm->v4};
 		struct own_walk w = {.cfg = cfg,
 				     .v4 = fm->v4,
 				     .kind = tsets[ts].kind,
@@ -497,12 +554,15 @@ static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enu
 			 t == CT_ALL ? "" : " . inet_service", tsets[ts].src ? " . " : "",
 			 tsets[ts].src ? fm->type : "");
 		snprintf(name, sizeof(name), "%s%s", tsets[ts].name, tier_suffix[t]);
-		set_begin(&r.o, f, name, fm, type, t == CT_POINT ? NULL : "flags interval");
+		for (int i = 0; i < RANGE_RUNS; i++)
+			w.open[i] = (struct run_out){.o = &o, .v4 = fm->v4};
+		set_begin(&o, f, name, fm, type, t == CT_POINT ? NULL : "flags interval");
 		if (cfg->rt)
 			rt_cover(cfg->rt, fm->v4, own_elem, &w);
 		run_flush(&r);
-		n[t] = r.o.n;
-		set_end(&r.o);
+		open_runs_flush(&w, NULL);
+		n[t] = o.n;
+		set_end(&o);
 	}
 }
 

@@ -229,6 +229,11 @@ apps:
      protection: {allow: [203.0.113.0/24, 100.64.0.0/10]}}
   - {name: q2, edge: 198.18.9.2, ports: "*", origins: 198.51.100.10, protection: {allow: *q}}
   - {name: q3, edge: 198.18.9.3, ports: "*", origins: 198.51.100.10, protection: {allow: *q}}
+  - {name: g0, edge: 198.18.10.0, ports: "7000-7999", origins: 198.51.100.10}
+  - {name: g1, edge: 198.18.10.1, ports: "7000-7999", origins: 198.51.100.10}
+  - {name: g2, edge: 198.18.10.2, ports: "7000-7999", origins: 198.51.100.10}
+  - {name: g3, edge: 198.18.10.3, ports: "7000-7999", origins: 198.51.100.10}
+  - {name: g5, edge: 198.18.10.5, ports: "7000-7999", origins: 198.51.100.10}
   - {name: six, edge: "2001:db8:7::/48", ports: "*", origins: "[2001:db8::10]"}
   - {name: six1, edge: "2001:db8:8::1", ports: 443, origins: "[2001:db8::10]"}
 """
@@ -247,9 +252,15 @@ def test_claims_split_by_shape(ns, tmp_path):
     # ranges), make one element; so do the served addresses.
     assert set_elems(ns, "claimsall4") == ["198.18.7.0/24", "198.18.9.0/30"]
     assert set_elems(ns, "claimspoint4") == ["198.18.8.1 . 22"]
+    # Addresses in a row with the same port range merge as well (g0-g3);
+    # g5 does not follow on.
     ranges = set_elems(ns, "claims4")
-    assert ranges and all(e.endswith(". 8000-8999") for e in ranges), ranges
-    assert set_elems(ns, "served4") == ["198.18.7.0-198.18.9.3"]
+    assert "198.18.10.0/30 . 7000-7999" in ranges and "198.18.10.5 . 7000-7999" in ranges, ranges
+    web = [e for e in ranges if not e.endswith(". 7000-7999")]
+    assert web and all(e.endswith(". 8000-8999") for e in web), ranges
+    assert len(ranges) == len(web) + 2, ranges
+    assert set_elems(ns, "served4") == ["198.18.10.0/30", "198.18.10.5",
+                                        "198.18.7.0-198.18.9.3"]
     assert set_elems(ns, "claimsall6") == ["2001:db8:7::/48"]
     assert set_elems(ns, "claimspoint6") == ["2001:db8:8::1 . 443"]
     assert set_elems(ns, "claims6") == []
