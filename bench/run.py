@@ -840,21 +840,27 @@ backend be_iperf
             self.sh(["ip", "-n", self.ns["e"], "route", "del", PREFIX, "via", NAIVE4],
                     check=False, note=True)
 
+    def prism_round(self, kind, cfg=None, probe=lambda p: {}):
+        """Starts prism (with <cfg>, if not the usual config), notes its
+        start time, RSS and probe(proc), runs the rate scenario's <kind>
+        load through it and stops it."""
+        n0 = len(self.prism_start_ms)
+        p = self.start_target("prism", cfg)
+        try:
+            j = {"setup_wall_ms": self.prism_start_ms[n0], "rss_kib": rss_kib(p.pid)}
+            j.update(probe(p))
+            j.update(self.rate_once("prism", kind, p))
+            return j
+        finally:
+            self.stop_target("prism", p)
+
     def sc_anyport(self):
         def one(kind, _r):
             if kind == "naive":
                 return self.naive_round()
             # No Slab figure for prism: its 2 listening sockets vanish in
             # the machine-wide churn of TIME_WAIT sockets from earlier rounds.
-            n0 = len(self.prism_start_ms)
-            p = self.start_target("prism")
-            try:
-                j = {"setup_wall_ms": self.prism_start_ms[n0], "rss_kib": rss_kib(p.pid),
-                     "listeners": listeners(p.pid)}
-                j.update(self.rate_once("prism", kind, p))
-                return j
-            finally:
-                self.stop_target("prism", p)
+            return self.prism_round(kind, probe=lambda p: {"listeners": listeners(p.pid)})
         self.res["anyport"] = self.rounds_of(one, targets=("prefix", "single", "naive"))
 
     # -- routing lookup ---------------------------------------------------------------
@@ -890,15 +896,8 @@ backend be_iperf
             t0 = time.monotonic()
             self.sh([self.prism, "check", "-c", cfg], timeout=120, note=_r == 0)
             check_ms = (time.monotonic() - t0) * 1000
-            n0 = len(self.prism_start_ms)
-            p = self.start_target("prism", cfg)
-            try:
-                j = {"setup_wall_ms": self.prism_start_ms[n0], "check_ms": check_ms,
-                     "rss_kib": rss_kib(p.pid), "claims": self.claims_elems()}
-                j.update(self.rate_once("prism", "prefix", p))
-                return j
-            finally:
-                self.stop_target("prism", p)
+            return self.prism_round("prefix", cfg, lambda p: {"check_ms": check_ms,
+                                                              "claims": self.claims_elems()})
         self.res["apps"] = self.rounds_of(one, targets=APPS_TARGETS)
 
     # -- main --------------------------------------------------------------------------
@@ -1355,11 +1354,12 @@ class Report:
         rs = self.res.get("apps")
         if not rs:
             return
+        addrs = ipaddress.ip_network(PREFIX).num_addresses
         self.w(f"The rate scenario's load (random address in {PREFIX} × random port) through "
                f"prism with the /16 as one app, and as {MANY_APPS:,} apps: one per address, "
-               f"the first {MANY_APPS - 65536:,} addresses as two apps of half the ports "
+               f"the first {MANY_APPS - addrs:,} addresses as two apps of half the ports "
                "each (`prism-apps.yaml`, written by bench/run.py). Setup: spawn to ready, "
-               "including the nft table and the 65,536 routes. `with allow lists`: the same "
+               f"including the nft table and the {addrs:,} routes. `with allow lists`: the same "
                "apps, each address's with an allow list of its own (the client's /24 and an "
                "address of its own), `prism-apps-lists.yaml`. `prism check`: loading and "
                "checking the config alone (wall time of the command). Set elements: what "

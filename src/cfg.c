@@ -39,9 +39,10 @@
 #define CFG_MAX_FILE	(32 << 20)
 #define CFG_KEEP_ERRORS 1000 /* collected, then sorted ... */
 #define CFG_SHOW_ERRORS 100  /* ... and the first this many printed */
-#define CFG_MAX_CLAIMS                                                                             \
-	1000000		    /* edges x port ranges, over all apps (rt_build:                       \
-			     * about 0.7 s and 90 MB at the cap) */
+/* Edges x port ranges, over all apps; rt_build takes about 0.7 s and 90 MB
+ * at the cap.
+ */
+#define CFG_MAX_CLAIMS	 1000000
 #define CFG_MAX_REBUILDS 64 /* rt_build retries to find more overlaps */
 #define CFG_TABLE_MAX	 31
 #define CFG_WORKERS_MAX	 1024

@@ -15,9 +15,10 @@
  *
  * Checks of the same address with the same settings (port, timeout,
  * interval, send, expect) are shared, whichever apps they belong to: while
- * one runs, the others due meanwhile wait for its result (followers), and a
- * result of a check due less than an interval earlier is taken as it is. Many apps in front of
- * one origin pool cost one check per origin and interval, not one per app:
+ * one runs, the others due meanwhile wait for its result (followers), and
+ * the result of a check due less than an interval earlier is taken as it
+ * is. Many apps in front of one origin pool cost one check per origin and
+ * interval, not one per app:
  * 65,536 apps checking one origin every 2 s made 32,768 checks a second
  * and cut connections/s to 0.63x (docs/benchmarks.md, "Many apps").
  *

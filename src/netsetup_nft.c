@@ -296,8 +296,8 @@ enum own_kind {
 	OWN_SET_DENY,	   /* owned by an app with its own deny list */
 	OWN_SET_ALLOW,	   /* owned by an app with its own allow list (maybe empty) */
 	OWN_ENFORCE_ALLOW, /* owned by an app with its own non-empty allow list */
-	OWN_LIST_DENY,	   /* the same with a deny list, per source prefix of it */
-	OWN_LIST_ALLOW,	   /* the same with an allow list, per source prefix of it */
+	OWN_LIST,	   /* owned by an app whose list in <lists> is not empty, per
+			    * source prefix of that list */
 };
 
 /* The sets of (address . port) points the guard chain looks up are each
@@ -322,20 +322,25 @@ enum claim_tier { CT_ALL, CT_POINT, CT_RANGE, CT_N };
 
 enum tset { TS_CLAIMS, TS_DENYOWN, TS_ALLOWDST, TS_ALLOWOWN, TS_DENY, TS_ALLOW, TS_N };
 
+/* Sets of kind OWN_LIST are keyed by the source prefix too. */
 static const struct {
 	const char *name;
 	enum own_kind kind;
-	bool src; /* keyed by the source prefix too */
 } tsets[TS_N] = {
-    [TS_CLAIMS] = {"claims", OWN_ANY, false},
-    [TS_DENYOWN] = {"appdenyown", OWN_SET_DENY, false},
-    [TS_ALLOWDST] = {"appallowdst", OWN_ENFORCE_ALLOW, false},
-    [TS_ALLOWOWN] = {"appallowown", OWN_SET_ALLOW, false},
-    [TS_DENY] = {"appdeny", OWN_LIST_DENY, true},
-    [TS_ALLOW] = {"appallow", OWN_LIST_ALLOW, true},
+    [TS_CLAIMS] = {"claims", OWN_ANY},
+    [TS_DENYOWN] = {"appdenyown", OWN_SET_DENY},
+    [TS_ALLOWDST] = {"appallowdst", OWN_ENFORCE_ALLOW},
+    [TS_ALLOWOWN] = {"appallowown", OWN_SET_ALLOW},
+    [TS_DENY] = {"appdeny", OWN_LIST},
+    [TS_ALLOW] = {"appallow", OWN_LIST},
 };
 
 static const char *const tier_suffix[CT_N] = {"all", "point", ""};
+
+static bool keyed_by_source(enum tset ts)
+{
+	return tsets[ts].kind == OWN_LIST;
+}
 
 /* Walks the cover of all claims and emits the (address range . port
  * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>,
@@ -351,11 +356,10 @@ struct own_walk {
 	int tier;
 	const uint32_t *bounds; /* sorted, distinct: every claim's lo and hi + 1 */
 	size_t nb;
-	const struct plist *lists; /* OWN_LIST_*: each app's source prefixes */
-	struct run_out *r;	   /* where the elements go */
-	/* Tier CT_RANGE: runs of addresses with the same ports (and list)
-	 * that go on from one element to the next, merged. 65,536 apps of
-	 * one address each, all with ports 7000-7999, are one element.
+	const struct plist *lists; /* OWN_LIST: each app's source prefixes */
+	/* Runs of addresses with the same ports (and list) that go on from
+	 * one element to the next, merged: 65,536 apps of one address each,
+	 * all with ports 7000-7999 (or every port), are one element.
 	 */
 	struct run_out open[RANGE_RUNS];
 };
@@ -393,10 +397,8 @@ static bool own_pick(const struct own_walk *w, uint32_t app)
 		return p->set_allow;
 	case OWN_ENFORCE_ALLOW:
 		return p->set_allow && p->n_allow > 0;
-	case OWN_LIST_DENY:
-		return p->set_deny && w->lists[app].n > 0;
-	case OWN_LIST_ALLOW:
-		return p->set_allow && w->lists[app].n > 0;
+	case OWN_LIST:
+		return w->lists[app].n > 0;
 	}
 	return false;
 }
@@ -422,37 +424,25 @@ static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, 
 {
 	const struct plist *src = w->lists ? &w->lists[app] : NULL;
 	enum claim_tier t = tier_of(w, e, plo, phi);
-	struct set_out *o = w->r->o;
+	struct run_out *free_run = NULL, one = {.o = w->open[0].o, .v4 = w->v4};
 
 	if ((int)t != w->tier)
 		return;
-	if (t == CT_ALL) {
-		run_add(w->r, &e->lo, &e->hi, src);
+	if (t == CT_ALL)
+		plo = phi = 0; /* an address set: no ports */
+	for (int i = 0; t != CT_POINT && i < RANGE_RUNS; i++) {
+		if (run_extend(&w->open[i], &e->lo, &e->hi, plo, phi, src))
+			return;
+		if (!w->open[i].open && !free_run)
+			free_run = &w->open[i];
+	}
+	if (free_run) {
+		run_open(free_run, &e->lo, &e->hi, plo, phi, src);
 		return;
 	}
-	if (t == CT_RANGE) {
-		struct run_out *free_run = NULL;
-
-		for (int i = 0; i < RANGE_RUNS; i++) {
-			if (run_extend(&w->open[i], &e->lo, &e->hi, plo, phi, src))
-				return;
-			if (!w->open[i].open && !free_run)
-				free_run = &w->open[i];
-		}
-		if (free_run) {
-			run_open(free_run, &e->lo, &e->hi, plo, phi, src);
-			return;
-		}
-	}
-	for (size_t i = 0; i < (src ? src->n : 1); i++) {
-		elem_begin(o);
-		print_range(o->f, &e->lo, &e->hi, w->v4);
-		print_ports(o->f, (uint16_t)plo, (uint16_t)phi);
-		if (src) {
-			fputs(" . ", o->f);
-			print_prefix(o->f, &src->v[i]);
-		}
-	}
+	/* A point, or no run free: the element on its own. */
+	run_open(&one, &e->lo, &e->hi, plo, phi, src);
+	run_flush(&one);
 }
 
 /* Emits the element's runs of picked ports. With source lists a run also
@@ -484,8 +474,7 @@ static int own_elem(const struct rt_elem *e, void *arg)
 	if (in_run)
 		own_emit(w, e, run_lo, e->phi, run_app);
 	/* A run this element did not extend cannot go on to the next one. */
-	if (w->tier == CT_RANGE)
-		open_runs_flush(w, &e->hi);
+	open_runs_flush(w, &e->hi);
 	return 0;
 }
 
@@ -528,7 +517,7 @@ static long port_bounds(const struct cfg *cfg, uint32_t **out)
 
 /* Prints the sets of <ts> for one family (one per tier; see claim_tier)
  * and stores how many elements each got in <n>. <lists>: for sets keyed
- * by source, each app's list of this family.
+ * by source, each app's list of this family; else NULL.
  */
 static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enum tset ts,
 		       const uint32_t *bounds, size_t nb, const struct plist *lists, size_t n[CT_N])
@@ -537,29 +526,27 @@ static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enu
 
 	for (int t = 0; t < CT_N; t++) {
 		struct set_out o;
-		struct run_out r = {.o = &o, .v4 = fm->v4};
 		struct own_walk w = {.cfg = cfg,
 				     .v4 = fm->v4,
 				     .kind = tsets[ts].kind,
 				     .tier = t,
 				     .bounds = bounds,
 				     .nb = nb,
-				     .lists = tsets[ts].src ? lists : NULL,
-				     .r = &r};
+				     .lists = lists};
+		bool src = keyed_by_source(ts);
 
 		n[t] = 0;
-		if (t == CT_POINT && tsets[ts].src)
+		if (t == CT_POINT && src)
 			continue;
 		snprintf(type, sizeof(type), "%s%s%s%s", fm->type,
-			 t == CT_ALL ? "" : " . inet_service", tsets[ts].src ? " . " : "",
-			 tsets[ts].src ? fm->type : "");
+			 t == CT_ALL ? "" : " . inet_service", src ? " . " : "",
+			 src ? fm->type : "");
 		snprintf(name, sizeof(name), "%s%s", tsets[ts].name, tier_suffix[t]);
 		for (int i = 0; i < RANGE_RUNS; i++)
 			w.open[i] = (struct run_out){.o = &o, .v4 = fm->v4};
 		set_begin(&o, f, name, fm, type, t == CT_POINT ? NULL : "flags interval");
 		if (cfg->rt)
 			rt_cover(cfg->rt, fm->v4, own_elem, &w);
-		run_flush(&r);
 		open_runs_flush(&w, NULL);
 		n[t] = o.n;
 		set_end(&o);
@@ -657,7 +644,7 @@ static bool tier_on(const struct guard_plan *g, const struct fam *fm, enum tset 
 static void print_tmatch(FILE *f, const struct fam *fm, enum tset ts, int t, bool neg)
 {
 	fprintf(f, "%s daddr %s", fm->ip, t == CT_ALL ? "" : ". tcp dport ");
-	if (tsets[ts].src)
+	if (keyed_by_source(ts))
 		fprintf(f, ". %s saddr ", fm->ip);
 	fprintf(f, "%s@%s%s%c ", neg ? "!= " : "", tsets[ts].name, tier_suffix[t], fm->d);
 	if (t == CT_ALL && !neg)
@@ -731,7 +718,7 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, stru
 	for (int ts = TS_DENYOWN; ts < TS_N; ts++) {
 		struct plist *lists = NULL;
 
-		if (tsets[ts].src) {
+		if (keyed_by_source(ts)) {
 			lists = app_lists(cfg, ts == TS_DENY, fm->v4);
 			if (!lists)
 				return -ENOMEM;
