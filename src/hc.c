@@ -21,6 +21,11 @@
  * interval, not one per app:
  * 65,536 apps checking one origin every 2 s made 32,768 checks a second
  * and cut connections/s to 0.63x (docs/benchmarks.md, "Many apps").
+ * A shared entry outlives its checks: it is swept once its last result is
+ * two of its intervals old and nothing runs or waits on it, whenever the
+ * entries have doubled since the last sweep. So an origin name that keeps
+ * resolving to new addresses does not grow the table without bound, and
+ * the sweeps cost O(1) per entry made.
  *
  * Passive accounting (hc_connect_failed/hc_connect_ok) is called by the
  * workers on their data path: a few atomics, no lock, and a log line only
@@ -107,8 +112,15 @@ struct hc {
 	size_t inflight;
 	bool draining; /* check_end is starting queued checks */
 	uint64_t last_resource_log;
-	void *shared; /* tsearch tree of struct shared */
+	void *shared;	 /* tsearch tree of struct shared */
+	size_t n_shared; /* its entries (atomic: hc_shared_entries reads it) */
+	size_t sweep_at; /* sweep before making the entry that reaches this */
 };
+
+/* Entries are swept only when there are at least this many, so a handful
+ * of origins never triggers a walk.
+ */
+#define SHARED_SLACK 64
 
 static uint64_t hc_rand(struct hc *hc)
 {
@@ -604,6 +616,58 @@ static int shared_cmp(const void *a, const void *b)
 	return (p->send == NULL) - (q->send == NULL);
 }
 
+/* An entry no check leads or follows, whose result (if any) is two
+ * intervals old: no app's next check would take it (see check_due), so
+ * dropping it changes nothing but memory.
+ */
+static bool shared_stale(const struct hc *hc, const struct shared *s)
+{
+	if (s->leader || s->followers)
+		return false;
+	return s->due_at == 0 ||
+	       (hc->now >= s->due_at && hc->now - s->due_at >= 2 * (uint64_t)s->h->interval_ms);
+}
+
+struct sweep {
+	const struct hc *hc;
+	struct shared **v;
+	size_t n;
+};
+
+static void sweep_visit(const void *node, VISIT which, void *arg)
+{
+	struct sweep *sw = arg;
+	struct shared *s = *(struct shared *const *)node;
+
+	if ((which == postorder || which == leaf) && shared_stale(sw->hc, s))
+		sw->v[sw->n++] = s;
+}
+
+/* Drops the stale entries, then sets the next sweep at twice what is left
+ * (SHARED_SLACK at least). Out of memory for the list, it only moves the
+ * next sweep on.
+ */
+static void shared_sweep(struct hc *hc)
+{
+	struct sweep sw = {.hc = hc, .v = malloc(hc->n_shared * sizeof(*sw.v))};
+
+	if (sw.v) {
+		twalk_r(hc->shared, sweep_visit, &sw);
+		for (size_t i = 0; i < sw.n; i++) {
+			tdelete(sw.v[i], &hc->shared, shared_cmp);
+			free(sw.v[i]);
+		}
+		__atomic_store_n(&hc->n_shared, hc->n_shared - sw.n, __ATOMIC_RELAXED);
+		free(sw.v);
+	}
+	hc->sweep_at = 2 * hc->n_shared > SHARED_SLACK ? 2 * hc->n_shared : SHARED_SLACK;
+}
+
+size_t hc_shared_entries(const struct hc *hc)
+{
+	return __atomic_load_n(&hc->n_shared, __ATOMIC_RELAXED);
+}
+
 /* The shared check for <c>'s key, made on first use; NULL when out of
  * memory (the check then runs on its own).
  */
@@ -617,6 +681,8 @@ static struct shared *shared_of(struct hc *hc, const struct check *c)
 	found = tfind(&key, &hc->shared, shared_cmp);
 	if (found)
 		return *found;
+	if (hc->n_shared >= hc->sweep_at)
+		shared_sweep(hc);
 	s = malloc(sizeof(*s));
 	if (!s)
 		return NULL;
@@ -626,6 +692,7 @@ static struct shared *shared_of(struct hc *hc, const struct check *c)
 		free(s);
 		return NULL;
 	}
+	__atomic_store_n(&hc->n_shared, hc->n_shared + 1, __ATOMIC_RELAXED);
 	return s;
 }
 
@@ -823,6 +890,7 @@ int hc_start(struct hc **out, struct app_origins *apps, size_t n)
 	hc->rng = hc->now * 0x9e3779b97f4a7c15ULL + (uint64_t)getpid();
 	if (!hc->rng)
 		hc->rng = 1;
+	hc->sweep_at = SHARED_SLACK;
 	for (size_t i = 0; i < n; i++) {
 		struct hc_app *ha = &hc->apps[hc->n_apps];
 		uint32_t interval = apps[i].app->health.interval_ms;

@@ -40,6 +40,11 @@ void hc_stop(struct hc *hc);
  */
 void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, const char *why);
 
+/* How many shared-check entries the thread keeps (see hc.c); any thread
+ * may ask (tests, a future status endpoint).
+ */
+size_t hc_shared_entries(const struct hc *hc);
+
 /* Passive accounting, called by workers. <err> is the connect errno. */
 void hc_connect_failed(const struct cfg_app *app, struct origin *o, uint64_t now_ms, int err);
 void hc_connect_ok(const struct cfg_app *app, struct origin *o);

@@ -856,6 +856,67 @@ static void test_thread_shared_checks(void **state)
 	free(log);
 }
 
+/* An origin name that resolves to new addresses every interval (the
+ * resolver's job, done by hand): each address is a key of its own, and the
+ * entries of those no longer checked are swept, so the table stays a small
+ * multiple of what is checked now instead of growing by N a round.
+ */
+static void test_thread_shared_sweep(void **state)
+{
+	enum { N = 50, ROUNDS = 40 };
+	struct cfg_health h = {.interval_ms = 20, .timeout_ms = 500, .rise = 1, .fall = 2};
+	static struct sockaddr_storage addrs[N];
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	uint16_t port;
+	int fds = open_fds(), lfd = listener_on(INADDR_ANY, 0, &port);
+	size_t entries;
+	char *log;
+
+	(void)state;
+	cap_begin();
+	fixture_init(&f, port, h);
+	for (uint32_t r = 0; r < ROUNDS; r++) {
+		struct origin_set *s;
+		uint64_t t0 = mono_ms();
+		size_t checked = 0;
+
+		for (uint32_t i = 0; i < N; i++) {
+			struct sockaddr_in *a = (struct sockaddr_in *)&addrs[i];
+
+			addrs[i] = f.addr;
+			a->sin_addr.s_addr = htonl(0x7f000001u + r * 256 + i);
+		}
+		f.co.addrs = addrs;
+		f.co.n_addrs = N;
+		s = origin_set_from_cfg(&f.app);
+		assert_non_null(s);
+		app_origins_swap(&f.ao, s);
+		s = app_origins_get(&f.ao); /* a reference of our own */
+		/* Every new address checked once: its entry exists. */
+		while (checked < N && mono_ms() - t0 < 5000) {
+			int c;
+
+			while ((c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+				close(c);
+			checked = 0;
+			for (size_t i = 0; i < N; i++)
+				checked += __atomic_load_n(&s->v[i]->hc_ok, __ATOMIC_RELAXED) > 0;
+			usleep(1000);
+		}
+		origin_set_unref(s);
+		assert_int_equal(checked, N);
+	}
+	entries = hc_shared_entries(f.hc);
+	fixture_deinit(&f);
+	close(lfd);
+	log = cap_end();
+	assert_int_equal(open_fds(), fds);
+	/* Without the sweep: N * ROUNDS. */
+	assert_true(entries >= N);
+	assert_true(entries <= 8 * N);
+	free(log);
+}
+
 static int teardown(void **state)
 {
 	(void)state;
@@ -889,6 +950,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
+	    cmocka_unit_test_teardown(test_thread_shared_sweep, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
