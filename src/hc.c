@@ -756,7 +756,7 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 	c->fd = -1;
 	c->state = CK_PENDING;
 	timer_init(&c->timer, check_due);
-	if (timer_set(&hc->timers, &c->timer, due) < 0) {
+	if (due > hc->now && timer_set(&hc->timers, &c->timer, due) < 0) {
 		free(c);
 		return;
 	}
@@ -766,6 +766,9 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 	if (hc->all)
 		hc->all->prev = c;
 	hc->all = c;
+	/* Due now (a tick's first origin): no round trip through the heap. */
+	if (due <= hc->now)
+		check_due(&c->timer);
 }
 
 /* Every interval: the app's origins as they are now, one check each, at

@@ -1,9 +1,11 @@
-/* timer.h - a binary min-heap of deadlines, one per worker thread.
+/* timer.h - a 4-ary min-heap of deadlines, one per worker thread.
  *
  * Timers are intrusive (embedded in their owner, found with container_of)
- * and the heap stores pointers, so arming, moving and cancelling are
- * O(log n) with no allocation on the data path beyond the heap array's
- * occasional growth. Not thread-safe: each worker owns its heap.
+ * and the heap stores (deadline, pointer) pairs, so arming, moving and
+ * cancelling are O(log n) with no allocation on the data path beyond the
+ * heap array's occasional growth, and sifting compares deadlines in the
+ * array without touching the timers (see timer.c). Not thread-safe: each
+ * thread owns its heap.
  */
 #ifndef PRISM_TIMER_H
 #define PRISM_TIMER_H
@@ -37,8 +39,13 @@ struct timer {
 
 #define TIMER_IDLE SIZE_MAX
 
+struct timer_slot {
+	uint64_t deadline; /* a copy of t->deadline */
+	struct timer *t;
+};
+
 struct timer_heap {
-	struct timer **v;
+	struct timer_slot *v; /* heap order; v + TIMER_PAD is the allocation */
 	size_t n, cap;
 };
 
@@ -70,7 +77,7 @@ int timer_run(struct timer_heap *h, uint64_t now);
 /* Returns the earliest timer, or NULL. */
 static inline struct timer *timer_peek(const struct timer_heap *h)
 {
-	return h->n ? h->v[0] : NULL;
+	return h->n ? h->v[0].t : NULL;
 }
 
 #endif

@@ -1,4 +1,4 @@
-/* test_timer.c - the per-worker deadline heap against a sorted reference. */
+/* test_timer.c - the per-thread deadline heap against sorted and plain references. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -87,11 +87,65 @@ static void test_rearm_from_callback(void **state)
 	timer_heap_deinit(&rearm_heap);
 }
 
+/* Random arms, moves, cancels and pops against a plain array: after each
+ * step the heap's earliest timer has the earliest deadline of the armed
+ * ones, and every timer knows whether it is armed.
+ */
+static void nop(struct timer *t)
+{
+	(void)t;
+}
+
+static void test_random_against_reference(void **state)
+{
+	enum { M = 500, STEPS = 50000 };
+	static struct timer t[M];
+	static int armed[M];
+	struct timer_heap h;
+	unsigned seed = 7;
+
+	(void)state;
+	timer_heap_init(&h);
+	for (int i = 0; i < M; i++) {
+		timer_init(&t[i], nop);
+		armed[i] = 0;
+	}
+	for (int step = 0; step < STEPS; step++) {
+		int i = rand_r(&seed) % M, op = rand_r(&seed) % 4;
+		uint64_t min = UINT64_MAX;
+		struct timer *p;
+
+		if (op < 2) {
+			/* Few distinct deadlines: ties are common. */
+			assert_int_equal(timer_set(&h, &t[i], (uint64_t)(rand_r(&seed) % 64)), 0);
+			armed[i] = 1;
+		} else if (op == 2) {
+			timer_cancel(&h, &t[i]);
+			armed[i] = 0;
+		} else if ((p = timer_peek(&h)) != NULL) {
+			timer_cancel(&h, p);
+			armed[p - t] = 0;
+		}
+		for (int j = 0; j < M; j++) {
+			assert_int_equal(timer_armed(&t[j]), armed[j]);
+			if (armed[j] && t[j].deadline < min)
+				min = t[j].deadline;
+		}
+		p = timer_peek(&h);
+		if (min == UINT64_MAX)
+			assert_null(p);
+		else
+			assert_true(p && p->deadline == min);
+	}
+	timer_heap_deinit(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_order_and_cancel),
 	    cmocka_unit_test(test_rearm_from_callback),
+	    cmocka_unit_test(test_random_against_reference),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
