@@ -47,6 +47,10 @@ when `make bench` regenerates this file.)
 CLIENT4, EDGE_C4, EDGE_O4, ORIGIN4 = "203.0.113.2", "203.0.113.1", "198.51.100.1", "198.51.100.10"
 EDGE_N4, NAIVE4 = "192.0.2.1", "192.0.2.2"  # edge <-> the naive server's namespace
 PREFIX = "198.18.0.0/16"  # the served prefix (app "bench")
+# IPv6 on the client leg only (the any-port scenario's "prefix6" target): the
+# client dials a /64 of the edge, prism relays to the same IPv4 origin, so
+# the ratio to PREFIX isolates the IPv6 side.
+CLIENT6, EDGE_C6, PREFIX6 = "2001:db8:c::2", "2001:db8:c::1", "2001:db8:100::/64"
 IPERF_EDGE = "198.19.0.1"  # app "iperf": one address, any port -> :5201
 ECHO_PORT, IPERF_PORT, LISTEN_PORT = 7000, 5201, 15001
 TARGETS = ("direct", "haproxy", "prism")
@@ -292,6 +296,8 @@ class Bench:
         self.t_lat = 1 if q else 2
         self.mem_conns = (1000, 9000)
         self.mem_rounds = 1 if q else 3
+        # Section 7's rounds take ~20 s each: fewer keep make bench < 10 min.
+        self.apps_rounds = min(self.rounds, 5)
         self.cc = getattr(args, "cc", DEFAULT_CC)
         self.pin = getattr(args, "pin", False)
         self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
@@ -382,10 +388,12 @@ class Bench:
         self.sh(["ip", "link", "add", "e2", "netns", e, "type", "veth", "peer", "name", "n0",
                  "netns", nv], note=True)
         batches = {
-            c: [f"addr add {CLIENT4}/24 dev c0", "link set c0 up",
-                f"route add 198.18.0.0/15 via {EDGE_C4}",
-                f"route add 198.51.100.0/24 via {EDGE_C4}"],
-            e: [f"addr add {EDGE_C4}/24 dev e0", f"addr add {EDGE_O4}/24 dev e1",
+            c: [f"addr add {CLIENT4}/24 dev c0", f"-6 addr add {CLIENT6}/64 dev c0 nodad",
+                "link set c0 up", f"route add 198.18.0.0/15 via {EDGE_C4}",
+                f"route add 198.51.100.0/24 via {EDGE_C4}",
+                f"-6 route add {PREFIX6} via {EDGE_C6}"],
+            e: [f"addr add {EDGE_C4}/24 dev e0", f"-6 addr add {EDGE_C6}/64 dev e0 nodad",
+                f"addr add {EDGE_O4}/24 dev e1",
                 f"addr add {EDGE_N4}/24 dev e2", "link set e0 up", "link set e1 up",
                 "link set e2 up"],
             o: [f"addr add {ORIGIN4}/24 dev o0", "link set o0 up",
@@ -522,6 +530,11 @@ backend be_iperf
 """)
         with open(self.prism_cfg) as f:
             text = f.read()
+        self.prism_v6_cfg = os.path.join(self.work, "prism-v6.yaml")
+        with open(self.prism_v6_cfg, "w") as f:
+            f.write(text.replace('address6: "off"', 'address6: "::1"').replace(
+                "  - name: iperf\n", f"  - name: bench6\n    edge: {PREFIX6}\n    ports: \"*\"\n"
+                f"    origins: {ORIGIN4}:{ECHO_PORT}\n  - name: iperf\n"))
         head, tail = text.split("  - name: bench\n", 1)
         tail = tail.split("  - name: iperf\n", 1)[1]
         self.prism_apps_cfg = {}
@@ -548,6 +561,8 @@ backend be_iperf
             return ORIGIN4, str(ECHO_PORT)
         if kind == "single":
             return "198.18.0.1", str(ECHO_PORT)
+        if kind == "prefix6":
+            return PREFIX6, "1-65535"
         return PREFIX, "1-65535"
 
     def start_target(self, target, cfg=None):
@@ -860,8 +875,10 @@ backend be_iperf
                 return self.naive_round()
             # No Slab figure for prism: its 2 listening sockets vanish in
             # the machine-wide churn of TIME_WAIT sockets from earlier rounds.
-            return self.prism_round(kind, probe=lambda p: {"listeners": listeners(p.pid)})
-        self.res["anyport"] = self.rounds_of(one, targets=("prefix", "single", "naive"))
+            return self.prism_round(kind, self.prism_v6_cfg if kind == "prefix6" else None,
+                                    probe=lambda p: {"listeners": listeners(p.pid)})
+        self.res["anyport"] = self.rounds_of(one, targets=("prefix", "single", "prefix6",
+                                                           "naive"))
 
     # -- routing lookup ---------------------------------------------------------------
 
@@ -898,7 +915,7 @@ backend be_iperf
             check_ms = (time.monotonic() - t0) * 1000
             return self.prism_round("prefix", cfg, lambda p: {"check_ms": check_ms,
                                                               "claims": self.claims_elems()})
-        self.res["apps"] = self.rounds_of(one, targets=APPS_TARGETS)
+        self.res["apps"] = self.rounds_of(one, n=self.apps_rounds, targets=APPS_TARGETS)
 
     # -- main --------------------------------------------------------------------------
 
@@ -1144,7 +1161,8 @@ class Report:
             ["haproxy", m["haproxy"]], ["iperf3", m["iperf3"]],
             ["load average", f"{b.load[0]} at the start, {b.load[-1]} at the end "
                              "(1/5/15 min; other work on the machine adds noise)"],
-            ["rounds", f"{b.rounds} per scenario (memory: {b.mem_rounds}), alternating "
+            ["rounds", f"{b.rounds} per scenario (memory: {b.mem_rounds}, many apps: "
+             f"{b.apps_rounds}), alternating "
                        "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism), "
                        "each round starting one target later"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
@@ -1299,7 +1317,11 @@ class Report:
         if not rs:
             return
         self.w("`prism /16×65535`: prism, random address in the /16 × random port 1–65535. "
-               "`prism single`: prism, always 198.18.0.1:7000. `naive`: no proxy; 4 "
+               "`prism single`: prism, always 198.18.0.1:7000. `prism IPv6 /64×65535`: "
+               f"prism, the client ({CLIENT6}) dials a random address in {PREFIX6} × random "
+               "port, prism relays to the same IPv4 origin (`prism-v6.yaml`: the usual "
+               "config with an IPv6 listener and that /64 as one more app), so only the "
+               "client leg differs. `naive`: no proxy; 4 "
                "`loadgen serve --addr 0.0.0.0 --ports LO-HI` processes, 16,384 listening "
                "sockets each (the 20,000-fd limit), in a fourth namespace "
                f"({NAIVE4}) where `local {PREFIX}` is routed to lo; the edge just "
@@ -1309,7 +1331,8 @@ class Report:
                "ΔSlab of /proc/meminfo from before start to ready (machine-wide; "
                "shown for naive only, prism's two listeners are lost in the noise).")
         self.w()
-        cols = (("prefix", "prism /16×65535"), ("single", "prism single"), ("naive", "naive"))
+        cols = (("prefix", "prism /16×65535"), ("single", "prism single"),
+                ("prefix6", "prism IPv6 /64×65535"), ("naive", "naive"))
         rows = []
         for label, path, nd in (("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
                                 ("accept latency (connect) p50 µs", ("connect_us", "p50"), 0),
@@ -1321,8 +1344,9 @@ class Report:
                                 ("Slab Δ KiB", ("slab_kib",), 0)):
             rows.append([label] + [cell(get(rs[k], *path), nd) for k, _ in cols])
         self.table(["metric"] + [n for _, n in cols], rows)
-        a, s, n = (get(rs[k], "conn_per_s") for k in ("prefix", "single", "naive"))
+        a, s, v6, n = (get(rs[k], "conn_per_s") for k in ("prefix", "single", "prefix6", "naive"))
         self.w(f"Ratios: /16×65535 ÷ single = {rfmt(ratio(a, s))}; "
+               f"IPv6 /64×65535 ÷ IPv4 /16×65535 = {rfmt(ratio(v6, a))}; "
                f"prism /16×65535 ÷ naive = {rfmt(ratio(a, n))}.")
         self.w()
 
@@ -1470,6 +1494,9 @@ class Report:
         r = ratio(a, s)
         self.verdict("/16×65535 conn/s within ±5% of single address/port", rfmt(r),
                      None if r is None else abs(r - 1) <= 0.05, a, s)
+        v6 = get(rs["prefix6"], "conn_per_s") if rs else None
+        self.verdict("(for reference, no target) IPv6 /64×65535 ÷ IPv4 /16×65535 conn/s",
+                     rfmt(ratio(v6, a)), None, v6, a)
         self.w("## Targets")
         self.w()
         self.w("Judged on the medians above" + (" (quick run: 1 round)" if self.b.quick else "")

@@ -84,7 +84,14 @@ def test_quick_run_reports_every_scenario(quick_run):
         assert (c["claimsall4"], c["claimspoint4"], c["claims4"]) == (2, 0, 0), (kind, r)
         assert (c["appallowall4"], c["appallow4"]) == ((131072, 0) if kind == "lists"
                                                        else (0, 0)), (kind, r)
+    # Any port of the /16, one address, and any port of an IPv6 /64 (the
+    # client leg over IPv6: two more listeners, one per worker).
+    for kind, lis in (("prefix", 2), ("single", 2), ("prefix6", 4)):
+        r = res["anyport"][kind][0]
+        assert r["conn_per_s"] > 0 and r["errors"] == 0, (kind, r)
+        assert r["listeners"] == lis, (kind, r)
     text = out.read_text()
+    assert re.search(r"IPv6 /64×65535 ÷ IPv4 /16×65535 = [\d.]+x", text)
     for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
                   "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## 7. Many apps",
                   "## Targets",
