@@ -300,6 +300,27 @@ static int origin_connect(struct conn *c)
 			break;
 		err = errno;
 		close(ofd);
+		if (err == EADDRNOTAVAIL) {
+			/* No local port left towards this origin (all in use
+			 * or in TIME_WAIT). The edge's to fix, not the origin's
+			 * fault: no passive mark, no pause of accepting (other
+			 * origins have ports of their own), and another origin
+			 * may take the connection.
+			 */
+			if (w->now - w->last_port_log >= 1000 || !w->last_port_log) {
+				w->last_port_log = w->now;
+				log_warn("app %s: origin %s: no local port left towards it (see "
+					 "net.ipv4.ip_local_port_range and tcp_tw_reuse)",
+					 c->app->name, c->o->name);
+			}
+			origin_release(c);
+			c->last_fail = CR_RESOURCE;
+			if (c->attempts > c->app->retries) {
+				conn_finalize(c, CR_RESOURCE);
+				return 0;
+			}
+			continue;
+		}
 		if (connect_error_reason(err) == CR_RESOURCE) {
 			conn_finalize(c, CR_RESOURCE);
 			return -err;

@@ -103,6 +103,7 @@ struct worker {
 	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
 	bool accept_paused;
 	uint64_t last_exhaust_log;
+	uint64_t last_port_log; /* "no local port towards origin": once a second */
 
 	int stop; /* atomic: 1 = graceful, 2 = now */
 	bool stopping;

@@ -102,3 +102,69 @@ def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin):
     for s in waiting:
         s.close()
     assert p.stop(timeout=10) == 0
+
+
+PORTS_CFG = f"""
+listen: {{workers: 1, address6: "off"}}
+apps:
+  - name: one
+    edge: 192.0.2.10
+    ports: "8000-8099"
+    retries: 0
+    origins: {nstopo.ORIGIN4}:{ECHO_PORT}
+  - name: two
+    edge: 192.0.2.20
+    ports: "8000-8099"
+    retries: 1
+    origins: [{nstopo.ORIGIN4}:{ECHO_PORT}, {nstopo.ORIGIN4}:{ECHO_PORT + 1}]
+"""
+
+
+def edge_port_range(topo, lo, hi):
+    nstopo.run(nstopo.ns_exec(topo.e, ["sysctl", "-qw",
+                                       f"net.ipv4.ip_local_port_range={lo} {hi}"]))
+
+
+def test_no_local_port_towards_the_origin(topo):
+    """With no local port left for a connection to an origin (connect()
+    fails with EADDRNOTAVAIL, as when TIME_WAIT holds every port), the
+    client connection is reset and logged with reason resource, with a
+    warning that names the origin. It is the edge's shortage, not the
+    origin's fault nor a lack of fds: prism keeps accepting, and an app
+    with another origin and retries left serves the connection there
+    (ports are per destination)."""
+    t = topo
+    for port in (ECHO_PORT, ECHO_PORT + 1):
+        srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, port, peers.echo_handler)
+        t.on_teardown(srv.close)
+    edge_port_range(t, 40000, 40001)  # two ports towards each origin
+    prism = t.start_prism(PORTS_CFG)
+
+    held = []
+    t.on_teardown(lambda: [s.close() for s in held])
+    for i in range(2):
+        held.append(peers.connect(t.c, "192.0.2.10", 8000 + i))
+        assert ping(held[-1], b"held %d\n" % i)
+
+    cport, what = peers.first_outcome(t.c, "192.0.2.10", 8002, timeout=5)
+    assert what == "reset", what
+    d = prism.access_for(cport)
+    assert d["app"] == "one" and d["reason"] == "resource", d
+    prism.wait_log(r"warn app one: origin %s:%d: no local port left towards it"
+                   % (nstopo.ORIGIN4, ECHO_PORT))
+
+    # Round robin starts one of two connections at the full origin: both
+    # are served, that one by the other origin.
+    for i in range(2):
+        s = peers.connect(t.c, "192.0.2.20", 8000 + i, timeout=5)
+        held.append(s)
+        assert ping(s, b"two %d\n" % i)
+    for s in held[:2]:
+        assert ping(s, b"still here\n")
+    assert not [ln for ln in prism.err if "not accepting" in ln], "paused for a port shortage"
+
+    edge_port_range(t, 40000, 40100)
+    s = peers.connect(t.c, "192.0.2.10", 8003, timeout=5)
+    held.append(s)
+    assert ping(s, b"after\n")
+    assert prism.alive()
