@@ -28,6 +28,12 @@ int net_prefix_cmp(const void *a, const void *b);
  * -ENOMEM.
  */
 long net_edge_prefixes(const struct cfg *cfg, struct addr_prefix **out);
+/* The AnyIP routes for <cfg>: the fewest prefixes, per family, whose union
+ * is the union of net_edge_prefixes (nested ones dropped, touching ones
+ * merged into aligned blocks), sorted, in a malloc'd <*out>. Returns the
+ * count, or -ENOMEM.
+ */
+long net_route_prefixes(const struct cfg *cfg, struct addr_prefix **out);
 
 /* ---- the nft script (netsetup_nft.c) ---- */
 

@@ -130,7 +130,8 @@ def test_up_then_down_restores_everything(ns, cfg):
     v4, v6 = routes(ns)
     assert "table inet prism" in rs
     assert re.search(r"^local 198\.18\.5\.0/24 dev lo proto 249 scope host", v4, re.M), v4
-    assert re.search(r"^local 198\.18\.5\.10 dev lo proto 249 scope host", v4, re.M), v4
+    # The /32 is inside the /24: no route of its own (test_routes_are_...).
+    assert not re.search(r"^local 198\.18\.5\.10 ", v4, re.M), v4
     assert re.search(r"^local 2001:db8:5::/64 dev lo proto 249", v6, re.M), v6
     net(ns, "down", cfg)
     assert state(ns) == before
@@ -149,7 +150,8 @@ def test_operator_routes_survive_down(ns, cfg):
     net(ns, "up", cfg)
     v4, v6 = routes(ns)
     assert re.search(r"^local 198\.18\.5\.0/24 dev lo scope host", v4, re.M), v4
-    assert re.search(r"^local 198\.18\.5\.10 dev lo proto 249", v4, re.M), v4
+    # prism's one route there is the operator's /24 (the /32 is inside it).
+    assert not re.search(r"proto 249", v4), v4
     assert not re.search(r"^local 2001:db8:5::/64 .*proto 249", v6, re.M), v6
     net(ns, "down", cfg)
     assert state(ns) == before
@@ -168,7 +170,7 @@ def test_show_prints_and_changes_nothing(ns, cfg):
     p = net(ns, "show", cfg)
     assert state(ns) == before
     out = p.stdout
-    for pfx in (r"198\.18\.5\.0/24", r"198\.18\.5\.10(/32)?", r"2001:db8:5::/64"):
+    for pfx in (r"198\.18\.5\.0/24", r"2001:db8:5::/64"):
         assert re.search(rf"^ip route add local {pfx} dev lo table local proto 249$", out,
                          re.M), out
     assert "table inet prism {" in out
@@ -311,6 +313,57 @@ def test_up_without_cap_net_admin_fails(ns, cfg):
         p = prism(ns, "net", "up", "-c", f"/dev/fd/{fd}", pre=pre, pass_fds=(fd,))
     assert p.returncode == 1, f"exit {p.returncode}: {p.stdout}{p.stderr}"
     assert "prism needs CAP_NET_ADMIN" in p.stderr, p.stderr
+    assert state(ns) == before
+
+
+# 256 one-address apps side by side, two that touch but do not align, two
+# halves of a /30 and of an IPv6 /64, and a /32 inside a /24.
+CFG_ROUTES = ("listen: {address: 127.0.0.1, address6: \"::1\", port: 15001}\napps:\n"
+              + "".join(f"  - {{name: a{i}, edge: 198.18.7.{i}, ports: 80, origins: 198.51.100.10}}\n"
+                        for i in range(256))
+              + "".join(f"  - {{name: {n}, edge: \"{e}\", ports: 80, origins: 198.51.100.10}}\n"
+                        for n, e in (("b1", "198.18.8.1"), ("b2", "198.18.8.2"),
+                                     ("c1", "198.18.8.4/31"), ("c2", "198.18.8.6/31"),
+                                     ("wide", "198.18.5.0/24"), ("one", "198.18.5.10"),
+                                     ("s1", "2001:db8:5::/65"), ("s2", "2001:db8:5:0:8000::/65"))))
+
+
+def prism_routes(ns):
+    v4, v6 = routes(ns)
+    return sorted(re.findall(r"^local (\S+) dev lo proto 249 ", v4 + v6, re.M))
+
+
+def is_local(ns, addr):
+    p = run("ip", "-n", ns, "route", "get", addr, check=False)
+    return p.returncode == 0 and p.stdout.startswith("local ")
+
+
+def test_routes_are_the_fewest_prefixes(ns, tmp_path):
+    # The routes make exactly the edges local, with as few prefixes as
+    # that takes: nested ones need none, touching ones merge into the
+    # largest aligned blocks (65,536 one-address apps of a /16: one route).
+    before = state(ns)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(CFG_ROUTES)
+    want = ["198.18.5.0/24", "198.18.7.0/24", "198.18.8.1", "198.18.8.2", "198.18.8.4/30",
+            "2001:db8:5::/64"]
+    shown = re.findall(r"^ip route add local (\S+) dev lo table local proto 249$",
+                       net(ns, "show", cfg).stdout, re.M)
+    assert sorted(x.removesuffix("/32") for x in shown) == want, shown
+    net(ns, "up", cfg)
+    assert prism_routes(ns) == want
+    for addr in ("198.18.7.0", "198.18.7.200", "198.18.8.2", "198.18.8.7", "198.18.5.10"):
+        assert is_local(ns, addr), addr
+    for addr in ("198.18.8.0", "198.18.8.3", "198.18.8.8", "198.18.6.255"):
+        assert not is_local(ns, addr), addr
+    # Half of the 256 leave the config: their half of the /24 stops being
+    # local, the rest keeps a route.
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(CFG_ROUTES.split("  - {name: a128,")[0])
+    net(ns, "up", smaller)
+    assert prism_routes(ns) == ["198.18.7.0/25"]
+    assert is_local(ns, "198.18.7.127") and not is_local(ns, "198.18.7.128")
+    net(ns, "down", smaller)
     assert state(ns) == before
 
 
