@@ -54,7 +54,7 @@ deps:
 # Everything: unit tests (cmocka, each binary one pytest case) and the
 # integration tests in network namespaces, in one pytest run.
 test: deps
-	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench
+	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/failmalloc.so
 	PRISM_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 unit: all
@@ -114,14 +114,20 @@ $(BUILD)/loadgen: $(LOADGEN_SRC) bench/loadgen.h
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -o $(BUILD)/loadgen $(LOADGEN_SRC)
 
+# LD_PRELOAD library of the fault-injection tests (test_faults.py): never
+# sanitized, ASan has an allocator of its own.
+$(BUILD)/failmalloc.so: tests/fault/failmalloc.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -shared -fPIC -o $@ $<
+
 $(BUILD)/rt_bench: bench/rt_bench.c src/rt.c $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Isrc -o $(BUILD)/rt_bench bench/rt_bench.c src/rt.c
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c fuzz/*.c bench/*.c bench/*.h
+	clang-format -i src/*.c src/*.h tests/unit/*.c tests/fault/*.c fuzz/*.c bench/*.c bench/*.h
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c fuzz/*.c bench/*.c bench/*.h
+	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c tests/fault/*.c fuzz/*.c bench/*.c bench/*.h
 
 install: $(BUILD)/prism
 	install -D -m 0755 $(BUILD)/prism $(DESTDIR)$(PREFIX)/sbin/prism

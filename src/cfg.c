@@ -1041,7 +1041,10 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 {
 	const char *what = p->problem ? p->problem : "unknown error";
 
-	if (p->error == YAML_MEMORY_ERROR) {
+	/* libyaml's composer fails without setting an error only when an
+	 * allocation of its own failed (yaml_strdup of a tag, say).
+	 */
+	if (p->error == YAML_MEMORY_ERROR || p->error == YAML_NO_ERROR) {
 		ld->oom = true;
 		return;
 	}

@@ -577,7 +577,7 @@ struct guard *guard_new(const struct cfg *cfg)
 	int r;
 
 	if (!g)
-		return NULL;
+		return NULL; /* errno: ENOMEM */
 	g->cfg = cfg;
 	g->efd = -1;
 	pthread_mutex_init(&g->qlock, NULL);
@@ -620,6 +620,7 @@ struct guard *guard_new(const struct cfg *cfg)
 		r = pthread_create(&g->thread, NULL, guard_main, g);
 		if (r) {
 			log_err("guard: cannot start the ban thread: %s", strerror(r));
+			errno = r;
 			goto fail;
 		}
 		g->thread_on = true;
@@ -627,7 +628,9 @@ struct guard *guard_new(const struct cfg *cfg)
 	}
 	return g;
 fail:
+	r = errno; /* ENOMEM from calloc, or what eventfd/pthread_create said */
 	guard_free(g);
+	errno = r;
 	return NULL;
 }
 

@@ -25,7 +25,8 @@ enum guard_verdict {
 };
 
 /* Creates the guard for <cfg> (borrowed; must outlive it) and starts its
- * ban thread (nft updates never run on a worker). Returns NULL on failure.
+ * ban thread (nft updates never run on a worker). Returns NULL on failure,
+ * with errno set.
  */
 struct guard *guard_new(const struct cfg *cfg);
 void guard_free(struct guard *g);

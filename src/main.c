@@ -183,6 +183,8 @@ static int cmd_net(int argc, char **argv)
 		return EXIT_USAGE;
 	if (!strcmp(verb, "show")) {
 		r = net_show(cfg, stdout);
+		if (r < 0)
+			fprintf(stderr, "prism net show: %s\n", strerror(-r));
 	} else {
 		r = net_check(&err);
 		if (r == 0)
@@ -411,7 +413,7 @@ static int cmd_run(int argc, char **argv)
 	if (protection_in_prism(cfg)) {
 		guard = guard_new(cfg);
 		if (!guard) {
-			log_err("cannot set up connection limits");
+			log_err("cannot set up connection limits: %s", strerror(errno));
 			goto out;
 		}
 	}

@@ -917,16 +917,25 @@ int net_show(const struct cfg *cfg, FILE *out)
 	char *script;
 	long n = net_route_prefixes(cfg, &pfx);
 
+	/* All or nothing: a script cut short by a failed allocation would
+	 * read as a complete one.
+	 */
+	if (n < 0)
+		return (int)n;
+	script = net_nft_script(cfg);
+	if (!script) {
+		free(pfx);
+		return -ENOMEM;
+	}
 	for (long i = 0; i < n; i++) {
 		addr_fmt_prefix(&pfx[i], ps);
 		fprintf(out, "ip route add local %s dev lo table local proto %d\n", ps,
 			RTPROT_PRISM);
 	}
 	free(pfx);
-	script = net_nft_script(cfg);
-	if (script) {
-		fputs(script, out);
-		free(script);
-	}
+	fputs(script, out);
+	free(script);
+	if (fflush(out) != 0 || ferror(out))
+		return errno ? -errno : -EIO;
 	return 0;
 }

@@ -55,7 +55,8 @@ __attribute__((format(printf, 3, 4))) int net_set_err(char **err, int ret, const
 int net_check_table(const char *t, char **err);
 
 /* Prints what net_up would install ("ip route" lines and the nft script)
- * without touching the system. Returns 0.
+ * without touching the system. Returns 0, or -errno (nothing printed when
+ * memory ran out; a write error of <out>).
  */
 int net_show(const struct cfg *cfg, FILE *out);
 

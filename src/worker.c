@@ -112,6 +112,13 @@ static void accept_resume(struct timer *t);
 static void grace_expired(struct timer *t);
 static int listeners_add(struct worker *w, bool peers_only);
 
+/* worker_init's failures that nothing has logged yet: say which step. */
+static int init_failed(int id, const char *what, int r)
+{
+	log_err("worker %d: cannot start: %s: %s", id, what, strerror(-r));
+	return r;
+}
+
 int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *origins)
 {
 	int r;
@@ -131,7 +138,7 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 	w->pool = calloc(POOL_MAX, sizeof(*w->pool));
 	w->scratch = malloc(WORKER_SCRATCH);
 	if (!w->lbw || !w->pool || !w->scratch)
-		return -ENOMEM;
+		return init_failed(id, "memory", -ENOMEM);
 	/* Seed each worker differently, and start its rotations elsewhere, so
 	 * N workers with few connections each don't all pick the same origin.
 	 */
@@ -142,13 +149,13 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd == -1)
-		return -errno;
+		return init_failed(id, "epoll_create1", -errno);
 	w->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (w->wake.fd == -1)
-		return -errno;
+		return init_failed(id, "eventfd", -errno);
 	w->wake.kind = IO_WAKE;
 	if ((r = ep_add(w, &w->wake, EPOLLIN)) < 0)
-		return r;
+		return init_failed(id, "epoll_ctl", r);
 
 	r = listen_open((const struct sockaddr *)&cfg->listen4, id);
 	if (r < 0)
@@ -161,7 +168,8 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 		w->lis[1].fd = r;
 	}
 	w->lis[0].kind = w->lis[1].kind = IO_LISTEN;
-	return listeners_add(w, false); /* no peers yet: its own */
+	r = listeners_add(w, false); /* no peers yet: its own */
+	return r < 0 ? init_failed(id, "epoll_ctl", r) : 0;
 }
 
 /* Registers in <w>'s epoll set its own listeners (unless <peers_only>),
