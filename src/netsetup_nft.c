@@ -983,11 +983,12 @@ int net_nft_run(const char *script, const char *what, char **err)
 	int ret = 0;
 
 	if (!ctx)
-		return net_set_err(err, -ENOMEM, "%s: cannot create an nftables context",
+		return net_set_err(err, -ENOMEM,
+				   "%s: cannot create an nftables context: out of memory",
 				   what ? what : "nft");
 	/* Capture both streams: nft's messages go into ours, not on stdout. */
 	if (nft_ctx_buffer_error(ctx) != 0 || nft_ctx_buffer_output(ctx) != 0) {
-		ret = net_set_err(err, -ENOMEM, "%s: cannot buffer nftables output",
+		ret = net_set_err(err, -ENOMEM, "%s: cannot buffer nftables output: out of memory",
 				  what ? what : "nft");
 		goto out;
 	}

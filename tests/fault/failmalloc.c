@@ -4,26 +4,46 @@
  * (counted from the library's constructor, every thread together) returns
  * NULL with errno ENOMEM; every other call goes to glibc's allocator. With
  * FAILMALLOC_COUNT set, the count is printed to stderr at exit, so a test
- * knows how many points there are to fail.
+ * knows how many points there are to fail. With FAILMALLOC_ARM=accept,
+ * counting starts when the first accept4() returns a connection, so N
+ * picks an allocation of the data path whatever startup allocated.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 
 void *__libc_malloc(size_t n);
 void *__libc_calloc(size_t a, size_t b);
 void *__libc_realloc(void *p, size_t n);
 
 static long fail_at = -1, count;
-static int active;
+static int active; /* atomic: 0 before the constructor or the arming accept */
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
-	const char *s = getenv("FAILMALLOC_AT");
+	const char *s = getenv("FAILMALLOC_AT"), *arm = getenv("FAILMALLOC_ARM");
 
 	fail_at = s ? atol(s) : -1;
-	active = 1;
+	if (!arm || strcmp(arm, "accept") != 0)
+		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	static int (*real)(int, struct sockaddr *, socklen_t *, int);
+	int r;
+
+	if (!real)
+		real =
+		    (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+	r = real(fd, addr, len, flags);
+	if (r >= 0)
+		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
+	return r;
 }
 
 __attribute__((destructor)) static void failmalloc_fini(void)
@@ -35,7 +55,7 @@ __attribute__((destructor)) static void failmalloc_fini(void)
 
 static int fail_now(void)
 {
-	if (!active)
+	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
 		return 0;
 	if (__atomic_add_fetch(&count, 1, __ATOMIC_RELAXED) != fail_at)
 		return 0;
