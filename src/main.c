@@ -158,6 +158,10 @@ static int cmd_check(int argc, char **argv)
 		return EXIT_USAGE;
 	printf("ok\n");
 	cfg_unref(cfg);
+	if (fflush(stdout) != 0) {
+		fprintf(stderr, "prism check: cannot write the result: %s\n", strerror(errno));
+		return EXIT_RUNTIME;
+	}
 	return 0;
 }
 

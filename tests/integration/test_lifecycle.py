@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -163,6 +164,19 @@ def test_cli_exit_codes(prism_bin, netns, tmp_path):
     assert "missing.yaml" in cp.stderr
     cp = nstopo.run(nstopo.ns_exec(ns, ["nft", "list", "tables"]))
     assert cp.stdout.strip() == ""
+
+
+def test_output_that_cannot_be_written_is_an_error(prism_bin, tmp_path):
+    # A result a script cannot read must not exit 0 (a full disk, here
+    # /dev/full).
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(_cfg("1s"))
+    for argv, says in ((["check"], "prism check: cannot write the result: No space left"),
+                       (["net", "show"], "prism net show: No space left")):
+        with open("/dev/full", "w") as full:
+            cp = subprocess.run([prism_bin, *argv, "-c", str(cfg)], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=20)
+        assert cp.returncode == 1 and says in cp.stderr, (argv, cp)
 
 
 def test_fd_hygiene(topo):
