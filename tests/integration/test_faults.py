@@ -153,15 +153,7 @@ apps:
     ports: "8000-8099"
     origins: {nstopo.ORIGIN4}:7000
 """
-DATA_CFG = f"""
-listen: {{workers: 1, address6: "off"}}
-network: {{manage: false}}
-apps:
-  - name: echo
-    edge: 192.0.2.0/24
-    ports: "8000-8099"
-    origins: {nstopo.ORIGIN4}:7000
-"""
+DATA_CFG = DATA_NET.replace("manage: true", "manage: false")
 CONNS = 5
 
 
