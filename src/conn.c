@@ -303,9 +303,9 @@ static int origin_connect(struct conn *c)
 		if (err == EADDRNOTAVAIL) {
 			/* No local port left towards this origin (all in use
 			 * or in TIME_WAIT). The edge's to fix, not the origin's
-			 * fault: no passive mark, no pause of accepting (other
-			 * origins have ports of their own), and another origin
-			 * may take the connection.
+			 * fault: no passive mark and no pause of accepting
+			 * (other origins have ports of their own); another
+			 * origin may take the connection, as below.
 			 */
 			if (w->now - w->last_port_log >= 1000 || !w->last_port_log) {
 				w->last_port_log = w->now;
@@ -313,19 +313,12 @@ static int origin_connect(struct conn *c)
 					 "net.ipv4.ip_local_port_range and tcp_tw_reuse)",
 					 c->app->name, c->o->name);
 			}
-			origin_release(c);
-			c->last_fail = CR_RESOURCE;
-			if (c->attempts > c->app->retries) {
-				conn_finalize(c, CR_RESOURCE);
-				return 0;
-			}
-			continue;
-		}
-		if (connect_error_reason(err) == CR_RESOURCE) {
+		} else if (connect_error_reason(err) == CR_RESOURCE) {
 			conn_finalize(c, CR_RESOURCE);
 			return -err;
+		} else {
+			hc_connect_failed(c->app, c->o, w->now, err);
 		}
-		hc_connect_failed(c->app, c->o, w->now, err);
 		origin_release(c);
 		c->last_fail = connect_error_reason(err);
 		if (c->attempts > c->app->retries) {

@@ -1,4 +1,4 @@
-/* timer.h - a 4-ary min-heap of deadlines, one per worker thread.
+/* timer.h - a 4-ary min-heap of deadlines, one per thread that keeps timers.
  *
  * Timers are intrusive (embedded in their owner, found with container_of)
  * and the heap stores (deadline, pointer) pairs, so arming, moving and
@@ -45,7 +45,8 @@ struct timer_slot {
 };
 
 struct timer_heap {
-	struct timer_slot *v; /* heap order; v + TIMER_PAD is the allocation */
+	struct timer_slot *v; /* heap order; the allocation starts a few slots before
+				 (timer.c: TIMER_PAD) */
 	size_t n, cap;
 };
 
