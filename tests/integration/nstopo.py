@@ -343,13 +343,16 @@ class Prism(Proc):
 
         return self.wait_for(check, timeout, what=f"{count} matching access lines")
 
-    def access_for(self, client_port, edge=None, timeout=10):
+    def access_for(self, client_port, edge, timeout=10):
         """The one access entry of the connection from client port <client_port>
-        (and to <edge> 'addr:port', when given: client ports repeat across
-        destinations)."""
+        to <edge> ('addr:port' or (addr, port)). Both are needed: the kernel
+        gives the same client port to connections towards different
+        destinations, so a port alone can find an earlier connection's entry."""
+        if not isinstance(edge, str):
+            edge = fmt_hostport(*edge)
         hits = self.wait_access(
             lambda d: ("client" in d and split_hostport(d["client"])[1] == client_port
-                       and (edge is None or d.get("edge") == edge)),
+                       and d.get("edge") == edge),
             timeout=timeout)
         assert len(hits) == 1, hits
         return hits[0]

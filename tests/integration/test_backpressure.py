@@ -106,7 +106,7 @@ def both_ways(topo, edge, one_way):
     assert peers.recv_all(org) == b""
     org.shutdown(socket.SHUT_WR)
     assert peers.recv_all(cli) == b""
-    d = p.access_for(cli.getsockname()[1])
+    d = p.access_for(cli.getsockname()[1], (edge, 7100))
     assert int(d["c2o"]) == up and int(d["o2c"]) == down, d
 
 

@@ -424,5 +424,5 @@ def test_port_range_mapping_and_dialed_port(topo):
         what = peers.outcome(c, 2)
         c.close()
     assert what in ("reset", "refused", "eof"), what
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.77", 8001))
     assert d["origin"] == "198.51.100.22:9001" and d["reason"] == "origin_refused", d

@@ -273,6 +273,6 @@ def test_unroutable_origin(topo):
     # 5 s is half the connect timeout: waiting for that fails here.
     cport, what = peers.first_outcome(t.c, "192.0.2.10", 8001, timeout=5)
     assert what == "reset", what
-    d = prism.access_for(cport)
+    d = prism.access_for(cport, ("192.0.2.10", 8001))
     assert d["app"] == "nowhere" and d["reason"] == "origin_unreachable", d
     assert prism.alive()

@@ -87,7 +87,7 @@ def test_health_check_send_expect_redis(topo):
     # The down origin gets no connections: closed at once, no_origin.
     port, reply = _redis_ping(t, "192.0.2.11")
     assert reply in ("reset", "refused") or reply.startswith("eof"), reply
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.11", 6379))
     assert d["app"] == "bad" and d["reason"] == "no_origin" and d["origin"] == "-", d
     d = prism.wait_access(lambda d: d.get("app") == "good", count=1)[0]
     assert d["origin"] == f"{nstopo.ORIGIN4}:6379" and int(d["o2c"]) >= 7, d
@@ -126,7 +126,7 @@ def test_all_origins_down_closes_at_once(topo):
         # Not a 3s connect timeout: prism knew no origin was usable.
         assert what in ("reset", "refused", "eof"), what
         assert took < 1.0, took
-        d = prism.access_for(cport)
+        d = prism.access_for(cport, (f"192.0.2.{20 + i}", 8000))
         assert d["reason"] == "no_origin" and d["origin"] == "-", d
         assert int(d["duration_ms"]) < 500, d
 

@@ -56,7 +56,7 @@ def _run(t, prism, srv, edge, port, size, app, origin):
     c.close()
     assert len(got) == len(data)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
-    d = prism.access_for(local[1])
+    d = prism.access_for(local[1], (edge, port))
     assert d["app"] == app
     assert d["client"] == f"[{CLIENT6}]:{local[1]}"
     assert d["edge"] == f"[{edge}]:{port}"

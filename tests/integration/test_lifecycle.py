@@ -98,7 +98,7 @@ def test_sigterm_drains_then_exits_clean(topo):
 
     assert prism.wait(5) == 0, prism.dump()
     assert time.monotonic() - t_term < 5, "prism waited for the whole grace period"
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["reason"] in ("client_closed", "origin_closed"), d
     assert (int(d["c2o"]), int(d["o2c"])) == (19, size + 10)
     assert "prism" not in t.edge_nft_tables()
@@ -121,7 +121,7 @@ def test_shutdown_grace_expiry(topo):
     assert peers.outcome(o, 2) in ("eof", "reset")
     assert 0.8 <= took <= 3.0, took
     assert prism.wait(5) == 0, prism.dump()
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["reason"] == "shutdown", d
     assert not _net_installed(t)
     c.close()
@@ -316,6 +316,6 @@ def test_sighup_ignored_second_sigterm_closes_now(topo):
     assert peers.outcome(c, 5) in ("eof", "reset")
     assert peers.outcome(o, 5) in ("eof", "reset")
     assert prism.wait(5) == 0, prism.dump()
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["reason"] == "shutdown" and int(d["c2o"]) == 6, d
     assert not _net_installed(t)

@@ -109,7 +109,7 @@ def test_proxy_protocol_haproxy_sees_client(haproxy, edge, app):
     want = f"src={local[0]}:{local[1]} dst={edge}:80\n"
     assert local[0] == (CLIENT6 if ":" in edge else CLIENT4)
     assert body.decode() == want
-    d = prism.access_for(local[1])
+    d = prism.access_for(local[1], (edge, 80))
     assert d["app"] == app
     assert d["edge"] == nstopo.fmt_hostport(edge, 80)
 

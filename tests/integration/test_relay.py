@@ -106,7 +106,7 @@ def test_relay_bulk_256mib_each_way(topo):
     assert "send_error" not in client_res and "send_error" not in origin_res
     assert origin_res["recv"] == (total, client_res["sent_sha"])
     assert got == (total, origin_res["sent_sha"])
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["app"] == "echo"
     assert int(d["c2o"]) == total and int(d["o2c"]) == total
 
@@ -226,7 +226,7 @@ def test_half_close_client_first(topo):
     assert peers.recv_all(c) == b"answer after your EOF"
     port = _client_port(c)
     c.close()
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert (int(d["c2o"]), int(d["o2c"])) == (8, 21)
     assert d["reason"] in ("client_closed", "origin_closed")
 
@@ -245,7 +245,7 @@ def test_half_close_origin_first(topo):
     assert peers.outcome(c, 5) == "eof"
     port = _client_port(c)
     c.close()
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert (int(d["c2o"]), int(d["o2c"])) == (16, 3)
 
 
@@ -259,7 +259,7 @@ def test_reset_from_client(topo):
     peers.set_linger0(c)
     c.close()  # RST
     assert peers.outcome(o, 5) == "reset"
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["reason"] == "client_reset", d
     assert int(d["c2o"]) == 1
 
@@ -273,7 +273,7 @@ def test_reset_from_origin(topo):
     peers.set_linger0(o)
     o.close()
     assert peers.outcome(c, 5) == "reset"
-    d = prism.access_for(_client_port(c))
+    d = prism.access_for(_client_port(c), ("192.0.2.10", 7000))
     c.close()
     assert d["reason"] == "origin_reset", d
     assert int(d["o2c"]) == 2
@@ -298,7 +298,7 @@ def test_origin_refused(topo):
     prism = t.start_prism(CFG)
     port, took = _expect_reset_soon(t, "192.0.2.200", 2)
     assert took < 1.0, took
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.200", 7000))
     assert d["reason"] == "origin_refused", d
     assert d["origin"] == "198.51.100.10:7999"
     assert d["app"] == "refused"
@@ -310,7 +310,7 @@ def test_origin_black_hole_connect_timeout(topo):
     prism = t.start_prism(CFG)
     port, took = _expect_reset_soon(t, "192.0.2.201", 4)
     assert 0.8 <= took <= 3.0, took  # connect timeout 1s
-    d = prism.access_for(port)
+    d = prism.access_for(port, ("192.0.2.201", 7000))
     assert d["reason"] == "connect_timeout", d
     assert d["origin"] == f"{nstopo.ORIGIN4_HOLE}:7000"
     assert int(d["duration_ms"]) >= 900
@@ -333,7 +333,7 @@ def test_idle_timeout_closes_both_sides(topo):
     took = time.monotonic() - t_last
     assert peers.outcome(o, 2) in ("eof", "reset")
     assert 0.9 <= took <= 3.0, took
-    d = prism.access_for(_client_port(c))
+    d = prism.access_for(_client_port(c), ("192.0.2.202", 7000))
     c.close()
     o.close()
     assert d["reason"] == "idle_timeout", d
@@ -424,9 +424,9 @@ def _hold_then(t, cfg, change, new_outcome):
         o = ls.accept(timeout=5)
         c.sendall(b"before")
         assert peers.recv_exact(o, 6) == b"before"
-        held.append((other, c, o))
+        held.append((edge, other, c, o))
     change(t)
-    for other, c, o in held:
+    for edge, other, c, o in held:
         _, what, _ = peers.open_outcome(t.c, other, 7000, timeout=2)
         assert what == new_outcome, (other, what)
         c.sendall(b"after the change")
@@ -437,7 +437,7 @@ def _hold_then(t, cfg, change, new_outcome):
         c.close()
         assert peers.outcome(o, 5) == "eof"
         o.close()
-        d = prism.access_for(port)
+        d = prism.access_for(port, (edge, 7000))
         assert (int(d["c2o"]), int(d["o2c"])) == (22, 5), d
 
 

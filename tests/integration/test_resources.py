@@ -148,7 +148,7 @@ def test_no_local_port_towards_the_origin(topo):
 
     cport, what = peers.first_outcome(t.c, "192.0.2.10", 8002, timeout=5)
     assert what == "reset", what
-    d = prism.access_for(cport)
+    d = prism.access_for(cport, ("192.0.2.10", 8002))
     assert d["app"] == "one" and d["reason"] == "resource", d
     prism.wait_log(r"warn app one: origin %s:%d: no local port left towards it"
                    % (nstopo.ORIGIN4, ECHO_PORT))

@@ -270,7 +270,7 @@ def test_unmanaged_network_and_no_app(topo):
 
     cport, what = peers.first_outcome(t.c, "192.0.2.77", 9000)
     assert what == "reset", what
-    d = prism.access_for(cport)
+    d = prism.access_for(cport, ("192.0.2.77", 9000))
     assert d["reason"] == "no_app" and d["edge"] == "192.0.2.77:9000", d
 
     assert prism.stop(timeout=10) == 0
