@@ -25,7 +25,9 @@
  * two of its intervals old and nothing runs or waits on it, whenever the
  * entries have doubled since the last sweep. So an origin name that keeps
  * resolving to new addresses does not grow the table without bound, and
- * the sweeps cost O(1) per entry made.
+ * the sweeps cost O(1) per entry made. The apps' transitions through one
+ * shared check are logged a line each for the first few, then one line for
+ * the rest (shared_log), not a line per app.
  *
  * Passive accounting (hc_connect_failed/hc_connect_ok) is called by the
  * workers on their data path: a few atomics, no lock, and a log line only
@@ -80,6 +82,14 @@ struct shared {
 	uint64_t due_at;	    /* when the check of the last counted result was due */
 	bool ok;
 	char why[256];
+	/* The log window (see shared_log): the apps' transitions one way,
+	 * the first SHARED_LOG_APPS logged, the rest counted until <flush>.
+	 */
+	struct timer flush;
+	int dir;	    /* 1 up, -1 down, 0 no window open */
+	uint32_t logged;    /* transitions logged one by one in the window */
+	uint32_t held;	    /* ...and only counted */
+	char held_why[256]; /* the last counted down transition's reason */
 };
 
 struct check {
@@ -122,6 +132,12 @@ struct hc {
  */
 #define SHARED_SLACK 64
 
+/* Apps whose origin changes state through one shared check get a line
+ * each for the first SHARED_LOG_APPS of them, then one line for all the
+ * others: 65,536 apps behind one origin made 131,072 lines of a flap.
+ */
+#define SHARED_LOG_APPS 3
+
 static uint64_t hc_rand(struct hc *hc)
 {
 	/* xorshift64: jitter only, nothing depends on its quality */
@@ -133,7 +149,11 @@ static uint64_t hc_rand(struct hc *hc)
 
 /* ---- the rise/fall state machine ---- */
 
-void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, const char *why)
+/* Feeds one result to <o>'s state machine. Returns 1 when it made the
+ * origin up, -1 when it made it down, else 0; logs only failed checks
+ * (debug), the caller logs a transition.
+ */
+static int record(struct origin *o, const struct cfg_app *app, bool ok, const char *why)
 {
 	const struct cfg_health *h = &app->health;
 	int up = __atomic_load_n(&o->up, __ATOMIC_RELAXED);
@@ -148,8 +168,7 @@ void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, cons
 		__atomic_store_n(&o->hc_fail, 0, __ATOMIC_RELAXED);
 		if (!up && n >= h->rise) {
 			__atomic_store_n(&o->up, 1, __ATOMIC_RELAXED);
-			log_info("app %s: origin %s is up: %u successful checks", app->name,
-				 o->name, n);
+			return 1;
 		}
 	} else {
 		uint32_t n = o->hc_fail + (o->hc_fail < UINT32_MAX);
@@ -159,10 +178,29 @@ void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, cons
 		log_debug("app %s: origin %s: check failed: %s", app->name, o->name, why);
 		if (up && n >= h->fall) {
 			__atomic_store_n(&o->up, 0, __ATOMIC_RELAXED);
-			log_warn("app %s: origin %s is down: %u failed checks (last: %s)",
-				 app->name, o->name, n, why);
+			return -1;
 		}
 	}
+	return 0;
+}
+
+static void log_transition(const struct origin *o, const struct cfg_app *app, int dir,
+			   const char *why)
+{
+	if (dir > 0)
+		log_info("app %s: origin %s is up: %u successful checks", app->name, o->name,
+			 o->hc_ok);
+	else
+		log_warn("app %s: origin %s is down: %u failed checks (last: %s)", app->name,
+			 o->name, o->hc_fail, why);
+}
+
+void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, const char *why)
+{
+	int dir = record(o, app, ok, why);
+
+	if (dir)
+		log_transition(o, app, dir, why);
 }
 
 /* ---- passive accounting ---- */
@@ -292,6 +330,67 @@ static void queue_push(struct hc *hc, struct check *c)
 	hc->q_tail = c;
 }
 
+/* "198.51.100.10:7000" or "[2001:db8::1]:7000": what <s> checks. */
+static const char *shared_name(const struct shared *s, char *buf, size_t cap)
+{
+	char a[ADDR_STRLEN];
+
+	addr_fmt(&s->addr, a);
+	if (strchr(a, ':'))
+		snprintf(buf, cap, "[%s]:%u", a, s->port);
+	else
+		snprintf(buf, cap, "%s:%u", a, s->port);
+	return buf;
+}
+
+/* Ends <s>'s log window: one line for the transitions it only counted. */
+static void shared_close(struct shared *s)
+{
+	char name[ADDR_STRLEN + 8];
+
+	if (s->held && s->dir > 0)
+		log_info("origin %s is up for %u more apps sharing its health check",
+			 shared_name(s, name, sizeof(name)), s->held);
+	else if (s->held)
+		log_warn("origin %s is down for %u more apps sharing its health check (last: %s)",
+			 shared_name(s, name, sizeof(name)), s->held, s->held_why);
+	s->dir = 0;
+	s->logged = s->held = 0;
+}
+
+static void shared_flush(struct timer *t)
+{
+	shared_close(container_of(t, struct shared, flush));
+}
+
+/* Logs <c>'s app's transition <dir> that came through the shared check
+ * <s>. The first one opens a window for that direction, long enough for
+ * every app sharing the check to take the same result at its own tick (an
+ * interval apart at most, plus a check's timeout, twice over); the first
+ * SHARED_LOG_APPS transitions in it get their line, the rest one line
+ * when it closes. A transition the other way closes it at once.
+ */
+static void shared_log(struct hc *hc, struct shared *s, const struct check *c, int dir,
+		       const char *why)
+{
+	if (s->dir != dir) {
+		uint64_t span = 2 * ((uint64_t)s->h->interval_ms + s->h->timeout_ms);
+
+		timer_cancel(&hc->timers, &s->flush);
+		shared_close(s);
+		if (timer_set(&hc->timers, &s->flush, hc->now + span) == 0)
+			s->dir = dir;
+	}
+	if (s->dir == 0 || s->logged < SHARED_LOG_APPS) {
+		s->logged++;
+		log_transition(c->o, c->ha->app, dir, why);
+		return;
+	}
+	s->held++;
+	if (dir < 0)
+		snprintf(s->held_why, sizeof(s->held_why), "%s", why ? why : "");
+}
+
 /* Ends <c>: feeds the state machine unless <counted> is false (a local
  * resource problem says nothing about the origin), releases its slot and
  * starts the next queued check. The memory is freed at the end of the loop
@@ -300,6 +399,7 @@ static void queue_push(struct hc *hc, struct check *c)
 static void check_end(struct check *c, bool counted, bool ok, const char *why)
 {
 	struct hc *hc = c->ha->hc;
+	struct shared *sh = c->sh;
 	struct check *followers = NULL;
 
 	if (c->sh && c->sh->leader == c) {
@@ -313,8 +413,14 @@ static void check_end(struct check *c, bool counted, bool ok, const char *why)
 		}
 	}
 	c->sh = NULL;
-	if (counted)
-		hc_record_result(c->o, c->ha->app, ok, why);
+	if (counted) {
+		int dir = record(c->o, c->ha->app, ok, why);
+
+		if (dir && sh)
+			shared_log(hc, sh, c, dir, why);
+		else if (dir)
+			log_transition(c->o, c->ha->app, dir, why);
+	}
 	if (c->fd != -1) {
 		/* Reset rather than close gracefully: a check per origin per
 		 * interval would otherwise pile up TIME_WAIT sockets here and
@@ -622,7 +728,7 @@ static int shared_cmp(const void *a, const void *b)
  */
 static bool shared_stale(const struct hc *hc, const struct shared *s)
 {
-	if (s->leader || s->followers)
+	if (s->leader || s->followers || timer_armed(&s->flush))
 		return false;
 	return s->due_at == 0 ||
 	       (hc->now >= s->due_at && hc->now - s->due_at >= 2 * (uint64_t)s->h->interval_ms);
@@ -687,6 +793,7 @@ static struct shared *shared_of(struct hc *hc, const struct check *c)
 	if (!s)
 		return NULL;
 	*s = key;
+	timer_init(&s->flush, shared_flush);
 	found = tsearch(s, &hc->shared, shared_cmp);
 	if (!found) {
 		free(s);
@@ -714,6 +821,7 @@ static void check_due(struct timer *t)
 	 * take each other's, while other apps' take it.
 	 */
 	if (s && s->due_at && c->due < s->due_at + c->ha->app->health.interval_ms) {
+		c->sh = s; /* not its leader: only for check_end's log */
 		check_end(c, true, s->ok, s->ok ? NULL : s->why);
 		return;
 	}
@@ -847,8 +955,16 @@ static void *hc_main(void *arg)
 	return NULL;
 }
 
+static void close_visit(const void *node, VISIT which, void *arg)
+{
+	(void)arg;
+	if (which == postorder || which == leaf)
+		shared_close(*(struct shared *const *)node);
+}
+
 static void hc_free(struct hc *hc)
 {
+	twalk_r(hc->shared, close_visit, NULL); /* the lines still held */
 	free_dead(hc);
 	while (hc->all) {
 		struct check *c = hc->all;

@@ -1,7 +1,8 @@
 """test_health.py - active health checks: send/expect against a real
 redis-server (PING -> +PONG; a wrong expectation marks it down), all
 origins down (immediate close, reason no_origin, no connect attempt), and
-backup origins (used only while every primary is down)."""
+backup origins (used only while every primary is down), and one origin's
+flap behind many apps logged in a few lines, not one per app."""
 
 import os
 import re
@@ -179,3 +180,46 @@ def test_backup_only_when_primaries_down(topo):
     prism.wait_log(up_rx("bk", a), timeout=4, start=mark)
     got = _round(t, 20, 2)
     assert set(got) == {a}, got
+
+
+SHARED_APPS = 12
+SHARED_CFG = """\
+listen: {workers: 2}
+timeouts: {connect: 1s, idle: 30s}
+shutdown_grace: 500ms
+apps:
+""" + "".join(f"""\
+  - name: s{i}
+    edge: 192.0.2.{30 + i}
+    ports: 8000
+    passive: {{failures: 0}}
+    health_check: {{interval: 200ms, timeout: 200ms, rise: 1, fall: 2}}
+    origins: "198.51.100.10:8000"
+""" for i in range(SHARED_APPS))
+
+
+def test_shared_check_logs_a_flap_once_for_all_apps(topo):
+    """Apps behind one origin share its check; when it goes down and comes
+    back, the log names the first three apps and then counts the others in
+    one line, instead of a line per app (65,536 apps made 131,072)."""
+    t = topo
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 8000, peers.echo_handler)
+    prism = t.start_prism(SHARED_CFG)
+    rest = SHARED_APPS - 3
+    srv.close()
+    prism.wait_log(rf"warn origin {re.escape(nstopo.ORIGIN4)}:8000 is down for {rest} more "
+                   r"apps sharing its health check \(last: connect: Connection refused\)",
+                   timeout=5)
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 8000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    prism.wait_log(rf"info origin {re.escape(nstopo.ORIGIN4)}:8000 is up for {rest} more "
+                   r"apps sharing its health check", timeout=5)
+    for what in ("down", "up"):
+        one = [l for l in prism.err if re.search(rf"app s\d+: origin .* is {what}:", l)]
+        assert len(one) == 3, prism.dump()
+    # Every app followed: each relays again.
+    for i in range(SHARED_APPS):
+        c = peers.connect(t.c, f"192.0.2.{30 + i}", 8000, timeout=5)
+        c.sendall(b"again")
+        assert peers.recv_exact(c, 5) == b"again"
+        c.close()

@@ -91,6 +91,20 @@ static int count(const char *hay, const char *needle)
 	return n;
 }
 
+/* The sum of N over the lines "... <what>N more apps ..." of <log>. */
+static int more_apps(const char *log, const char *what)
+{
+	int n = 0;
+
+	for (const char *p = strstr(log, what); p; p = strstr(p + 1, what)) {
+		unsigned v;
+
+		if (sscanf(p + strlen(what), "%u more apps", &v) == 1)
+			n += (int)v;
+	}
+	return n;
+}
+
 /* Open descriptors of this process, to catch leaks across a test. */
 static int open_fds(void)
 {
@@ -839,20 +853,53 @@ static void test_thread_shared_checks(void **state)
 	for (int i = 0; i <= SHARED_APPS; i++)
 		assert_true(__atomic_load_n(&aos[i].set->v[0]->hc_ok, __ATOMIC_RELAXED) >= 5);
 
-	/* Gone: every app finds it down. */
+	/* Gone: every app finds it down, and the log says so for each: a
+	 * line for the first few, then one for the rest once the window
+	 * (2 x (interval + timeout)) is over, not at stop.
+	 */
 	close(lfd);
 	for (int i = 0; i <= SHARED_APPS; i++)
 		assert_true(wait_state(aos[i].set->v[0], 0, 2, -1, 5000) >= 0);
-	hc_stop(live_hc);
+	t0 = mono_ms();
+	for (;;) {
+		bool seen;
+
+		log = cap_text();
+		seen = strstr(log, "is down for ") != NULL;
+		free(log);
+		if (seen)
+			break;
+		assert_true(mono_ms() - t0 < 5000);
+		usleep(5000);
+	}
+
+	/* Back: every app finds it up. */
+	lfd = listener(port, NULL);
+	for (int i = 0; i <= SHARED_APPS; i++)
+		assert_true(wait_state(aos[i].set->v[0], 1, 1, lfd, 5000) >= 0);
+	hc_stop(live_hc); /* logs what its open window still holds */
 	live_hc = NULL;
+	close(lfd);
 	for (int i = 0; i <= SHARED_APPS; i++) {
 		origin_set_unref(aos[i].set);
 		pthread_mutex_destroy(&aos[i].lock);
 	}
 	log = cap_end();
 	assert_int_equal(open_fds(), fds);
-	assert_int_equal(count(log, "warn app shared: origin 127.0.0.1:"), SHARED_APPS);
+	for (int up = 0; up <= 1; up++) {
+		char one[64], rest[64];
+
+		snprintf(one, sizeof(one), "app shared: origin 127.0.0.1:%u is %s:", port,
+			 up ? "up" : "down");
+		snprintf(rest, sizeof(rest), "is %s for ", up ? "up" : "down");
+		/* A line each for at most SHARED_LOG_APPS (3) per window, a
+		 * window being all of them but for a straggler on a slow run.
+		 */
+		assert_true(count(log, one) >= 3 && count(log, one) <= 6);
+		assert_int_equal(count(log, one) + more_apps(log, rest), SHARED_APPS);
+	}
 	assert_int_equal(count(log, "warn app own: origin 127.0.0.1:"), 1);
+	assert_int_equal(count(log, "info app own: origin 127.0.0.1:"), 1);
 	free(log);
 }
 
