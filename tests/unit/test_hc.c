@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -903,6 +904,79 @@ static void test_thread_shared_checks(void **state)
 	free(log);
 }
 
+/* Apps with different intervals tick at their own cadence: those with the
+ * same interval queue in one lane (three apps, two lanes here, each app on
+ * a listener of its own so no check is shared), and every app of a lane
+ * keeps ticking.
+ */
+static void test_thread_lanes(void **state)
+{
+	enum { APPS = 3, SPAN_MS = 1000 };
+	static const uint32_t iv[APPS] = {20, 50, 50};
+	static struct sockaddr_storage addr[APPS];
+	static struct cfg_origin co[APPS];
+	static struct cfg_app apps[APPS];
+	static struct app_origins aos[APPS];
+	int fds = open_fds(), lfd[APPS], accepted[APPS] = {0};
+	uint64_t t0, ms;
+
+	(void)state;
+	cap_begin();
+	for (int i = 0; i < APPS; i++) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&addr[i];
+		uint16_t port;
+
+		lfd[i] = listener(0, &port);
+		sin->sin_family = AF_INET;
+		sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		co[i] = (struct cfg_origin){.host = "127.0.0.1",
+					    .addrs = &addr[i],
+					    .n_addrs = 1,
+					    .port_mode = CFG_PORT_FIXED,
+					    .port = port,
+					    .weight = 1};
+		apps[i] = (struct cfg_app){
+		    .name = "lane",
+		    .origins = &co[i],
+		    .n_origins = 1,
+		    .health = {
+			.on = true, .interval_ms = iv[i], .timeout_ms = 15, .rise = 1, .fall = 2}};
+		pthread_mutex_init(&aos[i].lock, NULL);
+		aos[i].app = &apps[i];
+		aos[i].set = origin_set_from_cfg(&apps[i]);
+		assert_non_null(aos[i].set);
+	}
+	assert_int_equal(hc_start(&live_hc, aos, APPS), 0);
+	t0 = mono_ms();
+	while ((ms = mono_ms() - t0) < SPAN_MS) {
+		for (int i = 0; i < APPS; i++) {
+			int c;
+
+			while ((c = accept4(lfd[i], NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+				accepted[i]++;
+				close(c);
+			}
+		}
+		usleep(1000);
+	}
+	hc_stop(live_hc);
+	live_hc = NULL;
+	for (int i = 0; i < APPS; i++) {
+		/* Not fewer than half the ticks (a loaded machine delays some), and
+		 * not more than there were intervals.
+		 */
+		print_message("app %d, every %u ms: %d checks in %" PRIu64 " ms\n", i, iv[i],
+			      accepted[i], ms);
+		assert_true(accepted[i] >= (int)(ms / iv[i] / 2));
+		assert_true(accepted[i] <= (int)(ms / iv[i] + 2));
+		close(lfd[i]);
+		origin_set_unref(aos[i].set);
+		pthread_mutex_destroy(&aos[i].lock);
+	}
+	free(cap_end());
+	assert_int_equal(open_fds(), fds);
+}
+
 /* An origin name that resolves to new addresses every interval (the
  * resolver's job, done by hand): each address is a key of its own, and the
  * entries of those no longer checked are swept, so the table stays a small
@@ -998,6 +1072,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_sweep, teardown),
+	    cmocka_unit_test_teardown(test_thread_lanes, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
