@@ -896,16 +896,18 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 		check_due(&c->timer);
 }
 
+static uint64_t interval_of(const struct hc_app *ha)
+{
+	return ha->app->health.interval_ms ? ha->app->health.interval_ms : 1;
+}
+
 /* Every interval: the app's origins as they are now, one check each, at
- * evenly spaced offsets across the interval.
- */
-/* Schedules this interval's checks of <ha>'s current origins and sets
- * its next due time.
+ * evenly spaced offsets across the interval. Sets the app's next due time.
  */
 static void app_tick(struct hc_app *ha)
 {
 	struct hc *hc = ha->hc;
-	uint64_t interval = ha->app->health.interval_ms ? ha->app->health.interval_ms : 1;
+	uint64_t interval = interval_of(ha);
 	struct origin_set *s = app_origins_get(ha->ao);
 	uint64_t next = ha->due + interval;
 
@@ -969,11 +971,6 @@ static void lane_run(struct timer *t)
 		lane_push(l, ha);
 	}
 	lane_arm(l);
-}
-
-static uint64_t interval_of(const struct hc_app *ha)
-{
-	return ha->app->health.interval_ms ? ha->app->health.interval_ms : 1;
 }
 
 static int app_cmp(const void *pa, const void *pb)
