@@ -54,7 +54,7 @@ deps:
 # Everything: unit tests (cmocka, each binary one pytest case) and the
 # integration tests in network namespaces, in one pytest run.
 test: deps
-	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/failmalloc.so
+	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/failmalloc.so $(BUILD)/failsys.so
 	PRISM_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 unit: all
@@ -114,11 +114,15 @@ $(BUILD)/loadgen: $(LOADGEN_SRC) bench/loadgen.h
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -o $(BUILD)/loadgen $(LOADGEN_SRC)
 
-# LD_PRELOAD library of the fault-injection tests (test_faults.py): never
+# LD_PRELOAD libraries of the fault-injection tests (test_faults.py): never
 # sanitized, ASan has an allocator of its own.
 $(BUILD)/failmalloc.so: tests/fault/failmalloc.c
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -shared -fPIC -o $@ $<
+
+$(BUILD)/failsys.so: tests/fault/failsys.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -shared -fPIC -o $@ $< -ldl
 
 $(BUILD)/rt_bench: bench/rt_bench.c src/rt.c $(HDRS)
 	@mkdir -p $(BUILD)

@@ -575,6 +575,15 @@ static ssize_t half_write(struct half *h, int fd)
 	return n == -1 ? -errno : n;
 }
 
+/* What a failed read or write of a socket ends the connection as: the
+ * peer's reset (ECONNRESET, EPIPE, ETIMEDOUT...), unless the kernel ran out
+ * of memory for it, which is this host's problem, not the peer's.
+ */
+static enum pump_res io_failed(int err, enum pump_res reset)
+{
+	return err == ENOMEM || err == ENOBUFS ? PUMP_NOMEM : reset;
+}
+
 /* The first reads of a direction go through the worker's scratch buffer
  * with recv/send rather than through a pipe: for the small messages most
  * protocols exchange that is two syscalls instead of three (splice needs an
@@ -597,7 +606,7 @@ static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, 
 		if (errno == EAGAIN)
 			src->rd = false;
 		else if (errno != EINTR)
-			return PUMP_SRC_RESET;
+			return io_failed(errno, PUMP_SRC_RESET);
 		return PUMP_OK;
 	}
 	if (n == 0) {
@@ -612,7 +621,7 @@ static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, 
 		m = send(dst->fd, scratch, (size_t)n, MSG_NOSIGNAL);
 		if (m == -1) {
 			if (errno != EAGAIN && errno != EINTR)
-				return PUMP_DST_RESET;
+				return io_failed(errno, PUMP_DST_RESET);
 			dst->wr = errno != EAGAIN;
 			m = 0;
 		}
@@ -657,7 +666,7 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 			if (n == -EINTR)
 				continue;
 			if (n < 0)
-				return PUMP_DST_RESET;
+				return io_failed((int)-n, PUMP_DST_RESET);
 			h->pending -= (uint32_t)n;
 			h->buf_off += (uint32_t)n;
 			h->bytes += (uint64_t)n;
@@ -690,18 +699,23 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 		if (n == -EINTR)
 			continue;
 		if (n < 0)
-			return PUMP_SRC_RESET;
+			return io_failed((int)-n, PUMP_SRC_RESET);
 		if (n == 0)
 			h->eof = true;
 		h->pending = (uint32_t)n;
 	}
 }
 
-/* Forwards a FIN once a direction's source ended and its pipe drained. */
-static void half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_reason who)
+/* Forwards a FIN once a direction's source ended and its pipe drained.
+ * Returns false when it could not (the destination is gone: ENOTCONN after
+ * its reset), and the connection must end: the FIN would never arrive, and
+ * a peer that waits for it would keep the connection open until the idle
+ * timeout.
+ */
+static bool half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_reason who)
 {
 	if (!h->eof || h->pending || h->shut)
-		return;
+		return true;
 	h->shut = true;
 	if (c->first_close == CR_NONE)
 		c->first_close = who;
@@ -710,8 +724,7 @@ static void half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_
 	 * the other direction is already done, the connection is about to be
 	 * finalized and close() sends the FIN: save the syscall.
 	 */
-	if (!(c->c2o.shut && c->o2c.shut))
-		shutdown(dst->fd, SHUT_WR);
+	return (c->c2o.shut && c->o2c.shut) || shutdown(dst->fd, SHUT_WR) == 0;
 }
 
 static void relay(struct conn *c)
@@ -750,7 +763,10 @@ static void relay(struct conn *c)
 						       : CR_RESOURCE);
 		return;
 	}
-	half_shut(c, &c->c2o, &c->org, CR_CLIENT_CLOSED);
+	if (!half_shut(c, &c->c2o, &c->org, CR_CLIENT_CLOSED)) {
+		conn_finalize(c, CR_ORIGIN_RESET);
+		return;
+	}
 	if (c->ack_held && (c->c2o.bytes || c->pp_off || c->c2o.shut)) {
 		/* The handshake's ACK went out with these bytes. Staying in
 		 * delayed-ACK mode would also save our ACK of the origin's
@@ -772,7 +788,10 @@ static void relay(struct conn *c)
 						       : CR_RESOURCE);
 		return;
 	}
-	half_shut(c, &c->o2c, &c->cli, CR_ORIGIN_CLOSED);
+	if (!half_shut(c, &c->o2c, &c->cli, CR_ORIGIN_CLOSED)) {
+		conn_finalize(c, CR_CLIENT_RESET);
+		return;
+	}
 
 	if (c->c2o.shut && c->o2c.shut)
 		conn_finalize(c, c->first_close);

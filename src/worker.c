@@ -490,6 +490,18 @@ static void do_accept(struct worker *w, struct io *lis)
 		 * dialed (the listener's own address is not involved).
 		 */
 		if (getsockname(fd, (struct sockaddr *)&edge, &elen) == -1) {
+			/* Out of kernel memory: no app to pick, so no access
+			 * line; a warning, once a second at most.
+			 */
+			if (w->now - w->last_edge_log >= 1000 || !w->last_edge_log) {
+				char a[ADDR_STRLEN];
+
+				w->last_edge_log = w->now;
+				log_warn("connection from %s closed: cannot learn the address it "
+					 "dialed: getsockname: %s",
+					 addr_fmt_sa((struct sockaddr *)&client, a),
+					 strerror(errno));
+			}
 			close(fd);
 			continue;
 		}

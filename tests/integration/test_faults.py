@@ -2,7 +2,9 @@
 `prism run` made to fail in turn (tests/fault/failmalloc.c, LD_PRELOAD).
 prism must never die by a signal or hang; a failure must be reported as
 running out of memory (never as a config error, nor an exit 0 with wrong
-output), and `net show` prints all of its script or nothing.
+output), and `net show` prints all of its script or nothing. Then every
+socket call of the data path made to fail in turn (tests/fault/failsys.c):
+at most that connection is lost, with a reason, and no descriptor leaks.
 
 The configs name no hosts: glibc's getaddrinfo itself crashes when some of
 its own allocations fail (nss_database.c), which no caller can prevent.
@@ -215,3 +217,105 @@ def test_data_path_survives_each_failed_allocation(failmalloc, topo):
             assert last, (n, ok, last, err[-600:])
         if False in ok + [last]:
             assert OOM.search(err), (n, ok, last, err[-600:])
+
+
+@pytest.fixture(scope="module")
+def failsys(prism_bin):
+    ldd = subprocess.run(["ldd", prism_bin], capture_output=True, text=True).stdout
+    if "libasan" in ldd:
+        pytest.skip("sanitizer build: ASan's runtime must come first in the library list")
+    lib = os.path.join(nstopo.build_dir(), "failsys.so")
+    if not os.path.exists(lib):
+        pytest.fail(f"{lib} not built (make test builds it)")
+    return lib
+
+
+SYS_PAYLOAD = 40000  # past the relay's 16 KiB buffer: the splice path too
+NORMAL_END = ("client_closed", "origin_closed")
+
+
+def sys_round(t, lib, n, count=False):
+    """prism with socket call <n> after its first accept failing; CONNS
+    connections one after another, then one more, each echoing
+    SYS_PAYLOAD bytes. Returns (which worked, prism's descriptors once
+    every connection has ended, exit code, the Prism)."""
+    wrapper = os.path.join(t.tmp, f"prism-sys{n}")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec env LD_PRELOAD={lib} FAILSYS_AT={n} "
+                f"{'FAILSYS_COUNT=1 ' if count else ''}{nstopo.prism_path()} \"$@\"\n")
+    os.chmod(wrapper, 0o700)
+    p = t.start_prism(DATA_CFG, binary=wrapper, name=f"sys{n}.yaml")
+    blob = os.urandom(SYS_PAYLOAD)
+
+    def works(i):
+        try:
+            s = peers.connect(t.c, "192.0.2.10", 8000 + i, timeout=5)
+        except OSError:
+            return False
+        try:
+            s.settimeout(5)
+            s.sendall(blob)
+            return peers.recv_exact(s, len(blob)) == blob
+        except (OSError, EOFError):
+            return False
+        finally:
+            s.close()
+
+    ok = [works(i) for i in range(CONNS + 1)]
+    # Every connection that reached prism has ended there, or will soon.
+    try:
+        p.wait_for(lambda: len([d for d in p.access if "client" in d]) >= ok.count(True), 5,
+                   "an access line per connection that worked")
+    except TimeoutError:
+        pass
+    return ok, p
+
+
+def fds_settled(p, limit):
+    """prism's descriptors, once they are <limit> or fewer (5 s at most)."""
+    try:
+        return p.wait_for(lambda: (lambda n: n if n <= limit else None)(p.fd_count()), 5,
+                          f"{limit} descriptors or fewer")
+    except TimeoutError:
+        return p.fd_count()
+
+
+def test_data_path_survives_each_failed_socket_call(failsys, topo):
+    """Each socket call after the first accept made to fail in turn, with
+    the errno of running out of something: at most that one connection is
+    lost, with a reason in the log, prism serves the rest, holds no more
+    descriptors afterwards than a run without the failure, and stops
+    cleanly."""
+    t = topo
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    net = t.write("net.yaml", DATA_NET)
+    nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "up", "-c", net]))
+    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "down",
+                                                          "-c", net]), check=False))
+    ok, p = sys_round(t, failsys, 0, count=True)
+    clean_fds = p.fd_count()
+    rc = p.stop(timeout=10)
+    err = "\n".join(p.err)
+    assert all(ok) and rc == 0, (ok, rc, err[-600:])
+    total = int(re.search(r"failsys: (\d+) calls", err).group(1))
+    print(f"{total} socket calls to fail in turn")
+    assert total >= 10 * CONNS, err[-600:]  # accept, socket, connect, recv, send...
+    for n in range(1, total + 1):
+        ok, p = sys_round(t, failsys, n)
+        fds = fds_settled(p, clean_fds)
+        rc = p.stop(timeout=10)
+        err = "\n".join([l for l in p.err if re.search(r"failsys:| (warn|error) ", l)]
+                        + p.err[-6:])
+        print(f"call {n}:", err, sep="\n")  # shown when an assertion fails
+        assert rc == 0, (n, rc, err)
+        assert ok.count(False) <= 1, (n, ok, err)  # and the ones after it work
+        assert fds <= clean_fds, (n, fds, clean_fds, err)
+        if False in ok:
+            said = [d for d in p.access if d.get("reason", NORMAL_END[0]) not in NORMAL_END]
+            said += [l for l in p.err if re.search(r" (warn|error) ", l)]
+            assert said, (n, ok, err)
+        # The kernel out of memory for a read or a write is this host's
+        # problem: reason resource, not the peer's reset.
+        if re.search(r"failsys: call \d+, (recv|send|splice),", err):
+            assert [d for d in p.access if d.get("reason") == "resource"], (n, err)

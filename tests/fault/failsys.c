@@ -1,0 +1,137 @@
+/* failsys.c - LD_PRELOAD library for the fault-injection tests
+ * (tests/integration/test_faults.py): the socket calls of prism's data path
+ * made to fail. With FAILSYS_AT=N in the environment, the Nth call of one
+ * of the functions below (counted from the first accept4() that returns a
+ * connection, every thread together) fails with the errno the kernel gives
+ * when that call runs out of something, without being made; every other
+ * call goes to glibc. With FAILSYS_COUNT set, the count is printed to
+ * stderr at exit, so a test knows how many points there are to fail.
+ * close() and epoll_wait() are left alone: a failed close leaks nothing a
+ * caller could free, and epoll_wait fails only on a bad argument.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static long fail_at = -1, count;
+static int active; /* atomic: 0 until the first accepted connection */
+
+__attribute__((constructor)) static void failsys_init(void)
+{
+	const char *s = getenv("FAILSYS_AT");
+
+	fail_at = s ? atol(s) : -1;
+}
+
+__attribute__((destructor)) static void failsys_fini(void)
+{
+	if (getenv("FAILSYS_COUNT"))
+		fprintf(stderr, "failsys: %ld calls\n", __atomic_load_n(&count, __ATOMIC_RELAXED));
+}
+
+/* Whether this call of <fn> fails (then with errno <err>, and a line on
+ * stderr that says which call it was).
+ */
+static int fail_call(const char *fn, int err)
+{
+	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
+		return 0;
+	if (__atomic_add_fetch(&count, 1, __ATOMIC_RELAXED) != fail_at)
+		return 0;
+	fprintf(stderr, "failsys: call %ld, %s, fails with errno %d\n", fail_at, fn, err);
+	errno = err;
+	return 1;
+}
+
+#define fail_now(err) fail_call(__func__, err)
+
+/* real_<name>: glibc's <name>, the function this library stands in for. */
+#define REAL(name)                                                                                 \
+	static __typeof__(name) *real_##name;                                                      \
+	if (!real_##name)                                                                          \
+		real_##name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name);
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	REAL(accept4);
+	int r;
+
+	if (fail_now(EMFILE))
+		return -1;
+	r = real_accept4(fd, addr, len, flags);
+	if (r >= 0)
+		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
+	return r;
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	REAL(getsockname);
+	return fail_now(ENOBUFS) ? -1 : real_getsockname(fd, addr, len);
+}
+
+int socket(int domain, int type, int protocol)
+{
+	REAL(socket);
+	return fail_now(EMFILE) ? -1 : real_socket(domain, type, protocol);
+}
+
+int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+	REAL(setsockopt);
+	return fail_now(ENOMEM) ? -1 : real_setsockopt(fd, level, name, val, len);
+}
+
+int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	REAL(getsockopt);
+	return fail_now(ENOBUFS) ? -1 : real_getsockopt(fd, level, name, val, len);
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	REAL(connect);
+	return fail_now(ENOBUFS) ? -1 : real_connect(fd, addr, len);
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	REAL(epoll_ctl);
+	return fail_now(ENOMEM) ? -1 : real_epoll_ctl(epfd, op, fd, ev);
+}
+
+ssize_t recv(int fd, void *buf, size_t n, int flags)
+{
+	REAL(recv);
+	return fail_now(ENOMEM) ? -1 : real_recv(fd, buf, n, flags);
+}
+
+ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+	REAL(send);
+	return fail_now(ENOBUFS) ? -1 : real_send(fd, buf, n, flags);
+}
+
+ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out, size_t n, unsigned flags)
+{
+	REAL(splice);
+	return fail_now(ENOMEM) ? -1 : real_splice(in, off_in, out, off_out, n, flags);
+}
+
+int pipe2(int fds[2], int flags)
+{
+	REAL(pipe2);
+	return fail_now(EMFILE) ? -1 : real_pipe2(fds, flags);
+}
+
+int shutdown(int fd, int how)
+{
+	REAL(shutdown);
+	return fail_now(ENOTCONN) ? -1 : real_shutdown(fd, how);
+}
