@@ -78,8 +78,8 @@ static int listen_open(const struct sockaddr *sa, int id)
 	if (v6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one)) == -1
 	       : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) == -1) {
 		int err = errno;
-		log_err("listener %s: cannot set IP_TRANSPARENT: %s (needs CAP_NET_ADMIN)",
-			addr_fmt_sa(sa, name), strerror(err));
+		log_err("listener %s: cannot set IP_TRANSPARENT: %s%s", addr_fmt_sa(sa, name),
+			strerror(err), err == EPERM ? " (needs CAP_NET_ADMIN)" : "");
 		close(fd);
 		return -err;
 	}

@@ -1,13 +1,15 @@
 /* failsys.c - LD_PRELOAD library for the fault-injection tests
- * (tests/integration/test_faults.py): the socket calls of prism's data path
- * made to fail. With FAILSYS_AT=N in the environment, the Nth call of one
- * of the functions below (counted from the first accept4() that returns a
+ * (tests/integration/test_faults.py): prism's socket calls made to fail.
+ * With FAILSYS_AT=N in the environment, the Nth call of one of the
+ * functions below (counted from the first accept4() that returns a
  * connection, every thread together) fails with the errno the kernel gives
- * when that call runs out of something, without being made; every other
- * call goes to glibc. With FAILSYS_COUNT set, the count is printed to
- * stderr at exit, so a test knows how many points there are to fail.
- * close() and epoll_wait() are left alone: a failed close leaks nothing a
- * caller could free, and epoll_wait fails only on a bad argument.
+ * when that call runs out of something, without being made, and says so on
+ * stderr; every other call goes to glibc. With FAILSYS_START set, counting
+ * starts at once instead, for the calls of starting and stopping. With
+ * FAILSYS_COUNT set, the count is printed to stderr at exit, so a test
+ * knows how many points there are to fail. close() and epoll_wait() are
+ * left alone: a failed close leaks nothing a caller could free, and
+ * epoll_wait fails only on a bad argument.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -27,6 +29,8 @@ __attribute__((constructor)) static void failsys_init(void)
 	const char *s = getenv("FAILSYS_AT");
 
 	fail_at = s ? atol(s) : -1;
+	if (getenv("FAILSYS_START"))
+		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
 }
 
 __attribute__((destructor)) static void failsys_fini(void)

@@ -98,13 +98,13 @@ apps:
 """
 
 
-def start_stop(lib, n, ns, argv, count=False):
-    """Starts prism run with allocation <n> failing, waits for ready or its
-    exit, sends SIGTERM, and returns (exit code, stderr)."""
-    env = dict(os.environ, LD_PRELOAD=lib, FAILMALLOC_AT=str(n))
-    if count:
-        env["FAILMALLOC_COUNT"] = "1"
-    p = nstopo.Proc(argv, ns=ns, name="prism", env=env)
+def start_stop(lib, env, ns, argv):
+    """Starts prism run with <lib> preloaded and the variables <env> set,
+    waits for ready or its exit, sends SIGTERM, and returns (exit code,
+    stderr). The library is preloaded into prism alone, not into the
+    `ip netns exec` that starts it."""
+    argv = ["env", f"LD_PRELOAD={lib}", *[f"{k}={v}" for k, v in env.items()], *argv]
+    p = nstopo.Proc(argv, ns=ns, name="prism")
     try:
         try:
             p.wait_for(lambda: not p.alive() or any("ready" in l for l in p.err), 10,
@@ -128,11 +128,11 @@ def test_run_survives_failed_allocations_at_start(failmalloc, prism_bin, netns, 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(RUN_CFG)
     argv = [prism_bin, "run", "-c", str(cfg)]
-    rc, err = start_stop(failmalloc, 0, ns, argv, count=True)
+    rc, err = start_stop(failmalloc, {"FAILMALLOC_AT": 0, "FAILMALLOC_COUNT": 1}, ns, argv)
     assert rc == 0, err
     total = int(re.search(r"failmalloc: (\d+) allocations", err).group(1))
     for n in range(1, total + 1):
-        rc, err = start_stop(failmalloc, n, ns, argv)
+        rc, err = start_stop(failmalloc, {"FAILMALLOC_AT": n}, ns, argv)
         assert rc is not None and rc in (0, 1, 2), (n, rc, err[-600:])
         if rc:
             # And why (pthread_create says EAGAIN when its own allocation
@@ -319,3 +319,24 @@ def test_data_path_survives_each_failed_socket_call(failsys, topo):
         # problem: reason resource, not the peer's reset.
         if re.search(r"failsys: call \d+, (recv|send|splice),", err):
             assert [d for d in p.access if d.get("reason") == "resource"], (n, err)
+
+
+def test_run_survives_failed_socket_calls_at_start(failsys, prism_bin, netns, tmp_path):
+    """Each socket call of a start and stop made to fail in turn: prism
+    starts and stops cleanly, or exits 1 with an error line that says
+    which step failed and why."""
+    ns = netns("fault")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(RUN_CFG)
+    argv = [prism_bin, "run", "-c", str(cfg)]
+    rc, err = start_stop(failsys, {"FAILSYS_START": 1, "FAILSYS_AT": 0, "FAILSYS_COUNT": 1},
+                         ns, argv)
+    assert rc == 0, err
+    total = int(re.search(r"failsys: (\d+) calls", err).group(1))
+    assert total >= 10, err  # two workers' listeners, epoll sets, the health thread's
+    for n in range(1, total + 1):
+        rc, err = start_stop(failsys, {"FAILSYS_START": 1, "FAILSYS_AT": n}, ns, argv)
+        assert rc in (0, 1), (n, rc, err[-600:])
+        if rc:
+            assert re.search(r" error .*: (Cannot allocate memory|Too many open files|"
+                             r"No buffer space available)", err), (n, err[-600:])
