@@ -231,6 +231,10 @@ def failsys(prism_bin):
 
 
 SYS_PAYLOAD = 40000  # past the relay's 16 KiB buffer: the splice path too
+# Two workers (a connection may be handed to the other) and the health
+# thread's calls among the ones that fail.
+SYS_CFG = DATA_CFG.replace("workers: 1", "workers: 2") + \
+    "    health_check: {interval: 50ms, timeout: 40ms, rise: 1, fall: 2}\n"
 NORMAL_END = ("client_closed", "origin_closed")
 
 
@@ -244,7 +248,7 @@ def sys_round(t, lib, n, count=False):
         f.write(f"#!/bin/sh\nexec env LD_PRELOAD={lib} FAILSYS_AT={n} "
                 f"{'FAILSYS_COUNT=1 ' if count else ''}{nstopo.prism_path()} \"$@\"\n")
     os.chmod(wrapper, 0o700)
-    p = t.start_prism(DATA_CFG, binary=wrapper, name=f"sys{n}.yaml")
+    p = t.start_prism(SYS_CFG, binary=wrapper, name=f"sys{n}.yaml")
     blob = os.urandom(SYS_PAYLOAD)
 
     def works(i):
