@@ -26,15 +26,21 @@ CONFIGS = [os.path.join(REPO, "tests", "configs", "good", f"{n}.yaml")
 OOM = re.compile(r"out of memory|Cannot allocate memory")
 
 
-@pytest.fixture(scope="module")
-def failmalloc(prism_bin):
+def preload_lib(prism_bin, name, asan_why):
+    """The path of the LD_PRELOAD library <name>; the test is skipped on a
+    sanitizer build (<asan_why>)."""
     ldd = subprocess.run(["ldd", prism_bin], capture_output=True, text=True).stdout
     if "libasan" in ldd:
-        pytest.skip("sanitizer build: ASan's allocator, not glibc's")
-    lib = os.path.join(nstopo.build_dir(), "failmalloc.so")
+        pytest.skip(f"sanitizer build: {asan_why}")
+    lib = os.path.join(nstopo.build_dir(), name)
     if not os.path.exists(lib):
         pytest.fail(f"{lib} not built (make test builds it)")
     return lib
+
+
+@pytest.fixture(scope="module")
+def failmalloc(prism_bin):
+    return preload_lib(prism_bin, "failmalloc.so", "ASan's allocator, not glibc's")
 
 
 def run_failing(lib, n, argv, count=False, timeout=20):
@@ -159,35 +165,57 @@ DATA_CFG = DATA_NET.replace("manage: true", "manage: false")
 CONNS = 5
 
 
+def preloaded_prism(t, cfg, lib, env, name):
+    """prism run of <cfg> in the edge namespace, with <lib> preloaded and
+    <env> set in its environment alone (a wrapper script)."""
+    wrapper = os.path.join(t.tmp, f"prism-{name}")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec env LD_PRELOAD={lib} "
+                + "".join(f"{k}={v} " for k, v in env.items())
+                + f"{nstopo.prism_path()} \"$@\"\n")
+    os.chmod(wrapper, 0o700)
+    return t.start_prism(cfg, binary=wrapper, name=f"{name}.yaml")
+
+
+def echo_works(t, i, data):
+    """Whether <data> sent through prism to 192.0.2.10:(8000 + i) comes
+    back whole from the echo origin."""
+    try:
+        s = peers.connect(t.c, "192.0.2.10", 8000 + i, timeout=5)
+    except OSError:
+        return False
+    try:
+        s.settimeout(5)
+        s.sendall(data)
+        return peers.recv_exact(s, len(data)) == data
+    except (OSError, EOFError):
+        return False
+    finally:
+        s.close()
+
+
+def echo_edge(t):
+    """<t> with an echo origin and DATA_NET's table and routes installed
+    (both removed at teardown); returns <t>."""
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    net = t.write("net.yaml", DATA_NET)
+    nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "up", "-c", net]))
+    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "down",
+                                                          "-c", net]), check=False))
+    return t
+
+
 def data_round(t, lib, n, count=False):
     """prism with allocation <n> after its first accept failing; CONNS
     connections one after another, then one more. Returns (which of the
     CONNS worked, whether the last one worked, exit code, stderr)."""
-    wrapper = os.path.join(t.tmp, f"prism-fail{n}")
-    with open(wrapper, "w") as f:
-        f.write(f"#!/bin/sh\nexec env LD_PRELOAD={lib} FAILMALLOC_ARM=accept "
-                f"FAILMALLOC_AT={n} {'FAILMALLOC_COUNT=1 ' if count else ''}"
-                f"{nstopo.prism_path()} \"$@\"\n")
-    os.chmod(wrapper, 0o700)
-    p = t.start_prism(DATA_CFG, binary=wrapper, name=f"fail{n}.yaml")
-
-    def works(i):
-        try:
-            s = peers.connect(t.c, "192.0.2.10", 8000 + i, timeout=5)
-        except OSError:
-            return False
-        try:
-            s.settimeout(5)
-            msg = b"ping %d\n" % i
-            s.sendall(msg)
-            return peers.recv_exact(s, len(msg)) == msg
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    ok = [works(i) for i in range(CONNS)]
-    last = works(CONNS)
+    env = {"FAILMALLOC_ARM": "accept", "FAILMALLOC_AT": n}
+    if count:
+        env["FAILMALLOC_COUNT"] = 1
+    p = preloaded_prism(t, DATA_CFG, lib, env, f"fail{n}")
+    ok = [echo_works(t, i, b"ping %d\n" % i) for i in range(CONNS)]
+    last = echo_works(t, CONNS, b"last\n")
     rc = p.stop(timeout=10)
     return ok, last, rc, "\n".join(p.err)
 
@@ -197,13 +225,7 @@ def test_data_path_survives_each_failed_allocation(failmalloc, topo):
     stop's), made to fail in turn: at most that one connection is lost,
     with a log line that says why, prism serves the next ones, and it
     stops cleanly."""
-    t = topo
-    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
-    t.on_teardown(srv.close)
-    net = t.write("net.yaml", DATA_NET)
-    nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "up", "-c", net]))
-    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "down",
-                                                          "-c", net]), check=False))
+    t = echo_edge(topo)
     ok, last, rc, err = data_round(t, failmalloc, 0, count=True)
     assert all(ok) and last and rc == 0, (ok, last, rc, err[-600:])
     total = int(re.search(r"failmalloc: (\d+) allocations", err).group(1))
@@ -221,13 +243,8 @@ def test_data_path_survives_each_failed_allocation(failmalloc, topo):
 
 @pytest.fixture(scope="module")
 def failsys(prism_bin):
-    ldd = subprocess.run(["ldd", prism_bin], capture_output=True, text=True).stdout
-    if "libasan" in ldd:
-        pytest.skip("sanitizer build: ASan's runtime must come first in the library list")
-    lib = os.path.join(nstopo.build_dir(), "failsys.so")
-    if not os.path.exists(lib):
-        pytest.fail(f"{lib} not built (make test builds it)")
-    return lib
+    return preload_lib(prism_bin, "failsys.so",
+                       "ASan's runtime must come first in the library list")
 
 
 SYS_PAYLOAD = 40000  # past the relay's 16 KiB buffer: the splice path too
@@ -243,29 +260,12 @@ def sys_round(t, lib, n, count=False):
     connections one after another, then one more, each echoing
     SYS_PAYLOAD bytes. Returns (which worked, prism's descriptors once
     every connection has ended, exit code, the Prism)."""
-    wrapper = os.path.join(t.tmp, f"prism-sys{n}")
-    with open(wrapper, "w") as f:
-        f.write(f"#!/bin/sh\nexec env LD_PRELOAD={lib} FAILSYS_AT={n} "
-                f"{'FAILSYS_COUNT=1 ' if count else ''}{nstopo.prism_path()} \"$@\"\n")
-    os.chmod(wrapper, 0o700)
-    p = t.start_prism(SYS_CFG, binary=wrapper, name=f"sys{n}.yaml")
+    env = {"FAILSYS_AT": n}
+    if count:
+        env["FAILSYS_COUNT"] = 1
+    p = preloaded_prism(t, SYS_CFG, lib, env, f"sys{n}")
     blob = os.urandom(SYS_PAYLOAD)
-
-    def works(i):
-        try:
-            s = peers.connect(t.c, "192.0.2.10", 8000 + i, timeout=5)
-        except OSError:
-            return False
-        try:
-            s.settimeout(5)
-            s.sendall(blob)
-            return peers.recv_exact(s, len(blob)) == blob
-        except (OSError, EOFError):
-            return False
-        finally:
-            s.close()
-
-    ok = [works(i) for i in range(CONNS + 1)]
+    ok = [echo_works(t, i, blob) for i in range(CONNS + 1)]
     # Every connection that reached prism has ended there, or will soon.
     try:
         p.wait_for(lambda: len([d for d in p.access if "client" in d]) >= ok.count(True), 5,
@@ -290,13 +290,7 @@ def test_data_path_survives_each_failed_socket_call(failsys, topo):
     lost, with a reason in the log, prism serves the rest, holds no more
     descriptors afterwards than a run without the failure, and stops
     cleanly."""
-    t = topo
-    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
-    t.on_teardown(srv.close)
-    net = t.write("net.yaml", DATA_NET)
-    nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "up", "-c", net]))
-    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.e, [nstopo.prism_path(), "net", "down",
-                                                          "-c", net]), check=False))
+    t = echo_edge(topo)
     ok, p = sys_round(t, failsys, 0, count=True)
     clean_fds = p.fd_count()
     rc = p.stop(timeout=10)
