@@ -494,13 +494,13 @@ static void do_accept(struct worker *w, struct io *lis)
 			 * line; a warning, once a second at most.
 			 */
 			if (w->now - w->last_edge_log >= 1000 || !w->last_edge_log) {
+				int err = errno;
 				char a[ADDR_STRLEN];
 
 				w->last_edge_log = w->now;
 				log_warn("connection from %s closed: cannot learn the address it "
 					 "dialed: getsockname: %s",
-					 addr_fmt_sa((struct sockaddr *)&client, a),
-					 strerror(errno));
+					 addr_fmt_sa((struct sockaddr *)&client, a), strerror(err));
 			}
 			close(fd);
 			continue;
