@@ -39,7 +39,7 @@
 
 #include "rt.h"
 
-typedef unsigned __int128 u128;
+typedef addr_u128 u128;
 
 #define NQUERY	       (1u << 20)
 #define PASSES	       4
@@ -67,22 +67,11 @@ static u128 mask_of(unsigned len)
 	return len == 0 ? 0 : ~(u128)0 << (128 - len);
 }
 
-static u128 key_of(const struct in6_addr *a)
-{
-	uint64_t h, l;
-
-	memcpy(&h, a->s6_addr, 8);
-	memcpy(&l, a->s6_addr + 8, 8);
-	return ((u128)be64toh(h) << 64) | be64toh(l);
-}
-
 static struct in6_addr addr_of(u128 k)
 {
 	struct in6_addr a;
-	uint64_t h = htobe64((uint64_t)(k >> 64)), l = htobe64((uint64_t)k);
 
-	memcpy(a.s6_addr, &h, 8);
-	memcpy(a.s6_addr + 8, &l, 8);
+	addr_from_key(k, &a);
 	return a;
 }
 
@@ -184,7 +173,7 @@ static int bench(size_t napps, struct query *q)
 	for (size_t i = 0; i < NQUERY; i++) {
 		if (rnd() % 10) {
 			const struct rt_claim *k = &c[rnd() % napps];
-			u128 base = key_of(&k->prefix.addr);
+			u128 base = addr_key(&k->prefix.addr);
 			u128 host = (((u128)rnd() << 64) | rnd()) & ~mask_of(k->prefix.len);
 
 			q[i].addr = addr_of(base | host);

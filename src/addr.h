@@ -8,9 +8,11 @@
 #ifndef PRISM_ADDR_H
 #define PRISM_ADDR_H
 
+#include <endian.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 /* Big enough for "[ffff:...:ffff]:65535" and for a prefix with "/128". */
@@ -29,6 +31,28 @@ struct addr_prefix {
 	struct in6_addr addr; /* network address, host bits zero, v4-mapped for IPv4 */
 	uint8_t len;	      /* 0..128 in the 128-bit space (IPv4: 96..128) */
 };
+
+/* An address as a 128-bit number, most significant bit first: what the
+ * routing trie and the route merging compute with.
+ */
+typedef unsigned __int128 addr_u128;
+
+static inline addr_u128 addr_key(const struct in6_addr *a)
+{
+	uint64_t h, l;
+
+	memcpy(&h, a->s6_addr, 8);
+	memcpy(&l, a->s6_addr + 8, 8);
+	return ((addr_u128)be64toh(h) << 64) | be64toh(l);
+}
+
+static inline void addr_from_key(addr_u128 k, struct in6_addr *a)
+{
+	uint64_t h = htobe64((uint64_t)(k >> 64)), l = htobe64((uint64_t)k);
+
+	memcpy(a->s6_addr, &h, 8);
+	memcpy(a->s6_addr + 8, &l, 8);
+}
 
 /* Returns true when <a> is a v4-mapped address. */
 bool addr_is_v4(const struct in6_addr *a);

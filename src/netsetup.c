@@ -263,31 +263,13 @@ long net_edge_prefixes(const struct cfg *cfg, struct addr_prefix **out)
  * config refuses IPv6 edges that overlap ::ffff:0:0/96, so the two never
  * touch in the 128-bit space, and no IPv6 block falls in it).
  */
-typedef unsigned __int128 net_u128;
-
-static net_u128 pfx_key(const struct in6_addr *a)
+static addr_u128 host_mask(unsigned len)
 {
-	net_u128 k = 0;
-
-	for (int i = 0; i < 16; i++)
-		k = (k << 8) | a->s6_addr[i];
-	return k;
-}
-
-static void pfx_from_key(net_u128 k, unsigned len, struct addr_prefix *p)
-{
-	for (int i = 15; i >= 0; i--, k >>= 8)
-		p->addr.s6_addr[i] = (uint8_t)k;
-	p->len = (uint8_t)len;
-}
-
-static net_u128 host_mask(unsigned len)
-{
-	return len >= 128 ? 0 : ~(net_u128)0 >> len;
+	return len >= 128 ? 0 : ~(addr_u128)0 >> len;
 }
 
 /* Appends the largest aligned blocks that make up [lo, hi] to <out>. */
-static void range_blocks(net_u128 lo, net_u128 hi, struct addr_prefix *out, size_t *n)
+static void range_blocks(addr_u128 lo, addr_u128 hi, struct addr_prefix *out, size_t *n)
 {
 	for (;;) {
 		unsigned len = 0;
@@ -297,7 +279,8 @@ static void range_blocks(net_u128 lo, net_u128 hi, struct addr_prefix *out, size
 		 */
 		while (len < 128 && ((lo & host_mask(len)) != 0 || (lo | host_mask(len)) > hi))
 			len++;
-		pfx_from_key(lo, len, &out[(*n)++]);
+		addr_from_key(lo, &out[*n].addr);
+		out[(*n)++].len = (uint8_t)len;
 		if ((lo | host_mask(len)) == hi)
 			return;
 		lo = (lo | host_mask(len)) + 1;
@@ -322,18 +305,18 @@ long net_route_prefixes(const struct cfg *cfg, struct addr_prefix **out)
 		return -ENOMEM;
 	}
 	for (int v4 = 0; v4 < 2; v4++) {
-		net_u128 lo = 0, hi = 0;
+		addr_u128 lo = 0, hi = 0;
 		bool open = false;
 
 		/* Sorted by address: each prefix starts at or after the last. */
 		for (long i = 0; i < n; i++) {
-			net_u128 a, b;
+			addr_u128 a, b;
 
 			if (net_is_v4_prefix(&in[i]) != (bool)v4)
 				continue;
-			a = pfx_key(&in[i].addr);
+			a = addr_key(&in[i].addr);
 			b = a | host_mask(in[i].len);
-			if (open && (hi == ~(net_u128)0 || a <= hi + 1)) {
+			if (open && (hi == ~(addr_u128)0 || a <= hi + 1)) {
 				if (b > hi)
 					hi = b;
 				continue;

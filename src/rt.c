@@ -76,7 +76,7 @@
 
 #include "rt.h"
 
-typedef unsigned __int128 rt_u128;
+typedef addr_u128 rt_u128;
 
 #define NIL	  UINT32_MAX
 #define U128_MAX  (~(rt_u128)0)
@@ -190,23 +190,6 @@ struct rt_builder {
 	size_t nl;	  /* lookup nodes placed so far */
 };
 
-static rt_u128 key_of(const struct in6_addr *a)
-{
-	uint64_t h, l;
-
-	memcpy(&h, a->s6_addr, 8);
-	memcpy(&l, a->s6_addr + 8, 8);
-	return ((rt_u128)be64toh(h) << 64) | be64toh(l);
-}
-
-static void addr_of(rt_u128 k, struct in6_addr *a)
-{
-	uint64_t h = htobe64((uint64_t)(k >> 64)), l = htobe64((uint64_t)k);
-
-	memcpy(a->s6_addr, &h, 8);
-	memcpy(a->s6_addr + 8, &l, 8);
-}
-
 /* A shift by 128 is undefined, hence the case for /0 (and the & 127, for
  * compilers that warn about the arm not taken).
  */
@@ -276,7 +259,7 @@ static int u32_cmp(const void *pa, const void *pb)
 
 static int validate(const struct rt_claim *c)
 {
-	rt_u128 k = key_of(&c->prefix.addr);
+	rt_u128 k = addr_key(&c->prefix.addr);
 
 	if (c->lo < 1 || c->lo > c->hi || c->prefix.len > 128 || c->app == RT_NONE)
 		return -EINVAL;
@@ -866,7 +849,7 @@ int rt_build(const struct rt_claim *claims, size_t n, struct rt **out, struct rt
 	if (!(b.recs = malloc(n * sizeof(*b.recs))))
 		goto out;
 	for (size_t i = 0; i < n; i++) {
-		b.recs[i] = (struct rt_rec){.key = key_of(&claims[i].prefix.addr),
+		b.recs[i] = (struct rt_rec){.key = addr_key(&claims[i].prefix.addr),
 					    .idx = (uint32_t)i,
 					    .app = claims[i].app,
 					    .lo = claims[i].lo,
@@ -981,7 +964,7 @@ static uint32_t child_of(const struct rt *rt, const struct rt_lnode *nd, unsigne
 static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
 						      const struct in6_addr *addr, uint16_t port)
 {
-	rt_u128 k = key_of(addr);
+	rt_u128 k = addr_key(addr);
 	const struct rt_lnode *nd;
 	const struct rt_ent *ent;
 	int v4 = (k >> 32) == 0xffff;
@@ -1046,7 +1029,7 @@ static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
  */
 uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port)
 {
-	rt_u128 k = key_of(addr);
+	rt_u128 k = addr_key(addr);
 	const struct rt_lnode *ln = rt->ln;
 	/* An index, not a branch: the family of a key is not predictable.
 	 * (k >> 32 == 0xffff, in 64-bit halves.)
@@ -1104,8 +1087,8 @@ static int cover_emit(struct rt_cover_ctx *c, const struct rt_lnode *owner, rt_u
 	struct rt_elem e;
 	int ret;
 
-	addr_of(lo, &e.lo);
-	addr_of(hi, &e.hi);
+	addr_from_key(lo, &e.lo);
+	addr_from_key(hi, &e.hi);
 	for (uint32_t k = 0; k < owner->n;) {
 		uint32_t j = k;
 
