@@ -307,12 +307,10 @@ static int origin_connect(struct conn *c)
 			 * (other origins have ports of their own); another
 			 * origin may take the connection, as below.
 			 */
-			if (w->now - w->last_port_log >= 1000 || !w->last_port_log) {
-				w->last_port_log = w->now;
+			if (log_ratelimit(&w->last_port_log, w->now, 1000))
 				log_warn("app %s: origin %s: no local port left towards it (see "
 					 "net.ipv4.ip_local_port_range and tcp_tw_reuse)",
 					 c->app->name, c->o->name);
-			}
 		} else if (connect_error_reason(err) == CR_RESOURCE) {
 			conn_finalize(c, CR_RESOURCE);
 			return -err;

@@ -630,11 +630,9 @@ static void resource_problem(struct check *c, const char *what, int err)
 {
 	struct hc *hc = c->ha->hc;
 
-	if (!hc->last_resource_log || hc->now - hc->last_resource_log >= 10000) {
-		hc->last_resource_log = hc->now;
+	if (log_ratelimit(&hc->last_resource_log, hc->now, 10000))
 		log_warn("health checks: %s: %s (checks skipped, not counted)", what,
 			 strerror(err));
-	}
 	check_end(c, false, false, NULL);
 }
 

@@ -9,6 +9,7 @@
 #define PRISM_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,5 +49,17 @@ void log_flush(void);
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) (log_max_level >= LOG_DEBUG ? log_msg(LOG_DEBUG, __VA_ARGS__) : (void)0)
+
+/* For a warning that the same cause can raise thousands of times a second:
+ * whether one may be logged at <now> (ms), at most one per <every_ms>;
+ * when it may, <*last> becomes <now>. <*last> starts at 0 (never logged).
+ */
+static inline bool log_ratelimit(uint64_t *last, uint64_t now, uint64_t every_ms)
+{
+	if (*last && now - *last < every_ms)
+		return false;
+	*last = now;
+	return true;
+}
 
 #endif

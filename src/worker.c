@@ -292,12 +292,10 @@ void worker_pause_accept(struct worker *w, int err)
 	w->accept_paused = true;
 	listeners_enable(w, false);
 	timer_set(&w->timers, &w->accept_timer, w->now + ACCEPT_PAUSE_MS);
-	if (w->now - w->last_exhaust_log >= 1000 || !w->last_exhaust_log) {
-		w->last_exhaust_log = w->now;
+	if (log_ratelimit(&w->last_exhaust_log, w->now, 1000))
 		log_warn("worker %d: %s with %llu connections open: not accepting for %d ms, "
 			 "open connections keep being served",
 			 w->id, strerror(err), (unsigned long long)w->n_conns, ACCEPT_PAUSE_MS);
-	}
 }
 
 static void accept_resume(struct timer *t)
@@ -493,11 +491,10 @@ static void do_accept(struct worker *w, struct io *lis)
 			/* Out of kernel memory: no app to pick, so no access
 			 * line; a warning, once a second at most.
 			 */
-			if (w->now - w->last_edge_log >= 1000 || !w->last_edge_log) {
+			if (log_ratelimit(&w->last_edge_log, w->now, 1000)) {
 				int err = errno;
 				char a[ADDR_STRLEN];
 
-				w->last_edge_log = w->now;
 				log_warn("connection from %s closed: cannot learn the address it "
 					 "dialed: getsockname: %s",
 					 addr_fmt_sa((struct sockaddr *)&client, a), strerror(err));
