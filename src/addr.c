@@ -211,9 +211,17 @@ const char *addr_fmt(const struct in6_addr *a, char *buf)
 	return buf;
 }
 
-const char *addr_fmt_sa(const struct sockaddr *sa, char *buf)
+const char *addr_fmt_hostport(const struct in6_addr *a, uint16_t port, char *buf)
 {
 	char host[INET6_ADDRSTRLEN];
+
+	addr_fmt(a, host);
+	snprintf(buf, ADDR_STRLEN, addr_is_v4(a) ? "%s:%u" : "[%s]:%u", host, port);
+	return buf;
+}
+
+const char *addr_fmt_sa(const struct sockaddr *sa, char *buf)
+{
 	struct in6_addr a;
 	uint16_t port;
 
@@ -222,9 +230,7 @@ const char *addr_fmt_sa(const struct sockaddr *sa, char *buf)
 		return buf;
 	}
 	addr_from_sa(sa, &a, &port);
-	addr_fmt(&a, host);
-	snprintf(buf, ADDR_STRLEN, addr_is_v4(&a) ? "%s:%u" : "[%s]:%u", host, port);
-	return buf;
+	return addr_fmt_hostport(&a, port, buf);
 }
 
 const char *addr_fmt_prefix(const struct addr_prefix *p, char *buf)

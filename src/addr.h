@@ -83,6 +83,9 @@ int addr_parse_hostport(const char *s, struct sockaddr_storage *out, bool *has_p
  */
 const char *addr_fmt_sa(const struct sockaddr *sa, char *buf);
 
+/* The same for an address (v4-mapped for IPv4) and a port. */
+const char *addr_fmt_hostport(const struct in6_addr *a, uint16_t port, char *buf);
+
 /* Formats <p> as "192.0.2.0/24" or "2001:db8::/64" into <buf>. Returns <buf>. */
 const char *addr_fmt_prefix(const struct addr_prefix *p, char *buf);
 

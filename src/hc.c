@@ -347,30 +347,17 @@ static void queue_push(struct hc *hc, struct check *c)
 	hc->q_tail = c;
 }
 
-/* "198.51.100.10:7000" or "[2001:db8::1]:7000": what <s> checks. */
-static const char *shared_name(const struct shared *s, char *buf, size_t cap)
-{
-	char a[ADDR_STRLEN];
-
-	addr_fmt(&s->addr, a);
-	if (strchr(a, ':'))
-		snprintf(buf, cap, "[%s]:%u", a, s->port);
-	else
-		snprintf(buf, cap, "%s:%u", a, s->port);
-	return buf;
-}
-
 /* Ends <s>'s log window: one line for the transitions it only counted. */
 static void shared_close(struct shared *s)
 {
-	char name[ADDR_STRLEN + 8];
+	char name[ADDR_STRLEN];
 
 	if (s->held && s->dir > 0)
 		log_info("origin %s is up for %u more apps sharing its health check",
-			 shared_name(s, name, sizeof(name)), s->held);
+			 addr_fmt_hostport(&s->addr, s->port, name), s->held);
 	else if (s->held)
 		log_warn("origin %s is down for %u more apps sharing its health check (last: %s)",
-			 shared_name(s, name, sizeof(name)), s->held, s->held_why);
+			 addr_fmt_hostport(&s->addr, s->port, name), s->held, s->held_why);
 	s->dir = 0;
 	s->logged = s->held = 0;
 }
