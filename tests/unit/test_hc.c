@@ -373,19 +373,41 @@ struct fixture {
 /* What a test left running when an assertion cut it short; teardown stops it. */
 static struct fixture *live_fx;
 
-static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
+/* <co> is 127.0.0.1:<port>, its one address kept in <addr>. */
+static void loopback_origin(struct cfg_origin *co, struct sockaddr_storage *addr, uint16_t port)
 {
-	struct sockaddr_in *sin = (struct sockaddr_in *)&f->addr;
+	struct sockaddr_in *sin = (struct sockaddr_in *)addr;
 
-	memset(f, 0, sizeof(*f));
+	memset(addr, 0, sizeof(*addr));
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	f->co.host = "127.0.0.1";
-	f->co.addrs = &f->addr;
-	f->co.n_addrs = 1;
-	f->co.port_mode = CFG_PORT_FIXED;
-	f->co.port = port;
-	f->co.weight = 1;
+	*co = (struct cfg_origin){.host = "127.0.0.1",
+				  .addrs = addr,
+				  .n_addrs = 1,
+				  .port_mode = CFG_PORT_FIXED,
+				  .port = port,
+				  .weight = 1};
+}
+
+/* <ao> serves <app>, with the origin set its config makes. */
+static void ao_init(struct app_origins *ao, struct cfg_app *app)
+{
+	pthread_mutex_init(&ao->lock, NULL);
+	ao->app = app;
+	ao->set = origin_set_from_cfg(app);
+	assert_non_null(ao->set);
+}
+
+static void ao_deinit(struct app_origins *ao)
+{
+	origin_set_unref(ao->set);
+	pthread_mutex_destroy(&ao->lock);
+}
+
+static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
+{
+	memset(f, 0, sizeof(*f));
+	loopback_origin(&f->co, &f->addr, port);
 	f->app.name = "web";
 	f->app.origins = &f->co;
 	f->app.n_origins = 1;
@@ -393,10 +415,7 @@ static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
 	f->app.health.on = true;
 	f->app.passive.failures = 3;
 	f->app.passive.cooldown_ms = 10000;
-	pthread_mutex_init(&f->ao.lock, NULL);
-	f->ao.app = &f->app;
-	f->ao.set = origin_set_from_cfg(&f->app);
-	assert_non_null(f->ao.set);
+	ao_init(&f->ao, &f->app);
 	assert_int_equal(f->ao.set->n, 1);
 	assert_int_equal(hc_start(&f->hc, &f->ao, 1), 0);
 	assert_non_null(f->hc);
@@ -407,8 +426,7 @@ static void fixture_deinit(struct fixture *f)
 {
 	live_fx = NULL;
 	hc_stop(f->hc);
-	origin_set_unref(f->ao.set);
-	pthread_mutex_destroy(&f->ao.lock);
+	ao_deinit(&f->ao);
 }
 
 static struct origin *first_origin(struct fixture *f)
@@ -808,21 +826,13 @@ static void test_thread_shared_checks(void **state)
 	static struct app_origins aos[SHARED_APPS + 1];
 	struct cfg_health h = {
 	    .on = true, .interval_ms = 50, .timeout_ms = 500, .rise = 1, .fall = 2};
-	struct sockaddr_in *sin = (struct sockaddr_in *)&addr;
 	uint16_t port;
 	int fds = open_fds(), lfd = listener(0, &port), accepted = 0;
 	uint64_t t0, ms;
 	char *log;
 
 	(void)state;
-	sin->sin_family = AF_INET;
-	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	co = (struct cfg_origin){.host = "127.0.0.1",
-				 .addrs = &addr,
-				 .n_addrs = 1,
-				 .port_mode = CFG_PORT_FIXED,
-				 .port = port,
-				 .weight = 1};
+	loopback_origin(&co, &addr, port);
 	cap_begin();
 	for (int i = 0; i <= SHARED_APPS; i++) {
 		apps[i] = (struct cfg_app){.name = i < SHARED_APPS ? "shared" : "own",
@@ -831,10 +841,7 @@ static void test_thread_shared_checks(void **state)
 					   .health = h};
 		if (i == SHARED_APPS)
 			apps[i].health.timeout_ms = 400;
-		pthread_mutex_init(&aos[i].lock, NULL);
-		aos[i].app = &apps[i];
-		aos[i].set = origin_set_from_cfg(&apps[i]);
-		assert_non_null(aos[i].set);
+		ao_init(&aos[i], &apps[i]);
 	}
 	assert_int_equal(hc_start(&live_hc, aos, SHARED_APPS + 1), 0);
 
@@ -881,10 +888,8 @@ static void test_thread_shared_checks(void **state)
 	hc_stop(live_hc); /* logs what its open window still holds */
 	live_hc = NULL;
 	close(lfd);
-	for (int i = 0; i <= SHARED_APPS; i++) {
-		origin_set_unref(aos[i].set);
-		pthread_mutex_destroy(&aos[i].lock);
-	}
+	for (int i = 0; i <= SHARED_APPS; i++)
+		ao_deinit(&aos[i]);
 	log = cap_end();
 	assert_int_equal(open_fds(), fds);
 	for (int up = 0; up <= 1; up++) {
@@ -923,28 +928,17 @@ static void test_thread_lanes(void **state)
 	(void)state;
 	cap_begin();
 	for (int i = 0; i < APPS; i++) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&addr[i];
 		uint16_t port;
 
 		lfd[i] = listener(0, &port);
-		sin->sin_family = AF_INET;
-		sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		co[i] = (struct cfg_origin){.host = "127.0.0.1",
-					    .addrs = &addr[i],
-					    .n_addrs = 1,
-					    .port_mode = CFG_PORT_FIXED,
-					    .port = port,
-					    .weight = 1};
+		loopback_origin(&co[i], &addr[i], port);
 		apps[i] = (struct cfg_app){
 		    .name = "lane",
 		    .origins = &co[i],
 		    .n_origins = 1,
 		    .health = {
 			.on = true, .interval_ms = iv[i], .timeout_ms = 15, .rise = 1, .fall = 2}};
-		pthread_mutex_init(&aos[i].lock, NULL);
-		aos[i].app = &apps[i];
-		aos[i].set = origin_set_from_cfg(&apps[i]);
-		assert_non_null(aos[i].set);
+		ao_init(&aos[i], &apps[i]);
 	}
 	assert_int_equal(hc_start(&live_hc, aos, APPS), 0);
 	t0 = mono_ms();
@@ -970,8 +964,7 @@ static void test_thread_lanes(void **state)
 		assert_true(accepted[i] >= (int)(ms / iv[i] / 2));
 		assert_true(accepted[i] <= (int)(ms / iv[i] + 2));
 		close(lfd[i]);
-		origin_set_unref(aos[i].set);
-		pthread_mutex_destroy(&aos[i].lock);
+		ao_deinit(&aos[i]);
 	}
 	free(cap_end());
 	assert_int_equal(open_fds(), fds);
