@@ -910,6 +910,7 @@ int net_show(const struct cfg *cfg, FILE *out)
 		free(pfx);
 		return -ENOMEM;
 	}
+	errno = 0; /* what a failed write sets, not what came before */
 	for (long i = 0; i < n; i++) {
 		addr_fmt_prefix(&pfx[i], ps);
 		fprintf(out, "ip route add local %s dev lo table local proto %d\n", ps,
