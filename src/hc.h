@@ -45,6 +45,9 @@ void hc_record_result(struct origin *o, const struct cfg_app *app, bool ok, cons
  */
 size_t hc_shared_entries(const struct hc *hc);
 
+/* How many times the thread has woken up (tests). */
+uint64_t hc_wakeups(const struct hc *hc);
+
 /* Passive accounting, called by workers. <err> is the connect errno. */
 void hc_connect_failed(const struct cfg_app *app, struct origin *o, uint64_t now_ms, int err);
 void hc_connect_ok(const struct cfg_app *app, struct origin *o);

@@ -29,8 +29,9 @@ struct origin *origin_new(const struct cfg_origin *co, const struct sockaddr_sto
 	o->weight = co->weight;
 	o->backup = co->backup;
 	o->up = 1;
-	if (co->port_mode == CFG_PORT_FIXED)
-		addr_sa_set_port((struct sockaddr *)&o->addr, co->port);
+	/* The port is 0 unless fixed: the health thread reads it from here */
+	addr_sa_set_port((struct sockaddr *)&o->addr,
+			 co->port_mode == CFG_PORT_FIXED ? co->port : 0);
 	addr_fmt_sa((const struct sockaddr *)&o->addr, a);
 	if (co->port_mode != CFG_PORT_FIXED) /* drop the meaningless ":0" */
 		*strrchr(a, ':') = '\0';

@@ -970,6 +970,68 @@ static void test_thread_lanes(void **state)
 	assert_int_equal(open_fds(), fds);
 }
 
+/* Thousands of apps in one lane (one interval, one shared origin): ticks
+ * due within 1/128 of the interval of the lane's head run with it, so the
+ * thread wakes about 128 times an interval rather than every millisecond,
+ * and every app still ticks once an interval, never twice in one.
+ */
+static void test_thread_lanes_batch(void **state)
+{
+	enum { APPS = 2000, IV = 1280, SPAN_MS = 2 * IV + IV / 2 };
+	static struct sockaddr_storage addr;
+	static struct cfg_origin co;
+	static struct cfg_app apps[APPS];
+	static struct app_origins aos[APPS];
+	uint16_t port;
+	int fds = open_fds(), lfd = listener(0, &port);
+	uint64_t t0, wakeups, ms;
+	uint32_t lo = UINT32_MAX, hi = 0;
+
+	(void)state;
+	loopback_origin(&co, &addr, port);
+	cap_begin();
+	for (int i = 0; i < APPS; i++) {
+		apps[i] = (struct cfg_app){
+		    .name = "many",
+		    .origins = &co,
+		    .n_origins = 1,
+		    .health = {
+			.on = true, .interval_ms = IV, .timeout_ms = 500, .rise = 1, .fall = 2}};
+		ao_init(&aos[i], &apps[i]);
+	}
+	assert_int_equal(hc_start(&live_hc, aos, APPS), 0);
+	t0 = mono_ms();
+	while ((ms = mono_ms() - t0) < SPAN_MS) {
+		int c;
+
+		while ((c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+			close(c);
+		usleep(2000);
+	}
+	wakeups = hc_wakeups(live_hc);
+	hc_stop(live_hc);
+	live_hc = NULL;
+	for (int i = 0; i < APPS; i++) {
+		uint32_t n = __atomic_load_n(&aos[i].set->v[0]->hc_ok, __ATOMIC_RELAXED);
+
+		lo = n < lo ? n : lo;
+		hi = n > hi ? n : hi;
+		ao_deinit(&aos[i]);
+	}
+	/* One tick a millisecond would be about SPAN_MS wake-ups; batched,
+	 * 128 an interval and a few for the shared check's own events.
+	 */
+	print_message("%d apps every %d ms: %" PRIu64 " wake-ups in %" PRIu64
+		      " ms, %u-%u ticks per app\n",
+		      APPS, IV, wakeups, ms, lo, hi);
+	assert_true(wakeups < SPAN_MS / 3);
+	assert_true(lo >= 1);
+	assert_true(hi <= ms / IV + 1);
+	close(lfd);
+	free(cap_end());
+	assert_int_equal(open_fds(), fds);
+}
+
 /* An origin name that resolves to new addresses every interval (the
  * resolver's job, done by hand): each address is a key of its own, and the
  * entries of those no longer checked are swept, so the table stays a small
@@ -1066,6 +1128,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_sweep, teardown),
 	    cmocka_unit_test_teardown(test_thread_lanes, teardown),
+	    cmocka_unit_test_teardown(test_thread_lanes_batch, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
