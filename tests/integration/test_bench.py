@@ -125,6 +125,16 @@ def test_rounds_won_pairs_values_of_the_same_round():
     assert bench_run.ahead({"prism": [], "haproxy": []}, ("v",), True) == ""
 
 
+def test_last_section_gives_way_to_the_time_budget():
+    """Section 7 runs as many of its rounds as fit in what is left of the
+    10 minutes, never fewer than 2 (nor more than asked)."""
+    assert bench_run.rounds_that_fit(5, 120, 20) == 5
+    assert bench_run.rounds_that_fit(5, 75, 20) == 3
+    assert bench_run.rounds_that_fit(5, 10, 20) == 2
+    assert bench_run.rounds_that_fit(5, -30, 20) == 2
+    assert bench_run.rounds_that_fit(1, 10, 20) == 1
+
+
 def test_every_namespace_gets_the_congestion_control(quick_run):
     """The harness sets one algorithm (cubic by default) in all four
     namespaces, says so in the machine table, and lists the commands."""
