@@ -29,7 +29,6 @@
  * printed, since a shared machine adds noise. Run sizes of your own with
  * `rt_bench 500 20000`.
  */
-#include <endian.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdio.h>

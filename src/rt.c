@@ -68,7 +68,6 @@
  *   /96 that covers ::ffff:0:0/96 also covers IPv4. rt_cover splits by
  *   family so both nft sets agree with rt_lookup.
  */
-#include <endian.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
