@@ -281,6 +281,13 @@ socklen_t addr_sa_len(const struct sockaddr *sa)
 	}
 }
 
+uint16_t addr_sa_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+}
+
 void addr_sa_set_port(struct sockaddr *sa, uint16_t port)
 {
 	if (sa->sa_family == AF_INET)

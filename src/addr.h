@@ -95,6 +95,9 @@ const char *addr_fmt(const struct in6_addr *a, char *buf);
 /* Extracts the 128-bit key (v4-mapped for AF_INET) and port of <sa>. */
 void addr_from_sa(const struct sockaddr *sa, struct in6_addr *addr, uint16_t *port);
 
+/* The port of the sockaddr_in/sockaddr_in6 <sa> (host order). */
+uint16_t addr_sa_port(const struct sockaddr *sa);
+
 /* Sets the port of the sockaddr_in/sockaddr_in6 <sa> (host order in). */
 void addr_sa_set_port(struct sockaddr *sa, uint16_t port);
 

@@ -347,13 +347,9 @@ static void quote(char *out, size_t cap, const char *s, size_t n)
  */
 static uint16_t check_port(const struct hc_app *ha, const struct origin *o)
 {
-	struct in6_addr a;
-	uint16_t port;
-
 	if (ha->app->health.port)
 		return ha->app->health.port;
-	addr_from_sa((const struct sockaddr *)&o->addr, &a, &port);
-	return port;
+	return addr_sa_port((const struct sockaddr *)&o->addr);
 }
 
 static void queue_push(struct hc *hc, struct check *c)
@@ -415,8 +411,24 @@ static void shared_log(struct hc *hc, struct shared *s, const struct origin *o,
 		snprintf(s->held_why, sizeof(s->held_why), "%s", why ? why : "");
 }
 
+/* Feeds a result for <o> of <app> to its state machine and logs the
+ * transition it makes, if any: through the window of <s> when the result
+ * came through that shared check, else on its own line.
+ */
+static void count(struct hc *hc, struct shared *s, struct origin *o, const struct cfg_app *app,
+		  bool ok, const char *why)
+{
+	int dir = record(o, app, ok, why);
+
+	if (dir && s)
+		shared_log(hc, s, o, app, dir, why);
+	else if (dir)
+		log_transition(o, app, dir, why);
+}
+
 /* Ends <c>: feeds the state machine unless <counted> is false (a local
- * resource problem says nothing about the origin), releases its slot and
+ * resource problem says nothing about the origin, or the result was
+ * counted already: see take_fresh), releases its slot and
  * starts the next queued check. The memory is freed at the end of the loop
  * turn, so a later event in the same epoll batch finds CK_DONE, not garbage.
  */
@@ -437,14 +449,8 @@ static void check_end(struct check *c, bool counted, bool ok, const char *why)
 		}
 	}
 	c->sh = NULL;
-	if (counted) {
-		int dir = record(c->o, c->ha->app, ok, why);
-
-		if (dir && sh)
-			shared_log(hc, sh, c->o, c->ha->app, dir, why);
-		else if (dir)
-			log_transition(c->o, c->ha->app, dir, why);
-	}
+	if (counted)
+		count(hc, sh, c->o, c->ha->app, ok, why);
 	if (c->fd != -1) {
 		/* Reset rather than close gracefully: a check per origin per
 		 * interval would otherwise pile up TIME_WAIT sockets here and
@@ -801,16 +807,16 @@ uint64_t hc_wakeups(const struct hc *hc)
 	return __atomic_load_n(&hc->wakeups, __ATOMIC_RELAXED);
 }
 
-/* The shared check of <o> with <ha>'s settings, made on first use; NULL
- * when out of memory (the check then runs on its own).
+/* The shared check of <o> on <port> with <ha>'s settings, made on first
+ * use; NULL when out of memory (the check then runs on its own).
  */
-static struct shared *shared_of(struct hc *hc, const struct hc_app *ha, const struct origin *o)
+static struct shared *shared_of(struct hc *hc, const struct hc_app *ha, const struct origin *o,
+				uint16_t port)
 {
-	struct shared key = {.h = &ha->app->health}, *s, **found;
-	uint16_t port;
+	struct shared key = {.h = &ha->app->health, .port = port}, *s, **found;
+	uint16_t own;
 
-	addr_from_sa((const struct sockaddr *)&o->addr, &key.addr, &port);
-	key.port = check_port(ha, o);
+	addr_from_sa((const struct sockaddr *)&o->addr, &key.addr, &own);
 	found = tfind(&key, &hc->shared, shared_cmp);
 	if (found)
 		return *found;
@@ -830,21 +836,27 @@ static struct shared *shared_of(struct hc *hc, const struct hc_app *ha, const st
 	return s;
 }
 
-/* Whether a check planned at <planned> takes <s>'s last result as it is:
- * its check was due less than an interval before. An app's own checks are
- * an interval apart, so they never take each other's, while other apps'
- * take it.
+/* A check of <o> for <ha> planned at <planned> takes <s>'s last result
+ * as it is when that result's check was due less than an interval before:
+ * counts it and returns true. An app's own checks are an interval apart,
+ * so they never take each other's, while other apps' take it.
  */
-static bool shared_fresh(const struct shared *s, const struct hc_app *ha, uint64_t planned)
+static bool take_fresh(struct hc *hc, struct shared *s, const struct hc_app *ha, struct origin *o,
+		       uint64_t planned)
 {
-	return s->due_at && planned < s->due_at + ha->app->health.interval_ms;
+	if (!s->due_at || planned >= s->due_at + ha->app->health.interval_ms)
+		return false;
+	count(hc, s, o, ha->app, s->ok, s->ok ? NULL : s->why);
+	return true;
 }
 
-static void check_due(struct timer *t)
+/* A check that is due, with its shared entry <s> (NULL: out of memory,
+ * it runs on its own): follows a running one, takes a fresh result, or
+ * runs (or queues) for all.
+ */
+static void check_run(struct check *c, struct shared *s)
 {
-	struct check *c = container_of(t, struct check, timer);
 	struct hc *hc = c->ha->hc;
-	struct shared *s = shared_of(hc, c->ha, c->o);
 
 	if (s && s->leader) {
 		c->state = CK_FOLLOWING;
@@ -853,9 +865,8 @@ static void check_due(struct timer *t)
 		s->followers = c;
 		return;
 	}
-	if (s && shared_fresh(s, c->ha, c->due)) {
-		c->sh = s; /* not its leader: only for check_end's log */
-		check_end(c, true, s->ok, s->ok ? NULL : s->why);
+	if (s && take_fresh(hc, s, c->ha, c->o, c->due)) {
+		check_end(c, false, false, NULL);
 		return;
 	}
 	if (s) {
@@ -868,6 +879,13 @@ static void check_due(struct timer *t)
 		check_start(c);
 }
 
+static void check_due(struct timer *t)
+{
+	struct check *c = container_of(t, struct check, timer);
+
+	check_run(c, shared_of(c->ha->hc, c->ha, c->o, check_port(c->ha, c->o)));
+}
+
 /* Schedules one check of <o> at <due>, planned for <planned> (see
  * app_tick). An origin whose previous check is still pending or running
  * (hc_next != 0: timeout longer than the interval, or the in-flight bound
@@ -876,11 +894,14 @@ static void check_due(struct timer *t)
 static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, uint64_t planned)
 {
 	struct hc *hc = ha->hc;
+	struct shared *sh = NULL;
+	uint16_t port;
 	struct check *c;
 
 	if (o->hc_next != 0)
 		return;
-	if (check_port(ha, o) == 0) {
+	port = check_port(ha, o);
+	if (port == 0) {
 		if (!ha->warned_port)
 			log_err(
 			    "app %s: origin %s: no port to health-check (set health_check.port)",
@@ -893,15 +914,9 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 		 * the same origin): take it here, without a check to make and
 		 * free. Most ticks of many apps behind one origin end here.
 		 */
-		struct shared *sh = shared_of(hc, ha, o);
-
-		if (sh && !sh->leader && shared_fresh(sh, ha, planned)) {
-			int dir = record(o, ha->app, sh->ok, sh->ok ? NULL : sh->why);
-
-			if (dir)
-				shared_log(hc, sh, o, ha->app, dir, sh->ok ? NULL : sh->why);
+		sh = shared_of(hc, ha, o, port);
+		if (sh && !sh->leader && take_fresh(hc, sh, ha, o, planned))
 			return;
-		}
 	}
 	c = calloc(1, sizeof(*c) + ha->app->health.expect_len);
 	if (!c)
@@ -924,7 +939,7 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 	hc->all = c;
 	/* Due now (a tick's first origin): no round trip through the heap. */
 	if (due <= hc->now)
-		check_due(&c->timer);
+		check_run(c, sh);
 }
 
 static uint64_t interval_of(const struct hc_app *ha)

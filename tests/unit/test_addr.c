@@ -250,6 +250,9 @@ static void test_fmt(void **state)
 	assert_false(addr_is_v4(&a));
 	assert_int_equal(port, 65535);
 	assert_string_equal(addr_fmt(&a, buf), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+	assert_int_equal(addr_sa_port((struct sockaddr *)&sin), 80);
+	addr_sa_set_port((struct sockaddr *)&sin6, 7000);
+	assert_int_equal(addr_sa_port((struct sockaddr *)&sin6), 7000);
 	assert_int_equal(addr_sa_len((struct sockaddr *)&unspec), 0);
 }
 
