@@ -4,7 +4,7 @@ one): several prism builds (and HAProxy) in alternating rounds, in
 bench/run.py's topology.
 
   bench/ab.py [--rounds N] [--duration S] [--no-haproxy] [--cc CC] [--bulk STREAMS]
-              BUILD [BUILD ...]
+              [--batch] BUILD [BUILD ...]
 
 Each BUILD is a build directory holding `prism`; the first one's `loadgen`
 drives the load. Prints one line per round and the medians per target:
@@ -35,11 +35,13 @@ def main():
     ap.add_argument("--cc", default=R.DEFAULT_CC, help="TCP congestion control (as run.py)")
     ap.add_argument("--bulk", type=int, default=0, metavar="STREAMS",
                     help="iperf3 with this many streams instead of the rate scenario")
+    ap.add_argument("--batch", action="store_true",
+                    help="run prism and HAProxy SCHED_BATCH (as run.py --batch)")
     ap.add_argument("builds", nargs="+")
     a = ap.parse_args()
     builds = [os.path.abspath(b) for b in a.builds]
     args = argparse.Namespace(quick=False, rounds=a.rounds, build=builds[0],
-                              haproxy_splice="force", cc=a.cc)
+                              haproxy_splice="force", cc=a.cc, batch=a.batch)
     b = R.Bench(args)
     b.t_rate = b.t_bulk = a.duration
     targets = ([] if a.no_haproxy else ["haproxy"]) + builds

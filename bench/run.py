@@ -305,6 +305,7 @@ class Bench:
         self.apps_rounds = min(self.rounds, 5)
         self.cc = getattr(args, "cc", DEFAULT_CC)
         self.pin = getattr(args, "pin", False)
+        self.batch = getattr(args, "batch", False)
         self.cc_system = read_sysctl("net.ipv4.tcp_congestion_control")
         self.cc_allowed_was = None  # the host's list, when set_cc widened it
         self.cc_state = CC_STATE.format(pid=os.getpid())  # that list, for reap_stale
@@ -575,19 +576,21 @@ backend be_iperf
         <cfg>: prism's config, if not the usual one."""
         if target == "direct":
             return None
+        # --batch: chrt execs the proxy, so p.pid is the proxy's own.
+        sched = ["chrt", "-b", "0"] if self.batch else []
         p = None
         try:
             if target == "prism":
                 t0 = time.monotonic()
-                p = self.spawn("e", [self.prism, "run", "-c", cfg or self.prism_cfg], "prism",
-                               err_file=os.path.join(self.work, "prism.log"))
+                p = self.spawn("e", sched + [self.prism, "run", "-c", cfg or self.prism_cfg],
+                               "prism", err_file=os.path.join(self.work, "prism.log"))
                 p.wait_log(r"\bready\b", 60)
                 self.prism_start_ms.append((time.monotonic() - t0) * 1000)
                 return p
             self.sh(self.nsx("e", [self.prism, "net", "up", "-c", self.prism_cfg]), note=True)
             self.net_up = True
             cfg = self.haproxy_smart_cfg if target == "haproxy-smart" else self.haproxy_cfg
-            p = self.spawn("e", ["haproxy", "-db", "-f", cfg], target)
+            p = self.spawn("e", sched + ["haproxy", "-db", "-f", cfg], target)
             # HAProxy -db prints nothing when it is up: watch for its socket.
             deadline = time.monotonic() + 10
             while not listening(p.pid, LISTEN_PORT):
@@ -700,6 +703,8 @@ backend be_iperf
         rx = j["end"]["sum_received"]
         gb = rx["bytes"] / 1e9
         return {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx["bytes"],
+                # the policy the proxy ran under (--batch)
+                "sched": None if p is None else os.sched_getscheduler(p.pid),
                 "cpu_s": None if p is None else c1 - c0,
                 "cpu_s_per_gb": None if p is None else (c1 - c0) / gb,
                 "machine_s_per_gb": (m1[0] - m0[0]) / gb}
@@ -1187,6 +1192,10 @@ class Report:
              "server and every thread of the proxy on CPU 1" if b.pin else
              "left to the scheduler (`--pin` puts the iperf3 client on CPU 0, and the "
              "iperf3 server and the proxy on CPU 1)"],
+            ["proxy scheduling", "SCHED_BATCH (`--batch`): both proxies run under `chrt -b 0`, "
+             "so their wake-ups do not preempt the client or origin on the same vCPU"
+             if b.batch else "the default (SCHED_OTHER; `--batch` runs both proxies "
+             "SCHED_BATCH)"],
             ["TCP congestion control", (f"{b.cc_system} (the host's default; `--cc system`)"
                                         if b.cc == "system" else
                                         f"{b.cc} in every namespace (`--cc`; the host's "
@@ -1589,6 +1598,9 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="bulk: run the iperf3 client on CPU 0, and the iperf3 server and the "
                     "proxy on CPU 1, instead of leaving the four busy threads to the scheduler")
+    ap.add_argument("--batch", action="store_true",
+                    help="run both proxies SCHED_BATCH (chrt -b 0): their wake-ups then "
+                    "do not preempt the client or origin sharing their vCPU")
     ap.add_argument("--haproxy-splice", choices=("force", "auto"), default="force",
                     help="HAProxy splice options (default force: splice-request/response)")
     args = ap.parse_args()

@@ -70,6 +70,8 @@ def test_quick_run_reports_every_scenario(quick_run):
     for key in ("bulk1", "bulk4"):
         for target in ("direct", "haproxy", "prism"):
             assert res[key][target][0]["gbps"] > 0, (key, target)
+        for target in ("haproxy", "prism"):  # without --batch
+            assert res[key][target][0]["sched"] == os.SCHED_OTHER, (key, target)
     for target in ("direct", "haproxy", "haproxy-smart", "prism"):
         r = res["rate"][target][0]
         assert r["conn_per_s"] > 0 and r["errors"] == 0, (target, r)
@@ -91,6 +93,7 @@ def test_quick_run_reports_every_scenario(quick_run):
         assert r["conn_per_s"] > 0 and r["errors"] == 0, (kind, r)
         assert r["listeners"] == lis, (kind, r)
     text = out.read_text()
+    assert re.search(r"^\| proxy scheduling \| the default \(SCHED_OTHER", text, re.M)
     assert re.search(r"IPv6 /64×65535 ÷ IPv4 /16×65535 = [\d.]+x", text)
     for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
                   "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## 7. Many apps",
@@ -177,6 +180,23 @@ def test_pinned_bulk_run(tmp_path):
     assert re.search(r"^taskset -c 0 ip netns exec \$CLIENT iperf3 -c ", text, re.M)
     for name in ("iperf3-s", "haproxy", "prism"):
         assert f"taskset -a -p -c 1 '<pid of {name}>'" in text, name
+    assert read(ALLOWED) == allowed
+
+
+def test_batch_bulk_run(tmp_path):
+    """--batch runs both proxies SCHED_BATCH, lists the chrt commands and
+    says so in the report; without it they run under the default policy
+    (test_quick_run_reports_every_scenario's run)."""
+    p, _, stderr, out, js, allowed = run_harness(tmp_path, "--only", "bulk", "--batch")
+    assert p.returncode == 0, stderr[-3000:]
+    res = json.loads(js.read_text())["results"]
+    for streams in (1, 4):
+        for target in ("haproxy", "prism"):
+            assert res[f"bulk{streams}"][target][0]["sched"] == os.SCHED_BATCH, target
+    text = out.read_text()
+    assert re.search(r"^\| proxy scheduling \| SCHED_BATCH \(`--batch`\)", text, re.M)
+    assert re.search(r"^ip netns exec \$EDGE chrt -b 0 haproxy -db -f ", text, re.M)
+    assert re.search(r"^ip netns exec \$EDGE chrt -b 0 \S*prism run -c ", text, re.M)
     assert read(ALLOWED) == allowed
 
 
