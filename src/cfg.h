@@ -105,6 +105,9 @@ struct cfg_protection {
 	bool set_deny, set_allow;	      /* the app's block set these lists */
 };
 
+/* A named origin's addresses kept, at load and at each refresh (dns.c). */
+#define CFG_NAME_ADDRS_MAX 64
+
 /* apps[].retries: at most this many origins after the first. */
 #define CFG_RETRIES_MAX 16
 

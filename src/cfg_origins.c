@@ -536,6 +536,8 @@ void cfg_resolve_names(struct loader *ld)
 				continue;
 			if (cfg_resolve_memo(&memo, o->host, &addrs, &n, &why) == 0 && addrs &&
 			    (n = addrs_dedupe(addrs, n)) > 0) {
+				if (n > CFG_NAME_ADDRS_MAX) /* as the refreshes do */
+					n = CFG_NAME_ADDRS_MAX;
 				o->addrs = addrs;
 				o->n_addrs = n;
 				continue;

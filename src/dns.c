@@ -1,5 +1,6 @@
 /* dns.c - re-resolve named origins in the background (see dns.h). */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -51,7 +52,7 @@ static int resolve(void **memo, const char *host, struct sockaddr_storage *out, 
 	return (int)n;
 }
 
-#define MAX_ADDRS 64
+#define MAX_ADDRS CFG_NAME_ADDRS_MAX
 
 /* Re-resolves the named origins of one app; swaps in a new set if any
  * address changed.
@@ -167,7 +168,15 @@ static void *dns_main(void *arg)
 				next = d->due[i];
 		}
 		cfg_memo_free(&memo);
-		timeout = next == UINT64_MAX ? -1 : (int)(next - now);
+		/* A later app's lookup may have run past an earlier app's due
+		 * time: never a negative (infinite) or truncated timeout.
+		 */
+		if (next == UINT64_MAX)
+			timeout = -1;
+		else if (next <= now)
+			timeout = 0;
+		else
+			timeout = next - now > INT_MAX ? INT_MAX : (int)(next - now);
 		if (poll(&pfd, 1, timeout) > 0)
 			return NULL; /* dns_stop */
 	}

@@ -106,6 +106,7 @@ struct shared {
 	struct check *leader;	    /* running (or queued) for all, or NULL */
 	struct check *followers;    /* waiting for the leader's result */
 	uint64_t due_at;	    /* when the check of the last counted result was due */
+	uint64_t result;	    /* that result's id (hc->results), 0 before any */
 	bool ok;
 	char why[256];
 	/* The log window (see shared_log): the apps' transitions one way,
@@ -153,6 +154,7 @@ struct hc {
 	void *shared;	  /* tsearch tree of struct shared */
 	size_t n_shared;  /* its entries (atomic: hc_shared_entries reads it) */
 	uint64_t wakeups; /* loop turns (atomic: hc_wakeups reads it) */
+	uint64_t results; /* ids given to shared results so far */
 	size_t sweep_at;  /* sweep before making the entry that reaches this */
 };
 
@@ -444,11 +446,14 @@ static void check_end(struct check *c, bool counted, bool ok, const char *why)
 		c->sh->followers = NULL;
 		if (counted) {
 			c->sh->due_at = c->due ? c->due : 1;
+			c->sh->result = ++hc->results;
 			c->sh->ok = ok;
 			snprintf(c->sh->why, sizeof(c->sh->why), "%s", why ? why : "");
 		}
 	}
 	c->sh = NULL;
+	if (counted && sh)
+		c->o->hc_result = sh->result;
 	if (counted)
 		count(hc, sh, c->o, c->ha->app, ok, why);
 	if (c->fd != -1) {
@@ -844,8 +849,13 @@ static struct shared *shared_of(struct hc *hc, const struct hc_app *ha, const st
 static bool take_fresh(struct hc *hc, struct shared *s, const struct hc_app *ha, struct origin *o,
 		       uint64_t planned)
 {
-	if (!s->due_at || planned >= s->due_at + ha->app->health.interval_ms)
+	/* Never the result <o> counted already: its own check's, when a
+	 * new set moved its offset in the interval earlier.
+	 */
+	if (!s->due_at || o->hc_result == s->result ||
+	    planned >= s->due_at + ha->app->health.interval_ms)
 		return false;
+	o->hc_result = s->result;
 	count(hc, s, o, ha->app, s->ok, s->ok ? NULL : s->why);
 	return true;
 }

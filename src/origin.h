@@ -41,6 +41,7 @@ struct origin {
 	/* Active-check bookkeeping, owned by the health-check thread. */
 	uint32_t hc_ok, hc_fail; /* consecutive results */
 	uint64_t hc_next;	 /* ms monotonic: next check due */
+	uint64_t hc_result;	 /* id of the last shared result counted (hc.c) */
 };
 
 /* An app's origins at one moment. */

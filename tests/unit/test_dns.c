@@ -1,5 +1,6 @@
-/* test_dns.c - the resolver thread, with a stub resolver: a name that many
- * apps list is resolved once per round, not once per app.
+/* test_dns.c - the resolver thread, with stub resolvers: a name that many
+ * apps list is resolved once per round, not once per app; a slow lookup
+ * does not stop the refreshes; an unchanged answer keeps the set.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -84,10 +85,129 @@ static void test_one_lookup_per_round(void **state)
 	free(yaml);
 }
 
+static int fast_calls, slow_calls; /* atomic */
+
+/* fast.test answers at once, slow.test after 150 ms. */
+static int slow_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			 const char **why)
+{
+	bool has_port;
+	const char *w;
+
+	(void)why;
+	if (!strcmp(host, "slow.test")) {
+		__atomic_add_fetch(&slow_calls, 1, __ATOMIC_RELAXED);
+		usleep(150 * 1000);
+	} else {
+		__atomic_add_fetch(&fast_calls, 1, __ATOMIC_RELAXED);
+	}
+	*addrs = calloc(1, sizeof(**addrs));
+	assert_non_null(*addrs);
+	assert_int_equal(addr_parse_hostport("198.51.100.9", *addrs, &has_port, &w), 0);
+	*n = 1;
+	return 0;
+}
+
+/* The fast app is refreshed first and falls due again 50 ms later, while
+ * the slow app's lookup is still running: the thread's next wait starts
+ * past that due time, and must not be an endless one.
+ */
+static void test_slow_lookup_does_not_stop_refreshes(void **state)
+{
+	static const char yaml[] =
+	    "apps:\n"
+	    "  - {name: fast, edge: 192.0.2.1, ports: 80, origins: \"fast.test:80\","
+	    " dns: {refresh: 50ms}}\n"
+	    "  - {name: slow, edge: 192.0.2.2, ports: 80, origins: \"slow.test:80\","
+	    " dns: {refresh: 50ms}}\n";
+	struct app_origins *ao;
+	struct cfg *cfg = NULL;
+	struct dns *d = NULL;
+	char *errors = NULL;
+	int fast, slow;
+
+	(void)state;
+	cfg_resolver = slow_resolver;
+	assert_int_equal(cfg_load_buf("t.yaml", yaml, sizeof(yaml) - 1, &cfg, &errors), 0);
+	assert_null(errors);
+	__atomic_store_n(&fast_calls, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&slow_calls, 0, __ATOMIC_RELAXED);
+	ao = app_origins_new(cfg);
+	assert_non_null(ao);
+	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
+	usleep(1000 * 1000);
+	dns_stop(d);
+	fast = __atomic_load_n(&fast_calls, __ATOMIC_RELAXED);
+	slow = __atomic_load_n(&slow_calls, __ATOMIC_RELAXED);
+	/* A round takes ~150 ms: about 6 in a second, each resolving both
+	 * names (before the fix: one round, then nothing).
+	 */
+	assert_true(fast >= 3);
+	assert_true(slow >= 3);
+	app_origins_free(ao, cfg->n_apps);
+	cfg_unref(cfg);
+}
+
+/* A name with 100 addresses, the same at every lookup. */
+static int many_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			 const char **why)
+{
+	bool has_port;
+	const char *w;
+	char a[32];
+
+	(void)host;
+	(void)why;
+	*addrs = calloc(100, sizeof(**addrs));
+	assert_non_null(*addrs);
+	for (int i = 0; i < 100; i++) {
+		snprintf(a, sizeof(a), "198.51.100.%d", i + 1);
+		assert_int_equal(addr_parse_hostport(a, &(*addrs)[i], &has_port, &w), 0);
+	}
+	*n = 100;
+	return 0;
+}
+
+/* The set a name makes at load is the one its refreshes keep while the
+ * answer stays the same: both keep the first CFG_NAME_ADDRS_MAX addresses.
+ */
+static void test_unchanged_answer_keeps_the_set(void **state)
+{
+	static const char yaml[] = "apps:\n"
+				   "  - {name: pool, edge: 192.0.2.1, ports: 80, origins: "
+				   "\"many.test:80\", dns: {refresh: 50ms}}\n";
+	struct app_origins *ao;
+	struct origin_set *s, *at_load;
+	struct cfg *cfg = NULL;
+	struct dns *d = NULL;
+	char *errors = NULL;
+
+	(void)state;
+	cfg_resolver = many_resolver;
+	assert_int_equal(cfg_load_buf("t.yaml", yaml, sizeof(yaml) - 1, &cfg, &errors), 0);
+	assert_null(errors);
+	ao = app_origins_new(cfg);
+	assert_non_null(ao);
+	at_load = app_origins_get(&ao[0]);
+	assert_int_equal(at_load->n, CFG_NAME_ADDRS_MAX);
+	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
+	usleep(300 * 1000);
+	dns_stop(d);
+	s = app_origins_get(&ao[0]);
+	/* No refresh swapped in a set of its own. */
+	assert_ptr_equal(s, at_load);
+	origin_set_unref(s);
+	origin_set_unref(at_load);
+	app_origins_free(ao, cfg->n_apps);
+	cfg_unref(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_one_lookup_per_round),
+	    cmocka_unit_test(test_slow_lookup_does_not_stop_refreshes),
+	    cmocka_unit_test(test_unchanged_answer_keeps_the_set),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

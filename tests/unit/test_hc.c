@@ -807,16 +807,117 @@ static void test_thread_set_swap(void **state)
 	free(log);
 }
 
-/* After a failed assertion: stop the threads, give stderr back (with the
- * captured log, which explains the failure) before the next test.
+/* A test's own hc thread, for teardown to stop after a failed assertion. */
+static struct hc *live_hc;
+
+/* Accepts and keeps (never answering) what <lfd> queued, into <keep>;
+ * returns how many.
  */
+static int accept_keep(int lfd, int *keep, int *n_keep, int cap)
+{
+	int c, got = 0;
+
+	while (*n_keep < cap && (c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+		keep[(*n_keep)++] = c;
+		got++;
+	}
+	return got;
+}
+
+/* An origin's checks are spread over the interval by its place in the set:
+ * a new set (one more address from DNS) can move a kept origin's next
+ * check less than an interval after its last. That check must still be
+ * made, not take the origin's own last result from the shared entry and
+ * count it a second time: B (fall 2) goes down only after two checks
+ * that reached it.
+ */
+static void test_thread_set_shift(void **state)
+{
+	static struct sockaddr_storage addr[3];
+	static struct cfg_origin co[3];
+	static struct cfg_app app;
+	static struct app_origins ao;
+	static int keep[256];
+	struct cfg_health h = {.on = true,
+			       .interval_ms = 400,
+			       .timeout_ms = 100,
+			       .rise = 1,
+			       .fall = 2,
+			       .send = "PING",
+			       .send_len = 4,
+			       .expect = "PONG",
+			       .expect_len = 4};
+	struct origin *b, *v[3];
+	struct origin_set *s;
+	uint16_t port[3];
+	int lfd[3], n_keep = 0, checks_b = 0;
+	uint64_t t0;
+
+	(void)state;
+	/* The listeners never answer: each check fails by timeout, and each
+	 * one that reached B is a connection queued on lfd[1].
+	 */
+	for (int i = 0; i < 3; i++) {
+		lfd[i] = listener(0, &port[i]);
+		loopback_origin(&co[i], &addr[i], port[i]);
+	}
+	app = (struct cfg_app){.name = "web", .origins = co, .n_origins = 2, .health = h};
+	ao_init(&ao, &app); /* X and B; Y comes with the new set */
+	assert_int_equal(ao.set->n, 2);
+	b = ao.set->v[1];
+	origin_ref(b);
+	assert_int_equal(hc_start(&live_hc, &ao, 1), 0);
+
+	t0 = mono_ms();
+	while (__atomic_load_n(&b->hc_fail, __ATOMIC_RELAXED) < 1 && mono_ms() - t0 < 3000) {
+		checks_b += accept_keep(lfd[1], keep, &n_keep, 256);
+		accept_keep(lfd[0], keep, &n_keep, 256);
+		usleep(2000);
+	}
+	checks_b += accept_keep(lfd[1], keep, &n_keep, 256);
+	assert_int_equal(__atomic_load_n(&b->hc_fail, __ATOMIC_RELAXED), 1);
+	assert_int_equal(checks_b, 1);
+
+	/* The resolver's swap, by hand: one more address, at the end, which
+	 * moves B from half to a third of the interval.
+	 */
+	v[0] = ao.set->v[0];
+	v[1] = b;
+	v[2] = origin_new(&co[2], &addr[2]);
+	assert_non_null(v[2]);
+	s = origin_set_new(&app, v, 3);
+	assert_non_null(s);
+	origin_unref(v[2]);
+	app_origins_swap(&ao, s);
+
+	t0 = mono_ms();
+	while (__atomic_load_n(&b->up, __ATOMIC_RELAXED) && mono_ms() - t0 < 3000) {
+		for (int i = 0; i < 3; i++) {
+			int got = accept_keep(lfd[i], keep, &n_keep, 256);
+
+			checks_b += i == 1 ? got : 0;
+		}
+		usleep(2000);
+	}
+	checks_b += accept_keep(lfd[1], keep, &n_keep, 256);
+	hc_stop(live_hc);
+	live_hc = NULL;
+	assert_int_equal(__atomic_load_n(&b->up, __ATOMIC_RELAXED), 0);
+	assert_true(checks_b >= 2);
+	origin_unref(b);
+	ao_deinit(&ao);
+	for (int i = 0; i < n_keep; i++)
+		close(keep[i]);
+	for (int i = 0; i < 3; i++)
+		close(lfd[i]);
+}
+
 /* Many apps checking one origin with the same settings share its checks:
  * one connection per interval for them all, where each app used to make
  * its own, and every app still sees the result. An app with another
  * timeout checks on its own.
  */
 enum { SHARED_APPS = 40 };
-static struct hc *live_hc;
 
 static void test_thread_shared_checks(void **state)
 {
@@ -1093,6 +1194,9 @@ static void test_thread_shared_sweep(void **state)
 	free(log);
 }
 
+/* After a failed assertion: stop the threads, give stderr back (with the
+ * captured log, which explains the failure) before the next test.
+ */
 static int teardown(void **state)
 {
 	(void)state;
@@ -1124,6 +1228,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_send_only, teardown),
 	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
+	    cmocka_unit_test_teardown(test_thread_set_shift, teardown),
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_sweep, teardown),
