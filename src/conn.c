@@ -286,6 +286,10 @@ static int origin_connect(struct conn *c)
 			return -err;
 		}
 		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		/* An origin's urgent byte stays in the stream, as a client's
+		 * does (see the listener in worker.c).
+		 */
+		setsockopt(ofd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
 		/* Delayed-ACK ("pingpong") mode before connect() makes the
 		 * kernel hold the handshake's last ACK so that the first bytes
 		 * to the origin carry it: one packet fewer per connection.
@@ -325,9 +329,9 @@ static int origin_connect(struct conn *c)
 		}
 	}
 	c->org.fd = ofd;
-	c->org.rd = c->org.wr = c->org.rdhup = false;
+	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = false;
 
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET};
 	ev.data.ptr = &c->org;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1 ||
 	    timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms) < 0) {
@@ -423,7 +427,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 	 * directions; readiness is cached in c->cli/c->org from then on.
 	 * While connecting, client readiness is only recorded.
 	 */
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET};
 	ev.data.ptr = &c->cli;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
 		int err = errno;
@@ -602,7 +606,7 @@ static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, 
 	n = recv(src->fd, scratch, WORKER_SCRATCH, 0);
 	if (n == -1) {
 		if (errno == EAGAIN)
-			src->rd = false;
+			src->rd = src->urg = false; /* past any urgent mark too */
 		else if (errno != EINTR)
 			return io_failed(errno, PUMP_SRC_RESET);
 		return PUMP_OK;
@@ -613,7 +617,7 @@ static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, 
 	}
 	if (n == WORKER_SCRATCH)
 		h->bulk = true;
-	else if (!src->rdhup)
+	else if (!src->rdhup && !src->urg) /* a read also stops at an urgent mark */
 		src->rd = false;
 	if (dst->wr) {
 		m = send(dst->fd, scratch, (size_t)n, MSG_NOSIGNAL);
@@ -690,6 +694,18 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 				return PUMP_NOMEM;
 		}
 		n = half_read(h, src->fd);
+		if (h->pipe.rd != -1 && (n == 0 || (n == -EAGAIN && src->urg))) {
+			/* splice(2) stops at an urgent mark and never passes
+			 * it: EAGAIN there, or 0 once a FIN follows (EPOLLPRI
+			 * may not have been seen yet). recv() reads on through
+			 * the urgent byte (inline: SO_OOBINLINE) and confirms
+			 * an EOF: copy_small takes over, the (empty) pipe
+			 * given back, and streams again after a full read.
+			 */
+			half_drop(c->w, h);
+			h->bulk = false;
+			continue;
+		}
 		if (n == -EAGAIN) {
 			src->rd = false;
 			continue;
@@ -837,8 +853,10 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 {
 	if (c->state == CS_DEAD)
 		return; /* stale event from earlier in this epoll batch */
-	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
 		io->rd = true;
+	if (events & EPOLLPRI)
+		io->urg = true;
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		io->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
@@ -854,6 +872,15 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		connected(c, events);
 		if (c->state != CS_RELAYING)
 			return;
+	}
+	if ((events & EPOLLERR) && (io == &c->cli ? c->c2o.eof : c->o2c.eof)) {
+		/* The peer reset after its FIN: nothing reads this socket
+		 * any more, so this report is the only sign of it. Pass it
+		 * on now, not when the other peer next writes (or as a FIN
+		 * at the idle timeout).
+		 */
+		conn_finalize(c, io == &c->cli ? CR_CLIENT_RESET : CR_ORIGIN_RESET);
+		return;
 	}
 	relay(c);
 }

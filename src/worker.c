@@ -90,6 +90,13 @@ static int listen_open(const struct sockaddr *sa, int id)
 	 */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
 		goto fail;
+	/* And SO_OOBINLINE: a byte a client sends as urgent data (telnet's
+	 * Synch, FTP's ABOR) stays in the stream and is relayed in its place,
+	 * where without it reads would skip it and the origin would get the
+	 * stream without that byte (the urgency itself is not passed on).
+	 */
+	if (setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one)) == -1)
+		goto fail;
 	if (bind(fd, sa, addr_sa_len(sa)) == -1 || listen(fd, LISTEN_BACKLOG) == -1)
 		goto fail;
 	return fd;

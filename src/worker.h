@@ -43,6 +43,7 @@ struct io {
 	bool rd;      /* readable: edge seen, EAGAIN not yet hit */
 	bool wr;      /* writable, likewise */
 	bool rdhup;   /* the peer's FIN (or an error) was reported */
+	bool urg;     /* urgent data reported (EPOLLPRI): reads stop at its mark */
 };
 
 /* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import random
+import select
 import socket
 import threading
 import time
@@ -277,6 +278,98 @@ def test_reset_from_origin(topo):
     c.close()
     assert d["reason"] == "origin_reset", d
     assert int(d["o2c"]) == 2
+
+
+def _reset_seen(s, timeout):
+    """Whether <s>, at EOF already (recv() only returns b"" now), is reset
+    within <timeout> s: POLLERR with an error in SO_ERROR."""
+    p = select.poll()
+    p.register(s, select.POLLERR | select.POLLHUP)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for _fd, ev in p.poll(100):
+            if ev & select.POLLERR:
+                return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    return False
+
+
+def test_reset_after_half_close_client(topo):
+    """A client that half-closed and then resets: nothing reads its socket
+    any more, and the origin must still be reset at once (it was left
+    open until it wrote again, or closed with a FIN at the idle timeout)."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    c.sendall(b"request")
+    c.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(o) == b"request"  # the origin has the EOF
+    port = _client_port(c)
+    peers.set_linger0(c)
+    c.close()
+    assert _reset_seen(o, 3), "origin not reset"
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+    assert d["reason"] == "client_reset", d
+
+
+def test_reset_after_half_close_origin(topo):
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    o.sendall(b"banner")
+    o.shutdown(socket.SHUT_WR)
+    assert peers.recv_all(c) == b"banner"  # the client has the EOF
+    port = _client_port(c)
+    peers.set_linger0(o)
+    o.close()
+    assert _reset_seen(c, 3), "client not reset"
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+    assert d["reason"] == "origin_reset", d
+
+
+def _send_urgent(s, urgent, rest, fin=False):
+    """<urgent> with its last byte urgent (MSG_OOB), then <rest> (and a FIN),
+    in one segment."""
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    s.send(urgent, socket.MSG_OOB)
+    s.sendall(rest)
+    if fin:
+        s.shutdown(socket.SHUT_WR)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+
+def test_urgent_byte_relayed_in_place(topo):
+    """Urgent data, as telnet's Synch or FTP's ABOR send it: reads stop at
+    its mark, and without SO_OOBINLINE skip its byte. Both ways, every byte
+    arrives, in order, without the sender having to send more."""
+    t = topo
+    t.start_prism(CFG)
+    c, o = _pair(t)
+    o.settimeout(5)
+    c.settimeout(5)
+    c.sendall(b"hello")
+    assert peers.recv_exact(o, 5) == b"hello"
+    _send_urgent(c, b"\xff\xf4\xff\xf2", b"ABOR\r\n")  # IAC IP IAC DM, ABOR
+    assert peers.recv_exact(o, 10) == b"\xff\xf4\xff\xf2ABOR\r\n"
+    _send_urgent(o, b"!", b"ok")
+    assert peers.recv_exact(c, 3) == b"!ok"
+
+
+def test_urgent_byte_in_a_stream(topo):
+    """A direction that splices stops at an urgent mark for good (splice
+    never passes it): prism must read through it, and, when a FIN follows
+    the mark, deliver what comes after it before the EOF."""
+    t = topo
+    t.start_prism(CFG)
+    c, o = _pair(t)
+    o.settimeout(5)
+    for fin in (False, True):
+        c.sendall(b"x" * 100000)  # a stream: splice from here on
+        assert peers.recv_exact(o, 100000) == b"x" * 100000
+        _send_urgent(c, b"U", b"after the mark", fin=fin)
+        if fin:
+            assert peers.recv_all(o) == b"Uafter the mark"
+        else:
+            assert peers.recv_exact(o, 15) == b"Uafter the mark"
 
 
 def _expect_reset_soon(t, addr, limit):
