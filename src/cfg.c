@@ -326,6 +326,14 @@ static void load_listen(struct loader *ld, yaml_node_t *map)
 					 "(address6 takes an IPv6 address or off)"
 				       : "listen.address6: %s is not an IPv6 address or off",
 				   cfg_quote(s, q, sizeof(q)));
+		else if (IN6_IS_ADDR_V4MAPPED(&c->listen6.sin6_addr))
+			/* An IPv6 socket cannot bind it (prism's listeners are
+			 * IPv6-only): it is an IPv4 address in IPv6 syntax.
+			 */
+			cfg_err_at(ld, &f[1].val->start_mark,
+				   "listen.address6: %s is an IPv4-mapped address; put the IPv4 "
+				   "address in listen.address",
+				   cfg_quote(s, q, sizeof(q)));
 	}
 	if (f[2].val && cfg_get_port(ld, f[2].val, "listen.port", &port) == 0) {
 		c->listen4.sin_port = htons(port);
@@ -349,6 +357,44 @@ static void load_listen(struct loader *ld, yaml_node_t *map)
 					   "listen.workers: %s out of range (1-1024, or auto)", s);
 		}
 	}
+}
+
+/* Words nft's scanner reads as keywords where prism's scripts name the
+ * table ("table inet NAME", "list set inet NAME ban4"): such a name makes
+ * every script a syntax error. From nftables' src/scanner.l (1.0.6 and
+ * later); sorted for bsearch.
+ */
+static const char *const nft_words[] = {
+    "accept",  "add",	    "ah",	  "all",       "and",	     "arp",	 "bridge",
+    "cgroup",  "chain",	    "chains",	  "comment",   "comp",	     "constant", "continue",
+    "counter", "counters",  "cpu",	  "create",    "ct",	     "day",	 "dccp",
+    "define",  "delete",    "describe",	  "destroy",   "device",     "devices",	 "dnat",
+    "drop",    "dst",	    "dup",	  "dynamic",   "ecn",	     "element",	 "elements",
+    "eq",      "esp",	    "ether",	  "exists",    "expires",    "export",	 "exthdr",
+    "fib",     "flags",	    "flow",	  "flowtable", "flowtables", "flush",	 "frag",
+    "fwd",     "ge",	    "geneve",	  "get",       "goto",	     "gre",	 "gretap",
+    "gt",      "handle",    "hbh",	  "hook",      "hooks",	     "hour",	 "ibriport",
+    "ibrname", "icmp",	    "icmpv6",	  "igmp",      "iif",	     "iifgroup", "iifname",
+    "iiftype", "import",    "include",	  "index",     "inet",	     "insert",	 "interval",
+    "ip",      "ip6",	    "ipsec",	  "jhash",     "jump",	     "last",	 "le",
+    "limit",   "limits",    "list",	  "log",       "lshift",     "lt",	 "map",
+    "maps",    "mark",	    "masquerade", "meta",      "meter",	     "meters",	 "mh",
+    "missing", "monitor",   "ne",	  "netdev",    "nftrace",    "not",	 "notrack",
+    "numgen",  "obriport",  "obrname",	  "offload",   "oif",	     "oifgroup", "oifname",
+    "oiftype", "or",	    "osf",	  "pkttype",   "policy",     "position", "priority",
+    "queue",   "quota",	    "quotas",	  "random",    "redefine",   "redirect", "reject",
+    "rename",  "replace",   "reset",	  "return",    "rshift",     "rt",	 "rt0",
+    "rt2",     "rtclassid", "rule",	  "ruleset",   "sctp",	     "secmark",	 "secmarks",
+    "set",     "sets",	    "size",	  "skgid",     "skuid",	     "snat",	 "socket",
+    "srh",     "symhash",   "synproxy",	  "synproxys", "table",	     "tables",	 "tcp",
+    "th",      "time",	    "timeout",	  "tproxy",    "tunnel",     "type",	 "typeof",
+    "udp",     "udplite",   "undefine",	  "update",    "vlan",	     "vmap",	 "vni",
+    "vxlan",   "xor",	    "xt",
+};
+
+static int word_cmp(const void *key, const void *w)
+{
+	return strcmp(key, *(const char *const *)w);
 }
 
 static void load_network(struct loader *ld, yaml_node_t *map)
@@ -376,6 +422,14 @@ static void load_network(struct loader *ld, yaml_node_t *map)
 		cfg_err_at(ld, &f[1].val->start_mark,
 			   "network.table: %s is not a valid table name (a letter or _, then up to "
 			   "30 letters, digits or _)",
+			   cfg_quote(s, q, sizeof(q)));
+		return;
+	}
+	if (bsearch(s, nft_words, sizeof(nft_words) / sizeof(nft_words[0]), sizeof(nft_words[0]),
+		    word_cmp)) {
+		cfg_err_at(ld, &f[1].val->start_mark,
+			   "network.table: %s is a keyword of nftables' language, which nft does "
+			   "not read as a table name; choose another name",
 			   cfg_quote(s, q, sizeof(q)));
 		return;
 	}
@@ -448,7 +502,8 @@ void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const 
 		memcpy(host, s, (size_t)(slash - s));
 		host[slash - s] = '\0';
 		bool v4 = !strchr(host, ':');
-		if (addr_parse_prefix(host, &p, &w) == 0 &&
+		/* As addr_parse_prefix reads the length: no leading zero. */
+		if (addr_parse_prefix(host, &p, &w) == 0 && (slash[1] != '0' || !slash[2]) &&
 		    cfg_parse_uint(slash + 1, 128, &len) == 0 && (!v4 || len <= 32)) {
 			unsigned bits = (unsigned)len + (v4 ? 96 : 0), i;
 
@@ -948,6 +1003,128 @@ out:
 	free(srcs);
 }
 
+/* ---- origins inside the edges ---- */
+
+/* One IP origin and the ports it is dialed on. */
+struct loop_org {
+	addr_u128 key;
+	uint16_t lo, hi;
+	const struct cfg_origin *o;
+	bool told;
+};
+
+struct loop_walk {
+	struct loader *ld;
+	struct loop_org *v;
+	size_t n;
+};
+
+static int loop_org_cmp(const void *a, const void *b)
+{
+	const struct loop_org *x = a, *y = b;
+
+	return x->key < y->key ? -1 : x->key > y->key;
+}
+
+/* For each element of the claims' cover, the origins dialed on a claimed
+ * (address, port) of it.
+ */
+static int loop_elem(const struct rt_elem *e, void *arg)
+{
+	struct loop_walk *w = arg;
+	addr_u128 lo = addr_key(&e->lo), hi = addr_key(&e->hi);
+	size_t a = 0, b = w->n;
+
+	while (a < b) {
+		size_t mid = a + (b - a) / 2;
+
+		if (w->v[mid].key < lo)
+			a = mid + 1;
+		else
+			b = mid;
+	}
+	for (; a < w->n && w->v[a].key <= hi; a++) {
+		struct loop_org *x = &w->v[a];
+		uint16_t plo = x->lo > e->plo ? x->lo : e->plo,
+			 phi = x->hi < e->phi ? x->hi : e->phi;
+		const struct cfg *c = w->ld->cfg;
+		yaml_mark_t m = {0, 0, 0};
+		struct in6_addr ad;
+		char as[ADDR_STRLEN];
+		uint32_t app;
+
+		if (x->told || plo > phi)
+			continue;
+		addr_from_key(x->key, &ad);
+		app = rt_lookup(c->rt, &ad, plo);
+		m.line = (size_t)x->o->pos.line - 1;
+		m.column = (size_t)x->o->pos.col - 1;
+		cfg_err_at(
+		    w->ld, &m,
+		    "origins: %s is dialed on port %u, which app \"%s\" claims at that address: "
+		    "prism would relay to itself (the edge's route makes the address local); "
+		    "use an origin outside the edges",
+		    addr_fmt(&ad, as), plo, app < c->n_apps ? c->apps[app].name : "?");
+		x->told = true;
+	}
+	return 0;
+}
+
+/* Refuses an IP origin that prism would dial on an (address, port) that
+ * a claim holds: the edge's local route and the nft rules send such a
+ * connection back to prism, which relays it again until it runs out of
+ * file descriptors.
+ */
+static void check_origin_loops(struct loader *ld)
+{
+	const struct cfg *c = ld->cfg;
+	struct loop_walk w = {.ld = ld};
+	size_t cap = 0, a, i, r;
+
+	/* Unmanaged, the operator's own routes and rules decide. */
+	if (!c->rt || !c->net_manage)
+		return;
+	for (a = 0; a < c->n_apps; a++)
+		if (ld->src[a].ok)
+			cap += c->apps[a].n_origins * (c->apps[a].n_ports ? c->apps[a].n_ports : 1);
+	if (!cap)
+		return;
+	w.v = calloc(cap, sizeof(*w.v));
+	if (!w.v) {
+		ld->oom = true;
+		return;
+	}
+	for (a = 0; a < c->n_apps; a++) {
+		const struct cfg_app *app = &c->apps[a];
+
+		for (i = 0; ld->src[a].ok && i < app->n_origins; i++) {
+			const struct cfg_origin *o = &app->origins[i];
+			struct in6_addr ad;
+			uint16_t port;
+
+			if (o->is_name)
+				continue;
+			addr_from_sa((const struct sockaddr *)&o->addrs[0], &ad, &port);
+			for (r = 0; r < app->n_ports; r++) {
+				struct loop_org *x = &w.v[w.n++];
+
+				x->key = addr_key(&ad);
+				x->o = o;
+				if (o->port_mode == CFG_PORT_FIXED) {
+					x->lo = x->hi = o->port;
+					break;
+				}
+				x->lo = o->port_mode == CFG_PORT_MAP ? o->port : app->ports[r].lo;
+				x->hi = (uint16_t)(x->lo + (app->ports[r].hi - app->ports[r].lo));
+			}
+		}
+	}
+	qsort(w.v, w.n, sizeof(*w.v), loop_org_cmp);
+	rt_cover(c->rt, 1, loop_elem, &w);
+	rt_cover(c->rt, 0, loop_elem, &w);
+	free(w.v);
+}
+
 /* ---- document ---- */
 
 static void load_apps(struct loader *ld, yaml_node_t *seq)
@@ -979,6 +1156,7 @@ static void load_apps(struct loader *ld, yaml_node_t *seq)
 	check_names(ld);
 routes:
 	build_routes(ld, &seq->start_mark);
+	check_origin_loops(ld);
 }
 
 static void load_root(struct loader *ld, yaml_node_t *root)

@@ -93,6 +93,23 @@ static const struct command *command_find(const char *name)
 	return NULL;
 }
 
+/* Describes the option getopt_long just refused: the
+ * letter of a short one, which may sit inside a cluster ("-xc"), so that
+ * argv[optind - 1] is not it; a -c without its FILE says so.
+ */
+static const char *bad_option(char **argv)
+{
+	static char buf[80];
+
+	if (optopt == 'c')
+		return "option -c needs a FILE";
+	if (optopt)
+		snprintf(buf, sizeof(buf), "bad option -%c", optopt);
+	else
+		snprintf(buf, sizeof(buf), "bad option %.60s", argv[optind - 1]);
+	return buf;
+}
+
 /* Parses "-c FILE" / "--config FILE" after the command word. Returns the
  * path, or NULL after printing a usage error.
  */
@@ -111,8 +128,8 @@ static const char *parse_config_opt(int argc, char **argv, const struct command 
 		if (o == 'c') {
 			path = optarg;
 		} else {
-			fprintf(stderr, "prism %s: bad option %s\nusage: %s\n", cmd->name,
-				argv[optind - 1], cmd->usage);
+			fprintf(stderr, "prism %s: %s\nusage: %s\n", cmd->name, bad_option(argv),
+				cmd->usage);
 			return NULL;
 		}
 	}
@@ -220,8 +237,7 @@ static int cmd_ban(int argc, char **argv)
 	opterr = 0;
 	while ((o = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
 		if (o != 'c') {
-			fprintf(stderr, "prism ban: bad option %s\nusage: %s\n", argv[optind - 1],
-				cmd->usage);
+			fprintf(stderr, "prism ban: %s\nusage: %s\n", bad_option(argv), cmd->usage);
 			return EXIT_USAGE;
 		}
 		path = optarg;

@@ -72,7 +72,8 @@ int net_check_table(const char *t, char **err)
 {
 	size_t n = t ? strlen(t) : 0;
 
-	if (n == 0 || n > 64 || !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z')))
+	if (n == 0 || n > 64 ||
+	    !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z') || t[0] == '_'))
 		goto bad;
 	for (size_t i = 1; i < n; i++) {
 		char c = t[i];
@@ -84,8 +85,8 @@ int net_check_table(const char *t, char **err)
 	return 0;
 bad:
 	return net_set_err(err, -EINVAL,
-			   "invalid nftables table name \"%s\" (a letter, then letters, digits, "
-			   "_ - or .; at most 64)",
+			   "invalid nftables table name \"%s\" (a letter or _, then letters, "
+			   "digits, _ - or .; at most 64)",
 			   t ? t : "");
 }
 

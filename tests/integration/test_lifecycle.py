@@ -144,6 +144,8 @@ def test_cli_exit_codes(prism_bin, netns, tmp_path):
         (["help", "run"], 0, "usage: prism run"),
         (["help", "nope"], 2, 'unknown command "nope"'),
         (["run", "-x"], 2, "prism run: bad option -x"),
+        (["check", "-xc", str(cfg)], 2, "prism check: bad option -x"),  # in a cluster
+        (["check", "-c"], 2, "prism check: option -c needs a FILE"),
         (["check", "-c", str(cfg), "extra"], 2, 'unexpected argument "extra"'),
         (["net"], 2, "usage: prism net up|down|show"),
         (["net", "sideways", "-c", str(cfg)], 2, "usage: prism net up|down|show"),

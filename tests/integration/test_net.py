@@ -140,6 +140,20 @@ def test_up_then_down_restores_everything(ns, cfg):
     assert state(ns) == before
 
 
+def test_table_name_may_start_with_underscore(ns, tmp_path):
+    """What `prism check` accepts as network.table, net up, ban and net
+    down take too (a leading _ passed the check and failed net up)."""
+    path = tmp_path / "under.yaml"
+    path.write_text(CFG_NESTED.replace("  table: prism\n", "  table: _edge\n"))
+    before = state(ns)
+    net(ns, "up", path)
+    assert "table inet _edge" in ruleset(ns)
+    assert ban(ns, path, "add", "192.0.2.77", "5m").returncode == 0
+    assert "192.0.2.77 expires in" in ban_list(ns, path)
+    net(ns, "down", path)
+    assert state(ns) == before
+
+
 def test_operator_routes_survive_down(ns, cfg):
     # The same prefixes prism claims, plus an unrelated one, with the
     # default protocol: prism must keep them and must not take them over.

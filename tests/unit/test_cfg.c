@@ -635,8 +635,12 @@ static void test_overlaps(void **state)
 	free(e);
 
 	/* Nesting is no conflict: the more specific claim wins. */
+	/* Unmanaged: with 0.0.0.0/0 claimed, an origin would otherwise be
+	 * refused as one prism relays to itself.
+	 */
 	struct cfg *c =
-	    load_ok("apps:\n"
+	    load_ok("network: {manage: false}\n"
+		    "apps:\n"
 		    "  - {name: a, edge: 192.0.2.0/24, ports: \"*\", origins: 198.51.100.1}\n"
 		    "  - {name: b, edge: 192.0.2.0/24, ports: 80, origins: 198.51.100.1}\n"
 		    "  - {name: c, edge: 192.0.2.7, ports: \"*\", origins: 198.51.100.1}\n"
