@@ -357,19 +357,27 @@ def test_urgent_byte_relayed_in_place(topo):
 def test_urgent_byte_in_a_stream(topo):
     """A direction that splices stops at an urgent mark for good (splice
     never passes it): prism must read through it, and, when a FIN follows
-    the mark, deliver what comes after it before the EOF."""
+    the mark, deliver what comes after it before the EOF. Both ways (an
+    origin socket gets SO_OOBINLINE only once urgent data shows up)."""
     t = topo
     t.start_prism(CFG)
-    c, o = _pair(t)
-    o.settimeout(5)
-    for fin in (False, True):
-        c.sendall(b"x" * 100000)  # a stream: splice from here on
-        assert peers.recv_exact(o, 100000) == b"x" * 100000
-        _send_urgent(c, b"U", b"after the mark", fin=fin)
-        if fin:
-            assert peers.recv_all(o) == b"Uafter the mark"
-        else:
-            assert peers.recv_exact(o, 15) == b"Uafter the mark"
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    for client_sends in (True, False):
+        c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
+        o = ls.accept(timeout=5)
+        src, dst = (c, o) if client_sends else (o, c)
+        dst.settimeout(5)
+        for fin in (False, True):
+            src.sendall(b"x" * 100000)  # a stream: splice from here on
+            assert peers.recv_exact(dst, 100000) == b"x" * 100000
+            _send_urgent(src, b"U", b"after the mark", fin=fin)
+            if fin:
+                assert peers.recv_all(dst) == b"Uafter the mark", client_sends
+            else:
+                assert peers.recv_exact(dst, 15) == b"Uafter the mark", client_sends
+        c.close()
+        o.close()
 
 
 def _expect_reset_soon(t, addr, limit):
