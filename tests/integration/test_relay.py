@@ -293,37 +293,28 @@ def _reset_seen(s, timeout):
     return False
 
 
-def test_reset_after_half_close_client(topo):
-    """A client that half-closed and then resets: nothing reads its socket
-    any more, and the origin must still be reset at once (it was left
-    open until it wrote again, or closed with a FIN at the idle timeout)."""
+def test_reset_after_half_close(topo):
+    """A peer that half-closed and then resets: nothing reads its socket any
+    more, and the other peer must still be reset at once (it was left open
+    until it wrote again, or closed with a FIN at the idle timeout)."""
     t = topo
     prism = t.start_prism(CFG)
-    c, o = _pair(t)
-    c.sendall(b"request")
-    c.shutdown(socket.SHUT_WR)
-    assert peers.recv_all(o) == b"request"  # the origin has the EOF
-    port = _client_port(c)
-    peers.set_linger0(c)
-    c.close()
-    assert _reset_seen(o, 3), "origin not reset"
-    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
-    assert d["reason"] == "client_reset", d
-
-
-def test_reset_after_half_close_origin(topo):
-    t = topo
-    prism = t.start_prism(CFG)
-    c, o = _pair(t)
-    o.sendall(b"banner")
-    o.shutdown(socket.SHUT_WR)
-    assert peers.recv_all(c) == b"banner"  # the client has the EOF
-    port = _client_port(c)
-    peers.set_linger0(o)
-    o.close()
-    assert _reset_seen(c, 3), "client not reset"
-    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
-    assert d["reason"] == "origin_reset", d
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    for who in ("client", "origin"):
+        c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
+        o = ls.accept(timeout=5)
+        quits, other = (c, o) if who == "client" else (o, c)
+        quits.sendall(b"last words")
+        quits.shutdown(socket.SHUT_WR)
+        assert peers.recv_all(other) == b"last words"  # the other has the EOF
+        port = _client_port(c)
+        peers.set_linger0(quits)
+        quits.close()
+        assert _reset_seen(other, 3), f"{who} reset, not passed on"
+        d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+        assert d["reason"] == f"{who}_reset", d
+        other.close()
 
 
 def _send_urgent(s, urgent, rest, fin=False):
