@@ -37,13 +37,16 @@ enum io_kind {
 	IO_ORIGIN,
 };
 
+/* 8 bytes: the flags are bits, so a connection (two of these) stays in
+ * its malloc size class (docs/architecture.md, "The relay").
+ */
 struct io {
 	int fd;
-	uint8_t kind; /* enum io_kind */
-	bool rd;      /* readable: edge seen, EAGAIN not yet hit */
-	bool wr;      /* writable, likewise */
-	bool rdhup;   /* the peer's FIN (or an error) was reported */
-	bool urg;     /* urgent data reported (EPOLLPRI): reads stop at its mark */
+	uint8_t kind;	/* enum io_kind */
+	bool rd : 1;	/* readable: edge seen, EAGAIN not yet hit */
+	bool wr : 1;	/* writable, likewise */
+	bool rdhup : 1; /* the peer's FIN (or an error) was reported */
+	bool urg : 1;	/* urgent data reported (EPOLLPRI): reads stop at its mark */
 };
 
 /* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */
