@@ -366,7 +366,13 @@ static void connect_failed(struct conn *c, int err, enum conn_reason reason)
 		conn_finalize(c, reason);
 		return;
 	}
-	origin_connect(c);
+	/* Out of fds or memory for the next attempt: stop accepting for a
+	 * while, as when a first attempt runs out (conn_accept's caller).
+	 */
+	int r = origin_connect(c);
+
+	if (r < 0)
+		worker_pause_accept(c->w, -r);
 }
 
 int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
@@ -479,9 +485,12 @@ static void first_byte(struct conn *c)
 	ssize_t n = recv(c->cli.fd, &b, 1, MSG_PEEK);
 
 	if (n == 1) {
+		int r;
+
 		c->state = CS_CONNECTING;
 		timer_cancel(&c->w->timers, &c->timer);
-		origin_connect(c);
+		if ((r = origin_connect(c)) < 0)
+			worker_pause_accept(c->w, -r); /* as in connect_failed */
 	} else if (n == 0) {
 		conn_finalize(c, CR_CLIENT_CLOSED);
 	} else if (errno != EAGAIN && errno != EINTR) {

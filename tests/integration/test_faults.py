@@ -319,6 +319,33 @@ def test_data_path_survives_each_failed_socket_call(failsys, topo):
             assert [d for d in p.access if d.get("reason") == "resource"], (n, err)
 
 
+# The first origin refuses: every connection's first retry dials the second.
+RETRY_CFG = DATA_CFG.replace(f"origins: {nstopo.ORIGIN4}:7000",
+                             f"origins: [\"{nstopo.ORIGIN4}:7999\", \"{nstopo.ORIGIN4}:7000\"]\n"
+                             "    retries: 1")
+
+
+def test_failed_retry_pauses_accepting(failsys, topo):
+    """A retry that cannot get a socket (no descriptor left) pauses
+    accepting, as a first attempt that cannot does: the next connections
+    would fail the same way. The socket calls after the first accept are
+    made to fail in turn until the retry's socket() is the one."""
+    t = echo_edge(topo)
+    sockets = []
+    for n in range(1, 40):
+        p = preloaded_prism(t, RETRY_CFG, failsys, {"FAILSYS_AT": n}, f"retry{n}")
+        echo_works(t, 0, b"x")
+        assert p.stop(timeout=10) == 0, n
+        err = "\n".join(p.err)
+        if re.search(rf"failsys: call {n}, socket,", err):
+            sockets.append((n, err))
+        if len(sockets) == 2:
+            break
+    assert len(sockets) == 2, "no retry's socket() among the calls"
+    n, err = sockets[1]  # the first attempt's socket() came first
+    assert "not accepting for" in err, (n, err[-800:])
+
+
 def test_run_survives_failed_socket_calls_at_start(failsys, prism_bin, netns, tmp_path):
     """Each socket call of a start and stop made to fail in turn: prism
     starts and stops cleanly, or exits 1 with an error line that says
