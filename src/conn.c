@@ -281,7 +281,7 @@ static void origin_release(struct conn *c)
  * the worker should pause accepting (fds or memory ran out); on every
  * failure the connection is already finalized.
  */
-static int origin_connect(struct conn *c)
+static int origin_try(struct conn *c)
 {
 	struct worker *w = c->w;
 	int one = 1, zero = 0, ofd, err;
@@ -351,6 +351,18 @@ static int origin_connect(struct conn *c)
 	return 0;
 }
 
+/* origin_try, and when fds or memory ran out, a pause of accepting: the
+ * same for a connection's first attempt, a retry, or the connect after a
+ * client's first byte.
+ */
+static void origin_connect(struct conn *c)
+{
+	int r = origin_try(c);
+
+	if (r < 0)
+		worker_pause_accept(c->w, -r);
+}
+
 /* The current attempt failed (refused, unreachable, timed out): tell the
  * health accounting, and try another origin while retries remain, so the
  * client sees no failure while a healthy origin exists.
@@ -366,13 +378,7 @@ static void connect_failed(struct conn *c, int err, enum conn_reason reason)
 		conn_finalize(c, reason);
 		return;
 	}
-	/* Out of fds or memory for the next attempt: stop accepting for a
-	 * while, as when a first attempt runs out (conn_accept's caller).
-	 */
-	int r = origin_connect(c);
-
-	if (r < 0)
-		worker_pause_accept(c->w, -r);
+	origin_connect(c);
 }
 
 int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
@@ -472,7 +478,8 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 		}
 		return 0;
 	}
-	return origin_connect(c);
+	origin_connect(c);
+	return 0;
 }
 
 /* CS_FIRST_BYTE: the client socket became readable. Data: connect to an
@@ -485,12 +492,9 @@ static void first_byte(struct conn *c)
 	ssize_t n = recv(c->cli.fd, &b, 1, MSG_PEEK);
 
 	if (n == 1) {
-		int r;
-
 		c->state = CS_CONNECTING;
 		timer_cancel(&c->w->timers, &c->timer);
-		if ((r = origin_connect(c)) < 0)
-			worker_pause_accept(c->w, -r); /* as in connect_failed */
+		origin_connect(c);
 	} else if (n == 0) {
 		conn_finalize(c, CR_CLIENT_CLOSED);
 	} else if (errno != EAGAIN && errno != EINTR) {
