@@ -279,9 +279,12 @@ static bool violation(struct src_entry *e, const struct cfg_protection *p, uint6
 	return true;
 }
 
-static void ban_request(struct guard *g, const struct ban_req *req)
+/* Queues <req>; false when the queue is full (counted as ban_dropped).
+ * Called under the source's stripe lock, so that a dropped request can be
+ * undone on its entry before anyone sees it (lock order: stripe, qlock).
+ */
+static bool ban_enqueue(struct guard *g, const struct ban_req *req)
 {
-	uint64_t one = 1;
 	bool queued = false;
 
 	pthread_mutex_lock(&g->qlock);
@@ -291,10 +294,15 @@ static void ban_request(struct guard *g, const struct ban_req *req)
 		queued = true;
 	}
 	pthread_mutex_unlock(&g->qlock);
-	if (!queued) {
+	if (!queued)
 		stat_inc(&g->st_ban_dropped);
-		return;
-	}
+	return queued;
+}
+
+static void ban_wake(struct guard *g)
+{
+	uint64_t one = 1;
+
 	if (write(g->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
 		log_err("guard: cannot wake the ban thread: %s", strerror(errno));
 }
@@ -371,6 +379,15 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 			req.app = app_idx;
 			req.duration_ms = p->ban_duration_ms;
 			req.window_ms = p->ban_window_ms;
+			if (!ban_enqueue(g, &req)) {
+				/* Not banned after all: the next violation
+				 * asks again instead of the source going
+				 * unbanned and unasked for the ban's duration.
+				 */
+				e->banned_until = 0;
+				e->violations = req.violations;
+				ban = false;
+			}
 		}
 	}
 	pthread_mutex_unlock(m);
@@ -379,7 +396,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 
 	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
 	if (ban)
-		ban_request(g, &req);
+		ban_wake(g);
 	if (app->max_conns)
 		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
 undo_process:
