@@ -39,7 +39,7 @@
 #define TABLE_MAX   1048576 /* entries (~80 MiB): the cap on sizing from max_conns */
 #define BAN_QUEUE   1024    /* pending ban requests */
 #define EXPIRY_MAX  4096    /* bans remembered for the "unbanned" line */
-#define FULL_LOG_MS 1000    /* at most one "table full" line per second */
+#define FULL_LOG_MS 1000    /* at most one "table full" (or "queue full") line per second */
 
 int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 		    char **err) = ban_add;
@@ -104,7 +104,7 @@ struct guard {
 	/* stats, atomic */
 	uint64_t st_source_limit, st_rate_limit, st_shed, st_bans, st_table_full;
 	uint64_t st_ban_dropped, st_sources;
-	uint64_t last_full_log;
+	uint64_t last_full_log, last_qfull_log;
 };
 
 /* Formats a duration the way the config spells it: "500ms", "30s", "10m". */
@@ -307,15 +307,22 @@ static void ban_wake(struct guard *g)
 		log_err("guard: cannot wake the ban thread: %s", strerror(errno));
 }
 
+/* True at most once per FULL_LOG_MS for the timestamp at <last_log>. */
+static bool log_due(uint64_t *last_log, uint64_t now)
+{
+	uint64_t last = __atomic_load_n(last_log, __ATOMIC_RELAXED);
+
+	return !(last && now - last < FULL_LOG_MS) &&
+	       __atomic_compare_exchange_n(last_log, &last, now ? now : 1, false, __ATOMIC_RELAXED,
+					   __ATOMIC_RELAXED);
+}
+
 static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t now)
 {
-	uint64_t last = __atomic_load_n(&g->last_full_log, __ATOMIC_RELAXED);
 	char a[ADDR_STRLEN];
 
 	stat_inc(&g->st_table_full);
-	if ((last && now - last < FULL_LOG_MS) ||
-	    !__atomic_compare_exchange_n(&g->last_full_log, &last, now ? now : 1, false,
-					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	if (!log_due(&g->last_full_log, now))
 		return;
 	log_warn("guard: source table full of sources with open connections (%zu entries): "
 		 "admitting %s without per-source limits",
@@ -328,7 +335,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 	const struct cfg_app *app = app_of(g, app_idx);
 	enum guard_verdict v = GUARD_OK;
 	struct ban_req req;
-	bool ban = false;
+	bool ban = false, qfull = false;
 
 	if (tracked)
 		*tracked = false;
@@ -379,7 +386,8 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 			req.app = app_idx;
 			req.duration_ms = p->ban_duration_ms;
 			req.window_ms = p->ban_window_ms;
-			if (!ban_enqueue(g, &req)) {
+			qfull = !ban_enqueue(g, &req);
+			if (qfull) {
 				/* Not banned after all: the next violation
 				 * asks again instead of the source going
 				 * unbanned and unasked for the ban's duration.
@@ -395,8 +403,15 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 		return GUARD_OK;
 
 	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
-	if (ban)
+	if (ban) {
 		ban_wake(g);
+	} else if (qfull && log_due(&g->last_qfull_log, now_ms)) {
+		char a[ADDR_STRLEN];
+
+		log_warn("guard: ban queue full (%d pending): ban of %s not requested yet, its "
+			 "next violation asks again",
+			 BAN_QUEUE, addr_fmt(src, a));
+	}
 	if (app->max_conns)
 		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
 undo_process:

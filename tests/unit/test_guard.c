@@ -600,6 +600,8 @@ static void test_ban_queue_full(void **state)
 	assert_int_equal(wait_calls(queued + 1), queued + 1);
 	guard_stats(g, &st);
 	assert_int_equal(st.ban_dropped, (uint64_t)(n - queued));
+	/* One line for all the drops within a second. */
+	assert_int_equal(captured_count("guard: ban queue full (1024 pending): ban of "), 1);
 	guard_free(g);
 	capture_stop();
 	assert_int_equal(n_calls, queued + 1);
