@@ -342,12 +342,13 @@ static int origin_try(struct conn *c)
 
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET};
 	ev.data.ptr = &c->org;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1 ||
-	    timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms) < 0) {
-		err = errno ? errno : ENOMEM;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1) {
+		err = errno;
 		conn_finalize(c, CR_RESOURCE);
 		return -err;
 	}
+	/* Cannot fail: conn_accept reserved the room. */
+	timer_set(&w->timers, &c->timer, w->now + c->app->connect_timeout_ms);
 	return 0;
 }
 
@@ -390,7 +391,8 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 	uint32_t app;
 
 	c = calloc(1, sizeof(*c));
-	if (!c) {
+	if (!c || timer_reserve(&w->timers, w->n_conns + 1 + WORKER_TIMERS) < 0) {
+		free(c);
 		close_reset(fd);
 		return -ENOMEM;
 	}
@@ -471,11 +473,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 		 * and this struct, and only until the timer fires.
 		 */
 		c->state = CS_FIRST_BYTE;
-		if (timer_set(&w->timers, &c->timer,
-			      w->now + c->app->protection.first_byte_timeout_ms) < 0) {
-			conn_finalize(c, CR_RESOURCE);
-			return -ENOMEM;
-		}
+		timer_set(&w->timers, &c->timer, w->now + c->app->protection.first_byte_timeout_ms);
 		return 0;
 	}
 	origin_connect(c);

@@ -95,6 +95,15 @@ static int grow(struct timer_heap *h)
 	return 0;
 }
 
+int timer_reserve(struct timer_heap *h, size_t n)
+{
+	while (h->cap < n) {
+		if (grow(h) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 int timer_set(struct timer_heap *h, struct timer *t, uint64_t deadline)
 {
 	if (timer_armed(t)) {

@@ -64,7 +64,14 @@ static inline int timer_armed(const struct timer *t)
 	return t->idx != TIMER_IDLE;
 }
 
-/* Arms <t> at <deadline>, or moves it if already armed. Returns 0 or -ENOMEM. */
+/* Makes room for <n> armed timers: until more than <n> are armed, timer_set
+ * cannot fail. Returns 0 or -ENOMEM.
+ */
+int timer_reserve(struct timer_heap *h, size_t n);
+
+/* Arms <t> at <deadline>, or moves it if already armed. Returns 0, or
+ * -ENOMEM when the heap is full (see timer_reserve) and cannot grow.
+ */
 int timer_set(struct timer_heap *h, struct timer *t, uint64_t deadline);
 
 /* Disarms <t>; harmless when not armed. */

@@ -144,7 +144,7 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 	w->lbw = calloc(cfg->n_apps ? cfg->n_apps : 1, sizeof(*w->lbw));
 	w->pool = calloc(POOL_MAX, sizeof(*w->pool));
 	w->scratch = malloc(WORKER_SCRATCH);
-	if (!w->lbw || !w->pool || !w->scratch)
+	if (!w->lbw || !w->pool || !w->scratch || timer_reserve(&w->timers, WORKER_TIMERS) < 0)
 		return init_failed(id, "memory", -ENOMEM);
 	/* Seed each worker differently, and start its rotations elsewhere, so
 	 * N workers with few connections each don't all pick the same origin.

@@ -55,6 +55,13 @@ struct io {
 /* Per-worker buffer for the first, usually small, reads of a direction. */
 #define WORKER_SCRATCH (16 * 1024)
 
+/* The worker's own timers (accept pause, shutdown grace). Each connection
+ * reserves heap room for its timer and these (conn_accept), so arming one
+ * never fails: an accept pause that could not arm its timer when memory ran
+ * out would never end.
+ */
+#define WORKER_TIMERS 2
+
 struct pipe_pair {
 	int rd, wr;
 };
@@ -94,7 +101,7 @@ struct worker {
 	struct lb_worker *lbw;	     /* per app: this worker's balancer state */
 	uint64_t now;		     /* ms, CLOCK_MONOTONIC, refreshed once per loop turn */
 	char *scratch;		     /* WORKER_SCRATCH bytes, see copy_small() in conn.c */
-	struct timer_heap timers;
+	struct timer_heap timers;    /* room for every conn's timer and WORKER_TIMERS more */
 
 	struct pipe_pair *pool; /* spare empty pipes */
 	int pool_n;

@@ -241,6 +241,22 @@ def test_data_path_survives_each_failed_allocation(failmalloc, topo):
             assert OOM.search(err), (n, ok, last, err[-600:])
 
 
+def test_pause_ends_after_a_run_of_failed_allocations(failmalloc, topo):
+    """The first connection's allocation and the next one fail in a row,
+    as in a short shortage of memory: the worker pauses accepting, and the
+    pause must end although it began while memory was short (arming its
+    timer allocates nothing then, the room is reserved)."""
+    t = echo_edge(topo)
+    env = {"FAILMALLOC_ARM": "accept", "FAILMALLOC_AT": 1, "FAILMALLOC_SPAN": 2}
+    p = preloaded_prism(t, DATA_CFG, failmalloc, env, "span")
+    assert not echo_works(t, 0, b"first\n")
+    p.wait_log(r"warn worker 0: Cannot allocate memory .*not accepting for 100 ms")
+    # The run of failures may take the next connection too, not all four.
+    served = [echo_works(t, i, b"after %d\n" % i) for i in range(1, 5)]
+    assert True in served, (served, p.dump())
+    assert p.stop(timeout=10) == 0, p.dump()
+
+
 @pytest.fixture(scope="module")
 def failsys(prism_bin):
     return preload_lib(prism_bin, "failsys.so",

@@ -1,6 +1,8 @@
 /* test_timer.c - the per-thread deadline heap against sorted and plain references. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -14,6 +16,22 @@ static int fired[N];
 static struct timer timers[N];
 static uint64_t order[N];
 static int n_order;
+
+/* The heap's only allocator (timer.c grows its array with it): made to
+ * fail while <fail_alloc> is set.
+ */
+static bool fail_alloc;
+
+void *aligned_alloc(size_t align, size_t n)
+{
+	void *p;
+
+	if (fail_alloc) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return posix_memalign(&p, align, n) ? NULL : p;
+}
 
 static void on_fire(struct timer *t)
 {
@@ -140,12 +158,47 @@ static void test_random_against_reference(void **state)
 	timer_heap_deinit(&h);
 }
 
+/* After timer_reserve(n), arming n timers allocates nothing; the heap only
+ * needs memory past them. Without the reservation, the 65th would fail.
+ */
+static void test_reserve(void **state)
+{
+	struct timer_heap h;
+	const int n = 256; /* a capacity the heap reaches exactly (64, doubled) */
+
+	(void)state;
+	timer_heap_init(&h);
+	fail_alloc = true;
+	assert_int_equal(timer_reserve(&h, 1), -ENOMEM);
+	fail_alloc = false;
+	assert_int_equal(timer_reserve(&h, n), 0);
+	assert_int_equal(timer_reserve(&h, 10), 0); /* never shrinks */
+	fail_alloc = true;
+	for (int i = 0; i < n; i++) {
+		timer_init(&timers[i], on_fire);
+		assert_int_equal(timer_set(&h, &timers[i], (uint64_t)(1000 - i)), 0);
+	}
+	timer_init(&timers[n], on_fire);
+	assert_int_equal(timer_set(&h, &timers[n], 1), -ENOMEM);
+	assert_int_equal(timer_armed(&timers[n]), 0);
+	assert_int_equal(timer_reserve(&h, n + 1), -ENOMEM);
+	fail_alloc = false;
+	assert_int_equal(timer_set(&h, &timers[n], 1), 0);
+	n_order = 0;
+	assert_int_equal(timer_run(&h, 1000), -1);
+	assert_int_equal(n_order, n + 1);
+	for (int i = 1; i <= n; i++)
+		assert_true(order[i - 1] <= order[i]);
+	timer_heap_deinit(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_order_and_cancel),
 	    cmocka_unit_test(test_rearm_from_callback),
 	    cmocka_unit_test(test_random_against_reference),
+	    cmocka_unit_test(test_reserve),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
