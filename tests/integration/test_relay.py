@@ -281,8 +281,8 @@ def test_reset_from_origin(topo):
 
 
 def _reset_seen(s, timeout):
-    """Whether <s>, at EOF already (recv() only returns b"" now), is reset
-    within <timeout> s: POLLERR with an error in SO_ERROR."""
+    """Whether <s> (at EOF already, or not reading) is reset within
+    <timeout> s: POLLERR with an error in SO_ERROR."""
     p = select.poll()
     p.register(s, select.POLLERR | select.POLLHUP)
     end = time.monotonic() + timeout
@@ -309,6 +309,47 @@ def test_reset_after_half_close(topo):
         quits.shutdown(socket.SHUT_WR)
         assert peers.recv_all(other) == b"last words"  # the other has the EOF
         port = _client_port(c)
+        peers.set_linger0(quits)
+        quits.close()
+        assert _reset_seen(other, 3), f"{who} reset, not passed on"
+        d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+        assert d["reason"] == f"{who}_reset", d
+        other.close()
+
+
+def _fill_until_stalled(s, limit=256 << 20, deadline=20):
+    """Sends from non-blocking <s> until its send buffer stays full for
+    0.3 s (the relay has stopped reading it), at most <limit> bytes or
+    <deadline> s. Returns the bytes sent."""
+    s.setblocking(False)
+    chunk = b"x" * 65536
+    sent = 0
+    end = time.monotonic() + deadline
+    while sent < limit and time.monotonic() < end:
+        try:
+            sent += s.send(chunk)
+        except BlockingIOError:
+            _r, w, _x = select.select([], [s], [], 0.3)
+            if not w:
+                break
+    return sent
+
+
+def test_reset_while_the_other_side_is_full(topo):
+    """A peer that resets while its bytes wait for the other peer, which
+    reads nothing: no read of its socket is due (the pipe towards the
+    other is full), and the reset must still reach the other at once (it
+    was noticed only once that peer read everything)."""
+    t = topo
+    prism = t.start_prism(CFG)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    for who in ("client", "origin"):
+        c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
+        o = ls.accept(timeout=5)
+        quits, other = (c, o) if who == "client" else (o, c)
+        port = _client_port(c)
+        assert _fill_until_stalled(quits) > 0
         peers.set_linger0(quits)
         quits.close()
         assert _reset_seen(other, 3), f"{who} reset, not passed on"
