@@ -133,6 +133,7 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 	memset(w, 0, sizeof(*w));
 	w->id = id;
 	pthread_mutex_init(&w->hq.lock, NULL);
+	pthread_mutex_init(&w->lis_lock, NULL);
 	w->epfd = -1;
 	w->wake.fd = w->lis[0].fd = w->lis[1].fd = -1;
 	w->cfg = cfg_ref(cfg);
@@ -187,21 +188,25 @@ static int listeners_add(struct worker *w, bool peers_only)
 {
 	for (int p = peers_only ? 0 : -1; p < w->n_peers; p++) {
 		struct worker *v = p < 0 ? w : &w->peers[p];
+		int r = 0;
 
-		/* A peer that is stopping closes its listeners (-1 is
-		 * published before the close): never add a number that may
-		 * already belong to another file.
-		 */
-		if (p >= 0 && (v == w || __atomic_load_n(&v->stop, __ATOMIC_ACQUIRE)))
+		if (p >= 0 && v == w)
 			continue;
-		for (int i = 0; i < 2; i++) {
+		/* A stopping peer closes its listeners under this lock, after
+		 * setting them to -1: what we read here is still open.
+		 */
+		pthread_mutex_lock(&v->lis_lock);
+		for (int i = 0; i < 2 && !r; i++) {
 			struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE,
 						 .data.ptr = &v->lis[i]};
-			int fd = __atomic_load_n(&v->lis[i].fd, __ATOMIC_ACQUIRE);
+			int fd = v->lis[i].fd;
 
 			if (fd != -1 && epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
-				return -errno;
+				r = -errno;
 		}
+		pthread_mutex_unlock(&v->lis_lock);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
@@ -283,12 +288,12 @@ static void listeners_enable(struct worker *w, bool on)
 	for (int p = 0; p < (w->peers ? w->n_peers : 1); p++) {
 		struct worker *v = w->peers ? &w->peers[p] : w;
 
+		pthread_mutex_lock(&v->lis_lock);
 		for (int i = 0; i < 2; i++) {
-			int fd = __atomic_load_n(&v->lis[i].fd, __ATOMIC_RELAXED);
-
-			if (fd != -1)
-				epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
+			if (v->lis[i].fd != -1)
+				epoll_ctl(w->epfd, EPOLL_CTL_DEL, v->lis[i].fd, NULL);
 		}
+		pthread_mutex_unlock(&v->lis_lock);
 	}
 }
 
@@ -527,14 +532,17 @@ static void close_listeners(struct worker *w, bool unpoll)
 {
 	if (unpoll)
 		listeners_enable(w, false);
+	pthread_mutex_lock(&w->lis_lock);
 	for (int i = 0; i < 2; i++) {
 		int fd = w->lis[i].fd;
 
 		if (fd != -1) {
+			/* Atomic: do_accept reads it without the lock. */
 			__atomic_store_n(&w->lis[i].fd, -1, __ATOMIC_RELEASE);
 			close(fd);
 		}
 	}
+	pthread_mutex_unlock(&w->lis_lock);
 }
 
 static void finalize_all(struct worker *w, enum conn_reason reason)
@@ -665,6 +673,7 @@ void worker_join(struct worker *w)
 	handoff_close(w); /* a peer may have queued some before it ran */
 	pthread_mutex_destroy(&w->hq.lock);
 	close_listeners(w, false);
+	pthread_mutex_destroy(&w->lis_lock);
 	while (w->pool_n > 0) {
 		struct pipe_pair *p = &w->pool[--w->pool_n];
 

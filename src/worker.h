@@ -90,8 +90,13 @@ struct worker {
 	int id;
 	pthread_t thread;
 	int epfd;
-	struct io wake;	      /* eventfd: main thread asks the worker to stop */
-	struct io lis[2];     /* IPv4 and IPv6 listeners; fd -1 when absent */
+	struct io wake;	  /* eventfd: main thread asks the worker to stop */
+	struct io lis[2]; /* IPv4 and IPv6 listeners; fd -1 when absent */
+	/* Held by any worker reading lis[].fd to add or delete it in its epoll,
+	 * and by this one to close them: a peer never passes epoll_ctl a
+	 * number that has since been closed and handed to another file.
+	 */
+	pthread_mutex_t lis_lock;
 	struct worker *peers; /* all workers (this one included), or NULL */
 	int n_peers;
 	int next_peer;		     /* the peer balance_target compares with next */
