@@ -67,6 +67,11 @@ static void close_reset(int fd)
 
 static void origin_release(struct conn *c);
 
+/* "No local port left towards an origin": once a second for the process,
+ * not once per worker (log_ratelimit is thread-safe).
+ */
+static uint64_t last_port_log;
+
 /* Keeps the urgent byte of TCP urgent data (telnet's Synch, FTP's ABOR) in
  * the stream, to be relayed in its place: without SO_OOBINLINE a read
  * skips it. Client sockets have it from the listener (worker.c); an
@@ -320,7 +325,7 @@ static int origin_try(struct conn *c)
 			 * (other origins have ports of their own); another
 			 * origin may take the connection, as below.
 			 */
-			if (log_ratelimit(&w->last_port_log, w->now, 1000))
+			if (log_ratelimit(&last_port_log, w->now, 1000))
 				log_warn("app %s: origin %s: no local port left towards it (see "
 					 "net.ipv4.ip_local_port_range and tcp_tw_reuse)",
 					 c->app->name, c->o->name);

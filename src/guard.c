@@ -307,22 +307,12 @@ static void ban_wake(struct guard *g)
 		log_err("guard: cannot wake the ban thread: %s", strerror(errno));
 }
 
-/* True at most once per FULL_LOG_MS for the timestamp at <last_log>. */
-static bool log_due(uint64_t *last_log, uint64_t now)
-{
-	uint64_t last = __atomic_load_n(last_log, __ATOMIC_RELAXED);
-
-	return !(last && now - last < FULL_LOG_MS) &&
-	       __atomic_compare_exchange_n(last_log, &last, now ? now : 1, false, __ATOMIC_RELAXED,
-					   __ATOMIC_RELAXED);
-}
-
 static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t now)
 {
 	char a[ADDR_STRLEN];
 
 	stat_inc(&g->st_table_full);
-	if (!log_due(&g->last_full_log, now))
+	if (!log_ratelimit(&g->last_full_log, now, FULL_LOG_MS))
 		return;
 	log_warn("guard: source table full of sources with open connections (%zu entries): "
 		 "admitting %s without per-source limits",
@@ -405,7 +395,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
 	if (ban) {
 		ban_wake(g);
-	} else if (qfull && log_due(&g->last_qfull_log, now_ms)) {
+	} else if (qfull && log_ratelimit(&g->last_qfull_log, now_ms, FULL_LOG_MS)) {
 		char a[ADDR_STRLEN];
 
 		log_warn("guard: ban queue full (%d pending): ban of %s not requested yet, its "

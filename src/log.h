@@ -53,13 +53,16 @@ void log_flush(void);
 /* For a warning that the same cause can raise thousands of times a second:
  * whether one may be logged at <now> (ms), at most one per <every_ms>;
  * when it may, <*last> becomes <now>. <*last> starts at 0 (never logged).
+ * Threads may share <*last>: one of them wins each slot.
  */
 static inline bool log_ratelimit(uint64_t *last, uint64_t now, uint64_t every_ms)
 {
-	if (*last && now - *last < every_ms)
+	uint64_t l = __atomic_load_n(last, __ATOMIC_RELAXED);
+
+	if (l && now < l + every_ms)
 		return false;
-	*last = now;
-	return true;
+	return __atomic_compare_exchange_n(last, &l, now ? now : 1, false, __ATOMIC_RELAXED,
+					   __ATOMIC_RELAXED);
 }
 
 #endif

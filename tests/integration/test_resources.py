@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import nstopo
 import peers
@@ -168,3 +169,28 @@ def test_no_local_port_towards_the_origin(topo):
     held.append(s)
     assert ping(s, b"after\n")
     assert prism.alive()
+
+
+def test_no_local_port_warned_once_a_second_by_all_workers(topo):
+    """The port-shortage warning is limited to one line a second for the
+    process: two workers that both meet the shortage (connections one
+    after another alternate between them) used to print one each."""
+    t = topo
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
+    t.on_teardown(srv.close)
+    edge_port_range(t, 40000, 40001)
+    prism = t.start_prism(PORTS_CFG.replace("workers: 1", "workers: 2"))
+    held = []
+    t.on_teardown(lambda: [s.close() for s in held])
+    for i in range(2):
+        held.append(peers.connect(t.c, "192.0.2.10", 8000 + i))
+        assert ping(held[-1], b"held %d\n" % i)
+    start = time.monotonic()
+    for i in range(6):
+        cport, what = peers.first_outcome(t.c, "192.0.2.10", 8002 + i, timeout=5)
+        assert what == "reset", (i, what)
+        d = prism.access_for(cport, ("192.0.2.10", 8002 + i))
+        assert d["reason"] == "resource", d
+    elapsed = time.monotonic() - start
+    lines = [ln for ln in prism.err if "no local port left" in ln]
+    assert 1 <= len(lines) <= 1 + int(elapsed), (elapsed, lines)
