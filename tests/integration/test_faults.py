@@ -30,7 +30,7 @@ def preload_lib(prism_bin, name, asan_why):
     """The path of the LD_PRELOAD library <name>; the test is skipped on a
     sanitizer build (<asan_why>)."""
     ldd = subprocess.run(["ldd", prism_bin], capture_output=True, text=True).stdout
-    if "libasan" in ldd:
+    if "libasan" in ldd or "libtsan" in ldd:
         pytest.skip(f"sanitizer build: {asan_why}")
     lib = os.path.join(nstopo.build_dir(), name)
     if not os.path.exists(lib):
@@ -40,7 +40,7 @@ def preload_lib(prism_bin, name, asan_why):
 
 @pytest.fixture(scope="module")
 def failmalloc(prism_bin):
-    return preload_lib(prism_bin, "failmalloc.so", "ASan's allocator, not glibc's")
+    return preload_lib(prism_bin, "failmalloc.so", "the sanitizer's allocator, not glibc's")
 
 
 def run_failing(lib, n, argv, count=False, timeout=20):

@@ -502,7 +502,7 @@ static void connect_cycle(const char *send)
 	ms = wait_state(o, 0, 3, -1, 5000);
 	assert_true(ms >= 0);
 	assert_true(ms >= 2 * 50 - 10);
-	assert_int_equal(o->up, 0);
+	assert_int_equal(__atomic_load_n(&o->up, __ATOMIC_RELAXED), 0);
 
 	/* Back: up after rise checks. */
 	lfd = listener(port, NULL);
