@@ -271,6 +271,39 @@ static int origin_pick(struct conn *c)
 	return 0;
 }
 
+/* "Origin would relay to itself": once a second for the process. */
+static uint64_t last_loop_log;
+
+/* Whether the origin just picked is a host name whose address, on the port
+ * dialed, is one that a claim holds. Dialing it would come back to prism
+ * (the edge's local route and the nft rules), which would relay it again,
+ * and so on until fds run out. IP origins are refused at load (cfg.c,
+ * check_origin_loops); a name's addresses can change, so they are checked
+ * here: one route lookup per attempt, for named origins only.
+ */
+static bool origin_loops(struct conn *c)
+{
+	const struct cfg *cfg = c->w->cfg;
+	struct in6_addr a;
+	uint16_t port;
+	uint32_t app;
+	char as[ADDR_STRLEN];
+
+	if (!c->o->co->is_name || !cfg->net_manage)
+		return false;
+	addr_from_sa(&c->origin.sa, &a, &port);
+	app = rt_lookup(cfg->rt, &a, port);
+	if (app == RT_NONE)
+		return false;
+	if (log_ratelimit(&last_loop_log, c->w->now, 1000))
+		log_warn("app %s: origin %s resolves to %s, which app \"%s\" claims: prism "
+			 "would relay to itself, so it is not dialed (use an origin outside "
+			 "the edges)",
+			 c->app->name, c->o->co->host, addr_fmt_sa(&c->origin.sa, as),
+			 cfg->apps[app].name);
+	return true;
+}
+
 /* Lets go of the origin of the current attempt. */
 static void origin_release(struct conn *c)
 {
@@ -297,6 +330,15 @@ static int origin_try(struct conn *c)
 			return 0;
 		}
 		c->attempts++;
+		if (origin_loops(c)) {
+			origin_release(c);
+			c->last_fail = CR_NO_ORIGIN;
+			if (c->attempts > c->app->retries) {
+				conn_finalize(c, c->last_fail);
+				return 0;
+			}
+			continue;
+		}
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (ofd == -1) {
 			err = errno;

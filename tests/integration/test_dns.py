@@ -38,16 +38,16 @@ def _round(t, n, salt):
     return [host_of(tag) for tag, _, _ in res]
 
 
-def test_dns_origin_follows_the_name(topo):
-    t = topo
-    start_tags(t, [f"{OLD}:8000", f"{NEW}:8000"])
+def _edge_hosts(t, text):
+    """Writes <text> as the edge namespace's /etc/hosts (removed at
+    teardown, after the prisms in the returned list are stopped: prism
+    holds the bind mount). Returns (the file's path, that list)."""
     etc = f"/etc/netns/{t.e}"
     made_parent = not os.path.isdir("/etc/netns")
     os.makedirs(etc)
     prism_box = []
 
     def cleanup():
-        # prism holds the bind mount: stop it before removing the file.
         for p in prism_box:
             p.stop(timeout=3)
         shutil.rmtree(etc, ignore_errors=True)
@@ -61,7 +61,14 @@ def test_dns_origin_follows_the_name(topo):
     t.on_teardown(cleanup)
     hosts = os.path.join(etc, "hosts")
     with open(hosts, "w") as f:
-        f.write("127.0.0.1 localhost\n" + _hosts_line(OLD))
+        f.write(text)
+    return hosts, prism_box
+
+
+def test_dns_origin_follows_the_name(topo):
+    t = topo
+    start_tags(t, [f"{OLD}:8000", f"{NEW}:8000"])
+    hosts, prism_box = _edge_hosts(t, "127.0.0.1 localhost\n" + _hosts_line(OLD))
     prism = t.start_prism(DNS_CFG)
     prism_box.append(prism)
 
@@ -110,3 +117,37 @@ def test_dns_origin_follows_the_name(topo):
                    rf"({NEW}, {OLD}|{OLD}, {NEW}) \(had 1 address\(es\)\)", start=mark)
     got = _round(t, 20, 300)
     assert set(got) == {NEW, OLD}, got
+
+
+LOOP_CFG = """\
+listen: {workers: 1}
+timeouts: {connect: 1s, idle: 30s}
+apps:
+  - name: named
+    edge: 192.0.2.0/24
+    ports: 8000
+    retries: 1
+    balance: round_robin
+    origins:
+      - address: "origin-c.test:8000"
+      - address: "%s:8000"
+""" % OLD
+
+
+def test_name_resolving_inside_the_edge_is_not_dialed(topo):
+    """A host-name origin that resolves to an address of the edge, on a
+    port the edge claims: dialing it would bring the connection back to
+    prism, again and again until fds run out (an IP origin like that is
+    refused at load). It is skipped with a warning, and the retry goes to
+    the next origin."""
+    t = topo
+    start_tags(t, [f"{OLD}:8000"])
+    _hosts, prism_box = _edge_hosts(t, "127.0.0.1 localhost\n192.0.2.77 origin-c.test\n")
+    prism = t.start_prism(LOOP_CFG)
+    prism_box.append(prism)
+    got = _round(t, 5, 0)
+    assert set(got) == {OLD}, got
+    prism.wait_log(r'warn app named: origin origin-c\.test resolves to 192\.0\.2\.77:8000, '
+                   r'which app "named" claims: prism would relay to itself')
+    served = prism.wait_access(lambda d: d.get("app") == "named", count=5)
+    assert all(d["origin"] == f"{OLD}:8000" for d in served), served
