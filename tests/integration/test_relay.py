@@ -293,11 +293,10 @@ def _reset_seen(s, timeout):
     return False
 
 
-def test_reset_after_half_close(topo):
-    """A peer that half-closed and then resets: nothing reads its socket any
-    more, and the other peer must still be reset at once (it was left open
-    until it wrote again, or closed with a FIN at the idle timeout)."""
-    t = topo
+def _reset_passed_on(t, prepare):
+    """For the client, then the origin: a connection through prism,
+    <prepare>(quits, other), then <quits> resets. <other> must be reset
+    within 3 s, and the access line name who reset."""
     prism = t.start_prism(CFG)
     ls = peers.Listener(t.o, ORIGIN4, 7000)
     t.on_teardown(ls.close)
@@ -305,16 +304,26 @@ def test_reset_after_half_close(topo):
         c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
         o = ls.accept(timeout=5)
         quits, other = (c, o) if who == "client" else (o, c)
-        quits.sendall(b"last words")
-        quits.shutdown(socket.SHUT_WR)
-        assert peers.recv_all(other) == b"last words"  # the other has the EOF
         port = _client_port(c)
+        prepare(quits, other)
         peers.set_linger0(quits)
         quits.close()
         assert _reset_seen(other, 3), f"{who} reset, not passed on"
         d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
         assert d["reason"] == f"{who}_reset", d
         other.close()
+
+
+def test_reset_after_half_close(topo):
+    """A peer that half-closed and then resets: nothing reads its socket any
+    more, and the other peer must still be reset at once (it was left open
+    until it wrote again, or closed with a FIN at the idle timeout)."""
+    def half_close(quits, other):
+        quits.sendall(b"last words")
+        quits.shutdown(socket.SHUT_WR)
+        assert peers.recv_all(other) == b"last words"  # the other has the EOF
+
+    _reset_passed_on(topo, half_close)
 
 
 def _fill_until_stalled(s, limit=256 << 20, deadline=20):
@@ -340,22 +349,10 @@ def test_reset_while_the_other_side_is_full(topo):
     reads nothing: no read of its socket is due (the pipe towards the
     other is full), and the reset must still reach the other at once (it
     was noticed only once that peer read everything)."""
-    t = topo
-    prism = t.start_prism(CFG)
-    ls = peers.Listener(t.o, ORIGIN4, 7000)
-    t.on_teardown(ls.close)
-    for who in ("client", "origin"):
-        c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
-        o = ls.accept(timeout=5)
-        quits, other = (c, o) if who == "client" else (o, c)
-        port = _client_port(c)
+    def fill(quits, _other):
         assert _fill_until_stalled(quits) > 0
-        peers.set_linger0(quits)
-        quits.close()
-        assert _reset_seen(other, 3), f"{who} reset, not passed on"
-        d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
-        assert d["reason"] == f"{who}_reset", d
-        other.close()
+
+    _reset_passed_on(topo, fill)
 
 
 def _send_urgent(s, urgent, rest, fin=False):
