@@ -946,16 +946,20 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		if (c->state != CS_RELAYING)
 			return;
 	}
-	relay(c);
-	if ((events & EPOLLERR) && c->state != CS_DEAD) {
-		/* The peer reset (or its connection timed out) and relay() did
-		 * not run into it: its direction is at EOF already, or waits
-		 * for the other peer to take the bytes before it, so nothing
-		 * would read this socket again soon. Pass the reset on now,
-		 * not when the other peer next reads or writes (or at the idle
-		 * timeout). Bytes of it still waiting are dropped, as when
-		 * relay() meets a reset itself.
+	if ((events & EPOLLERR) && (io == &c->cli ? c->c2o.eof : c->o2c.eof)) {
+		/* The peer reset after its FIN: nothing reads this socket
+		 * any more, so this report is the only sign of it. Pass it
+		 * on now, not when the other peer next writes (or as a FIN
+		 * at the idle timeout).
+		 *
+		 * A reset while the peer's bytes wait for the other peer to
+		 * take them is met by relay() once they are taken: the
+		 * socket still holds the bytes before the reset, which prism
+		 * has acknowledged, and passing the reset on at once would
+		 * drop them.
 		 */
 		conn_finalize(c, io == &c->cli ? CR_CLIENT_RESET : CR_ORIGIN_RESET);
+		return;
 	}
+	relay(c);
 }
