@@ -66,8 +66,9 @@ asan: deps
 
 # The same tests against a ThreadSanitizer build: data races between the
 # workers and the health, resolver, ban and log threads fail the run (a
-# report makes the process exit 66). The whole suite takes about 8 minutes
-# here; CI runs the threads' own tests (TSAN_PYTEST_ARGS in .ci/run).
+# unit test exits 66; a prism with a report in its stderr fails the test at
+# teardown). The whole suite takes about 8 minutes here; CI runs the
+# threads' own tests (TSAN_K in .ci/run).
 tsan: deps
 	$(MAKE) test BUILD=build-tsan OPT="-O1 -g -fsanitize=thread" LDFLAGS=-fsanitize=thread
 

@@ -6,6 +6,7 @@ is remembered and killed by pid on teardown, every namespace is deleted.
 Stdlib only (Debian's /usr/bin/python3).
 """
 
+import calendar
 import ctypes
 import os
 import re
@@ -288,6 +289,20 @@ class Proc:
             return None
 
 
+SANITIZER_RX = re.compile(r"ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|"
+                          r"runtime error: ")
+
+TS_RX = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d+)Z")
+
+
+def log_time(line):
+    """Seconds (epoch) of a log line's (or access entry's) UTC timestamp."""
+    m = TS_RX.match(line)
+    assert m, line
+    return (calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+            + float("0." + m.group(2)))
+
+
 ACCESS_RX = re.compile(r"^(\S+) access (.*)$")
 
 
@@ -499,7 +514,14 @@ class Topology:
             except Exception as e:  # keep tearing down
                 errors.append(repr(e))
         for p in reversed(self.procs):
-            p.stop(timeout=3)
+            rc = p.stop(timeout=3)
+            # A sanitizer build's report fails the test even when the test
+            # did not look at how the process ended (TSan reports races as
+            # they happen and only exits 66 at the end).
+            bad = [ln for ln in p.err if SANITIZER_RX.search(ln)]
+            if bad or rc == 66:
+                errors.append(f"{p.name}: sanitizer report (exit {rc}): {bad[:1]}\n"
+                              + p.dump(80))
         return errors
 
     # State of the edge namespace, for lifecycle checks.

@@ -27,7 +27,6 @@ until MAX_PACKETS or SIGTERM.
 """
 
 import asyncio
-import calendar
 import ipaddress
 import json
 import os
@@ -60,7 +59,6 @@ HEAVY = tuple(f"198.18.100.{i}" for i in range(1, 5))  # spoofed heavy hitters
 WEB = "192.0.2.10"  # a served edge address
 ECHO_PORT = 7000
 
-TS_RX = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d+)Z")
 
 
 class ProtTopo(nstopo.Topology):
@@ -173,14 +171,6 @@ def tcp_ext(ns):
         if head.startswith("TcpExt:"):
             return dict(zip(head.split()[1:], map(int, vals.split()[1:])))
     return {}
-
-
-def log_time(line):
-    """Seconds (epoch) of a log line's (or access entry's) UTC timestamp."""
-    m = TS_RX.match(line)
-    assert m, line
-    return (calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
-            + float("0." + m.group(2)))
 
 
 def client_ip(d):
@@ -444,7 +434,7 @@ def test_connection_flood_bans_then_expires(ptopo, prism_bin):
     # The ban ends by itself after 3s: logged, and the attacker gets through.
     mu = p.wait_log(r"info source 203\.0\.113\.2 unbanned", timeout=10)
     unbanned_line = mu.string
-    held = log_time(unbanned_line) - log_time(banned_line)
+    held = nstopo.log_time(unbanned_line) - nstopo.log_time(banned_line)
     assert 2.5 <= held <= 6.0, (banned_line, unbanned_line)
     assert probe(t.c, ATTACKER4, WEB, 8000, timeout=1.5) == "served"
     cp = prism_cli(t, prism_bin, p, "ban", "list")
@@ -588,7 +578,7 @@ def test_slowloris_capped_and_reclaimed(ptopo):
     fbt = [d for d in mine if d["reason"] == "first_byte_timeout"]
     intervals = []
     for d in fbt:
-        end = log_time(d["time"])
+        end = nstopo.log_time(d["time"])
         intervals.append((end - int(d["duration_ms"]) / 1000, end))
     figures("slowloris", attacker_conns=SLOW_CONNS, reasons=reasons, resets_seen=resets,
             max_concurrent_attacker=_max_overlap(intervals), base_fds=base_fds,

@@ -9,7 +9,6 @@ import os
 import socket
 import stat
 import threading
-import time
 
 import nstopo
 import peers
@@ -185,12 +184,15 @@ def test_no_local_port_warned_once_a_second_by_all_workers(topo):
     for i in range(2):
         held.append(peers.connect(t.c, "192.0.2.10", 8000 + i))
         assert ping(held[-1], b"held %d\n" % i)
-    start = time.monotonic()
     for i in range(6):
         cport, what = peers.first_outcome(t.c, "192.0.2.10", 8002 + i, timeout=5)
         assert what == "reset", (i, what)
         d = prism.access_for(cport, ("192.0.2.10", 8002 + i))
         assert d["reason"] == "resource", d
-    elapsed = time.monotonic() - start
     lines = [ln for ln in prism.err if "no local port left" in ln]
-    assert 1 <= len(lines) <= 1 + int(elapsed), (elapsed, lines)
+    assert lines
+    # A second apart (less the coarse clock's few ms), whichever worker
+    # logged them: the per-worker limiter printed two within a few ms.
+    times = [nstopo.log_time(ln) for ln in lines]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(g >= 0.99 for g in gaps), (gaps, lines)
