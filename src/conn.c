@@ -314,6 +314,20 @@ static void origin_release(struct conn *c)
 	c->o = NULL;
 }
 
+/* Ends the current attempt as <reason>. Returns true when it was the last
+ * one the app's retries allow (the connection is finalized), false when
+ * another origin may be tried.
+ */
+static bool attempt_failed(struct conn *c, enum conn_reason reason)
+{
+	origin_release(c);
+	c->last_fail = reason;
+	if (c->attempts <= c->app->retries)
+		return false;
+	conn_finalize(c, reason);
+	return true;
+}
+
 /* Picks an origin and starts a non-blocking connect to it, moving on to
  * the next origin while connect() fails at once. Returns 0, or -errno when
  * the worker should pause accepting (fds or memory ran out); on every
@@ -331,12 +345,8 @@ static int origin_try(struct conn *c)
 		}
 		c->attempts++;
 		if (origin_loops(c)) {
-			origin_release(c);
-			c->last_fail = CR_NO_ORIGIN;
-			if (c->attempts > c->app->retries) {
-				conn_finalize(c, c->last_fail);
+			if (attempt_failed(c, CR_NO_ORIGIN))
 				return 0;
-			}
 			continue;
 		}
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -377,12 +387,8 @@ static int origin_try(struct conn *c)
 		} else {
 			hc_connect_failed(c->app, c->o, w->now, err);
 		}
-		origin_release(c);
-		c->last_fail = connect_error_reason(err);
-		if (c->attempts > c->app->retries) {
-			conn_finalize(c, c->last_fail);
+		if (attempt_failed(c, connect_error_reason(err)))
 			return 0;
-		}
 	}
 	c->org.fd = ofd;
 	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = false;
@@ -418,15 +424,10 @@ static void origin_connect(struct conn *c)
 static void connect_failed(struct conn *c, int err, enum conn_reason reason)
 {
 	hc_connect_failed(c->app, c->o, c->w->now, err);
-	origin_release(c);
 	close(c->org.fd);
 	c->org.fd = -1;
-	c->last_fail = reason;
-	if (c->attempts > c->app->retries) {
-		conn_finalize(c, reason);
-		return;
-	}
-	origin_connect(c);
+	if (!attempt_failed(c, reason))
+		origin_connect(c);
 }
 
 int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
