@@ -203,27 +203,87 @@ static enum conn_reason connect_error_reason(int err)
 	}
 }
 
+/* The port <c> dials <o> on; <dport> is the port the client dialed. */
+static uint16_t origin_port(const struct conn *c, const struct origin *o, uint16_t dport)
+{
+	struct in6_addr unused;
+	uint16_t port;
+
+	switch (o->co->port_mode) {
+	case CFG_PORT_FIXED:
+		addr_from_sa((const struct sockaddr *)&o->addr, &unused, &port);
+		return port;
+	case CFG_PORT_MAP:
+		/* The app has one range, of the origin's range's size. */
+		return (uint16_t)(o->co->port + (dport - c->app->ports[0].lo));
+	default:
+		return dport; /* a port-less origin gets the port the client dialed */
+	}
+}
+
+/* "Origin would relay to itself": once a second for the process. */
+static uint64_t last_loop_log;
+
+/* Whether <o> is a host name whose address, on <port>, is one that a claim
+ * holds. Dialing it would come back to prism (the edge's local route and
+ * the nft rules), which would relay it again, and so on until fds run out.
+ * IP origins are refused at load (cfg.c, check_origin_loops); a name's
+ * addresses can change, so they are checked when picked: one route lookup
+ * per candidate, for named origins only. Such an origin is not usable for
+ * the connection, like one that is down: the balancer moves on to the next
+ * without spending an attempt, so `retries` is not used up by it.
+ */
+static bool origin_loops(const struct conn *c, const struct origin *o, uint16_t port)
+{
+	const struct cfg *cfg = c->w->cfg;
+	struct in6_addr a;
+	uint16_t unused;
+	uint32_t app;
+	char as[ADDR_STRLEN];
+
+	if (!o->co->is_name || !cfg->net_manage)
+		return false;
+	addr_from_sa((const struct sockaddr *)&o->addr, &a, &unused);
+	app = rt_lookup(cfg->rt, &a, port);
+	if (app == RT_NONE)
+		return false;
+	if (log_ratelimit(&last_loop_log, c->w->now, 1000)) {
+		struct sockaddr_storage sa = o->addr;
+
+		addr_sa_set_port((struct sockaddr *)&sa, port);
+		log_warn("app %s: origin %s resolves to %s, which app \"%s\" claims: prism "
+			 "would relay to itself, so it is not dialed (use an origin outside "
+			 "the edges)",
+			 c->app->name, o->co->host, addr_fmt_sa((const struct sockaddr *)&sa, as),
+			 cfg->apps[app].name);
+	}
+	return true;
+}
+
 struct pick_ctx {
+	const struct conn *c;
 	const struct origin_set *set;
 	uint64_t now;
 	const uint16_t *tried;
 	unsigned n_tried;
+	uint16_t dport;
 };
 
 static bool pick_usable(size_t i, void *arg)
 {
 	const struct pick_ctx *p = arg;
+	const struct origin *o = p->set->v[i];
 
 	/* At most retries + 1 entries: a scan is cheaper than any set. */
 	for (unsigned k = 0; k < p->n_tried; k++)
 		if (p->tried[k] == i)
 			return false;
-	return origin_usable(p->set->v[i], p->now);
+	return origin_usable(o, p->now) && !origin_loops(p->c, o, origin_port(p->c, o, p->dport));
 }
 
 /* Chooses an origin for <c> with the app's balancer, skipping origins this
- * connection already tried, and fills c->origin. Returns 0, or -ENOENT when
- * no usable origin is left.
+ * connection already tried and those that would loop, and fills c->origin.
+ * Returns 0, or -ENOENT when no usable origin is left.
  */
 static int origin_pick(struct conn *c)
 {
@@ -231,16 +291,18 @@ static int origin_pick(struct conn *c)
 	struct worker *w = c->w;
 	struct pick_ctx ctx;
 	struct in6_addr caddr, unused;
-	uint16_t cport, dport, port;
+	uint16_t cport;
 	struct origin *o;
 	size_t i;
 
 	if (!c->set)
 		c->set = app_origins_get(&w->origins[c->app_idx]);
+	ctx.c = c;
 	ctx.set = c->set;
 	ctx.now = w->now;
 	ctx.tried = c->tried;
 	ctx.n_tried = c->attempts;
+	addr_from_sa(&c->edge.sa, &unused, &ctx.dport);
 	addr_from_sa(&c->client.sa, &caddr, &cport);
 	i = lb_pick(app->balance, c->set, &w->lbw[c->app_idx], &caddr, pick_usable, &ctx);
 	if (i == LB_NONE)
@@ -256,52 +318,9 @@ static int origin_pick(struct conn *c)
 	c->o = o;
 
 	memcpy(&c->origin, &o->addr, sizeof(c->origin));
-	addr_from_sa(&c->edge.sa, &unused, &dport);
-	switch (o->co->port_mode) {
-	case CFG_PORT_FIXED:
-		return 0; /* already in o->addr */
-	case CFG_PORT_MAP:
-		/* The app has one range, of the origin's range's size. */
-		port = (uint16_t)(o->co->port + (dport - app->ports[0].lo));
-		break;
-	default:
-		port = dport; /* a port-less origin gets the port the client dialed */
-	}
-	addr_sa_set_port(&c->origin.sa, port);
+	if (o->co->port_mode != CFG_PORT_FIXED) /* else already in o->addr */
+		addr_sa_set_port(&c->origin.sa, origin_port(c, o, ctx.dport));
 	return 0;
-}
-
-/* "Origin would relay to itself": once a second for the process. */
-static uint64_t last_loop_log;
-
-/* Whether the origin just picked is a host name whose address, on the port
- * dialed, is one that a claim holds. Dialing it would come back to prism
- * (the edge's local route and the nft rules), which would relay it again,
- * and so on until fds run out. IP origins are refused at load (cfg.c,
- * check_origin_loops); a name's addresses can change, so they are checked
- * here: one route lookup per attempt, for named origins only.
- */
-static bool origin_loops(struct conn *c)
-{
-	const struct cfg *cfg = c->w->cfg;
-	struct in6_addr a;
-	uint16_t port;
-	uint32_t app;
-	char as[ADDR_STRLEN];
-
-	if (!c->o->co->is_name || !cfg->net_manage)
-		return false;
-	addr_from_sa(&c->origin.sa, &a, &port);
-	app = rt_lookup(cfg->rt, &a, port);
-	if (app == RT_NONE)
-		return false;
-	if (log_ratelimit(&last_loop_log, c->w->now, 1000))
-		log_warn("app %s: origin %s resolves to %s, which app \"%s\" claims: prism "
-			 "would relay to itself, so it is not dialed (use an origin outside "
-			 "the edges)",
-			 c->app->name, c->o->co->host, addr_fmt_sa(&c->origin.sa, as),
-			 cfg->apps[app].name);
-	return true;
 }
 
 /* Lets go of the origin of the current attempt. */
@@ -344,11 +363,6 @@ static int origin_try(struct conn *c)
 			return 0;
 		}
 		c->attempts++;
-		if (origin_loops(c)) {
-			if (attempt_failed(c, CR_NO_ORIGIN))
-				return 0;
-			continue;
-		}
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (ofd == -1) {
 			err = errno;
