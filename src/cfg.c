@@ -1005,7 +1005,7 @@ out:
 
 /* ---- origins inside the edges ---- */
 
-/* One IP origin and the ports it is dialed on. */
+/* One origin address and the ports it is dialed on. */
 struct loop_org {
 	addr_u128 key;
 	uint16_t lo, hi;
@@ -1017,6 +1017,7 @@ struct loop_walk {
 	struct loader *ld;
 	struct loop_org *v;
 	size_t n;
+	bool names; /* host names' resolved addresses: warnings, not errors */
 };
 
 static int loop_org_cmp(const void *a, const void *b)
@@ -1057,6 +1058,22 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 			continue;
 		addr_from_key(x->key, &ad);
 		app = rt_lookup(c->rt, &ad, plo);
+		/* Once per origin address, not per port range. */
+		for (size_t k = a; k < w->n && w->v[k].key == x->key; k++)
+			if (w->v[k].o == x->o)
+				w->v[k].told = true;
+		if (w->names) {
+			/* Names change: prism checks each address again when it
+			 * picks an origin (conn.c, origin_loops).
+			 */
+			cfg_warn_at(w->ld, &x->o->pos,
+				    "origin %s resolves to %s, which app \"%s\" claims on port %u: "
+				    "prism would relay to itself, so it will not dial that address "
+				    "there; use an origin outside the edges",
+				    x->o->host, addr_fmt(&ad, as),
+				    app < c->n_apps ? c->apps[app].name : "?", plo);
+			continue;
+		}
 		m.line = (size_t)x->o->pos.line - 1;
 		m.column = (size_t)x->o->pos.col - 1;
 		cfg_err_at(
@@ -1065,7 +1082,6 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 		    "prism would relay to itself (the edge's route makes the address local); "
 		    "use an origin outside the edges",
 		    addr_fmt(&ad, as), plo, app < c->n_apps ? c->apps[app].name : "?");
-		x->told = true;
 	}
 	return 0;
 }
@@ -1073,20 +1089,23 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 /* Refuses an IP origin that prism would dial on an (address, port) that
  * a claim holds: the edge's local route and the nft rules send such a
  * connection back to prism, which relays it again until it runs out of
- * file descriptors.
+ * file descriptors. With <names>, warns instead about the addresses host
+ * names resolved to at load (they may change; see origin_loops in conn.c).
  */
-static void check_origin_loops(struct loader *ld)
+static void check_origin_loops(struct loader *ld, bool names)
 {
 	const struct cfg *c = ld->cfg;
-	struct loop_walk w = {.ld = ld};
-	size_t cap = 0, a, i, r;
+	struct loop_walk w = {.ld = ld, .names = names};
+	size_t cap = 0, a, i, j, r;
 
 	/* Unmanaged, the operator's own routes and rules decide. */
 	if (!c->rt || !c->net_manage)
 		return;
 	for (a = 0; a < c->n_apps; a++)
-		if (ld->src[a].ok)
-			cap += c->apps[a].n_origins * (c->apps[a].n_ports ? c->apps[a].n_ports : 1);
+		for (i = 0; ld->src[a].ok && i < c->apps[a].n_origins; i++)
+			if (c->apps[a].origins[i].is_name == names)
+				cap += c->apps[a].origins[i].n_addrs *
+				       (c->apps[a].n_ports ? c->apps[a].n_ports : 1);
 	if (!cap)
 		return;
 	w.v = calloc(cap, sizeof(*w.v));
@@ -1099,23 +1118,28 @@ static void check_origin_loops(struct loader *ld)
 
 		for (i = 0; ld->src[a].ok && i < app->n_origins; i++) {
 			const struct cfg_origin *o = &app->origins[i];
-			struct in6_addr ad;
-			uint16_t port;
 
-			if (o->is_name)
+			if (o->is_name != names)
 				continue;
-			addr_from_sa((const struct sockaddr *)&o->addrs[0], &ad, &port);
-			for (r = 0; r < app->n_ports; r++) {
-				struct loop_org *x = &w.v[w.n++];
+			for (j = 0; j < o->n_addrs; j++) {
+				struct in6_addr ad;
+				uint16_t port;
 
-				x->key = addr_key(&ad);
-				x->o = o;
-				if (o->port_mode == CFG_PORT_FIXED) {
-					x->lo = x->hi = o->port;
-					break;
+				addr_from_sa((const struct sockaddr *)&o->addrs[j], &ad, &port);
+				for (r = 0; r < app->n_ports; r++) {
+					struct loop_org *x = &w.v[w.n++];
+
+					x->key = addr_key(&ad);
+					x->o = o;
+					if (o->port_mode == CFG_PORT_FIXED) {
+						x->lo = x->hi = o->port;
+						break;
+					}
+					x->lo = o->port_mode == CFG_PORT_MAP ? o->port
+									     : app->ports[r].lo;
+					x->hi = (uint16_t)(x->lo +
+							   (app->ports[r].hi - app->ports[r].lo));
 				}
-				x->lo = o->port_mode == CFG_PORT_MAP ? o->port : app->ports[r].lo;
-				x->hi = (uint16_t)(x->lo + (app->ports[r].hi - app->ports[r].lo));
 			}
 		}
 	}
@@ -1156,7 +1180,7 @@ static void load_apps(struct loader *ld, yaml_node_t *seq)
 	check_names(ld);
 routes:
 	build_routes(ld, &seq->start_mark);
-	check_origin_loops(ld);
+	check_origin_loops(ld, false);
 }
 
 static void load_root(struct loader *ld, yaml_node_t *root)
@@ -1375,8 +1399,10 @@ int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out
 	}
 	load_root(&ld, root);
 	/* Only for a config that will be used: resolving takes time. */
-	if (!ld.n_errs && !ld.n_dropped && !ld.oom)
+	if (!ld.n_errs && !ld.n_dropped && !ld.oom) {
 		cfg_resolve_names(&ld);
+		check_origin_loops(&ld, true);
+	}
 out:
 	if (ld.n_errs || ld.n_dropped || ld.oom) {
 		rc = ld.n_errs || ld.n_dropped ? -EINVAL : -ENOMEM;

@@ -146,6 +146,9 @@ def test_name_resolving_inside_the_edge_is_not_dialed(topo):
     _hosts, prism_box = _edge_hosts(t, "127.0.0.1 localhost\n192.0.2.77 origin-c.test\n")
     prism = t.start_prism(LOOP_CFG)
     prism_box.append(prism)
+    # Told at load (file:line:col of the origin), and again when picked.
+    prism.wait_log(r':10:18: warning: origin origin-c\.test resolves to 192\.0\.2\.77, which '
+                   r'app "named" claims on port 8000: prism would relay to itself')
     got = _round(t, 10, 0)
     assert got == [OLD] * 10, got
     prism.wait_log(r'warn app named: origin origin-c\.test resolves to 192\.0\.2\.77:8000, '

@@ -879,6 +879,12 @@ static int stub_resolver(const char *host, struct sockaddr_storage **addrs, size
 	if (strcmp(host, "two.test") == 0) {
 		v = two;
 		k = 3; /* with a duplicate the loader must drop */
+	} else if (strcmp(host, "edge.test") == 0) {
+		/* One address inside 192.0.2.0/24, one outside. */
+		static const char *const edge[] = {"192.0.2.9", "198.51.100.9"};
+
+		v = edge;
+		k = 2;
 	} else if (strcmp(host, "origin-c.internal") == 0 || strcmp(host, "one.test") == 0) {
 		static const char *const one[] = {"198.51.100.9"};
 
@@ -1206,6 +1212,34 @@ static void test_origin_names(void **state)
 			    "service not known); prism will retry every dns.refresh (2m)\n"
 			    "t.yaml:10:24: warning: origin also-gone.test does not resolve (Name "
 			    "or service not known); prism will retry every dns.refresh (30s)\n");
+	cfg_unref(c);
+
+	/* A name resolving into a claim is warned about (an IP origin there
+	 * is an error, tests/configs/bad/origin_in_edge.yaml): prism will not
+	 * dial that address on those ports (conn.c, origin_loops). Only the
+	 * first claimed port of each address and range is named.
+	 */
+	c = load_ok("apps:\n"
+		    "  - name: a\n"
+		    "    edge: 192.0.2.0/24\n"
+		    "    ports: [80, 443]\n"
+		    "    origins: [edge.test, \"edge.test:7000\"]\n"
+		    "  - name: b\n"
+		    "    edge: 192.0.2.9\n"
+		    "    ports: 7000\n"
+		    "    origins: 198.51.100.1\n");
+	assert_string_equal(
+	    c->warnings, "t.yaml:5:15: warning: origin edge.test resolves to 192.0.2.9, which "
+			 "app \"a\" claims on port 80: prism would relay to itself, so it will "
+			 "not dial that address there; use an origin outside the edges\n"
+			 "t.yaml:5:26: warning: origin edge.test resolves to 192.0.2.9, which "
+			 "app \"b\" claims on port 7000: prism would relay to itself, so it will "
+			 "not dial that address there; use an origin outside the edges\n");
+	cfg_unref(c);
+	/* Unmanaged, the operator's routes decide: no warning. */
+	c = load_ok("network: {manage: false}\n"
+		    "apps:\n  - {name: a, edge: 192.0.2.0/24, ports: 80, origins: edge.test}\n");
+	assert_null(c->warnings);
 	cfg_unref(c);
 
 	/* A refused config resolves nothing: errors come fast. */
