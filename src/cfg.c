@@ -992,8 +992,17 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 			    c->apps[app_b].name, c->apps[app_a].name, srcs[cf.a].mark.line + 1,
 			    addr_fmt_prefix(&claims[cf.b].prefix, pfx), ports);
 		}
-		if (k + 1 == CFG_MAX_REBUILDS)
+		if (k + 1 == CFG_MAX_REBUILDS) {
+			/* Each search is a build (about 20 ms per 100,000
+			 * claims), so it stops; say so rather than let these
+			 * look like all there is.
+			 */
+			cfg_err_at(ld, apps_mark,
+				   "apps: more overlaps may follow; prism stops looking after %d "
+				   "(fix these and check again)",
+				   CFG_MAX_REBUILDS);
 			break;
+		}
 		memmove(&claims[cf.b], &claims[cf.b + 1], (n - cf.b - 1) * sizeof(*claims));
 		memmove(&srcs[cf.b], &srcs[cf.b + 1], (n - cf.b - 1) * sizeof(*srcs));
 		n--;

@@ -634,6 +634,24 @@ static void test_overlaps(void **state)
 	assert_int_equal(count_lines(e), 2);
 	free(e);
 
+	/* The search for overlaps stops after CFG_MAX_REBUILDS (64) and says
+	 * so: 70 apps each overlapping a first one.
+	 */
+	char big[8192] =
+	    "apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1}\n";
+
+	for (int k = 0; k < 70; k++)
+		snprintf(big + strlen(big), sizeof(big) - strlen(big),
+			 "  - {name: o%d, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1}\n", k);
+	e = load_bad(big);
+	if (!strstr(e, "t.yaml:2:3: apps: more overlaps may follow; prism stops looking after 64 "
+		       "(fix these and check again)\n") ||
+	    !strstr(e, "t.yaml:66:23: app \"o63\" overlaps app \"a\" (line 2)") ||
+	    strstr(e, "\"o64\""))
+		fail_msg("unexpected:\n%s", e);
+	assert_int_equal(count_lines(e), 65);
+	free(e);
+
 	/* Nesting is no conflict: the more specific claim wins. */
 	/* Unmanaged: with 0.0.0.0/0 claimed, an origin would otherwise be
 	 * refused as one prism relays to itself.
