@@ -999,7 +999,7 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 			 */
 			cfg_err_at(ld, apps_mark,
 				   "apps: more overlaps may follow; prism stops looking after %d "
-				   "(fix these and check again)",
+				   "conflicting claims (fix these and check again)",
 				   CFG_MAX_REBUILDS);
 			break;
 		}
@@ -1067,8 +1067,14 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 			continue;
 		addr_from_key(x->key, &ad);
 		app = rt_lookup(c->rt, &ad, plo);
-		/* Once per origin address, not per port range. */
-		for (size_t k = a; k < w->n && w->v[k].key == x->key; k++)
+		/* Once per origin address, not per port range: the address's
+		 * entries are a run of equal keys, which may begin before <a>.
+		 */
+		size_t k = a;
+
+		while (k > 0 && w->v[k - 1].key == x->key)
+			k--;
+		for (; k < w->n && w->v[k].key == x->key; k++)
 			if (w->v[k].o == x->o)
 				w->v[k].told = true;
 		if (w->names) {
@@ -1111,15 +1117,24 @@ static void check_origin_loops(struct loader *ld, bool names)
 	if (!c->rt || !c->net_manage)
 		return;
 	for (a = 0; a < c->n_apps; a++)
-		for (i = 0; ld->src[a].ok && i < c->apps[a].n_origins; i++)
-			if (c->apps[a].origins[i].is_name == names)
-				cap += c->apps[a].origins[i].n_addrs *
-				       (c->apps[a].n_ports ? c->apps[a].n_ports : 1);
+		for (i = 0; ld->src[a].ok && i < c->apps[a].n_origins; i++) {
+			const struct cfg_origin *o = &c->apps[a].origins[i];
+
+			if (o->is_name == names)
+				cap += o->n_addrs *
+				       (o->port_mode == CFG_PORT_FIXED || !c->apps[a].n_ports
+					    ? 1
+					    : c->apps[a].n_ports);
+		}
 	if (!cap)
 		return;
 	w.v = calloc(cap, sizeof(*w.v));
 	if (!w.v) {
-		ld->oom = true;
+		/* The names' check only warns, and prism checks them again
+		 * when it picks an origin: not worth refusing the config for.
+		 */
+		if (!names)
+			ld->oom = true;
 		return;
 	}
 	for (a = 0; a < c->n_apps; a++) {

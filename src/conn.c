@@ -224,26 +224,65 @@ static uint16_t origin_port(const struct conn *c, const struct origin *o, uint16
 /* "Origin would relay to itself": once a second for the process. */
 static uint64_t last_loop_log;
 
-/* Whether <o> is a host name whose address, on <port>, is one that a claim
- * holds. Dialing it would come back to prism (the edge's local route and
- * the nft rules), which would relay it again, and so on until fds run out.
- * IP origins are refused at load (cfg.c, check_origin_loops); a name's
- * addresses can change, so they are checked when picked: one route lookup
- * per candidate, for named origins only. Such an origin is not usable for
- * the connection, like one that is down: the balancer moves on to the next
- * without spending an attempt, so `retries` is not used up by it.
+/* Whether any port that <c>'s app may dial <o> on is claimed at its
+ * address (whatever the client dialed).
  */
-static bool origin_loops(const struct conn *c, const struct origin *o, uint16_t port)
+static bool origin_may_loop(const struct conn *c, const struct origin *o)
+{
+	const struct cfg_app *app = c->app;
+	const struct rt *rt = c->w->cfg->rt;
+	struct in6_addr a;
+	uint16_t port;
+
+	addr_from_sa((const struct sockaddr *)&o->addr, &a, &port);
+	switch (o->co->port_mode) {
+	case CFG_PORT_FIXED:
+		return rt_first_claimed(rt, &a, port, port) != 0;
+	case CFG_PORT_MAP:
+		return rt_first_claimed(
+			   rt, &a, o->co->port,
+			   (uint16_t)(o->co->port + (app->ports[0].hi - app->ports[0].lo))) != 0;
+	default:
+		for (size_t r = 0; r < app->n_ports; r++)
+			if (rt_first_claimed(rt, &a, app->ports[r].lo, app->ports[r].hi))
+				return true;
+		return false;
+	}
+}
+
+/* Whether <o> is a host name whose address, on the port <c> would dial it
+ * on (<dport>: the client's), is one that a claim holds. Dialing it would
+ * come back to prism (the edge's local route and the nft rules), which
+ * would relay it again, and so on until fds run out. IP origins are
+ * refused at load (cfg.c, check_origin_loops); a name's addresses can
+ * change, so they are checked when picked. Such an origin is
+ * not usable for the connection, like one that is down: the balancer moves
+ * on to the next without spending an attempt, so `retries` is not used up
+ * by it. Whether an address may loop on any of its dial ports is worked out
+ * once per origin (a new address is a new origin); only one that may costs
+ * a route lookup per pick.
+ */
+static bool origin_loops(const struct conn *c, struct origin *o, uint16_t dport)
 {
 	const struct cfg *cfg = c->w->cfg;
 	struct in6_addr a;
-	uint16_t unused;
+	uint16_t unused, port;
 	uint32_t app;
 	char as[ADDR_STRLEN];
+	int st;
 
 	if (!o->co->is_name || !cfg->net_manage)
 		return false;
+	/* Workers that race here work out the same answer. */
+	st = __atomic_load_n(&o->loops, __ATOMIC_RELAXED);
+	if (!st) {
+		st = origin_may_loop(c, o) ? 2 : 1;
+		__atomic_store_n(&o->loops, st, __ATOMIC_RELAXED);
+	}
+	if (st == 1)
+		return false;
 	addr_from_sa((const struct sockaddr *)&o->addr, &a, &unused);
+	port = origin_port(c, o, dport);
 	app = rt_lookup(cfg->rt, &a, port);
 	if (app == RT_NONE)
 		return false;
@@ -272,13 +311,13 @@ struct pick_ctx {
 static bool pick_usable(size_t i, void *arg)
 {
 	const struct pick_ctx *p = arg;
-	const struct origin *o = p->set->v[i];
+	struct origin *o = p->set->v[i];
 
 	/* At most retries + 1 entries: a scan is cheaper than any set. */
 	for (unsigned k = 0; k < p->n_tried; k++)
 		if (p->tried[k] == i)
 			return false;
-	return origin_usable(o, p->now) && !origin_loops(p->c, o, origin_port(p->c, o, p->dport));
+	return origin_usable(o, p->now) && !origin_loops(p->c, o, p->dport);
 }
 
 /* Chooses an origin for <c> with the app's balancer, skipping origins this

@@ -37,6 +37,8 @@ struct origin {
 	uint32_t active;	 /* open connections through all workers */
 	uint32_t fails;		 /* consecutive connect failures (passive) */
 	uint64_t cooldown_until; /* ms monotonic: passively down until then */
+	int loops;		 /* host name: 0 not known yet, 1 no dial port of it is
+				  * claimed, 2 some is (conn.c, origin_loops) */
 
 	/* Active-check bookkeeping, owned by the health-check thread. */
 	uint32_t hc_ok, hc_fail; /* consecutive results */

@@ -955,19 +955,15 @@ static uint32_t child_of(const struct rt *rt, const struct rt_lnode *nd, unsigne
 	}
 }
 
-/* The full lookup: descends checking that each node matches the key,
- * remembering the deepest claimed node (or fallback) on the way, then
- * searches its map. Kept out of line so that rt_lookup's common case
- * stays small (see there).
+/* The node whose map decides every port of <k>: descends checking that
+ * each node matches the key, remembering the deepest claimed node (or
+ * fallback) on the way. NULL when no claim contains <k>.
  */
-static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
-						      const struct in6_addr *addr, uint16_t port)
+static const struct rt_lnode *owner_of(const struct rt *rt, rt_u128 k)
 {
-	rt_u128 k = addr_key(addr);
 	const struct rt_lnode *nd;
-	const struct rt_ent *ent;
 	int v4 = (k >> 32) == 0xffff;
-	uint32_t i = rt->start[v4], best = rt->start_best[v4], lo, n;
+	uint32_t i = rt->start[v4], best = rt->start_best[v4];
 
 	while (i != NIL) {
 		unsigned kind;
@@ -983,12 +979,8 @@ static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
 		}
 		if ((k ^ nd->key) & mask_of(nd->len))
 			break;
-		if (kind == LN_LEAF1) {
-			/* Its map already holds its ancestors' claims. */
-			if (port < nd->one.lo || port > nd->one.hi)
-				return RT_NONE;
-			return nd->one.app;
-		}
+		if (kind == LN_LEAF1)
+			return nd; /* its map already holds its ancestors' claims */
 		if (nd->n)
 			best = i;
 		if (kind == LN_JUMP)
@@ -997,13 +989,17 @@ static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
 			/* A /128 has no children: any bit will do. */
 			i = nd->w[bit_at(k, nd->len & 127)];
 	}
-	if (best == NIL)
-		return RT_NONE;
-	nd = &rt->ln[best];
-	/* First interval whose hi >= port; branch-light halving. */
-	ent = map_of(rt, nd);
-	lo = 0;
-	n = nd->n;
+	return best == NIL ? NULL : &rt->ln[best];
+}
+
+/* The first interval of <nd>'s map whose hi >= <port> (the last one if
+ * none); branch-light halving.
+ */
+static const struct rt_ent *map_find(const struct rt *rt, const struct rt_lnode *nd, uint16_t port)
+{
+	const struct rt_ent *ent = map_of(rt, nd);
+	uint32_t lo = 0, n = nd->n;
+
 	while (n > 1) {
 		uint32_t half = n / 2;
 
@@ -1011,9 +1007,38 @@ static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
 			lo += half;
 		n -= half;
 	}
-	if (ent[lo].hi < port || ent[lo].lo > port)
+	return &ent[lo];
+}
+
+/* The full lookup: the owner of the key, then its map. Kept out of line
+ * so that rt_lookup's common case stays small (see there).
+ */
+static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
+						      const struct in6_addr *addr, uint16_t port)
+{
+	const struct rt_lnode *nd = owner_of(rt, addr_key(addr));
+	const struct rt_ent *e;
+
+	if (!nd)
 		return RT_NONE;
-	return ent[lo].app;
+	e = map_find(rt, nd, port);
+	if (e->hi < port || e->lo > port)
+		return RT_NONE;
+	return e->app;
+}
+
+uint16_t rt_first_claimed(const struct rt *rt, const struct in6_addr *addr, uint16_t lo,
+			  uint16_t hi)
+{
+	const struct rt_lnode *nd = owner_of(rt, addr_key(addr));
+	const struct rt_ent *e;
+
+	if (!nd || lo > hi)
+		return 0;
+	e = map_find(rt, nd, lo);
+	if (e->hi < lo || e->lo > hi)
+		return 0;
+	return e->lo > lo ? e->lo : lo;
 }
 
 /* Most lookups end at a one-interval leaf that contains the key. Such a

@@ -47,6 +47,12 @@ int rt_build(const struct rt_claim *claims, size_t n, struct rt **out,
  */
 uint32_t rt_lookup(const struct rt *rt, const struct in6_addr *addr, uint16_t port);
 
+/* The first port of [<lo>, <hi>] that some claim holds at <addr>, or 0
+ * (ports are 1-65535). Off the data path: it takes the full lookup's way.
+ */
+uint16_t rt_first_claimed(const struct rt *rt, const struct in6_addr *addr, uint16_t lo,
+			  uint16_t hi);
+
 void rt_free(struct rt *rt);
 
 /* One element of the disjoint cover of all claims, for the nftables sets:

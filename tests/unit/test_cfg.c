@@ -645,7 +645,7 @@ static void test_overlaps(void **state)
 			 "  - {name: o%d, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1}\n", k);
 	e = load_bad(big);
 	if (!strstr(e, "t.yaml:2:3: apps: more overlaps may follow; prism stops looking after 64 "
-		       "(fix these and check again)\n") ||
+		       "conflicting claims (fix these and check again)\n") ||
 	    !strstr(e, "t.yaml:66:23: app \"o63\" overlaps app \"a\" (line 2)") ||
 	    strstr(e, "\"o64\""))
 		fail_msg("unexpected:\n%s", e);
@@ -1234,8 +1234,8 @@ static void test_origin_names(void **state)
 
 	/* A name resolving into a claim is warned about (an IP origin there
 	 * is an error, tests/configs/bad/origin_in_edge.yaml): prism will not
-	 * dial that address on those ports (conn.c, origin_loops). Only the
-	 * first claimed port of each address and range is named.
+	 * dial that address on those ports (conn.c, origin_loops). Each
+	 * origin address is reported once, at its first claimed port found.
 	 */
 	c = load_ok("apps:\n"
 		    "  - name: a\n"
@@ -1253,6 +1253,16 @@ static void test_origin_names(void **state)
 			 "t.yaml:5:26: warning: origin edge.test resolves to 192.0.2.9, which "
 			 "app \"b\" claims on port 7000: prism would relay to itself, so it will "
 			 "not dial that address there; use an origin outside the edges\n");
+	cfg_unref(c);
+	/* Once per address whatever the order of the app's port ranges: the
+	 * entry for 443 sorts before 80's, and 80 is found first.
+	 */
+	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.0/24, ports: [443, 80], origins: "
+		    "edge.test}\n");
+	assert_string_equal(c->warnings,
+			    "t.yaml:2:62: warning: origin edge.test resolves to 192.0.2.9, which "
+			    "app \"a\" claims on port 80: prism would relay to itself, so it will "
+			    "not dial that address there; use an origin outside the edges\n");
 	cfg_unref(c);
 	/* Unmanaged, the operator's routes decide: no warning. */
 	c = load_ok("network: {manage: false}\n"

@@ -702,15 +702,15 @@ static void test_random_conflicts(void **state)
 	assert_true(seen[0] > 300 && seen[1] > 300);
 }
 
-/* Random conflict-free tables: rt_lookup against the brute force, and the
- * cover against rt_lookup.
+/* Random conflict-free tables: rt_lookup and rt_first_claimed against the
+ * brute force, and the cover against rt_lookup.
  */
 static void test_random_lookup_and_cover(void **state)
 {
 	struct rt_claim c[64];
 	struct elems es = {0};
 	struct rt_conflict cf;
-	long hits = 0, probes = 0;
+	long hits = 0, probes = 0, firsts = 0, ranges = 0;
 
 	(void)state;
 	for (uint64_t seed = 1; seed <= 1500; seed++) {
@@ -759,11 +759,35 @@ static void test_random_lookup_and_cover(void **state)
 			assert_int_equal(in_cover(&es, k, p), got != RT_NONE);
 			hits += got != RT_NONE;
 			probes++;
+			if (t % 4 == 0) {
+				/* rt_first_claimed of a range around the probe,
+				 * against the brute force port by port.
+				 */
+				uint16_t lo = p > 150 ? (uint16_t)(p - rnd_below(150)) : 1;
+				uint16_t hi = (uint16_t)(lo + rnd_below(300));
+				uint16_t first = 0;
+
+				if (hi < lo)
+					hi = 65535;
+				for (uint32_t q = lo; q <= hi && !first; q++)
+					if (brute_lookup(c, n, k, (uint16_t)q) != RT_NONE)
+						first = (uint16_t)q;
+				if (rt_first_claimed(rt, &a, lo, hi) != first)
+					fail_msg(
+					    "seed %llu probe %d: first claimed of %u-%u: got %u "
+					    "want %u",
+					    (unsigned long long)seed, t, lo, hi,
+					    rt_first_claimed(rt, &a, lo, hi), first);
+				firsts += first != 0;
+				ranges++;
+			}
 		}
 		rt_free(rt);
 	}
 	free(es.e);
-	print_message("hits %ld of %ld probes\n", hits, probes);
+	print_message("hits %ld of %ld probes; %ld of %ld ranges claimed\n", hits, probes, firsts,
+		      ranges);
+	assert_true(firsts > ranges / 4 && firsts < ranges * 9 / 10);
 	/* The probes must hit claims often, and miss them often too. */
 	assert_true(hits > probes / 4 && hits < probes * 9 / 10);
 }
