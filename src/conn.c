@@ -72,19 +72,6 @@ static void origin_release(struct conn *c);
  */
 static uint64_t last_port_log;
 
-/* Keeps the urgent byte of TCP urgent data (telnet's Synch, FTP's ABOR) in
- * the stream, to be relayed in its place: without SO_OOBINLINE a read
- * skips it. Client sockets have it from the listener (worker.c); an
- * origin socket gets it only when it may need it (see conn_io and pump),
- * which saves a syscall per connection.
- */
-static void oob_inline(int fd)
-{
-	int one = 1;
-
-	setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
-}
-
 static void log_conn(const struct conn *c, const char *app, enum conn_reason reason)
 {
 	char cl[ADDR_STRLEN], ed[ADDR_STRLEN], og[ADDR_STRLEN];
@@ -409,6 +396,15 @@ static int origin_try(struct conn *c)
 			return -err;
 		}
 		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		/* Keeps the urgent byte of TCP urgent data (telnet's Synch,
+		 * FTP's ABOR) in the stream, to be relayed in its place (client
+		 * sockets have it from the listener, worker.c). It must be set
+		 * before any byte arrives: without it the kernel takes an
+		 * urgent byte out of the stream, and drops it when a second
+		 * urgent pointer comes before it is read, which a worker busy
+		 * elsewhere cannot prevent (test_origin_urgent_byte_then_another).
+		 */
+		setsockopt(ofd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
 		/* Delayed-ACK ("pingpong") mode before connect() makes the
 		 * kernel hold the handshake's last ACK so that the first bytes
 		 * to the origin carry it: one packet fewer per connection.
@@ -823,8 +819,6 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 			 * an EOF: copy_small takes over, the (empty) pipe
 			 * given back, and streams again after a full read.
 			 */
-			if (n == 0 && src == &c->org)
-				oob_inline(src->fd); /* urgent data not yet reported? */
 			half_drop(c->w, h);
 			h->bulk = false;
 			continue;
@@ -978,12 +972,8 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		return; /* stale event from earlier in this epoll batch */
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
 		io->rd = true;
-	if (events & EPOLLPRI) {
-		/* Before any read: the urgent byte is read inline. */
-		if (io == &c->org && !io->urg)
-			oob_inline(io->fd);
+	if (events & EPOLLPRI)
 		io->urg = true;
-	}
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		io->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
