@@ -919,6 +919,11 @@ static void relay(struct conn *c)
 						       : CR_RESOURCE);
 		return;
 	}
+	if (c->org_reset && c->o2c.eof && !c->o2c.pending) {
+		/* Not a FIN: the reset connected() found (see there). */
+		conn_finalize(c, CR_ORIGIN_RESET);
+		return;
+	}
 	if (!half_shut(c, &c->o2c, &c->cli, CR_ORIGIN_CLOSED)) {
 		conn_finalize(c, CR_CLIENT_RESET);
 		return;
@@ -939,11 +944,23 @@ static void connected(struct conn *c, uint32_t events)
 			err = errno;
 		if (!err)
 			err = ECONNREFUSED;
-		connect_failed(c, err, connect_error_reason(err));
+		if (err != ECONNRESET && err != EPIPE) {
+			connect_failed(c, err, connect_error_reason(err));
+			return;
+		}
+		/* It did connect: a reset in SYN_SENT is ECONNREFUSED. The
+		 * origin accepted and reset before this worker got to the
+		 * connect's completion, so it is an answering origin, and the
+		 * connection ends as origin_reset, as it does when the worker
+		 * is quicker. The bytes it sent before its reset are still in
+		 * the socket and are relayed first; reading SO_ERROR cleared
+		 * the error, so the reads end in an EOF, which relay() takes
+		 * for the reset (org_reset).
+		 */
+		c->org_reset = true;
+	} else if (!(events & EPOLLOUT)) {
 		return;
 	}
-	if (!(events & EPOLLOUT))
-		return;
 	hc_connect_ok(c->app, c->o);
 	if (!c->cli.rd && !c->pp_len) {
 		/* Nothing to send yet (a protocol where the server speaks

@@ -95,7 +95,8 @@ struct conn {
 	enum conn_reason last_fail;	     /* reason of the last failed attempt */
 	bool guarded;			     /* counted by the guard: release at the end */
 	bool guard_tracked;		     /* ... and against its source (guard_admit) */
-	bool ack_held; /* origin socket in delayed-ACK mode, see origin_connect */
+	bool ack_held;	/* origin socket in delayed-ACK mode, see origin_connect */
+	bool org_reset; /* the origin reset before connected() ran: see there */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and
