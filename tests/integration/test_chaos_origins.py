@@ -213,7 +213,11 @@ class Origins:
         self.addrs = addrs
         self.rng = rng
         self.mode = {a: "healthy" for a in addrs}
-        self.history = {a: [(0.0, "healthy")] for a in addrs}
+        # Per address: (start, settled, mode). A change is in effect
+        # somewhere between the start and the end of its nft command (and
+        # the accept loop's next turn), so a mode may hold from the start
+        # of its change to the settling of the next one.
+        self.history = {a: [(0.0, 0.0, "healthy")] for a in addrs}
         self.lis = {}
         for a in addrs:
             lis = peers.Listener(t.o, a, PORT, backlog=512)
@@ -276,8 +280,8 @@ class Origins:
         """Whether origin <a> was in one of <modes> at some time in
         [t0 - slack, t1] (monotonic)."""
         h = self.history[a]
-        for j, (ts, m) in enumerate(h):
-            end = h[j + 1][0] if j + 1 < len(h) else float("inf")
+        for j, (ts, _settled, m) in enumerate(h):
+            end = h[j + 1][1] if j + 1 < len(h) else float("inf")
             if m in modes and ts <= t1 and end >= t0 - slack:
                 return True
         return False
@@ -325,11 +329,12 @@ def test_chaos_origins(topo, balance, retries, n_backup, n_origins):
                     if new != orgs.mode[a]:
                         changes[a] = (orgs.mode[a], new)
             text = nft.script(changes)
+            start = time.monotonic() - base
             await loop.run_in_executor(None, nft.apply, text)
             now = time.monotonic() - base
             for a, (_old, new) in changes.items():
                 orgs.mode[a] = new
-                orgs.history[a].append((now, new))
+                orgs.history[a].append((start, now, new))
                 stats[f"mode_{new}"] = stats.get(f"mode_{new}", 0) + 1
 
     async def main():
