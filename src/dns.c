@@ -151,7 +151,7 @@ static void *dns_main(void *arg)
 	struct dns *d = arg;
 
 	for (;;) {
-		uint64_t now = mono_ms(), next = UINT64_MAX;
+		uint64_t now = mono_ms(), start = now, next = UINT64_MAX;
 		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
 		void *memo = NULL; /* this round's answers, shared by its apps */
 		int timeout;
@@ -160,9 +160,20 @@ static void *dns_main(void *arg)
 			if (!d->due[i])
 				continue;
 			if (d->due[i] <= now) {
+				uint64_t every = d->apps[i].app->dns_refresh_ms;
+
 				refresh_app(&d->apps[i], &memo);
 				now = mono_ms();
-				d->due[i] = now + d->apps[i].app->dns_refresh_ms;
+				/* From the round's start, not from this app's
+				 * lookup: apps due together stay due together, so
+				 * a name they share is looked up once a round. If
+				 * dating from each lookup's end, their due times
+				 * drift apart by the round's length, and rounds
+				 * split (seen under ThreadSanitizer). But never
+				 * due again at once after a round longer than the
+				 * interval.
+				 */
+				d->due[i] = start + every > now ? start + every : now + every;
 			}
 			if (d->due[i] < next)
 				next = d->due[i];
