@@ -1121,10 +1121,7 @@ static void check_origin_loops(struct loader *ld, bool names)
 			const struct cfg_origin *o = &c->apps[a].origins[i];
 
 			if (o->is_name == names)
-				cap += o->n_addrs *
-				       (o->port_mode == CFG_PORT_FIXED || !c->apps[a].n_ports
-					    ? 1
-					    : c->apps[a].n_ports);
+				cap += o->n_addrs * cfg_dial_ranges(&c->apps[a], o);
 		}
 	if (!cap)
 		return;
@@ -1150,19 +1147,12 @@ static void check_origin_loops(struct loader *ld, bool names)
 				uint16_t port;
 
 				addr_from_sa((const struct sockaddr *)&o->addrs[j], &ad, &port);
-				for (r = 0; r < app->n_ports; r++) {
+				for (r = 0; r < cfg_dial_ranges(app, o); r++) {
 					struct loop_org *x = &w.v[w.n++];
 
 					x->key = addr_key(&ad);
 					x->o = o;
-					if (o->port_mode == CFG_PORT_FIXED) {
-						x->lo = x->hi = o->port;
-						break;
-					}
-					x->lo = o->port_mode == CFG_PORT_MAP ? o->port
-									     : app->ports[r].lo;
-					x->hi = (uint16_t)(x->lo +
-							   (app->ports[r].hi - app->ports[r].lo));
+					cfg_dial_range(app, o, r, &x->lo, &x->hi);
 				}
 			}
 		}

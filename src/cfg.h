@@ -135,6 +135,32 @@ struct cfg_app {
 	uint32_t max_conns;		  /* apps[].max_conns; 0 = no app limit */
 };
 
+/* The ports origin <o> of <app> may be dialed on, as ranges: one for a
+ * fixed port or a mapped range, the app's own for an origin without a port.
+ */
+static inline size_t cfg_dial_ranges(const struct cfg_app *app, const struct cfg_origin *o)
+{
+	return o->port_mode == CFG_PORT_DIALED ? app->n_ports : 1;
+}
+
+/* Range <r> (below cfg_dial_ranges) of those ports, inclusive. */
+static inline void cfg_dial_range(const struct cfg_app *app, const struct cfg_origin *o, size_t r,
+				  uint16_t *lo, uint16_t *hi)
+{
+	switch (o->port_mode) {
+	case CFG_PORT_FIXED:
+		*lo = *hi = o->port;
+		break;
+	case CFG_PORT_MAP: /* the app has one range, of the origin's range's size */
+		*lo = o->port;
+		*hi = (uint16_t)(o->port + (app->ports[0].hi - app->ports[0].lo));
+		break;
+	default:
+		*lo = app->ports[r].lo;
+		*hi = app->ports[r].hi;
+	}
+}
+
 struct cfg {
 	int refs; /* atomic; see cfg_ref/cfg_unref */
 	char *path;

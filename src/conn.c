@@ -216,25 +216,16 @@ static uint64_t last_loop_log;
  */
 static bool origin_may_loop(const struct conn *c, const struct origin *o)
 {
-	const struct cfg_app *app = c->app;
-	const struct rt *rt = c->w->cfg->rt;
 	struct in6_addr a;
-	uint16_t port;
+	uint16_t lo, hi;
 
-	addr_from_sa((const struct sockaddr *)&o->addr, &a, &port);
-	switch (o->co->port_mode) {
-	case CFG_PORT_FIXED:
-		return rt_first_claimed(rt, &a, port, port) != 0;
-	case CFG_PORT_MAP:
-		return rt_first_claimed(
-			   rt, &a, o->co->port,
-			   (uint16_t)(o->co->port + (app->ports[0].hi - app->ports[0].lo))) != 0;
-	default:
-		for (size_t r = 0; r < app->n_ports; r++)
-			if (rt_first_claimed(rt, &a, app->ports[r].lo, app->ports[r].hi))
-				return true;
-		return false;
+	addr_from_sa((const struct sockaddr *)&o->addr, &a, &lo);
+	for (size_t r = 0; r < cfg_dial_ranges(c->app, o->co); r++) {
+		cfg_dial_range(c->app, o->co, r, &lo, &hi);
+		if (rt_first_claimed(c->w->cfg->rt, &a, lo, hi))
+			return true;
 	}
+	return false;
 }
 
 /* Whether <o> is a host name whose address, on the port <c> would dial it
