@@ -7,6 +7,7 @@ Stdlib only (Debian's /usr/bin/python3).
 """
 
 import calendar
+import contextlib
 import ctypes
 import os
 import re
@@ -332,6 +333,19 @@ def fmt_hostport(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+DIAG_RX = re.compile(r"^\S+ (error|warn) ")
+
+
+def chaos_seed(test, default):
+    """The seed of a randomized test: $CHAOS_SEED (decimal or 0x...), else
+    <default>. Printed: pytest shows it with a failure, so the run can be
+    replayed."""
+    s = os.environ.get("CHAOS_SEED", "").strip()
+    seed = int(s, 0) if s else default
+    print(f"{test}: CHAOS_SEED={seed}")
+    return seed
+
+
 class Prism(Proc):
     """prism run -c CFG in a namespace; collects access-log lines."""
 
@@ -374,6 +388,32 @@ class Prism(Proc):
 
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def wait_fds(self, most, timeout=5):
+        """Waits until prism holds at most <most> fds (polling /proc: no
+        event tells); asserts it, with the fds it holds."""
+        deadline = time.monotonic() + timeout
+        while self.fd_count() > most and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.fd_count() <= most, (most, sorted(os.listdir(f"/proc/{self.pid}/fd")))
+
+    def diagnostics(self, expected=()):
+        """prism's warning and error lines on stderr ("TIME LEVEL message"),
+        but those that match a regex of <expected>."""
+        return [ln for ln in self.err if DIAG_RX.match(ln)
+                and not any(re.search(a, ln) for a in expected)]
+
+    @contextlib.contextmanager
+    def paused(self):
+        """prism stopped (SIGSTOP) for the block, every thread of it: the
+        kernel tells the parent, this process, once they all are."""
+        self.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(self.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+        try:
+            yield
+        finally:
+            self.send_signal(signal.SIGCONT)
 
     def _listeners(self):
         """(family, port, accept queue) of each TCP socket in LISTEN state in

@@ -11,6 +11,7 @@ Also runnable as a process (e.g. under `ip netns exec`):
 """
 
 import asyncio
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -19,7 +20,9 @@ import random
 import socket
 import struct
 import sys
+import termios
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,6 +130,21 @@ def outcome(s, timeout):
     except (socket.timeout, TimeoutError):
         return "timeout"
     return "data" if b else "eof"
+
+
+def unacked(s):
+    """Bytes in <s>'s send queue that its peer has not acknowledged."""
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def wait_acked(s, timeout=5):
+    """Waits until the peer of <s> acknowledged all it was sent, i.e. the
+    bytes are in its socket: no event tells, so the kernel's count is
+    polled."""
+    deadline = time.monotonic() + timeout
+    while unacked(s):
+        assert time.monotonic() < deadline, f"{unacked(s)} bytes not acknowledged"
+        time.sleep(0.001)
 
 
 def set_linger0(s):

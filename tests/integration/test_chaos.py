@@ -25,17 +25,13 @@ test_chaos_relay, $CHAOS_WMEM the edge's net.ipv4.tcp_wmem for it.
 
 import asyncio
 import errno
-import fcntl
 import hashlib
 import os
 import random
-import re
 import select
-import signal
 import socket
 import struct
 import sys
-import termios
 import threading
 import time
 
@@ -58,14 +54,6 @@ PORT_SMALL = 7301
 DEFAULT_SEED = 20250611
 
 
-def _seed(test):
-    s = os.environ.get("CHAOS_SEED", "").strip()
-    seed = int(s, 0) if s else DEFAULT_SEED
-    # Shown with the failure (pytest prints captured output), and in -s runs.
-    print(f"{test}: CHAOS_SEED={seed}")
-    return seed
-
-
 CFG = f"""\
 listen: {{workers: 2}}
 timeouts: {{connect: 3s, idle: 60s}}
@@ -83,16 +71,8 @@ apps:
 EDGES = ("192.0.2.1", "192.0.2.5", "192.0.2.17", "192.0.2.42", "192.0.2.64", "192.0.2.99",
          "192.0.2.126")
 
-# prism's diagnostics on stderr: "TIME LEVEL message".
-DIAG_RX = re.compile(r"^\S+ (error|warn) ")
 # Said at start-up about the host, not about the relay.
 EXPECTED_DIAG = (r" warn net\.ipv4\.tcp_tw_reuse is ",)
-
-
-def _diagnostics(prism):
-    """prism's warning and error lines, but for the expected ones."""
-    return [ln for ln in prism.err
-            if DIAG_RX.match(ln) and not any(re.search(a, ln) for a in EXPECTED_DIAG)]
 
 
 def _count(stats, key, n=1):
@@ -483,7 +463,7 @@ def test_chaos_relay(topo):
     reset, after everything the resetting side sent; no connection waits
     for a timeout; prism logs no warning or error."""
     t = topo
-    seed = _seed("test_chaos_relay")
+    seed = nstopo.chaos_seed("test_chaos_relay", DEFAULT_SEED)
     n_conns = int(os.environ.get("CHAOS_CONNS", "160"))
     rng = random.Random(seed)
     pool = Pool(rng.getrandbits(64))
@@ -588,7 +568,7 @@ def test_chaos_relay(topo):
     assert not slow, slow[:5]
 
     assert prism.alive()
-    diag = _diagnostics(prism)
+    diag = prism.diagnostics(EXPECTED_DIAG)
     assert not diag, diag[:10]
 
     total = sum(p.c2o.total + p.o2c.total for p in plans)
@@ -726,7 +706,7 @@ def test_chaos_urgent(topo, direction):
     urgent ones in their place) reaches the receiver, in order, before the
     EOF."""
     t = topo
-    seed = _seed(f"test_chaos_urgent[{direction}]")
+    seed = nstopo.chaos_seed(f"test_chaos_urgent[{direction}]", DEFAULT_SEED)
     rng = random.Random(seed ^ (0x5eed if direction == "c2o" else 0x5eed02))
     pool = Pool(rng.getrandbits(64))
     prism = t.start_prism(CFG)
@@ -736,15 +716,10 @@ def test_chaos_urgent(topo, direction):
         wrong += _urgent_conns(t, prism, rng, pool, direction == "c2o", 8, stats)
     assert not wrong, f"seed {seed}: {len(wrong)} wrong:\n" + "\n".join(wrong[:10])
     assert prism.alive()
-    diag = _diagnostics(prism)
+    diag = prism.diagnostics(EXPECTED_DIAG)
     assert not diag, diag[:10]
     sys.stderr.write(f"\ntest_chaos_urgent[{direction}]: seed {seed}: 24 connections, "
                      f"{stats}\n")
-
-
-def _unacked(s):
-    """Bytes in <s>'s send queue that its peer has not acknowledged."""
-    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def test_origin_urgent_byte_then_another(topo):
@@ -765,25 +740,12 @@ def test_origin_urgent_byte_then_another(topo):
     o.sendall(b"hello")
     assert peers.recv_exact(c, 5) == b"hello"
 
-    def acked():
-        # A byte is in prism's socket once acknowledged. No event says so:
-        # poll the kernel's count (bounded).
-        end = time.monotonic() + 5
-        while _unacked(o) and time.monotonic() < end:
-            time.sleep(0.001)
-        assert _unacked(o) == 0
-
-    prism.send_signal(signal.SIGSTOP)
-    # Stopped once every thread is (the kernel tells the parent, us).
-    _, status = os.waitpid(prism.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status), status
-    try:
+    # A byte is in prism's socket once acknowledged (peers.wait_acked).
+    with prism.paused():
         o.send(b"A", socket.MSG_OOB)
-        acked()  # and not in one segment with B, under B's urgent pointer
+        peers.wait_acked(o)  # and not in one segment with B, under B's urgent pointer
         o.send(b"B", socket.MSG_OOB)
-        acked()
-    finally:
-        prism.send_signal(signal.SIGCONT)
+        peers.wait_acked(o)
     o.sendall(b"rest")
     o.shutdown(socket.SHUT_WR)
     got = peers.recv_all(c)

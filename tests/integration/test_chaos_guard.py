@@ -41,6 +41,7 @@ import struct
 import sys
 import time
 
+import nstopo
 import peers
 from nstopo import CLIENT4, ORIGIN4, log_time, parse_access
 from test_balance import add_addrs
@@ -57,18 +58,10 @@ ECHO_TIMEOUT = 4.0
 REFUSED = ("source_limit", "rate_limit", "shed")
 SLACK_MS = 25
 
-DIAG_RX = re.compile(r"^\S+ (error|warn) ")
 EXPECTED_DIAG = (r" warn net\.ipv4\.tcp_tw_reuse is ",
                  r" warn source \S+ banned for 1s: \d+ limit violations within 2s \(app [ab]\)")
 BANNED_RX = re.compile(r" warn source (\S+) banned for ")
 UNBANNED_RX = re.compile(r" info source (\S+) unbanned ")
-
-
-def _seed(test):
-    s = os.environ.get("CHAOS_SEED", "").strip()
-    seed = int(s, 0) if s else DEFAULT_SEED
-    print(f"{test}: CHAOS_SEED={seed}")
-    return seed
 
 
 def _cfg(p, rate, app_cap, proc_cap):
@@ -183,7 +176,7 @@ def _interval(d):
 
 def test_chaos_guard(topo):
     t = topo
-    seed = _seed("test_chaos_guard")
+    seed = nstopo.chaos_seed("test_chaos_guard", DEFAULT_SEED)
     rng = random.Random(seed)
     p = rng.randint(2, 3)
     rate = rng.randint(2 * p + 1, 3 * p)
@@ -400,13 +393,9 @@ def test_chaos_guard(topo):
     assert held == ["echo"] * proc_cap and r_extra == ["shed"], (seed, held, r_extra)
 
     # No fd left behind, nothing unexpected logged.
-    deadline = time.monotonic() + 5
-    while prism.fd_count() > fd0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling /proc: no event for it
-    assert prism.fd_count() <= fd0, (fd0, sorted(os.listdir(f"/proc/{prism.pid}/fd")))
+    prism.wait_fds(fd0)
     assert prism.alive()
-    diag = [ln for ln in prism.err
-            if DIAG_RX.match(ln) and not any(re.search(a, ln) for a in EXPECTED_DIAG)]
+    diag = prism.diagnostics(EXPECTED_DIAG)
     assert not diag, diag[:10]
     sys.stderr.write(f"\ntest_chaos_guard: seed {seed}: p={p} rate={rate}/s app_cap={app_cap} "
                      f"proc_cap={proc_cap}: {len(conns)} connections; "

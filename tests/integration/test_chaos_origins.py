@@ -23,15 +23,12 @@ set (decimal or 0x...); a failure is reproduced with the seed it printed.
 """
 
 import asyncio
-import fcntl
 import os
 import random
 import re
-import signal
 import socket
 import struct
 import sys
-import termios
 import time
 
 import pytest
@@ -52,8 +49,6 @@ FAILURES = 2
 CLIENT_TIMEOUT = 6.0
 NFT_TABLE = "ptchaoso"
 
-# prism's diagnostics on stderr: "TIME LEVEL message".
-DIAG_RX = re.compile(r"^\S+ (error|warn) ")
 EXPECTED_DIAG = (r" warn net\.ipv4\.tcp_tw_reuse is ",
                  r" warn app co: origin \S+ is out for ")
 
@@ -64,18 +59,6 @@ MODES = (("healthy", 34), ("refuse", 14), ("hole", 10), ("reset", 12), ("reset_b
          ("fin", 10), ("slow", 12))
 NFT_MODES = ("refuse", "hole")
 FAIL_REASONS = ("origin_refused", "connect_timeout", "origin_unreachable", "no_origin")
-
-
-def _seed(test):
-    s = os.environ.get("CHAOS_SEED", "").strip()
-    seed = int(s, 0) if s else DEFAULT_SEED
-    print(f"{test}: CHAOS_SEED={seed}")
-    return seed
-
-
-def _diagnostics(prism):
-    return [ln for ln in prism.err
-            if DIAG_RX.match(ln) and not any(re.search(a, ln) for a in EXPECTED_DIAG)]
 
 
 def _tag(k):
@@ -296,7 +279,7 @@ PARAMS = [("round_robin", 2, 1, 5), ("least_conn", 1, 2, 6), ("source_hash", 3, 
 def test_chaos_origins(topo, balance, retries, n_backup, n_origins):
     t = topo
     name = f"test_chaos_origins[{balance}]"
-    seed = _seed(name)
+    seed = nstopo.chaos_seed(name, DEFAULT_SEED)
     rng = random.Random(f"{seed}-{balance}")
     n_conns = int(os.environ.get("CHAOS_CONNS", "240"))
     wave = 12
@@ -444,12 +427,9 @@ def test_chaos_origins(topo, balance, retries, n_backup, n_origins):
     assert sum(syns.values()) <= n_conns * (retries + 1), (syns, n_conns)
 
     # No fd left behind once every connection is gone.
-    deadline = time.monotonic() + 5
-    while prism.fd_count() > fd0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling /proc: no event for it
-    assert prism.fd_count() <= fd0, (fd0, sorted(os.listdir(f"/proc/{prism.pid}/fd")))
+    prism.wait_fds(fd0)
     assert prism.alive()
-    diag = _diagnostics(prism)
+    diag = prism.diagnostics(EXPECTED_DIAG)
     assert not diag, diag[:10]
     accepted = {a: orgs.accepted[a] for a in addrs}
     sys.stderr.write(f"\n{name}: seed {seed}: {n_conns} connections, {took:.1f} s; "
@@ -479,11 +459,6 @@ def _prism_conns_to(prism, addr, port):
         return [ln.split()[3] for ln in f.readlines()[1:] if ln.split()[2] == want]
 
 
-def _unacked(s):
-    """Bytes in <s>'s send queue that its peer has not acknowledged."""
-    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-
-
 @pytest.mark.parametrize("banner", [b"", b"hello"])
 def test_origin_reset_before_connect_seen(topo, banner):
     """The origin completes the handshake, maybe sends a few bytes, and
@@ -510,26 +485,18 @@ def test_origin_reset_before_connect_seen(topo, banner):
         assert time.monotonic() < deadline, "prism never dialed the origin"
         time.sleep(0.01)
     mark = len(prism.err)
-    prism.send_signal(signal.SIGSTOP)
-    _, status = os.waitpid(prism.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status), status
-    try:
+    with prism.paused():
         nft.apply(nft.script({a: ("hole", "healthy")}))
         o = lis.accept(timeout=5)  # the kernel's SYN retransmit, ~1 s later
         if banner:
             o.sendall(banner)
-            deadline = time.monotonic() + 5
-            while _unacked(o):  # in prism's socket: no event tells
-                assert time.monotonic() < deadline, "prism's kernel never acked"
-                time.sleep(0.01)
+            peers.wait_acked(o)  # in prism's socket
         peers.set_linger0(o)
         o.close()  # RST
         deadline = time.monotonic() + 5
         while _prism_conns_to(prism, a, PORT):  # the RST closed prism's socket
             assert time.monotonic() < deadline, _prism_conns_to(prism, a, PORT)
             time.sleep(0.01)
-    finally:
-        prism.send_signal(signal.SIGCONT)
     got = b""
     c.settimeout(5)
     try:

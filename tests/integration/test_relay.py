@@ -4,14 +4,11 @@ concurrent connections with half-closes, and the ways a connection ends
 counts and reasons checked against what the peers saw."""
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import random
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 
@@ -338,11 +335,6 @@ def _fill_until_stalled(s, limit=256 << 20, deadline=20):
     return sent
 
 
-def _unacked(s):
-    """Bytes in <s>'s send queue that its peer has not acknowledged."""
-    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-
-
 def test_reset_while_the_other_side_is_full(topo):
     """A peer that resets while its bytes wait for the other peer, which
     is not reading: prism has acknowledged those bytes, and the other
@@ -361,7 +353,7 @@ def test_reset_while_the_other_side_is_full(topo):
         o = ls.accept(timeout=5)
         quits, other = (c, o) if who == "client" else (o, c)
         port = _client_port(c)
-        acked = _fill_until_stalled(quits) - _unacked(quits)
+        acked = _fill_until_stalled(quits) - peers.unacked(quits)
         peers.set_linger0(quits)
         quits.close()
         got, end = 0, None
