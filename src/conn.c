@@ -27,6 +27,9 @@
 
 #define SPLICE_LEN  PIPE_SIZE	   /* as much as the pipe takes */
 #define FALLBACK_SZ WORKER_SCRATCH /* read/write buffer when no pipe can be had */
+/* What a socket is registered for, edge-triggered; IO_READ not while muted. */
+#define IO_READ	  (EPOLLIN | EPOLLRDHUP | EPOLLPRI)
+#define IO_EVENTS (IO_READ | EPOLLOUT | EPOLLET)
 
 static const char *const reason_names[CR__COUNT] = {
     [CR_NONE] = "none",
@@ -433,7 +436,7 @@ static int origin_try(struct conn *c)
 	c->org.fd = ofd;
 	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = false;
 
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET};
+	struct epoll_event ev = {.events = IO_EVENTS};
 	ev.data.ptr = &c->org;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ofd, &ev) == -1) {
 		err = errno;
@@ -538,7 +541,7 @@ int conn_accept(struct worker *w, int fd, const struct sockaddr *client,
 	 * directions; readiness is cached in c->cli/c->org from then on.
 	 * While connecting, client readiness is only recorded.
 	 */
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET};
+	struct epoll_event ev = {.events = IO_EVENTS};
 	ev.data.ptr = &c->cli;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
 		int err = errno;
@@ -694,6 +697,28 @@ static enum pump_res io_failed(int err, enum pump_res reset)
 	return err == ENOMEM || err == ENOBUFS ? PUMP_NOMEM : reset;
 }
 
+/* Stops (or restarts) reporting <io>'s incoming data. A direction whose
+ * destination is full does not read its source until the pending bytes
+ * are taken (see pump), but every segment the source's peer sends
+ * meanwhile would still wake the worker, for nothing: in a bulk transfer
+ * to a slower origin, most of the worker's wake-ups (docs/benchmarks.md).
+ * So the first such wake-up (conn_io) mutes the source until the bytes are
+ * taken; EPOLLOUT stays, for the other direction. Restarting polls the
+ * socket (EPOLL_CTL_MOD does), so data, a FIN or urgent data that came
+ * meanwhile are reported then. Errors and hang-ups are reported even to a
+ * muted socket.
+ */
+static int io_mute(struct conn *c, struct io *io, bool mute)
+{
+	struct epoll_event ev = {.events = mute ? IO_EVENTS & ~IO_READ : IO_EVENTS};
+
+	ev.data.ptr = io;
+	if (epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, io->fd, &ev) == -1)
+		return -errno;
+	io->mute = mute;
+	return 0;
+}
+
 /* The first reads of a direction go through the worker's scratch buffer
  * with recv/send rather than through a pipe: for the small messages most
  * protocols exchange that is two syscalls instead of three (splice needs an
@@ -783,6 +808,8 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 			c->last_active = c->w->now;
 			continue;
 		}
+		if (src->mute && io_mute(c, src, false) < 0)
+			return PUMP_NOMEM;
 		if (h->eof || !src->rd) {
 			half_drop(c->w, h);
 			return PUMP_OK;
@@ -986,6 +1013,14 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		io->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		io->wr = true;
+	if ((events & EPOLLIN) && c->state == CS_RELAYING) {
+		struct half *h = io == &c->cli ? &c->c2o : &c->o2c;
+		const struct io *dst = io == &c->cli ? &c->org : &c->cli;
+
+		/* Woken for data that cannot be taken yet: see io_mute. */
+		if (h->pending && !dst->wr && !io->mute)
+			io_mute(c, io, true);
+	}
 	if (c->state == CS_FIRST_BYTE) {
 		if (io == &c->cli && c->cli.rd)
 			first_byte(c);

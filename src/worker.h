@@ -47,6 +47,7 @@ struct io {
 	bool wr : 1;	/* writable, likewise */
 	bool rdhup : 1; /* the peer's FIN (or an error) was reported */
 	bool urg : 1;	/* urgent data reported (EPOLLPRI): reads stop at its mark */
+	bool mute : 1;	/* not registered for reading: see io_mute */
 };
 
 /* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */

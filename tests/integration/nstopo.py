@@ -403,6 +403,32 @@ class Prism(Proc):
         return [ln for ln in self.err if DIAG_RX.match(ln)
                 and not any(re.search(a, ln) for a in expected)]
 
+    def _workers(self, what):
+        """<what> ("status" or "stat") of each of prism's worker threads."""
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/comm") as f:
+                    if not f.read().startswith("worker"):
+                        continue
+                with open(f"/proc/{self.pid}/task/{tid}/{what}") as f:
+                    yield f.read()
+            except FileNotFoundError:
+                continue  # a thread that just ended
+
+    def worker_sleeps(self):
+        """How many times prism's workers have gone to sleep (blocked in
+        epoll_wait: their voluntary context switches), all together."""
+        return sum(int(re.search(r"^voluntary_ctxt_switches:\s*(\d+)", st, re.M)[1])
+                   for st in self._workers("status"))
+
+    def wait_workers_asleep(self, timeout=5):
+        """Waits until every worker sleeps (state S): one that was woken is
+        runnable until it has handled its events and waits again."""
+        deadline = time.monotonic() + timeout
+        while any(st.rsplit(")", 1)[1].split()[0] != "S" for st in self._workers("stat")):
+            assert time.monotonic() < deadline, "a worker stays busy"
+            time.sleep(0.001)
+
     @contextlib.contextmanager
     def paused(self):
         """prism stopped (SIGSTOP) for the block, every thread of it: the
@@ -430,6 +456,16 @@ class Prism(Proc):
                 if parts[3] == "0A":  # rx_queue of a listener: its accept queue
                     yield (f, int(parts[1].rsplit(":", 1)[1], 16),
                            int(parts[4].split(":")[1], 16))
+
+    def recv_queue(self, peer_port):
+        """Bytes waiting to be read in the established TCP connection (IPv4)
+        in prism's namespace whose peer has port <peer_port>, or None."""
+        with open(f"/proc/{self.pid}/net/tcp") as fh:
+            for line in fh.readlines()[1:]:
+                parts = line.split()
+                if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == peer_port:
+                    return int(parts[4].split(":")[1], 16)
+        return None
 
     def listen_sockets(self, port):
         """{"tcp": n, "tcp6": m}: how many sockets listen on <port>."""

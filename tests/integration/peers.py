@@ -35,11 +35,13 @@ def family_of(addr):
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def connect(ns, addr, port, timeout=5.0, src_port=None):
+def connect(ns, addr, port, timeout=5.0, src_port=None, rcvbuf=None):
     """A blocking TCP connection from namespace <ns>; socket timeout <timeout>."""
     s = nstopo.ns_socket(ns, family_of(addr)) if ns else socket.socket(family_of(addr))
     try:
         s.settimeout(timeout)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if src_port:
             s.bind(("", src_port))
         s.connect((addr, port))

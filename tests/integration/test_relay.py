@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import nstopo
 import peers
 from nstopo import CLIENT4, ORIGIN4
@@ -374,6 +376,70 @@ def test_reset_while_the_other_side_is_full(topo):
         assert end == "reset", (who, end, got)
         assert relayed == acked, (who, relayed, acked)
         assert acked - wmem_max <= got <= acked, (who, got, acked, wmem_max)
+
+
+@pytest.mark.parametrize("sender", ["client", "origin"])
+def test_full_receiver_does_not_wake_prism_for_each_segment(topo, sender):
+    """While a direction's bytes wait for a peer that does not read, prism
+    does not read their source either (backpressure), so the data the
+    sender keeps sending must not wake prism each time it arrives: in a
+    bulk transfer to a slower origin such wake-ups were most of prism's.
+    Once the receiver reads, everything arrives, in order."""
+    t = topo
+    prism = t.start_prism(CFG)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    small = 4096  # the receiver's buffer: fills sooner
+    if sender == "client":
+        ls.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
+    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5,
+                      rcvbuf=small if sender == "origin" else None)
+    o = ls.accept(timeout=5)
+    port = _client_port(c)
+    s, r, queue_of = (c, o, port) if sender == "client" else (o, c, 7000)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    h = hashlib.sha256()
+    chunk = 16384  # over two segments: acknowledged at once, not delayed
+    sent = 0
+
+    def send_chunk(timeout=5):
+        """True once the chunk is in prism's socket and prism is done with
+        whatever its arrival woke (each arrival on its own), False if it is
+        not all in after <timeout> s."""
+        nonlocal sent
+        b = os.urandom(chunk)
+        s.sendall(b)
+        h.update(b)
+        sent += chunk
+        end = time.monotonic() + timeout
+        while peers.unacked(s):
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.001)
+        prism.wait_workers_asleep()
+        return True
+
+    # Until prism stops reading the sender (the receiver, which does not
+    # read, and prism's pipe towards it are full): three chunks in a row
+    # stay in prism's socket.
+    queued = [0]
+    while queued[-4:] != [queued[-1] - k * chunk for k in (3, 2, 1, 0)]:
+        assert sent < 64 * MiB, "prism never stopped reading the sender"
+        assert send_chunk(), "prism's receive buffer filled up at once"
+        queued.append(prism.recv_queue(queue_of) or 0)
+    sleeps, n = prism.worker_sleeps(), 0
+    while n < 24 and send_chunk(timeout=1):  # or prism's receive buffer is full
+        n += 1
+    woken = prism.worker_sleeps() - sleeps
+    assert n >= 8, n
+    assert woken <= n // 4, f"prism woke {woken} times for {n} arrivals it could not take"
+    s.shutdown(socket.SHUT_WR)
+    got, digest = _recv_hash(r)
+    assert (got, digest) == (sent, h.hexdigest())
+    c.close()
+    o.close()
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=5)
+    assert int(d["c2o" if sender == "client" else "o2c"]) == sent, d
 
 
 def _send_urgent(s, urgent, rest, fin=False):
