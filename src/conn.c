@@ -434,7 +434,7 @@ static int origin_try(struct conn *c)
 			return 0;
 	}
 	c->org.fd = ofd;
-	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = false;
+	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = c->org.mute = false;
 
 	struct epoll_event ev = {.events = IO_EVENTS};
 	ev.data.ptr = &c->org;
@@ -700,13 +700,14 @@ static enum pump_res io_failed(int err, enum pump_res reset)
 /* Stops (or restarts) reporting <io>'s incoming data. A direction whose
  * destination is full does not read its source until the pending bytes
  * are taken (see pump), but every segment the source's peer sends
- * meanwhile would still wake the worker, for nothing: in a bulk transfer
- * to a slower origin, most of the worker's wake-ups (docs/benchmarks.md).
- * So the first such wake-up (conn_io) mutes the source until the bytes are
- * taken; EPOLLOUT stays, for the other direction. Restarting polls the
- * socket (EPOLL_CTL_MOD does), so data, a FIN or urgent data that came
- * meanwhile are reported then. Errors and hang-ups are reported even to a
- * muted socket.
+ * meanwhile would still wake the worker, for nothing: in a 1-stream bulk
+ * transfer that outran the origin, most of the worker's wake-ups
+ * (docs/benchmarks.md, "Wake-ups while a destination is full"). So the
+ * first such wake-up (conn_io) mutes the source until the bytes are taken;
+ * EPOLLOUT stays, for the other direction. EPOLL_CTL_MOD polls the socket,
+ * so restarting reports the data, FIN or urgent data that came meanwhile
+ * (and muting reports EPOLLOUT once: a loop turn with nothing to do, but
+ * not a sleep). EPOLLERR and EPOLLHUP reach a muted socket too.
  */
 static int io_mute(struct conn *c, struct io *io, bool mute)
 {

@@ -5,8 +5,9 @@
  * That keeps epoll_ctl off the data path: a connection costs two
  * EPOLL_CTL_ADDs in its life (closing an fd removes it from the set), and
  * two EPOLL_CTL_MODs each time a destination stays full long enough for
- * its source to wake the worker for nothing (io_mute in conn.c). Listeners are level-triggered and
- * drained in bounded batches so one busy listener cannot starve established connections.
+ * its source to wake the worker for nothing (io_mute in conn.c). Listeners
+ * are level-triggered and drained in bounded batches so one busy listener
+ * cannot starve established connections.
  *
  * Balancing: which worker accepts a connection depends on hashing and on
  * who is awake (worker_share_listeners), so a burst of long-lived
