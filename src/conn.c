@@ -630,7 +630,8 @@ static void conn_timeout(struct timer *t)
 enum pump_res {
 	PUMP_OK = 0,	/* blocked on EAGAIN somewhere, or done */
 	PUMP_SRC_RESET, /* reading the source failed: it reset */
-	PUMP_DST_RESET, /* writing to the destination failed: it reset/closed */
+	PUMP_DST_RESET, /* writing to the destination failed */
+	PUMP_DST_GONE,	/* ... because it reset: its last bytes may wait (half_dst_gone) */
 	PUMP_NOMEM,	/* neither a pipe nor a buffer could be had */
 };
 
@@ -688,13 +689,26 @@ static ssize_t half_write(struct half *h, int fd)
 	return n == -1 ? -errno : n;
 }
 
+/* Whether a write that failed with <err> means the destination's peer reset
+ * (or its connection timed out): its socket is closed then, but still holds
+ * what the peer sent before, ahead of the error.
+ */
+static bool dst_gone_err(int err)
+{
+	return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT;
+}
+
 /* What a failed read or write of a socket ends the connection as: the
  * peer's reset (ECONNRESET, EPIPE, ETIMEDOUT...), unless the kernel ran out
  * of memory for it, which is this host's problem, not the peer's.
  */
 static enum pump_res io_failed(int err, enum pump_res reset)
 {
-	return err == ENOMEM || err == ENOBUFS ? PUMP_NOMEM : reset;
+	if (err == ENOMEM || err == ENOBUFS)
+		return PUMP_NOMEM;
+	if (reset == PUMP_DST_RESET && dst_gone_err(err))
+		return PUMP_DST_GONE;
+	return reset;
 }
 
 /* Stops (or restarts) reporting <io>'s incoming data. A direction whose
@@ -809,12 +823,12 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 			c->last_active = c->w->now;
 			continue;
 		}
-		if (src->mute && io_mute(c, src, false) < 0)
-			return PUMP_NOMEM;
 		if (h->eof || !src->rd) {
 			half_drop(c->w, h);
 			return PUMP_OK;
 		}
+		if (src->mute && io_mute(c, src, false) < 0)
+			return PUMP_NOMEM;
 		if (!h->bulk) {
 			if ((r = copy_small(c, h, src, dst)) != PUMP_OK)
 				return r;
@@ -877,9 +891,87 @@ static bool half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_
 	return (c->c2o.shut && c->o2c.shut) || shutdown(dst->fd, SHUT_WR) == 0;
 }
 
+/* The destination of <h> is gone: a write to it found its reset before
+ * its last bytes were read. Those bytes are still in its socket, ahead of
+ * the reset, as a direct peer would read them: the other direction,
+ * <back>, reads that socket to its end and then passes the reset on
+ * (relay_half). The failed write consumed the error, so those reads end
+ * in an EOF, which back->reset turns into the reset.
+ *
+ * <h> is dropped: what it holds is discarded, and what its source still
+ * sends is read and discarded too (half_discard), since nothing could take
+ * it. Not reading would let that peer block in a write and never read
+ * what <back> brings it: the connection would hang until the idle timeout.
+ */
+static void half_dst_gone(struct conn *c, struct half *h, struct half *back, struct io *src,
+			  struct io *dst)
+{
+	half_release(c->w, h, true);
+	h->pending = 0;
+	h->eof = h->shut = h->gone = true;
+	src->rd = true;
+	back->reset = true;
+	dst->rd = true;
+}
+
+/* Reads and discards what the source of a dropped direction sends (see
+ * half_dst_gone). Discarding is not activity: a peer that only sends into
+ * a dropped direction still meets the idle timeout.
+ */
+static enum pump_res half_discard(struct conn *c, struct io *src)
+{
+	ssize_t n;
+
+	if (src->mute && io_mute(c, src, false) < 0)
+		return PUMP_NOMEM;
+	while (src->rd) {
+		n = recv(src->fd, c->w->scratch, WORKER_SCRATCH, 0);
+		if (n > 0)
+			continue;
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno != EAGAIN)
+			return io_failed(errno, PUMP_SRC_RESET);
+		src->rd = false; /* EAGAIN, or its EOF: nothing more to discard */
+	}
+	return PUMP_OK;
+}
+
+/* Moves <h> (<src> to <dst>) and passes its FIN on. Returns false when
+ * that ended the connection.
+ */
+static bool relay_half(struct conn *c, struct half *h, struct io *src, struct io *dst,
+		       struct half *back)
+{
+	bool c2o = h == &c->c2o;
+	enum pump_res r = h->gone ? half_discard(c, src) : pump(c, h, src, dst);
+
+	if (r == PUMP_DST_GONE) {
+		half_dst_gone(c, h, back, src, dst);
+		/* At once: a muted source (io_mute) reports nothing until then. */
+		r = half_discard(c, src);
+	}
+	if (r == PUMP_NOMEM || r == PUMP_SRC_RESET || (h->reset && h->eof && !h->pending)) {
+		conn_finalize(c, r == PUMP_NOMEM ? CR_RESOURCE
+				 : c2o		 ? CR_CLIENT_RESET
+						 : CR_ORIGIN_RESET);
+		return false;
+	}
+	if (r == PUMP_DST_RESET ||
+	    !half_shut(c, h, dst, c2o ? CR_CLIENT_CLOSED : CR_ORIGIN_CLOSED)) {
+		/* An error that does not say the destination reset (or a
+		 * FIN that cannot be passed on): end at once, rather than
+		 * wait for a last word that may never end.
+		 */
+		conn_finalize(c, c2o ? CR_ORIGIN_RESET : CR_CLIENT_RESET);
+		return false;
+	}
+	return true;
+}
+
 static void relay(struct conn *c)
 {
-	enum pump_res r;
+	bool cli_reset = c->c2o.reset;
 
 	if (c->pp_off < c->pp_len) {
 		/* The PROXY header goes first, before any payload byte. */
@@ -893,30 +985,27 @@ static void relay(struct conn *c)
 
 		pp_encode(c->app->proxy_protocol, &c->client.sa, &c->edge.sa, pp, PP_MAX_LEN);
 		n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
-		if (n == -1) {
-			if (errno == EAGAIN) {
-				c->org.wr = false;
-				return;
-			}
+		if (n == -1 && errno == EAGAIN) {
+			c->org.wr = false;
+			return;
+		}
+		if (n == -1 && !dst_gone_err(errno)) {
 			conn_finalize(c, CR_ORIGIN_RESET);
 			return;
 		}
-		c->pp_off += (uint8_t)n;
-		if (c->pp_off < c->pp_len)
-			return;
+		if (n == -1) {
+			c->pp_off = c->pp_len;
+			half_dst_gone(c, &c->c2o, &c->o2c, &c->cli, &c->org);
+		} else {
+			c->pp_off += (uint8_t)n;
+			if (c->pp_off < c->pp_len)
+				return;
+		}
 	}
 
-	r = pump(c, &c->c2o, &c->cli, &c->org);
-	if (r == PUMP_SRC_RESET || r == PUMP_DST_RESET || r == PUMP_NOMEM) {
-		conn_finalize(c, r == PUMP_SRC_RESET   ? CR_CLIENT_RESET
-				 : r == PUMP_DST_RESET ? CR_ORIGIN_RESET
-						       : CR_RESOURCE);
+again:
+	if (!relay_half(c, &c->c2o, &c->cli, &c->org, &c->o2c))
 		return;
-	}
-	if (!half_shut(c, &c->c2o, &c->org, CR_CLIENT_CLOSED)) {
-		conn_finalize(c, CR_ORIGIN_RESET);
-		return;
-	}
 	if (c->ack_held && (c->c2o.bytes || c->pp_off || c->c2o.shut)) {
 		/* The handshake's ACK went out with these bytes. Staying in
 		 * delayed-ACK mode would also save our ACK of the origin's
@@ -930,24 +1019,15 @@ static void relay(struct conn *c)
 		setsockopt(c->org.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 		c->ack_held = false;
 	}
-
-	r = pump(c, &c->o2c, &c->org, &c->cli);
-	if (r == PUMP_SRC_RESET || r == PUMP_DST_RESET || r == PUMP_NOMEM) {
-		conn_finalize(c, r == PUMP_SRC_RESET   ? CR_ORIGIN_RESET
-				 : r == PUMP_DST_RESET ? CR_CLIENT_RESET
-						       : CR_RESOURCE);
+	if (!relay_half(c, &c->o2c, &c->org, &c->cli, &c->c2o))
 		return;
+	if (c->c2o.reset && !cli_reset) {
+		/* Writing to the client found its reset: its last bytes are
+		 * for the origin first (half_dst_gone), once more round.
+		 */
+		cli_reset = true;
+		goto again;
 	}
-	if (c->org_reset && c->o2c.eof && !c->o2c.pending) {
-		/* Not a FIN: the reset connected() found (see there). */
-		conn_finalize(c, CR_ORIGIN_RESET);
-		return;
-	}
-	if (!half_shut(c, &c->o2c, &c->cli, CR_ORIGIN_CLOSED)) {
-		conn_finalize(c, CR_CLIENT_RESET);
-		return;
-	}
-
 	if (c->c2o.shut && c->o2c.shut)
 		conn_finalize(c, c->first_close);
 }
@@ -973,10 +1053,10 @@ static void connected(struct conn *c, uint32_t events)
 		 * connection ends as origin_reset, as it does when the worker
 		 * is quicker. The bytes it sent before its reset are still in
 		 * the socket and are relayed first; reading SO_ERROR cleared
-		 * the error, so the reads end in an EOF, which relay() takes
-		 * for the reset (org_reset).
+		 * the error, so the reads end in an EOF, which relay_half()
+		 * takes for the reset (o2c.reset).
 		 */
-		c->org_reset = true;
+		c->o2c.reset = true;
 	} else if (!(events & EPOLLOUT)) {
 		return;
 	}

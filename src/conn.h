@@ -71,6 +71,8 @@ struct half {
 	bool bulk;	  /* a stream: splice, not the scratch-buffer copy */
 	bool eof;	  /* src sent FIN */
 	bool shut;	  /* FIN forwarded to dst */
+	bool reset;	  /* src reset: its EOF is passed on as a reset (relay_half) */
+	bool gone;	  /* dst reset: dropped, src read and discarded (half_dst_gone) */
 };
 
 struct conn {
@@ -95,8 +97,7 @@ struct conn {
 	enum conn_reason last_fail;	     /* reason of the last failed attempt */
 	bool guarded;			     /* counted by the guard: release at the end */
 	bool guard_tracked;		     /* ... and against its source (guard_admit) */
-	bool ack_held;	/* origin socket in delayed-ACK mode, see origin_connect */
-	bool org_reset; /* the origin reset before connected() ran: see there */
+	bool ack_held; /* origin socket in delayed-ACK mode, see origin_connect */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

@@ -378,6 +378,107 @@ def test_reset_while_the_other_side_is_full(topo):
         assert acked - wmem_max <= got <= acked, (who, got, acked, wmem_max)
 
 
+@pytest.mark.parametrize("who", ["client", "origin"])
+def test_reset_found_by_a_write_after_last_words(topo, who):
+    """A peer that sends its last bytes and resets while the other peer's
+    bytes are on their way to it: an HTTP server that answers 503 without
+    reading the request body and closes, or a client that gives up. prism
+    learns of the reset when it writes to that peer, before it has read
+    the peer's last bytes; it must still deliver them, then pass the reset
+    on, as a direct connection would (Linux reads out a reset socket's
+    queue before ECONNRESET)."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    port = _client_port(c)
+    c.sendall(b"hello")
+    assert peers.recv_exact(o, 5) == b"hello"
+    quits, other = (c, o) if who == "client" else (o, c)
+    with prism.paused():
+        # prism's worker sees the other peer's bytes first, and writing
+        # them finds the reset.
+        other.sendall(b"more of the request")
+        peers.wait_acked(other)
+        quits.sendall(b"last words")
+        peers.wait_acked(quits)
+        peers.set_linger0(quits)
+        quits.close()
+        deadline = time.monotonic() + 5
+        while prism.recv_queue(port if who == "client" else 7000) is not None:
+            assert time.monotonic() < deadline, "prism's socket did not take the reset"
+            time.sleep(0.001)
+    other.settimeout(5)
+    got, end = b"", None
+    try:
+        while True:
+            b = other.recv(65536)
+            if not b:
+                end = "eof"
+                break
+            got += b
+    except ConnectionResetError:
+        end = "reset"
+    other.close()
+    assert (got, end) == (b"last words", "reset")
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+    assert d["reason"] == f"{who}_reset", d
+    assert int(d["c2o" if who == "client" else "o2c"]) == len(
+        b"hello" + b"last words" if who == "client" else b"last words"), d
+
+
+def test_origin_reset_while_both_write(topo):
+    """An origin that writes a long answer without reading the request,
+    then resets, while the client writes its whole request before it
+    reads: prism finds the reset writing the request, delivers what the
+    origin sent before it (up to what prism's own send buffer holds when
+    the reset is passed on), and must not stop reading the client
+    meanwhile: the client would block in its write and never read, and
+    the connection would hang until the idle timeout."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t)
+    port = _client_port(c)
+    wmem_max = int(nstopo.run(nstopo.ns_exec(t.e, ["sysctl", "-n", "net.ipv4.tcp_wmem"]))
+                   .stdout.split()[2])
+    result = {}
+    c.settimeout(30)  # the request waits while the origin fills the way back
+    request = threading.Thread(target=_send_random, args=(c, 32 * MiB, result), daemon=True)
+    request.start()
+    answer = os.urandom(16 * MiB)
+    o.setblocking(False)
+    sent = 0
+    while sent < len(answer):  # until the client's side is full: it is not reading
+        _r, w, _x = select.select([], [o], [], 0.5)
+        if not w:
+            break
+        sent += o.send(answer[sent:])
+    assert sent < len(answer), "the answer should not fit in the buffers on the way"
+    acked = sent - peers.unacked(o)  # prism has these for sure; perhaps all it sent
+    peers.set_linger0(o)
+    o.close()
+    request.join(timeout=20)
+    assert not request.is_alive(), "the client's request never got through"
+    assert "send_error" not in result, result
+    got, end = b"", None
+    c.settimeout(5)
+    try:
+        while True:
+            b = c.recv(MiB)
+            if not b:
+                end = "eof"
+                break
+            got += b
+    except ConnectionResetError:
+        end = "reset"
+    c.close()
+    assert end == "reset"
+    assert got == answer[:len(got)]
+    assert acked - wmem_max <= len(got) <= sent, (len(got), acked, sent, wmem_max)
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+    assert d["reason"] == "origin_reset", d
+    assert acked <= int(d["o2c"]) <= sent, (d, acked, sent)
+
+
 @pytest.mark.parametrize("sender", ["client", "origin"])
 def test_full_receiver_does_not_wake_prism_for_each_segment(topo, sender):
     """While a direction's bytes wait for a peer that does not read, prism
