@@ -698,6 +698,18 @@ static bool dst_gone_err(int err)
 	return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT;
 }
 
+/* Whether passing a FIN on to <dst> failed because its peer reset: the
+ * reset's error is still pending then (shutdown does not take it), and
+ * reading it clears it, as a failed write does (half_dst_gone).
+ */
+static bool dst_reset_pending(struct io *dst)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	return getsockopt(dst->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && dst_gone_err(err);
+}
+
 /* What a failed read or write of a socket ends the connection as: the
  * peer's reset (ECONNRESET, EPIPE, ETIMEDOUT...), unless the kernel ran out
  * of memory for it, which is this host's problem, not the peer's.
@@ -872,9 +884,9 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 
 /* Forwards a FIN once a direction's source ended and its pipe drained.
  * Returns false when it could not (the destination is gone: ENOTCONN after
- * its reset), and the connection must end: the FIN would never arrive, and
- * a peer that waits for it would keep the connection open until the idle
- * timeout.
+ * its reset), and the connection must end (relay_half): the FIN would
+ * never arrive, and a peer that waits for it would keep the connection
+ * open until the idle timeout.
  */
 static bool half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_reason who)
 {
@@ -891,12 +903,13 @@ static bool half_shut(struct conn *c, struct half *h, struct io *dst, enum conn_
 	return (c->c2o.shut && c->o2c.shut) || shutdown(dst->fd, SHUT_WR) == 0;
 }
 
-/* The destination of <h> is gone: a write to it found its reset before
- * its last bytes were read. Those bytes are still in its socket, ahead of
+/* The destination of <h> is gone: a write to it (or the shutdown passing
+ * on a FIN, see dst_reset_pending) found its reset before its last bytes
+ * were read. Those bytes are still in its socket, ahead of
  * the reset, as a direct peer would read them: the other direction,
  * <back>, reads that socket to its end and then passes the reset on
- * (relay_half). The failed write consumed the error, so those reads end
- * in an EOF, which back->reset turns into the reset.
+ * (relay_half). The failed write (or getsockopt) consumed the error, so
+ * those reads end in an EOF, which back->reset turns into the reset.
  *
  * <h> is dropped: what it holds is discarded, and what its source still
  * sends is read and discarded too (half_discard), since nothing could take
@@ -946,6 +959,9 @@ static bool relay_half(struct conn *c, struct half *h, struct io *src, struct io
 	bool c2o = h == &c->c2o;
 	enum pump_res r = h->gone ? half_discard(c, src) : pump(c, h, src, dst);
 
+	if (r == PUMP_OK && !h->reset &&
+	    !half_shut(c, h, dst, c2o ? CR_CLIENT_CLOSED : CR_ORIGIN_CLOSED))
+		r = dst_reset_pending(dst) ? PUMP_DST_GONE : PUMP_DST_RESET;
 	if (r == PUMP_DST_GONE) {
 		half_dst_gone(c, h, back, src, dst);
 		/* At once: a muted source (io_mute) reports nothing until then. */
@@ -957,11 +973,9 @@ static bool relay_half(struct conn *c, struct half *h, struct io *src, struct io
 						 : CR_ORIGIN_RESET);
 		return false;
 	}
-	if (r == PUMP_DST_RESET ||
-	    !half_shut(c, h, dst, c2o ? CR_CLIENT_CLOSED : CR_ORIGIN_CLOSED)) {
-		/* An error that does not say the destination reset (or a
-		 * FIN that cannot be passed on): end at once, rather than
-		 * wait for a last word that may never end.
+	if (r == PUMP_DST_RESET) {
+		/* An error that does not say the destination reset: end at
+		 * once, rather than wait for a last word that may never end.
 		 */
 		conn_finalize(c, c2o ? CR_ORIGIN_RESET : CR_CLIENT_RESET);
 		return false;

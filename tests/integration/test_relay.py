@@ -378,15 +378,16 @@ def test_reset_while_the_other_side_is_full(topo):
         assert acked - wmem_max <= got <= acked, (who, got, acked, wmem_max)
 
 
+@pytest.mark.parametrize("how", ["write", "fin"])
 @pytest.mark.parametrize("who", ["client", "origin"])
-def test_reset_found_by_a_write_after_last_words(topo, who):
+def test_reset_found_by_a_write_after_last_words(topo, who, how):
     """A peer that sends its last bytes and resets while the other peer's
-    bytes are on their way to it: an HTTP server that answers 503 without
-    reading the request body and closes, or a client that gives up. prism
-    learns of the reset when it writes to that peer, before it has read
-    the peer's last bytes; it must still deliver them, then pass the reset
-    on, as a direct connection would (Linux reads out a reset socket's
-    queue before ECONNRESET)."""
+    bytes (or its FIN) are on their way to it: an HTTP server that answers
+    503 without reading the request body and closes, or a client that
+    gives up. prism learns of the reset when it writes (or passes the FIN)
+    to that peer, before it has read the peer's last bytes; it must still
+    deliver them, then pass the reset on, as a direct connection would
+    (Linux reads out a reset socket's queue before ECONNRESET)."""
     t = topo
     prism = t.start_prism(CFG)
     c, o = _pair(t)
@@ -395,9 +396,12 @@ def test_reset_found_by_a_write_after_last_words(topo, who):
     assert peers.recv_exact(o, 5) == b"hello"
     quits, other = (c, o) if who == "client" else (o, c)
     with prism.paused():
-        # prism's worker sees the other peer's bytes first, and writing
-        # them finds the reset.
-        other.sendall(b"more of the request")
+        # prism's worker sees the other peer's bytes (or FIN) first, and
+        # passing them on finds the reset.
+        if how == "write":
+            other.sendall(b"more of the request")
+        else:
+            other.shutdown(socket.SHUT_WR)
         peers.wait_acked(other)
         quits.sendall(b"last words")
         peers.wait_acked(quits)
@@ -436,7 +440,12 @@ def test_origin_reset_while_both_write(topo):
     the connection would hang until the idle timeout."""
     t = topo
     prism = t.start_prism(CFG)
-    c, o = _pair(t)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    # A small receive buffer: the client holds little of the answer, so
+    # prism cannot pass all of it on before the client reads.
+    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5, rcvbuf=4096)
+    o = ls.accept(timeout=5)
     port = _client_port(c)
     wmem_max = int(nstopo.run(nstopo.ns_exec(t.e, ["sysctl", "-n", "net.ipv4.tcp_wmem"]))
                    .stdout.split()[2])
@@ -444,15 +453,21 @@ def test_origin_reset_while_both_write(topo):
     c.settimeout(30)  # the request waits while the origin fills the way back
     request = threading.Thread(target=_send_random, args=(c, 32 * MiB, result), daemon=True)
     request.start()
-    answer = os.urandom(16 * MiB)
+    answer = os.urandom(64 * MiB)
     o.setblocking(False)
     sent = 0
-    while sent < len(answer):  # until the client's side is full: it is not reading
+    deadline = time.monotonic() + 20
+    # Until the way to the client is full: prism has stopped reading the
+    # origin, and holds more of the answer than the client's side can
+    # take (about 100 KiB here), so the answer cannot all be passed on
+    # before the client reads.
+    while True:
         _r, w, _x = select.select([], [o], [], 0.5)
-        if not w:
+        if not w and (prism.recv_queue(7000) or 0) >= 512 * 1024:
             break
-        sent += o.send(answer[sent:])
-    assert sent < len(answer), "the answer should not fit in the buffers on the way"
+        assert sent < len(answer) and time.monotonic() < deadline, sent
+        if w:
+            sent += o.send(answer[sent:])
     acked = sent - peers.unacked(o)  # prism has these for sure; perhaps all it sent
     peers.set_linger0(o)
     o.close()
