@@ -378,6 +378,19 @@ def test_reset_while_the_other_side_is_full(topo):
         assert acked - wmem_max <= got <= acked, (who, got, acked, wmem_max)
 
 
+def _read_to_end(s):
+    """What <s> receives until its end, and how it ended: "eof" or "reset"."""
+    got = b""
+    try:
+        while True:
+            b = s.recv(MiB)
+            if not b:
+                return got, "eof"
+            got += b
+    except ConnectionResetError:
+        return got, "reset"
+
+
 @pytest.mark.parametrize("how", ["write", "fin"])
 @pytest.mark.parametrize("who", ["client", "origin"])
 def test_reset_found_by_a_write_after_last_words(topo, who, how):
@@ -412,16 +425,7 @@ def test_reset_found_by_a_write_after_last_words(topo, who, how):
             assert time.monotonic() < deadline, "prism's socket did not take the reset"
             time.sleep(0.001)
     other.settimeout(5)
-    got, end = b"", None
-    try:
-        while True:
-            b = other.recv(65536)
-            if not b:
-                end = "eof"
-                break
-            got += b
-    except ConnectionResetError:
-        end = "reset"
+    got, end = _read_to_end(other)
     other.close()
     assert (got, end) == (b"last words", "reset")
     d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
@@ -474,17 +478,8 @@ def test_origin_reset_while_both_write(topo):
     request.join(timeout=20)
     assert not request.is_alive(), "the client's request never got through"
     assert "send_error" not in result, result
-    got, end = b"", None
     c.settimeout(5)
-    try:
-        while True:
-            b = c.recv(MiB)
-            if not b:
-                end = "eof"
-                break
-            got += b
-    except ConnectionResetError:
-        end = "reset"
+    got, end = _read_to_end(c)
     c.close()
     assert end == "reset"
     assert got == answer[:len(got)]
