@@ -999,21 +999,20 @@ static void relay(struct conn *c)
 
 		pp_encode(c->app->proxy_protocol, &c->client.sa, &c->edge.sa, pp, PP_MAX_LEN);
 		n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
-		if (n == -1 && errno == EAGAIN) {
-			c->org.wr = false;
-			return;
-		}
-		if (n == -1 && !dst_gone_err(errno)) {
-			conn_finalize(c, CR_ORIGIN_RESET);
-			return;
-		}
 		if (n == -1) {
+			if (errno == EAGAIN) {
+				c->org.wr = false;
+				return;
+			}
+			if (!dst_gone_err(errno)) {
+				conn_finalize(c, CR_ORIGIN_RESET);
+				return;
+			}
+			/* The origin's last bytes first, as for the payload. */
 			c->pp_off = c->pp_len;
 			half_dst_gone(c, &c->c2o, &c->o2c, &c->cli, &c->org);
-		} else {
-			c->pp_off += (uint8_t)n;
-			if (c->pp_off < c->pp_len)
-				return;
+		} else if ((c->pp_off += (uint8_t)n) < c->pp_len) {
+			return;
 		}
 	}
 

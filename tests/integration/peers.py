@@ -139,14 +139,21 @@ def unacked(s):
     return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
-def wait_acked(s, timeout=5):
-    """Waits until the peer of <s> acknowledged all it was sent, i.e. the
-    bytes are in its socket: no event tells, so the kernel's count is
-    polled."""
+def acked(s, timeout=5):
+    """Whether the peer of <s> acknowledges all it was sent, i.e. the bytes
+    are in its socket, within <timeout> s: no event tells, so the kernel's
+    count is polled."""
     deadline = time.monotonic() + timeout
     while unacked(s):
-        assert time.monotonic() < deadline, f"{unacked(s)} bytes not acknowledged"
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.001)
+    return True
+
+
+def wait_acked(s, timeout=5):
+    """Waits until the peer of <s> acknowledged all it was sent (acked)."""
+    assert acked(s, timeout), f"{unacked(s)} bytes not acknowledged"
 
 
 def set_linger0(s):

@@ -337,6 +337,19 @@ def _fill_until_stalled(s, limit=256 << 20, deadline=20):
     return sent
 
 
+def _read_to_end(s):
+    """What <s> receives until its end, and how it ended: "eof" or "reset"."""
+    got = b""
+    try:
+        while True:
+            b = s.recv(MiB)
+            if not b:
+                return got, "eof"
+            got += b
+    except ConnectionResetError:
+        return got, "reset"
+
+
 def test_reset_while_the_other_side_is_full(topo):
     """A peer that resets while its bytes wait for the other peer, which
     is not reading: prism has acknowledged those bytes, and the other
@@ -358,17 +371,9 @@ def test_reset_while_the_other_side_is_full(topo):
         acked = _fill_until_stalled(quits) - peers.unacked(quits)
         peers.set_linger0(quits)
         quits.close()
-        got, end = 0, None
         other.settimeout(5)
-        try:
-            while True:
-                b = other.recv(1 << 20)
-                if not b:
-                    end = "eof"
-                    break
-                got += len(b)
-        except ConnectionResetError:
-            end = "reset"
+        got, end = _read_to_end(other)
+        got = len(got)
         other.close()
         d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
         assert d["reason"] == f"{who}_reset", d
@@ -376,19 +381,6 @@ def test_reset_while_the_other_side_is_full(topo):
         assert end == "reset", (who, end, got)
         assert relayed == acked, (who, relayed, acked)
         assert acked - wmem_max <= got <= acked, (who, got, acked, wmem_max)
-
-
-def _read_to_end(s):
-    """What <s> receives until its end, and how it ended: "eof" or "reset"."""
-    got = b""
-    try:
-        while True:
-            b = s.recv(MiB)
-            if not b:
-                return got, "eof"
-            got += b
-    except ConnectionResetError:
-        return got, "reset"
 
 
 @pytest.mark.parametrize("how", ["write", "fin"])
@@ -522,11 +514,8 @@ def test_full_receiver_does_not_wake_prism_for_each_segment(topo, sender):
         s.sendall(b)
         h.update(b)
         sent += chunk
-        end = time.monotonic() + timeout
-        while peers.unacked(s):
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.001)
+        if not peers.acked(s, timeout):
+            return False
         prism.wait_workers_asleep()
         return True
 
