@@ -12,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "addr.h"
 #include "cfg.h"
@@ -69,6 +72,7 @@ static void close_reset(int fd)
 }
 
 static void origin_release(struct conn *c);
+static void linger_check(struct conn *c);
 
 /* "No local port left towards an origin": once a second for the process,
  * not once per worker (log_ratelimit is thread-safe).
@@ -110,6 +114,8 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 
 	if (c->state == CS_DEAD)
 		return;
+	if (c->state == CS_LINGER) /* whatever ends it: the reset it waited to pass on */
+		reason = (enum conn_reason)c->end_reason;
 	c->state = CS_DEAD;
 	timer_cancel(&w->timers, &c->timer);
 
@@ -616,6 +622,10 @@ static void conn_timeout(struct timer *t)
 		connect_failed(c, ETIMEDOUT, CR_CONNECT_TIMEOUT);
 		return;
 	}
+	if (c->state == CS_LINGER) {
+		linger_check(c);
+		return;
+	}
 	/* Activity does not move the timer (that would be a heap operation
 	 * per read); the timer checks when it fires and re-arms if needed.
 	 */
@@ -950,6 +960,110 @@ static enum pump_res half_discard(struct conn *c, struct io *src)
 	return PUMP_OK;
 }
 
+/* How often a lingering connection (CS_LINGER) asks the kernel how much its
+ * peer has yet to acknowledge: an ACK wakes nobody unless it frees a full
+ * send buffer, so the count is polled, less often the longer nothing moves.
+ */
+#define LINGER_POLL_MIN_MS 2
+#define LINGER_POLL_MAX_MS 100
+
+/* How many bytes (and a FIN) sent to <fd> its peer has yet to acknowledge,
+ * or 0 when it never will: the connection is closed (a reset), or the
+ * kernel cannot say. SIOCOUTQ alone does not tell: a reset socket keeps
+ * its count.
+ */
+static uint32_t sock_unacked(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int outq;
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1 || len < 1 ||
+	    ti.tcpi_state == TCP_CLOSE || ti.tcpi_state == TCP_TIME_WAIT ||
+	    ioctl(fd, SIOCOUTQ, &outq) == -1 || outq < 0)
+		return 0;
+	return (uint32_t)outq;
+}
+
+/* Ends the connection with a peer's reset (<reason>), which is passed on
+ * to the other peer through <to> (NULL: that peer is gone too) as an RST
+ * (conn_finalize). An RST makes the sending kernel drop what it still
+ * holds for that peer: bytes prism read and acknowledged before the reset
+ * came, and that a direct connection's receiver would read before its
+ * ECONNRESET. So while <to>'s peer has bytes to acknowledge, the
+ * connection lingers (CS_LINGER): the reset peer's socket is closed,
+ * what <to>'s peer still sends is read and discarded (as in a dropped
+ * direction, so that it does not block in a write and never read), and
+ * the RST goes once every byte is acknowledged, <to>'s peer resets or
+ * closes too, or nothing moved for the idle timeout.
+ */
+static void conn_pass_reset(struct conn *c, enum conn_reason reason, struct io *to)
+{
+	struct io *from;
+	uint32_t unacked = to ? sock_unacked(to->fd) : 0;
+
+	if (!unacked) {
+		conn_finalize(c, reason);
+		return;
+	}
+	from = to == &c->cli ? &c->org : &c->cli;
+	close(from->fd);
+	from->fd = -1;
+	half_release(c->w, &c->c2o, true);
+	half_release(c->w, &c->o2c, true);
+	c->state = CS_LINGER;
+	c->end_reason = (uint8_t)reason;
+	c->unacked = unacked;
+	c->last_active = c->w->now;
+	if (half_discard(c, to) != PUMP_OK)
+		conn_finalize(c, reason);
+	else
+		timer_set(&c->w->timers, &c->timer, c->w->now + LINGER_POLL_MIN_MS);
+}
+
+/* CS_LINGER: passes the reset on once nothing is left to acknowledge, or
+ * when nothing was acknowledged for the idle timeout; else polls again.
+ */
+static void linger_check(struct conn *c)
+{
+	struct io *to = c->cli.fd != -1 ? &c->cli : &c->org;
+	uint32_t unacked = sock_unacked(to->fd), idle = c->app->idle_timeout_ms;
+	uint64_t now = c->w->now, quiet, next;
+
+	if (unacked < c->unacked) {
+		c->unacked = unacked;
+		c->last_active = now;
+	}
+	quiet = now - c->last_active;
+	if (!unacked || (idle && quiet >= idle)) {
+		conn_finalize(c, CR_NONE); /* the reason is end_reason */
+		return;
+	}
+	next = quiet < LINGER_POLL_MIN_MS   ? LINGER_POLL_MIN_MS
+	       : quiet > LINGER_POLL_MAX_MS ? LINGER_POLL_MAX_MS
+					    : quiet;
+	if (idle && c->last_active + idle < now + next)
+		next = c->last_active + idle - now;
+	timer_set(&c->w->timers, &c->timer, now + next);
+}
+
+/* CS_LINGER: an event on the socket the reset waits to go through. */
+static void linger_io(struct conn *c, struct io *io, uint32_t events)
+{
+	if (io->fd == -1)
+		return; /* the reset peer's, closed: stale, from this epoll batch */
+	if (events & EPOLLERR) {
+		conn_finalize(c, CR_NONE); /* it reset too: nothing more arrives */
+		return;
+	}
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLPRI))
+		io->rd = true;
+	if (half_discard(c, io) != PUMP_OK)
+		conn_finalize(c, CR_NONE);
+	else
+		linger_check(c);
+}
+
 /* Moves <h> (<src> to <dst>) and passes its FIN on. Returns false when
  * that ended the connection.
  */
@@ -967,10 +1081,12 @@ static bool relay_half(struct conn *c, struct half *h, struct io *src, struct io
 		/* At once: a muted source (io_mute) reports nothing until then. */
 		r = half_discard(c, src);
 	}
-	if (r == PUMP_NOMEM || r == PUMP_SRC_RESET || (h->reset && h->eof && !h->pending)) {
-		conn_finalize(c, r == PUMP_NOMEM ? CR_RESOURCE
-				 : c2o		 ? CR_CLIENT_RESET
-						 : CR_ORIGIN_RESET);
+	if (r == PUMP_NOMEM) {
+		conn_finalize(c, CR_RESOURCE);
+		return false;
+	}
+	if (r == PUMP_SRC_RESET || (h->reset && h->eof && !h->pending)) {
+		conn_pass_reset(c, c2o ? CR_CLIENT_RESET : CR_ORIGIN_RESET, h->gone ? NULL : dst);
 		return false;
 	}
 	if (r == PUMP_DST_RESET) {
@@ -1099,6 +1215,10 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 {
 	if (c->state == CS_DEAD)
 		return; /* stale event from earlier in this epoll batch */
+	if (c->state == CS_LINGER) {
+		linger_io(c, io, events);
+		return;
+	}
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
 		io->rd = true;
 	if (events & EPOLLPRI)
@@ -1139,7 +1259,8 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		 * has acknowledged, and passing the reset on at once would
 		 * drop them.
 		 */
-		conn_finalize(c, io == &c->cli ? CR_CLIENT_RESET : CR_ORIGIN_RESET);
+		conn_pass_reset(c, io == &c->cli ? CR_CLIENT_RESET : CR_ORIGIN_RESET,
+				io == &c->cli ? &c->org : &c->cli);
 		return;
 	}
 	relay(c);

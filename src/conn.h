@@ -5,9 +5,11 @@
  *   the origin, connect timer) -> [PROXY header sent] -> RELAYING (two
  *   halves, client->origin and origin->client, each splicing through a pipe
  *   borrowed from the worker's pool only while bytes are in flight; idle
- *   timer) -> conn_finalize(reason): the single place a connection ends,
- *   which closes both sockets (RST where the reason calls for one), writes
- *   the access-log line and defers the free to the end of the loop turn.
+ *   timer) -> [LINGER: a peer's reset waits until the other peer has
+ *   acknowledged every byte prism sent it] -> conn_finalize(reason): the
+ *   single place a connection ends, which closes both sockets (RST where the
+ *   reason calls for one), writes the access-log line and defers the free to
+ *   the end of the loop turn.
  */
 #ifndef PRISM_CONN_H
 #define PRISM_CONN_H
@@ -54,6 +56,7 @@ enum conn_state {
 	CS_CONNECTING = 0,
 	CS_FIRST_BYTE, /* first_byte_timeout: waiting for the client to talk */
 	CS_RELAYING,
+	CS_LINGER, /* a reset to pass on waits until its bytes are acknowledged */
 	CS_DEAD,
 };
 
@@ -97,7 +100,9 @@ struct conn {
 	enum conn_reason last_fail;	     /* reason of the last failed attempt */
 	bool guarded;			     /* counted by the guard: release at the end */
 	bool guard_tracked;		     /* ... and against its source (guard_admit) */
-	bool ack_held; /* origin socket in delayed-ACK mode, see origin_connect */
+	bool ack_held;	    /* origin socket in delayed-ACK mode, see origin_connect */
+	uint8_t end_reason; /* CS_LINGER: the reset it passes on (conn_pass_reset) */
+	uint32_t unacked;   /* CS_LINGER: bytes the peer had yet to acknowledge */
 };
 
 /* Takes ownership of the accepted socket <fd> with peer <client> and

@@ -457,15 +457,28 @@ class Prism(Proc):
                     yield (f, int(parts[1].rsplit(":", 1)[1], 16),
                            int(parts[4].split(":")[1], 16))
 
-    def recv_queue(self, peer_port):
-        """Bytes waiting to be read in the established TCP connection (IPv4)
-        in prism's namespace whose peer has port <peer_port>, or None."""
+    def _queues(self, peer_port):
+        """(send queue, receive queue) of the established TCP connection
+        (IPv4) in prism's namespace whose peer has port <peer_port>, or
+        None: bytes sent and not yet acknowledged, bytes not yet read."""
         with open(f"/proc/{self.pid}/net/tcp") as fh:
             for line in fh.readlines()[1:]:
                 parts = line.split()
                 if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == peer_port:
-                    return int(parts[4].split(":")[1], 16)
+                    tx, rx = parts[4].split(":")
+                    return int(tx, 16), int(rx, 16)
         return None
+
+    def recv_queue(self, peer_port):
+        """Bytes waiting to be read in the established TCP connection (IPv4)
+        in prism's namespace whose peer has port <peer_port>, or None."""
+        q = self._queues(peer_port)
+        return q and q[1]
+
+    def send_queue(self, peer_port):
+        """Bytes that connection's peer has yet to acknowledge, or None."""
+        q = self._queues(peer_port)
+        return q and q[0]
 
     def listen_sockets(self, port):
         """{"tcp": n, "tcp6": m}: how many sockets listen on <port>."""
