@@ -962,10 +962,15 @@ static enum pump_res half_discard(struct conn *c, struct io *src)
 
 /* How often a lingering connection (CS_LINGER) asks the kernel how much its
  * peer has yet to acknowledge: an ACK wakes nobody unless it frees a full
- * send buffer, so the count is polled, less often the longer nothing moves.
+ * send buffer, so the count is polled. While it falls, at about the time
+ * the rest should be acknowledged at the rate so far; while it stands
+ * still, less often the longer that lasts. LINGER_QUIET_MS bounds the
+ * wait with nothing acknowledged when the app's idle timeout is off (0):
+ * the reset peer is gone, and nothing else would end it.
  */
 #define LINGER_POLL_MIN_MS 2
-#define LINGER_POLL_MAX_MS 100
+#define LINGER_POLL_MAX_MS 1000
+#define LINGER_QUIET_MS	   (5 * 60 * 1000)
 
 /* How many bytes (and a FIN) sent to <fd> its peer has yet to acknowledge,
  * or 0 when it never will: the connection is closed (a reset), or the
@@ -994,8 +999,9 @@ static uint32_t sock_unacked(int fd)
  * connection lingers (CS_LINGER): the reset peer's socket is closed,
  * what <to>'s peer still sends is read and discarded (as in a dropped
  * direction, so that it does not block in a write and never read), and
- * the RST goes once every byte is acknowledged, <to>'s peer resets or
- * closes too, or nothing moved for the idle timeout.
+ * the RST goes once every byte is acknowledged, <to>'s peer resets, or
+ * nothing was acknowledged for the idle timeout (LINGER_QUIET_MS without
+ * one). Whatever ends it then, it ends as this reset (conn_finalize).
  */
 static void conn_pass_reset(struct conn *c, enum conn_reason reason, struct io *to)
 {
@@ -1009,6 +1015,8 @@ static void conn_pass_reset(struct conn *c, enum conn_reason reason, struct io *
 	from = to == &c->cli ? &c->org : &c->cli;
 	close(from->fd);
 	from->fd = -1;
+	if (from == &c->org)
+		origin_release(c); /* balancing counts it no more */
 	half_release(c->w, &c->c2o, true);
 	half_release(c->w, &c->o2c, true);
 	c->state = CS_LINGER;
@@ -1027,23 +1035,28 @@ static void conn_pass_reset(struct conn *c, enum conn_reason reason, struct io *
 static void linger_check(struct conn *c)
 {
 	struct io *to = c->cli.fd != -1 ? &c->cli : &c->org;
-	uint32_t unacked = sock_unacked(to->fd), idle = c->app->idle_timeout_ms;
-	uint64_t now = c->w->now, quiet, next;
+	uint32_t unacked = sock_unacked(to->fd);
+	uint64_t now = c->w->now, quiet = now - c->last_active, limit, next;
 
-	if (unacked < c->unacked) {
+	limit = c->app->idle_timeout_ms ? c->app->idle_timeout_ms : LINGER_QUIET_MS;
+	if (unacked && unacked < c->unacked) {
+		/* The rest at the rate since the last progress. */
+		next = quiet * unacked / (c->unacked - unacked);
 		c->unacked = unacked;
 		c->last_active = now;
+		quiet = 0;
+	} else {
+		next = quiet;
 	}
-	quiet = now - c->last_active;
-	if (!unacked || (idle && quiet >= idle)) {
+	if (!unacked || quiet >= limit) {
 		conn_finalize(c, CR_NONE); /* the reason is end_reason */
 		return;
 	}
-	next = quiet < LINGER_POLL_MIN_MS   ? LINGER_POLL_MIN_MS
-	       : quiet > LINGER_POLL_MAX_MS ? LINGER_POLL_MAX_MS
-					    : quiet;
-	if (idle && c->last_active + idle < now + next)
-		next = c->last_active + idle - now;
+	next = next < LINGER_POLL_MIN_MS   ? LINGER_POLL_MIN_MS
+	       : next > LINGER_POLL_MAX_MS ? LINGER_POLL_MAX_MS
+					   : next;
+	if (next > limit - quiet)
+		next = limit - quiet;
 	timer_set(&c->w->timers, &c->timer, now + next);
 }
 

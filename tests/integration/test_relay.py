@@ -476,6 +476,19 @@ def test_origin_reset_while_both_write(topo):
     assert acked <= len(got) == int(d["o2c"]) <= sent, (len(got), d, acked, sent)
 
 
+def _pair_small_rcvbuf(t, edge, reader, small=4096):
+    """A connection through prism to <edge>:7000 whose <reader> ("client"
+    or "origin") has a <small> receive buffer, which fills at once.
+    Returns (client socket, origin socket, client port)."""
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    if reader == "origin":
+        ls.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
+    c = peers.connect(t.c, edge, 7000, timeout=5, rcvbuf=small if reader == "client" else None)
+    o = ls.accept(timeout=5)
+    return c, o, _client_port(c)
+
+
 @pytest.mark.parametrize("who", ["client", "origin"])
 def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
     """A peer resets while prism's last bytes for the other peer wait in
@@ -486,15 +499,7 @@ def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
     not block in its write."""
     t = topo
     prism = t.start_prism(CFG)
-    ls = peers.Listener(t.o, ORIGIN4, 7000)
-    t.on_teardown(ls.close)
-    small = 4096  # the non-reader's receive buffer: fills at once
-    if who == "client":
-        ls.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
-    c = peers.connect(t.c, "192.0.2.202", 7000, timeout=5,
-                      rcvbuf=small if who == "origin" else None)
-    o = ls.accept(timeout=5)
-    port = _client_port(c)
+    c, o, port = _pair_small_rcvbuf(t, "192.0.2.202", "origin" if who == "client" else "client")
     quits, other = (c, o) if who == "client" else (o, c)
     quits_port, other_port = (port, 7000) if who == "client" else (7000, port)
     sent = b""
@@ -540,15 +545,7 @@ def test_full_receiver_does_not_wake_prism_for_each_segment(topo, sender):
     Once the receiver reads, everything arrives, in order."""
     t = topo
     prism = t.start_prism(CFG)
-    ls = peers.Listener(t.o, ORIGIN4, 7000)
-    t.on_teardown(ls.close)
-    small = 4096  # the receiver's buffer: fills sooner
-    if sender == "client":
-        ls.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
-    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5,
-                      rcvbuf=small if sender == "origin" else None)
-    o = ls.accept(timeout=5)
-    port = _client_port(c)
+    c, o, port = _pair_small_rcvbuf(t, "192.0.2.10", "origin" if sender == "client" else "client")
     s, r, queue_of = (c, o, port) if sender == "client" else (o, c, 7000)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     h = hashlib.sha256()
