@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import select
+import signal
 import socket
 import threading
 import time
@@ -489,17 +490,13 @@ def _pair_small_rcvbuf(t, edge, reader, small=4096):
     return c, o, _client_port(c)
 
 
-@pytest.mark.parametrize("who", ["client", "origin"])
-def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
-    """A peer resets while prism's last bytes for the other peer wait in
-    prism's send buffer, and the other peer takes nothing: the reset waits
-    for them (see test_reset_while_the_other_side_is_full), but not
-    forever: nothing acknowledged for the idle timeout passes it on anyway.
-    Meanwhile what the other peer sends is read and discarded, so it does
-    not block in its write."""
-    t = topo
-    prism = t.start_prism(CFG)
-    c, o, port = _pair_small_rcvbuf(t, "192.0.2.202", "origin" if who == "client" else "client")
+def _reset_while_prism_holds_bytes(t, prism, edge, who):
+    """Sets up a reset that must wait (CS_LINGER): <who> ("client" or
+    "origin") sends while the other peer, with a small receive buffer,
+    takes nothing, then resets once prism's send buffer to that peer holds
+    some of it and prism's pipe none. Returns (the other peer's socket,
+    the client's port, the bytes sent)."""
+    c, o, port = _pair_small_rcvbuf(t, edge, "origin" if who == "client" else "client")
     quits, other = (c, o) if who == "client" else (o, c)
     quits_port, other_port = (port, 7000) if who == "client" else (7000, port)
     sent = b""
@@ -522,6 +519,20 @@ def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
         pytest.fail(f"{len(sent)} bytes sent, the other peer took them all")
     peers.set_linger0(quits)
     quits.close()
+    return other, port, sent
+
+
+@pytest.mark.parametrize("who", ["client", "origin"])
+def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
+    """A peer resets while prism's last bytes for the other peer wait in
+    prism's send buffer, and the other peer takes nothing: the reset waits
+    for them (see test_reset_while_the_other_side_is_full), but not
+    forever: nothing acknowledged for the idle timeout passes it on anyway.
+    Meanwhile what the other peer sends is read and discarded, so it does
+    not block in its write."""
+    t = topo
+    prism = t.start_prism(CFG)
+    other, port, sent = _reset_while_prism_holds_bytes(t, prism, "192.0.2.202", who)
     t_reset = time.monotonic()
     other.settimeout(5)
     other.sendall(os.urandom(4 * MiB))  # discarded: a reader it is not
@@ -534,6 +545,27 @@ def test_reset_waits_for_a_reader_no_longer_than_the_idle_timeout(topo, who):
     other.close()
     assert end == "reset"
     assert len(got) < len(sent) and got == sent[:len(got)], (len(got), len(sent))
+
+
+def test_shutdown_passes_a_waiting_reset_on_as_a_reset(topo):
+    """A connection whose reset waits for the other peer (as above) when
+    the shutdown grace runs out ends as that reset, with an RST, not as
+    `shutdown` with a FIN: the other peer would take an EOF for a complete
+    answer."""
+    t = topo
+    prism = t.start_prism(CFG)  # shutdown_grace 1s, idle 60s
+    other, port, sent = _reset_while_prism_holds_bytes(t, prism, "192.0.2.10", "origin")
+    prism.wait_workers_asleep()  # the reset taken: waiting for the client
+    prism.send_signal(signal.SIGTERM)
+    assert prism.wait(10) == 0
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=3)
+    assert d["reason"] == "origin_reset", d
+    assert int(d["o2c"]) == len(sent), d
+    other.settimeout(5)
+    got, end = _read_to_end(other)
+    other.close()
+    assert end == "reset"
+    assert got == sent[:len(got)]
 
 
 @pytest.mark.parametrize("sender", ["client", "origin"])
