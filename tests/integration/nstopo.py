@@ -63,6 +63,16 @@ def run(argv, check=True, timeout=20, **kw):
     return cp
 
 
+def poll_until(pred, what, timeout=5):
+    """Waits until pred() is truthy, asking every millisecond (for kernel
+    state no event reports, such as a socket's queues); fails naming
+    <what> after <timeout> s."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
 def ns_exec(ns, argv):
     """argv prefixed so that it runs in namespace <ns> (None: the current one)."""
     return (["ip", "netns", "exec", ns] if ns else []) + list(argv)
@@ -424,10 +434,8 @@ class Prism(Proc):
     def wait_workers_asleep(self, timeout=5):
         """Waits until every worker sleeps (state S): one that was woken is
         runnable until it has handled its events and waits again."""
-        deadline = time.monotonic() + timeout
-        while any(st.rsplit(")", 1)[1].split()[0] != "S" for st in self._workers("stat")):
-            assert time.monotonic() < deadline, "a worker stays busy"
-            time.sleep(0.001)
+        poll_until(lambda: all(st.rsplit(")", 1)[1].split()[0] == "S"
+                               for st in self._workers("stat")), "a worker stays busy", timeout)
 
     @contextlib.contextmanager
     def paused(self):
