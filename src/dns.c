@@ -21,7 +21,20 @@ struct dns {
 	struct app_origins *apps;
 	size_t n;
 	uint64_t *due; /* per app: ms monotonic of the next resolution, 0 = never */
+	bool stop;     /* atomic: dns_stop was called */
 };
+
+/* What the apps of one round share. */
+struct round {
+	void *memo;	 /* this round's answers (cfg_resolve_memo) */
+	unsigned failed; /* names that did not resolve, of all apps */
+};
+
+/* A round logs this many failures one by one, then a count: with thousands
+ * of apps naming one unreachable resolver's names, one line per app and
+ * round would flood the log.
+ */
+#define FAIL_LOG_MAX 10
 
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
@@ -57,7 +70,7 @@ static int resolve(void **memo, const char *host, struct sockaddr_storage *out, 
 /* Re-resolves the named origins of one app; swaps in a new set if any
  * address changed.
  */
-static void refresh_app(struct app_origins *ao, void **memo)
+static void refresh_app(struct dns *d, struct app_origins *ao, struct round *rd)
 {
 	const struct cfg_app *app = ao->app;
 	struct origin_set *cur = app_origins_get(ao);
@@ -78,6 +91,13 @@ static void refresh_app(struct app_origins *ao, void **memo)
 		size_t had = 0;
 		int got;
 
+		/* A lookup can take seconds when the resolver is down: stop
+		 * between them, leaving the set as it is. */
+		if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
+			changed = false;
+			goto out;
+		}
+
 		/* What this configured origin has in the current set. */
 		for (size_t k = 0; k < cur->n; k++)
 			had += cur->v[k]->co == co;
@@ -89,11 +109,12 @@ static void refresh_app(struct app_origins *ao, void **memo)
 				}
 			continue;
 		}
-		got = resolve(memo, co->host, addrs, MAX_ADDRS, &why);
+		got = resolve(&rd->memo, co->host, addrs, MAX_ADDRS, &why);
 		if (got < 0) {
-			log_warn("app %s: cannot resolve origin %s (%s); keeping its %zu "
-				 "address(es)",
-				 app->name, co->host, why, had);
+			if (++rd->failed <= FAIL_LOG_MAX)
+				log_warn("app %s: cannot resolve origin %s (%s); keeping its %zu "
+					 "address(es)",
+					 app->name, co->host, why, had);
 			for (size_t k = 0; k < cur->n; k++)
 				if (cur->v[k]->co == co) {
 					origin_ref(cur->v[k]);
@@ -153,7 +174,7 @@ static void *dns_main(void *arg)
 	for (;;) {
 		uint64_t now = mono_ms(), start = now, next = UINT64_MAX;
 		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
-		void *memo = NULL; /* this round's answers, shared by its apps */
+		struct round rd = {0};
 		int timeout;
 
 		for (size_t i = 0; i < d->n; i++) {
@@ -162,7 +183,9 @@ static void *dns_main(void *arg)
 			if (d->due[i] <= now) {
 				uint64_t every = d->apps[i].app->dns_refresh_ms;
 
-				refresh_app(&d->apps[i], &memo);
+				if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
+					break;
+				refresh_app(d, &d->apps[i], &rd);
 				now = mono_ms();
 				/* From the round's start, not from this app's
 				 * lookup: apps due together stay due together, so
@@ -178,7 +201,11 @@ static void *dns_main(void *arg)
 			if (d->due[i] < next)
 				next = d->due[i];
 		}
-		cfg_memo_free(&memo);
+		cfg_memo_free(&rd.memo);
+		if (rd.failed > FAIL_LOG_MAX)
+			log_warn("dns: %u more lookups of origin names failed in this round (not "
+				 "logged one by one); their apps keep their addresses",
+				 rd.failed - FAIL_LOG_MAX);
 		/* A later app's lookup may have run past an earlier app's due
 		 * time: never a negative (infinite) or truncated timeout.
 		 */
@@ -250,6 +277,7 @@ void dns_stop(struct dns *d)
 
 	if (!d)
 		return;
+	__atomic_store_n(&d->stop, true, __ATOMIC_RELEASE);
 	if (write(d->evfd, &one, sizeof(one)) == -1)
 		log_err("dns: cannot wake resolver thread: %s", strerror(errno));
 	pthread_join(d->thread, NULL);

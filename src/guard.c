@@ -44,15 +44,24 @@
 int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 		    char **err) = ban_add;
 
+/* The ban window slides in VIOL_SLOTS steps: a violation counts until the
+ * step of the window after its own has begun, i.e. for between 7/8 of the
+ * window and all of it. A fixed window would let 2 x (after - 1) violations
+ * through without a ban, around each of its boundaries.
+ */
+#define VIOL_SLOTS 8
+
+#define BAN_RETRY_MS 1000 /* see ban_undo */
+
 struct src_entry {
 	struct in6_addr addr;
 	uint32_t app;
 	bool used;
-	uint32_t concurrent; /* open connections admitted for (app, addr) */
-	uint32_t violations; /* within the window starting at viol_start */
-	uint64_t viol_start;
-	uint64_t tokens;    /* token bucket, in 1/per_ms token units */
-	uint64_t refill_ms; /* time of the last refill */
+	uint32_t concurrent;	   /* open connections admitted for (app, addr) */
+	uint16_t viol[VIOL_SLOTS]; /* violations per slot of the ban window, a ring */
+	uint64_t viol_slot;	   /* number (now / slot length) of the newest slot */
+	uint64_t tokens;	   /* token bucket, in 1/per_ms token units */
+	uint64_t refill_ms;	   /* time of the last refill */
 	uint64_t last_seen;
 	uint64_t banned_until; /* 0: not banned by us */
 };
@@ -223,7 +232,6 @@ static struct src_entry *entry_get(struct guard *g, struct src_entry *b, uint32_
 	empty->app = app;
 	empty->addr = *src;
 	empty->refill_ms = now;
-	empty->viol_start = now;
 	empty->tokens = UINT64_MAX; /* full: clamped at the first refill */
 	return empty;
 }
@@ -252,30 +260,45 @@ static bool bucket_take(struct src_entry *e, const struct cfg_rate *r, uint64_t 
 	return true;
 }
 
-/* Counts a violation; returns true when it calls for a ban (and marks the
- * entry banned so that it is requested once per ban).
+static uint32_t viol_sum(const struct src_entry *e)
+{
+	uint32_t sum = 0;
+
+	for (int i = 0; i < VIOL_SLOTS; i++)
+		sum += e->viol[i];
+	return sum;
+}
+
+/* Counts a violation at <now>, in the slot of the sliding ban window it
+ * falls in; stores the violations within the window in <*count>. Returns
+ * true when they call for a ban, and marks the entry banned so that it is
+ * requested once per ban (guard_admit clears the count once it is queued).
  */
 static bool violation(struct src_entry *e, const struct cfg_protection *p, uint64_t now,
 		      uint32_t *count)
 {
+	uint64_t slot_ms = p->ban_window_ms / VIOL_SLOTS ? p->ban_window_ms / VIOL_SLOTS : 1;
+	uint64_t cur = now / slot_ms;
+
 	/* A source under our ban can't reach us (the kernel drops it), but
 	 * connections queued before the ban still arrive: those don't count,
 	 * so the next ban needs ban_after fresh violations.
 	 */
-	*count = e->violations;
-	if (e->banned_until > now)
+	if (e->banned_until > now) {
+		*count = viol_sum(e);
 		return false;
-	if (now - e->viol_start >= p->ban_window_ms || now < e->viol_start) {
-		e->viol_start = now;
-		e->violations = 0;
 	}
-	e->violations++;
-	*count = e->violations;
-	if (!p->ban_after || !p->ban_duration_ms || e->violations < p->ban_after)
+	if (cur > e->viol_slot) {
+		for (uint64_t k = e->viol_slot + 1; k <= cur && k <= e->viol_slot + VIOL_SLOTS; k++)
+			e->viol[k % VIOL_SLOTS] = 0;
+		e->viol_slot = cur;
+	}
+	if (e->viol[e->viol_slot % VIOL_SLOTS] < UINT16_MAX)
+		e->viol[e->viol_slot % VIOL_SLOTS]++;
+	*count = viol_sum(e);
+	if (!p->ban_after || !p->ban_duration_ms || *count < p->ban_after)
 		return false;
 	e->banned_until = now + p->ban_duration_ms;
-	e->violations = 0;
-	e->viol_start = now;
 	return true;
 }
 
@@ -383,8 +406,9 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 				 * unbanned and unasked for the ban's duration.
 				 */
 				e->banned_until = 0;
-				e->violations = req.violations;
 				ban = false;
+			} else {
+				memset(e->viol, 0, sizeof(e->viol));
 			}
 		}
 	}
@@ -490,6 +514,27 @@ static void expiry_pop(struct guard *g)
 		g->expiries[i] = last;
 }
 
+/* A ban that could not be written: the source is not banned after all, so
+ * its violations count again BAN_RETRY_MS after the ban would have begun,
+ * and <after> more then ask for it again, rather than none for the ban's
+ * whole duration (up to days). Not at once: a failure that persists (a
+ * full set, a table without ban sets) would cost a netlink call per
+ * <after> violations.
+ */
+static void ban_undo(struct guard *g, const struct ban_req *req)
+{
+	size_t bi = (size_t)src_hash(g, req->app, &req->addr) & (g->n_buckets - 1);
+	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	struct src_entry *e;
+
+	pthread_mutex_lock(m);
+	e = entry_get(g, &g->table[bi * BUCKET_WAYS], req->app, &req->addr, 0, false);
+	/* On the workers' clock: the ban began at banned_until - duration. */
+	if (e && e->banned_until && req->duration_ms > BAN_RETRY_MS)
+		e->banned_until -= req->duration_ms - BAN_RETRY_MS;
+	pthread_mutex_unlock(m);
+}
+
 static void ban_do(struct guard *g, const struct ban_req *req)
 {
 	const char *table = g->cfg->nft_table ? g->cfg->nft_table : "prism";
@@ -513,6 +558,7 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 						     "failures are not logged)");
 		g->fail_logged = true;
 		free(err);
+		ban_undo(g, req);
 		return;
 	}
 	free(err);

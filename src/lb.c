@@ -332,15 +332,24 @@ static size_t weighted_scan(const struct origin_set *set, int tier, size_t skip,
 /* Smooth weighted round robin, as nginx's ngx_http_upstream_get_peer():
  * every usable origin's current weight grows by its weight, the largest
  * wins and drops by the total. Over sum(w) picks each origin is chosen
- * exactly w times, spread out rather than in bursts.
+ * exactly w times, spread out rather than in bursts. Ties go to the first
+ * in the worker's own rotation (w->rr, the worker's number): the current
+ * weights start at zero in every worker, so with equal weights the first
+ * picks all tie, and breaking them by index would send each worker's first
+ * connection to origin 0 (nginx's workers do that).
  */
 static size_t pick_rr(const struct origin_set *set, struct lb_worker *w, int tier,
 		      bool (*usable)(size_t i, void *arg), void *arg)
 {
 	int64_t total = 0;
-	size_t best = LB_NONE;
+	size_t best = LB_NONE, start;
 
-	for (size_t i = 0; i < set->n; i++) {
+	if (!set->n)
+		return LB_NONE;
+	start = w->rr % set->n;
+	for (size_t k = 0; k < set->n; k++) {
+		size_t i = start + k < set->n ? start + k : start + k - set->n;
+
 		if (!ok(set, i, tier, usable, arg))
 			continue;
 		w->cur[i] += set->v[i]->weight;
@@ -407,8 +416,11 @@ static size_t pick_least(const struct origin_set *set, struct lb_worker *w, int 
 	if (ties < 2 || !rr_state(set, w))
 		return best;
 	/* The counts may change under us (other workers): if none of the
-	 * tied is found again, the first pass's choice stands. */
-	for (size_t i = 0; i < set->n; i++) {
+	 * tied is found again, the first pass's choice stands. Ties of the
+	 * current weights go to the first in this pick's rotation, as in
+	 * pick_rr. */
+	for (size_t k = 0; k < set->n; k++) {
+		size_t i = start + k < set->n ? start + k : start + k - set->n;
 		uint64_t wi = set->v[i]->weight;
 
 		if (!eligible(set, i, tier) ||

@@ -35,7 +35,7 @@ struct lb_worker {
 	size_t n;	 /* entries in cur (resized when the set changes) */
 	const void *set; /* the set cur belongs to */
 	uint64_t rng;	 /* xorshift state, seeded per worker */
-	uint32_t rr;	 /* rotating start for ties */
+	uint32_t rr;	 /* where ties start: the worker's number; least_conn advances it */
 };
 
 /* Builds the algorithm's table for <set> (maglev: a lookup table of a prime

@@ -1,6 +1,7 @@
 /* test_dns.c - the resolver thread, with stub resolvers: a name that many
  * apps list is resolved once per round, not once per app; a slow lookup
- * does not stop the refreshes; an unchanged answer keeps the set.
+ * does not stop the refreshes; an unchanged answer keeps the set; a
+ * resolver that is down neither floods the log nor holds up dns_stop.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -202,12 +203,103 @@ static void test_unchanged_answer_keeps_the_set(void **state)
 	cfg_unref(cfg);
 }
 
+static int down, down_calls; /* atomic */
+
+/* Answers while <down> is 0; then fails every name after 20 ms, the way a
+ * resolver that stopped answering makes each lookup wait.
+ */
+static int down_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			 const char **why)
+{
+	bool has_port;
+	const char *w;
+
+	(void)host;
+	if (__atomic_load_n(&down, __ATOMIC_RELAXED)) {
+		__atomic_add_fetch(&down_calls, 1, __ATOMIC_RELAXED);
+		usleep(20 * 1000);
+		*why = "Temporary failure in name resolution";
+		return -EAGAIN;
+	}
+	*addrs = calloc(1, sizeof(**addrs));
+	assert_non_null(*addrs);
+	assert_int_equal(addr_parse_hostport("198.51.100.9", *addrs, &has_port, &w), 0);
+	*n = 1;
+	return 0;
+}
+
+static size_t count_lines(const char *text, const char *needle)
+{
+	size_t k = 0;
+
+	for (const char *p = text; (p = strstr(p, needle)); p++)
+		k++;
+	return k;
+}
+
+/* 30 apps, each naming a name of its own, and the resolver stops answering.
+ * A round logs 10 failures one by one and then their count, not a line per
+ * app; and dns_stop ends the round it interrupts instead of waiting for
+ * its remaining lookups (each can take seconds with a real resolver).
+ */
+static void test_resolver_down(void **state)
+{
+	char *yaml = malloc(30 * 160 + 16), *errors = NULL, out[65536];
+	struct app_origins *ao;
+	struct cfg *cfg = NULL;
+	struct dns *d = NULL;
+	size_t o = 0;
+	ssize_t got;
+	int at_stop, saved = dup(2);
+	FILE *f = tmpfile();
+
+	(void)state;
+	assert_non_null(yaml);
+	assert_non_null(f);
+	o += (size_t)sprintf(yaml, "apps:\n");
+	for (int i = 0; i < 30; i++)
+		o += (size_t)sprintf(yaml + o,
+				     "  - {name: a%d, edge: 192.0.2.%d, ports: 80, origins: "
+				     "\"d%d.test:80\", dns: {refresh: 50ms}}\n",
+				     i, i + 1, i);
+	cfg_resolver = down_resolver;
+	assert_int_equal(cfg_load_buf("t.yaml", yaml, o, &cfg, &errors), 0);
+	assert_null(errors);
+	ao = app_origins_new(cfg);
+	assert_non_null(ao);
+	__atomic_store_n(&down, 1, __ATOMIC_RELAXED);
+	assert_int_equal(dup2(fileno(f), 2), 2);
+	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
+	/* The first round (30 lookups) done, the second under way. */
+	while (__atomic_load_n(&down_calls, __ATOMIC_RELAXED) < 35)
+		usleep(1000);
+	at_stop = __atomic_load_n(&down_calls, __ATOMIC_RELAXED);
+	dns_stop(d);
+	/* At most the lookup that started as we read the count. */
+	assert_true(__atomic_load_n(&down_calls, __ATOMIC_RELAXED) <= at_stop + 1);
+	assert_int_equal(dup2(saved, 2), 2);
+	close(saved);
+	rewind(f);
+	got = (ssize_t)fread(out, 1, sizeof(out) - 1, f);
+	assert_true(got > 0);
+	out[got] = '\0';
+	fclose(f);
+	/* Round one: 10 lines and the count of the other 20; round two,
+	 * stopped after 5 or more lookups: at most 10 lines. */
+	assert_int_equal(count_lines(out, "dns: 20 more lookups of origin names failed"), 1);
+	assert_in_range(count_lines(out, "cannot resolve origin"), 15, 20);
+	app_origins_free(ao, cfg->n_apps);
+	cfg_unref(cfg);
+	free(yaml);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_one_lookup_per_round),
 	    cmocka_unit_test(test_slow_lookup_does_not_stop_refreshes),
 	    cmocka_unit_test(test_unchanged_answer_keeps_the_set),
+	    cmocka_unit_test(test_resolver_down),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

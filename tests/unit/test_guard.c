@@ -560,6 +560,92 @@ static void test_ban_failure(void **state)
 	}
 }
 
+/* A ban that failed to be written does not leave its source unbanned and
+ * uncounted for the ban's duration: a second later, its next violation
+ * (ban_after 1) asks again.
+ */
+static void test_failed_ban_is_asked_again(void **state)
+{
+	struct in6_addr f = v4("203.0.113.10"), s = v4("203.0.113.99");
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	fail_addr[0] = f;
+	n_fail = 1;
+	apps[0].protection.max_conns_per_source = 1;
+	apps[0].protection.ban_after = 1;
+	apps[0].protection.ban_window_ms = 1000;
+	apps[0].protection.ban_duration_ms = 3600000;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	assert_int_equal(guard_admit(g, 0, &f, 5, NULL), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &f, 5, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(1), 1);
+	/* Within the second: not asked again (the sentinel's ban is next). */
+	assert_int_equal(guard_admit(g, 0, &f, 900, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &s, 900, NULL), GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &s, 900, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	assert_memory_equal(&calls[1].addr, &s, sizeof(s));
+	/* A second after the failed ban began: asked again. */
+	assert_int_equal(guard_admit(g, 0, &f, 1006, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(3), 3);
+	assert_memory_equal(&calls[2].addr, &f, sizeof(f));
+	guard_free(g);
+	capture_stop();
+}
+
+/* The ban window slides: violations that fall within one window are
+ * counted together even when a fixed window starting at the source's first
+ * connection would split them (4 + 4 around its boundary, ban_after 5).
+ */
+static void test_ban_window_slides(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2"), c = v4("203.0.113.3");
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	apps[0].protection.ban_after = 5;
+	apps[0].protection.ban_window_ms = 10000;
+	apps[0].protection.ban_duration_ms = 60000;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	assert_int_equal(guard_admit(g, 0, &a, 1000, NULL), GUARD_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(guard_admit(g, 0, &a, 10000 + (uint64_t)i, NULL),
+				 GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 11000, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(1), 1);
+	assert_memory_equal(&calls[0].addr, &a, sizeof(a));
+	assert_true(captured_wait("source 203.0.113.1 banned for 1m: 5 limit violations within "
+				  "10s"));
+	/* Violations 7/8 of a window apart still count together; ones a
+	 * whole window apart do not. */
+	assert_int_equal(guard_admit(g, 0, &b, 20000, NULL), GUARD_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(guard_admit(g, 0, &b, 20000, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &b, 30000, NULL), GUARD_SOURCE_LIMIT);
+	/* Sentinel: had the 4 at 20000 still counted, b's ban would be next. */
+	assert_int_equal(guard_admit(g, 0, &c, 30000, NULL), GUARD_OK);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(guard_admit(g, 0, &c, 30000, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	assert_memory_equal(&calls[1].addr, &c, sizeof(c));
+	assert_int_equal(guard_admit(g, 0, &b, 38740, NULL), GUARD_SOURCE_LIMIT);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(guard_admit(g, 0, &b, 38749, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(3), 3);
+	assert_memory_equal(&calls[2].addr, &b, sizeof(b));
+	guard_free(g);
+	capture_stop();
+	assert_int_equal(n_calls, 3);
+}
+
 /* A stuck ban thread: the queue is bounded and overflow is counted. A
  * source whose ban was dropped is asked for again at its next violation; one
  * whose ban was queued is not.
@@ -809,6 +895,8 @@ int main(void)
 	    cmocka_unit_test_teardown(test_ban, teardown),
 	    cmocka_unit_test_teardown(test_ban_expiry_order, teardown),
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
+	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
+	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
 	    cmocka_unit_test_teardown(test_table_full, teardown),

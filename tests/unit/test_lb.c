@@ -147,6 +147,7 @@ static void test_rr_nginx_sequence(void **state)
 	(void)state;
 	tset_build(&ts, CFG_LB_ROUND_ROBIN, 3, NULL, w, NULL);
 	lb_worker_init(&lw, 1);
+	lw.rr = 0; /* ties by index, as nginx */
 	for (int k = 0; k < 70; k++) {
 		struct in6_addr c = client(k);
 
@@ -199,6 +200,41 @@ static void test_rr_distribution(void **state)
 	tset_free(&ts);
 }
 
+/* Every worker's current weights start at zero, so its first pick is a
+ * tie of all origins: workers numbered 0..n-1 (worker.c sets rr) must not
+ * all send their first connection to origin 0, and each must still pick
+ * every origin exactly w times per sum(w) picks.
+ */
+static void test_rr_workers_start_apart(void **state)
+{
+	static const uint32_t eq[] = {1, 1, 1, 1}, uneq[] = {3, 1, 2, 2};
+	struct tset a, b;
+
+	(void)state;
+	tset_build(&a, CFG_LB_ROUND_ROBIN, 4, NULL, eq, NULL);
+	tset_build(&b, CFG_LB_ROUND_ROBIN, 4, NULL, uneq, NULL);
+	for (uint32_t id = 0; id < 8; id++) {
+		struct lb_worker lw;
+		size_t period[4] = {0};
+
+		lb_worker_init(&lw, id + 1);
+		lw.rr = id;
+		assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL),
+				 id % 4);
+		for (int k = 0; k < 8 * 10; k++) {
+			period[lb_pick(CFG_LB_ROUND_ROBIN, &b.set, &lw, NULL, all_usable, NULL)]++;
+			if (k % 8 == 7) {
+				for (size_t j = 0; j < 4; j++)
+					assert_int_equal(period[j], uneq[j]);
+				memset(period, 0, sizeof(period));
+			}
+		}
+		lb_worker_deinit(&lw);
+	}
+	tset_free(&a);
+	tset_free(&b);
+}
+
 static void test_rr_set_change(void **state)
 {
 	static const uint32_t w3[] = {5, 1, 1}, w2[] = {1, 1}, w1[] = {1, 1, 1};
@@ -209,6 +245,7 @@ static void test_rr_set_change(void **state)
 	tset_build(&a, CFG_LB_ROUND_ROBIN, 3, NULL, w3, NULL);
 	tset_build(&b, CFG_LB_ROUND_ROBIN, 2, NULL, w2, NULL);
 	lb_worker_init(&lw, 3);
+	lw.rr = 0;
 	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
 	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
 	/* A new set restarts the sequence from zeroed current weights. */
@@ -660,6 +697,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_rr_nginx_sequence),
 	    cmocka_unit_test(test_rr_distribution),
+	    cmocka_unit_test(test_rr_workers_start_apart),
 	    cmocka_unit_test(test_rr_set_change),
 	    cmocka_unit_test(test_least_conn),
 	    cmocka_unit_test(test_least_conn_ties_rotate),
