@@ -132,9 +132,19 @@ static bool stderr_regular(void)
 /* Appends <n> bytes holding <lines> lines to the buffer, or writes them
  * directly when the writer is not running.
  */
+/* Appends <n> bytes that fit to the ring. Called with the lock held. */
+static void ring_put(const char *p, size_t n)
+{
+	size_t tail = (lg.head + lg.used) % lg.cap;
+	size_t first = lg.cap - tail < n ? lg.cap - tail : n;
+
+	memcpy(lg.buf + tail, p, first);
+	memcpy(lg.buf, p + first, n - first);
+	lg.used += n;
+}
+
 static void push(const char *p, size_t n, size_t lines, bool urgent)
 {
-	size_t tail, first;
 	bool wake;
 
 	pthread_mutex_lock(&lg.lock);
@@ -148,11 +158,7 @@ static void push(const char *p, size_t n, size_t lines, bool urgent)
 		pthread_mutex_unlock(&lg.lock);
 		return;
 	}
-	tail = (lg.head + lg.used) % lg.cap;
-	first = lg.cap - tail < n ? lg.cap - tail : n;
-	memcpy(lg.buf + tail, p, first);
-	memcpy(lg.buf, p + first, n - first);
-	lg.used += n;
+	ring_put(p, n);
 	lg.urgent |= urgent;
 	wake = lg.state == W_IDLE || (lg.state == W_TIMED && (lg.urgent || lg.used >= LOG_HIGH));
 	if (wake) {
@@ -160,6 +166,34 @@ static void push(const char *p, size_t n, size_t lines, bool urgent)
 		pthread_cond_signal(&lg.cond);
 	}
 	pthread_mutex_unlock(&lg.lock);
+}
+
+static size_t log_stamp(char *buf, const char *level);
+
+/* Buffers the report of <dropped> lines like any line, after those just
+ * written. Producers may have filled the space those freed meanwhile:
+ * then the count goes back for the next report rather than being lost.
+ * Called with the lock held.
+ */
+static void report_dropped(uint64_t dropped)
+{
+	char buf[LOG_LINE_MAX];
+	size_t n = log_stamp(buf, level_names[LOG_ERR]);
+	int r = snprintf(buf + n, sizeof(buf) - n - 1,
+			 "log: %" PRIu64 " lines dropped: stderr is not read fast enough "
+			 "(log_buffer is %zu bytes)",
+			 dropped, lg.cap);
+
+	n += r > 0 ? (size_t)r : 0;
+	if (n > sizeof(buf) - 1)
+		n = sizeof(buf) - 1;
+	buf[n++] = '\n';
+	if (lg.cap - lg.used < n) {
+		lg.dropped += dropped;
+		return;
+	}
+	ring_put(buf, n);
+	lg.urgent = true;
 }
 
 static void *writer_main(void *arg)
@@ -213,14 +247,12 @@ static void *writer_main(void *arg)
 		if (done == first)
 			done += write_out(lg.buf, n - first, lg.regular, &lg.on);
 		ok = done == n;
-		if (ok && dropped) /* buffered like any line: it follows these */
-			log_err("log: %" PRIu64 " lines dropped: stderr is not read fast enough "
-				"(log_buffer is %zu bytes)",
-				dropped, lg.cap);
 
 		pthread_mutex_lock(&lg.lock);
 		lg.head = (head + n) % lg.cap;
 		lg.used -= n;
+		if (ok && dropped)
+			report_dropped(dropped);
 		if (!ok) {
 			/* At exit, stderr stalled for LOG_STALL_MS; or it is
 			 * gone (EPIPE). Give up on everything buffered: what
@@ -380,6 +412,15 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 		return;
 	va_start(ap, fmt);
 	log_write(level_names[lvl], true, fmt, ap);
+	va_end(ap);
+}
+
+void log_life(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_write(level_names[LOG_INFO], true, fmt, ap);
 	va_end(ap);
 }
 

@@ -23,6 +23,11 @@ enum log_level {
 extern enum log_level log_max_level;
 
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Writes a line at level info whatever log_max_level says: the lines that
+ * say prism is ready and that it stopped, which supervisors and scripts
+ * wait for.
+ */
+void log_life(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Writes an access-log line (level "access"). */
 void log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -8,6 +8,7 @@
  * Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -52,9 +53,9 @@ static const struct command commands[] = {
      "Serve in the foreground, logging to stderr. Installs the AnyIP routes and\n"
      "the nftables table the config implies (unless network.manage: false),\n"
      "prints a line containing \"ready\" once it accepts traffic, and removes\n"
-     "them again on exit. SIGTERM/SIGINT: stop accepting, let open connections\n"
-     "finish for up to shutdown_grace, then exit 0; a second signal closes them\n"
-     "at once.\n"},
+     "them again on exit. SIGTERM/SIGINT/SIGQUIT: stop accepting, let open\n"
+     "connections finish for up to shutdown_grace, then exit 0; a second signal\n"
+     "closes them at once. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored.\n"},
     {"check", cmd_check, "prism check -c FILE",
      "Validate FILE. Prints \"ok\" and exits 0, or prints one\n"
      "FILE:LINE:COL: message line per problem and exits 2.\n"},
@@ -416,6 +417,9 @@ static int cmd_run(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGQUIT);
+	sigaddset(&sigs, SIGUSR1);
+	sigaddset(&sigs, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	/* Every later thread logs through the writer; it too inherits the mask. */
@@ -490,7 +494,7 @@ static int cmd_run(int argc, char **argv)
 	 */
 	malloc_trim(0);
 	char a4[ADDR_STRLEN], a6[ADDR_STRLEN];
-	log_info("ready: listening on %s%s%s, %d workers, %zu apps",
+	log_life("ready: listening on %s%s%s, %d workers, %zu apps",
 		 addr_fmt_sa((struct sockaddr *)&cfg->listen4, a4), cfg->listen6_on ? " " : "",
 		 cfg->listen6_on ? addr_fmt_sa((struct sockaddr *)&cfg->listen6, a6) : "",
 		 cfg->workers, cfg->n_apps);
@@ -501,7 +505,11 @@ static int cmd_run(int argc, char **argv)
 
 		if (sig == SIGHUP) {
 			log_warn("SIGHUP: configuration reload is not supported yet; ignored");
-		} else if (sig == SIGINT || sig == SIGTERM) {
+		} else if (sig == SIGUSR1 || sig == SIGUSR2) {
+			/* Their default action would kill prism without
+			 * removing its table and routes. */
+			log_warn("%s: ignored", strsignal(sig));
+		} else if (sig == SIGINT || sig == SIGTERM || sig == SIGQUIT) {
 			stops++;
 			if (stops == 1)
 				log_info("%s: stopping: no new connections, open ones may finish "
@@ -525,12 +533,13 @@ out:
 		worker_wait(&ws[i]); /* all threads first: see worker_join */
 	for (int i = 0; i < n; i++)
 		worker_join(&ws[i]);
-	if (hc)
-		hc_stop(hc);
-	dns_stop(dns);
+	/* The ban thread before the table it writes to goes; the table and
+	 * routes before the health and DNS threads, which may each wait for
+	 * a slow connect or getaddrinfo: the edge must not stay claimed by
+	 * a prism that no longer serves it.
+	 */
 	if (guard)
 		guard_free(guard);
-	app_origins_free(origins, cfg->n_apps);
 	if (net_installed) {
 		free(err);
 		err = NULL;
@@ -539,12 +548,16 @@ out:
 			rc = EXIT_RUNTIME;
 		}
 	}
+	if (hc)
+		hc_stop(hc);
+	dns_stop(dns);
+	app_origins_free(origins, cfg->n_apps);
 	lost = log_stop();
 	if (lost)
 		log_err("log: %" PRIu64 " lines not written at exit: stderr was not being read",
 			lost);
 	if (rc == 0)
-		log_info("stopped");
+		log_life("stopped");
 	free(err);
 	free(ws);
 	free(joined);
@@ -552,9 +565,23 @@ out:
 	return rc;
 }
 
+/* Started with stdin, stdout or stderr closed, the first socket prism
+ * opens would get that number, and log lines would go into a client's
+ * connection: hold those numbers with /dev/null.
+ */
+static void std_fds_hold(void)
+{
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) == -1 && errno == EBADF &&
+		    open("/dev/null", O_RDWR | O_CLOEXEC) == -1)
+			exit(EXIT_RUNTIME);
+}
+
 int main(int argc, char **argv)
 {
 	const struct command *cmd;
+
+	std_fds_hold();
 
 	if (argc < 2) {
 		usage(stderr);

@@ -514,6 +514,21 @@ out:
 	return ret;
 }
 
+/* After the table loaded: a prefix dropped from the config must stop being
+ * local, or the host would keep answering for it itself. Failing that is
+ * a warning, not a failed `net up`: the table and routes this config needs
+ * are in place, and failing would leave them installed with no prism
+ * behind them (a later `net up` or `net down` prunes again).
+ */
+static void routes_prune_stale(const struct addr_prefix *keep, size_t n)
+{
+	char *err = NULL;
+
+	if (routes_prune(keep, n, &err) < 0)
+		log_warn("%s; routes of prefixes no longer configured may remain", err);
+	free(err);
+}
+
 /* Adds the routes, then loads <script>. When either fails, takes back the
  * routes this call added, so a failed `net up` changes nothing.
  */
@@ -533,7 +548,9 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 		return net_set_err(err, (int)n, "cannot add routes: %s", strerror((int)-n));
 	if (n == 0) {
 		ret = net_nft_run(script, what, err);
-		return ret ? ret : routes_prune(NULL, 0, err);
+		if (ret == 0)
+			routes_prune_stale(NULL, 0);
+		return ret;
 	}
 	added = calloc((size_t)n, sizeof(*added));
 	if (!added) {
@@ -585,10 +602,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 			nl_request(&nl, nlh, why, sizeof(why));
 		}
 	} else {
-		/* A prefix dropped from the config must stop being local,
-		 * or the host would keep answering for it itself.
-		 */
-		ret = routes_prune(pfx, (size_t)n, err);
+		routes_prune_stale(pfx, (size_t)n);
 	}
 out:
 	nl_close(&nl);
@@ -889,8 +903,17 @@ int net_down(const struct cfg *cfg, char **err)
 	ret = net_nft_run(script, what, err);
 	free(what);
 	free(script);
-	if (ret)
+	/* The routes go even when the table did not: left behind, they make
+	 * the host answer for the edge prefixes. The first error is reported.
+	 */
+	if (ret) {
+		char *rerr = NULL;
+
+		if (routes_prune(NULL, 0, &rerr) < 0)
+			log_err("%s", rerr);
+		free(rerr);
 		return ret;
+	}
 	return routes_prune(NULL, 0, err);
 }
 

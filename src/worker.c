@@ -203,7 +203,8 @@ static int listeners_add(struct worker *w, bool peers_only)
 						 .data.ptr = &v->lis[i]};
 			int fd = v->lis[i].fd;
 
-			if (fd != -1 && epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
+			if (fd != -1 && epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) == -1 &&
+			    errno != EEXIST)
 				r = -errno;
 		}
 		pthread_mutex_unlock(&v->lis_lock);
@@ -281,12 +282,10 @@ void worker_pipe_put(struct worker *w, struct pipe_pair *p)
  * again (which puts this worker last in its own listener's wait queue:
  * after a pause, peers may take some of its share while it is idle too).
  */
-static void listeners_enable(struct worker *w, bool on)
+static int listeners_enable(struct worker *w, bool on)
 {
-	if (on) {
-		listeners_add(w, false);
-		return;
-	}
+	if (on)
+		return listeners_add(w, false);
 	for (int p = 0; p < (w->peers ? w->n_peers : 1); p++) {
 		struct worker *v = w->peers ? &w->peers[p] : w;
 
@@ -297,6 +296,7 @@ static void listeners_enable(struct worker *w, bool on)
 		}
 		pthread_mutex_unlock(&v->lis_lock);
 	}
+	return 0;
 }
 
 void worker_pause_accept(struct worker *w, int err)
@@ -315,11 +315,26 @@ void worker_pause_accept(struct worker *w, int err)
 static void accept_resume(struct timer *t)
 {
 	struct worker *w = container_of(t, struct worker, accept_timer);
+	int r;
 
 	if (!w->accept_paused || w->stopping || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		return;
+	r = listeners_enable(w, true);
+	if (r < 0) {
+		/* The shortage that paused us (epoll's memory, its watch
+		 * limit) may not be over: half a set of listeners polled, and
+		 * no pause left to end, would stop this worker accepting for
+		 * good. Take back what was added and try again later.
+		 */
+		listeners_enable(w, false);
+		timer_set(&w->timers, &w->accept_timer, w->now + ACCEPT_PAUSE_MS);
+		if (log_ratelimit(&w->last_resume_log, w->now, 1000))
+			log_warn("worker %d: cannot poll its listeners again: %s; not accepting "
+				 "for another %d ms",
+				 w->id, strerror(-r), ACCEPT_PAUSE_MS);
+		return;
+	}
 	w->accept_paused = false;
-	listeners_enable(w, true);
 }
 
 /* ---- balancing ------------------------------------------------------ */
@@ -642,10 +657,15 @@ static void *worker_main(void *arg)
 int worker_start(struct worker *w)
 {
 	char name[16];
-	int r = pthread_create(&w->thread, NULL, worker_main, w);
+	pthread_t t;
+	int r = pthread_create(&t, NULL, worker_main, w);
 
+	/* Set only on success: glibc writes <t> even when creation fails, and
+	 * worker_wait would join that thread that never was.
+	 */
 	if (r)
 		return -r;
+	w->thread = t;
 	/* Named for top -H, perf and /proc/PID/task/TID/comm. */
 	snprintf(name, sizeof(name), "worker%d", w->id);
 	pthread_setname_np(w->thread, name);

@@ -120,7 +120,8 @@ struct worker {
 	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
 	bool accept_paused;
 	uint64_t last_exhaust_log;
-	uint64_t last_edge_log; /* "cannot learn the address dialed": the same */
+	uint64_t last_resume_log; /* "cannot poll its listeners again" */
+	uint64_t last_edge_log;	  /* "cannot learn the address dialed": the same */
 
 	int stop; /* atomic: 1 = graceful, 2 = now */
 	bool stopping;

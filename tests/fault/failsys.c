@@ -7,7 +7,10 @@
  * stderr; every other call goes to glibc. With FAILSYS_START set, counting
  * starts at once instead, for the calls of starting and stopping. With
  * FAILSYS_COUNT set, the count is printed to stderr at exit, so a test
- * knows how many points there are to fail. close() and epoll_wait() are
+ * knows how many points there are to fail. With FAILSYS_SPAN_MS=T, every
+ * call of the same function in the T ms after the Nth fails too, as in a
+ * shortage that lasts. pthread_create() fails too
+ * (EAGAIN), for the threads prism starts. close() and epoll_wait() are
  * left alone: a failed close leaks nothing a caller could free, and
  * epoll_wait fails only on a bad argument.
  */
@@ -15,20 +18,26 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-static long fail_at = -1, count;
-static int active; /* atomic: 0 until the first accepted connection */
+static long fail_at = -1, count, span_ms;
+static int active;	    /* atomic: 0 until the first accepted connection */
+static const char *span_fn; /* the failed call's function, while its span lasts */
+static struct timespec span_end;
 
 __attribute__((constructor)) static void failsys_init(void)
 {
 	const char *s = getenv("FAILSYS_AT");
 
 	fail_at = s ? atol(s) : -1;
+	if ((s = getenv("FAILSYS_SPAN_MS")))
+		span_ms = atol(s);
 	if (getenv("FAILSYS_START"))
 		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
 }
@@ -44,11 +53,37 @@ __attribute__((destructor)) static void failsys_fini(void)
  */
 static int fail_call(const char *fn, int err)
 {
+	const char *sfn = __atomic_load_n(&span_fn, __ATOMIC_ACQUIRE);
+	long n;
+
 	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
 		return 0;
-	if (__atomic_add_fetch(&count, 1, __ATOMIC_RELAXED) != fail_at)
+	n = __atomic_add_fetch(&count, 1, __ATOMIC_RELAXED);
+	if (sfn == fn) {
+		struct timespec now;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec < span_end.tv_sec ||
+		    (now.tv_sec == span_end.tv_sec && now.tv_nsec < span_end.tv_nsec)) {
+			fprintf(stderr, "failsys: call %ld, %s, fails with errno %d (span)\n", n,
+				fn, err);
+			errno = err;
+			return 1;
+		}
+	}
+	if (n != fail_at)
 		return 0;
 	fprintf(stderr, "failsys: call %ld, %s, fails with errno %d\n", fail_at, fn, err);
+	if (span_ms > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &span_end);
+		span_end.tv_sec += span_ms / 1000;
+		span_end.tv_nsec += (span_ms % 1000) * 1000000;
+		if (span_end.tv_nsec >= 1000000000) {
+			span_end.tv_sec++;
+			span_end.tv_nsec -= 1000000000;
+		}
+		__atomic_store_n(&span_fn, fn, __ATOMIC_RELEASE);
+	}
 	errno = err;
 	return 1;
 }
@@ -132,6 +167,21 @@ int pipe2(int fds[2], int flags)
 {
 	REAL(pipe2);
 	return fail_now(EMFILE) ? -1 : real_pipe2(fds, flags);
+}
+
+/* Not a socket call, but one that runs out of something (threads, memory
+ * for a stack) at start: glibc returns EAGAIN then, and sets no errno.
+ * What it leaves in *t is undefined (glibc's failed clone leaves the handle
+ * of a thread that never ran): a value no caller may use.
+ */
+int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+	REAL(pthread_create);
+	if (fail_now(EAGAIN)) {
+		*t = (pthread_t)0xdead0000;
+		return EAGAIN;
+	}
+	return real_pthread_create(t, attr, fn, arg);
 }
 
 int shutdown(int fd, int how)

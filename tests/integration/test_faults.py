@@ -335,6 +335,32 @@ def test_data_path_survives_each_failed_socket_call(failsys, topo):
             assert [d for d in p.access if d.get("reason") == "resource"], (n, err)
 
 
+def test_pause_ends_when_listeners_cannot_be_polled_again(failsys, topo):
+    """epoll_ctl fails for 400 ms from the first connection's on (a
+    shortage that lasts): the worker pauses accepting, and its first tries
+    to poll its listeners again, 100 ms later, fail too. It must stay
+    paused and try again, not go on with its listeners unpolled: with one
+    worker, nothing would accept again. The epoll_ctl calls after the
+    first accept are made to fail in turn until one pauses accepting."""
+    t = echo_edge(topo)
+    for n in range(1, 20):
+        p = preloaded_prism(t, DATA_CFG, failsys, {"FAILSYS_AT": n, "FAILSYS_SPAN_MS": 400},
+                            f"span{n}")
+        echo_works(t, 0, b"x")
+        paused = p.wait_for(lambda: any("not accepting for" in ln for ln in p.err), 2,
+                            "a pause") if any(re.search(rf"failsys: call {n}, epoll_ctl,", ln)
+                                              for ln in p.err) else False
+        if paused:
+            break
+        assert p.stop(timeout=10) == 0, n
+    else:
+        pytest.fail("no epoll_ctl after the first accept paused accepting")
+    assert echo_works(t, 1, b"after the shortage\n"), p.dump()
+    assert any("cannot poll its listeners again: Cannot allocate memory" in ln
+               for ln in p.err), p.dump()
+    assert p.stop(timeout=10) == 0, p.dump()
+
+
 # The first origin refuses: every connection's first retry dials the second.
 RETRY_CFG = DATA_CFG.replace(f"origins: {nstopo.ORIGIN4}:7000",
                              f"origins: [\"{nstopo.ORIGIN4}:7999\", \"{nstopo.ORIGIN4}:7000\"]\n"
@@ -380,4 +406,5 @@ def test_run_survives_failed_socket_calls_at_start(failsys, prism_bin, netns, tm
         assert rc in (0, 1), (n, rc, err[-600:])
         if rc:
             assert re.search(r" error .*: (Cannot allocate memory|Too many open files|"
-                             r"No buffer space available)", err), (n, err[-600:])
+                             r"No buffer space available|Resource temporarily unavailable)",
+                             err), (n, err[-600:])

@@ -1,7 +1,8 @@
 """test_lifecycle.py - how prism starts and stops: SIGTERM drains open
 connections (within shutdown_grace) and stops accepting, grace expiry or a
-second SIGTERM closes the rest, SIGHUP is ignored, the network setup is
-removed on exit; command-line help, usage errors and exit codes; no file
+second SIGTERM closes the rest, SIGHUP/SIGUSR1/SIGUSR2 are ignored and
+SIGQUIT stops it, the network setup is removed on exit; the ready and
+stopped lines at any log_level; closed standard fds; command-line help, usage errors and exit codes; no file
 descriptor leaks after many connections; and a log reader that stops
 reading does not stop traffic."""
 
@@ -292,9 +293,11 @@ def test_stalled_log_reader_does_not_stop_traffic(topo):
 
 
 def test_sighup_ignored_second_sigterm_closes_now(topo):
-    """SIGHUP is logged and changes nothing; a second SIGTERM during the
-    shutdown grace closes the open connections at once (the grace here is
-    far longer than the test waits)."""
+    """SIGHUP, SIGUSR1 and SIGUSR2 are logged and change nothing (the
+    default action of the last two would end prism without removing its
+    table and routes); SIGQUIT stops it like SIGTERM; a second signal
+    during the shutdown grace closes the open connections at once (the
+    grace here is far longer than the test waits)."""
     t = topo
     ls = peers.Listener(t.o, ORIGIN4, 7000)
     t.on_teardown(ls.close)
@@ -304,11 +307,14 @@ def test_sighup_ignored_second_sigterm_closes_now(topo):
     t.on_teardown(o.close)
     prism.send_signal(signal.SIGHUP)
     prism.wait_log(r"warn SIGHUP: configuration reload is not supported yet; ignored")
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        prism.send_signal(sig)
+        prism.wait_log(rf"warn {signal.strsignal(sig)}: ignored")
     c.sendall(b"one")
     assert peers.recv_exact(o, 3) == b"one"
 
-    prism.send_signal(signal.SIGTERM)
-    prism.wait_log(r"stopping: no new connections")
+    prism.send_signal(signal.SIGQUIT)
+    prism.wait_log(r"Quit: stopping: no new connections")
     c.sendall(b"two")  # still relayed: the grace has minutes to run
     assert peers.recv_exact(o, 3) == b"two"
     port = c.getsockname()[1]
@@ -320,4 +326,56 @@ def test_sighup_ignored_second_sigterm_closes_now(topo):
     assert prism.wait(5) == 0, prism.dump()
     d = prism.access_for(port, ("192.0.2.10", 7000))
     assert d["reason"] == "shutdown" and int(d["c2o"]) == 6, d
+    assert not _net_installed(t)
+
+
+def test_quiet_log_level_still_says_ready_and_stopped(topo):
+    """Supervisors and scripts wait for the ready line: log_level error
+    leaves out info and warn lines, but not that one or the stopped one."""
+    t = topo
+    prism = t.start_prism("log_level: error\n" + _cfg("1s"))
+    assert prism.stop(timeout=10) == 0, prism.dump()
+    lines = prism.err
+    assert len(lines) == 2, prism.dump()
+    assert " info ready: listening on " in lines[0], prism.dump()
+    assert lines[1].endswith(" info stopped"), prism.dump()
+
+
+def test_closed_std_fds_are_held_with_dev_null(topo):
+    """Started with stdin and stderr closed, prism holds fds 0 and 2 with
+    /dev/null: otherwise its first sockets take those numbers, and its log
+    lines would be written into one of them (a client's connection)."""
+    t = topo
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    path = t.write("prism.yaml", _cfg("1s"))
+    p = t.start(["sh", "-c", f'exec 0<&- 2>&- "$0" run -c "$1"', nstopo.prism_path(), path],
+                ns=t.e, name="prism")
+
+    def listening():
+        try:
+            with open(f"/proc/{p.pid}/net/tcp") as f:
+                return any(ln.split()[3] == "0A"
+                           and int(ln.split()[1].rsplit(":", 1)[1], 16) == LISTEN_PORT
+                           for ln in f.readlines()[1:])
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    # No log line to wait for: listening, with the routes and table in
+    # place (installed after the listeners), means connections queue.
+    nstopo.poll_until(lambda: (listening() and _net_installed(t)) or not p.alive(),
+                      "prism listening", 10)
+    assert p.alive(), p.dump()
+    assert os.readlink(f"/proc/{p.pid}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{p.pid}/fd/2") == "/dev/null"
+    c, o = _pair(t, ls)
+    t.on_teardown(c.close)
+    t.on_teardown(o.close)
+    c.sendall(b"ping")
+    assert peers.recv_exact(o, 4) == b"ping"
+    o.sendall(b"pong")
+    assert peers.recv_exact(c, 4) == b"pong"
+    c.close()
+    assert peers.outcome(o, 5) == "eof"
+    assert p.stop(timeout=10) == 0
     assert not _net_installed(t)

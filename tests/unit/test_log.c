@@ -50,6 +50,7 @@ struct reader {
 	pthread_t thread;
 	char *buf;
 	size_t len, cap;
+	size_t chunk; /* 0: read all it can; else this much, then a pause */
 };
 
 static void *read_all(void *arg)
@@ -65,10 +66,13 @@ static void *read_all(void *arg)
 			if (!r->buf)
 				abort();
 		}
-		n = read(rd, r->buf + r->len, r->cap - r->len);
+		n = read(rd, r->buf + r->len,
+			 r->chunk && r->chunk < r->cap - r->len ? r->chunk : r->cap - r->len);
 		if (n <= 0)
 			break;
 		r->len += (size_t)n;
+		if (r->chunk)
+			usleep(200); /* a reader slower than the loggers */
 	}
 	r->buf[r->len] = '\0';
 	return NULL;
@@ -118,15 +122,20 @@ static void test_direct_line_format(void **state)
 	assert_string_equal(buf + 24, " info hello 42\n");
 }
 
+static int pace_lines = LINES / 2, pace_us; /* per logger thread */
+
 static void *batch_logger(void *arg)
 {
 	int from = *(int *)arg;
 
 	log_batch_begin();
-	for (int i = 0; i < LINES / 2; i++) {
+	for (int i = 0; i < pace_lines; i++) {
 		log_access("conn=%d pad=%0120d", from + i, 0);
-		if (i % 10 == 9)
+		if (i % 10 == 9) {
 			log_flush(); /* a worker's loop turn */
+			if (pace_us)
+				usleep((useconds_t)pace_us);
+		}
 	}
 	log_flush();
 	return NULL;
@@ -168,6 +177,46 @@ static void test_unread_stderr_never_blocks(void **state)
 	free(r.buf);
 }
 
+/* A reader that keeps reading, but slower than two threads log: lines are
+ * dropped while the writer writes, and the report of each drop competes
+ * with them for the space a write frees. Every dropped line must still be
+ * counted in some report.
+ */
+static void test_slow_reader_every_drop_reported(void **state)
+{
+	struct reader r = {.chunk = 4096};
+	pthread_t t1, t2;
+	int a = 0, b = 100000;
+
+	(void)state;
+	/* 2 x 15,000 lines of ~170 bytes at about twice the reader's pace:
+	 * drops all along, for many of the writer's rounds. */
+	pace_lines = 15000;
+	pace_us = 50;
+	stderr_to_pipe(65536);
+	assert_int_equal(log_start(65536), 0);
+	alarm(20);
+	assert_int_equal(pthread_create(&r.thread, NULL, read_all, &r), 0);
+	assert_int_equal(pthread_create(&t1, NULL, batch_logger, &a), 0);
+	assert_int_equal(pthread_create(&t2, NULL, batch_logger, &b), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	assert_int_equal(log_stop(), 0);
+	stderr_back();
+	pthread_join(r.thread, NULL);
+	alarm(0);
+	close(rd);
+
+	size_t written = count(r.buf, " access conn=");
+	unsigned long dropped = dropped_in(r.buf);
+
+	pace_lines = LINES / 2;
+	pace_us = 0;
+	assert_true(dropped > 0);
+	assert_int_equal(written + dropped, 30000);
+	free(r.buf);
+}
+
 static void test_stop_gives_up_on_stalled_reader(void **state)
 {
 	uint64_t lost;
@@ -192,6 +241,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_direct_line_format),
 	    cmocka_unit_test(test_unread_stderr_never_blocks),
+	    cmocka_unit_test(test_slow_reader_every_drop_reported),
 	    cmocka_unit_test(test_stop_gives_up_on_stalled_reader),
 	};
 
