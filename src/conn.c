@@ -107,10 +107,28 @@ static void half_release(struct worker *w, struct half *h, bool reuse)
 	h->buf = NULL;
 }
 
+/* Whether ending the connection now (idle timeout, shutdown) cuts <h>'s
+ * stream short: bytes prism holds for its destination, bytes its source
+ * sent that prism has not read, or its source's reset not yet passed on.
+ * Its destination then gets an RST: a FIN would pass the truncated stream
+ * off as complete. A stream whose FIN was passed on is whole; one whose
+ * destination is gone has no one to tell.
+ */
+static bool half_cut(const struct half *h, const struct io *src)
+{
+	int inq = 0;
+
+	if (h->shut || h->gone)
+		return false;
+	if (h->pending || h->reset)
+		return true;
+	return src->fd != -1 && ioctl(src->fd, SIOCINQ, &inq) == 0 && inq > 0;
+}
+
 void conn_finalize(struct conn *c, enum conn_reason reason)
 {
 	struct worker *w = c->w;
-	bool reset;
+	bool reset, cut_c2o = false, cut_o2c = false;
 
 	if (c->state == CS_DEAD)
 		return;
@@ -120,8 +138,10 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	timer_cancel(&w->timers, &c->timer);
 
 	/* Errors are passed on as errors: a peer that reset, an origin that
-	 * refused or never answered. Orderly ends and our own timeouts close
-	 * with a FIN (the kernel still sends an RST if unread data remains).
+	 * refused or never answered. Orderly ends close with a FIN (the kernel
+	 * still sends an RST if unread data remains), and so do our own
+	 * timeouts and the shutdown, except towards a peer whose stream they
+	 * cut short (half_cut).
 	 */
 	switch (reason) {
 	case CR_CLIENT_RESET:
@@ -138,13 +158,19 @@ void conn_finalize(struct conn *c, enum conn_reason reason)
 	case CR_FIRST_BYTE_TIMEOUT:
 		reset = true;
 		break;
+	case CR_IDLE_TIMEOUT:
+	case CR_SHUTDOWN:
+		reset = false;
+		cut_c2o = half_cut(&c->c2o, &c->cli);
+		cut_o2c = half_cut(&c->o2c, &c->org);
+		break;
 	default:
 		reset = false;
 	}
 	if (c->cli.fd != -1)
-		reset ? close_reset(c->cli.fd) : (void)close(c->cli.fd);
+		reset || cut_o2c ? close_reset(c->cli.fd) : (void)close(c->cli.fd);
 	if (c->org.fd != -1)
-		reset ? close_reset(c->org.fd) : (void)close(c->org.fd);
+		reset || cut_c2o ? close_reset(c->org.fd) : (void)close(c->org.fd);
 	c->cli.fd = c->org.fd = -1;
 	half_release(w, &c->c2o, true);
 	half_release(w, &c->o2c, true);
@@ -884,6 +910,17 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 		}
 		if (n == -EINTR)
 			continue;
+		if (h->pipe.rd != -1 && (n == -ECONNRESET || n == -ETIMEDOUT)) {
+			/* splice reports the source's error before the bytes
+			 * it cannot pass, those past an urgent mark: recv
+			 * reads them (the error is taken, so it then finds an
+			 * EOF), and h->reset passes the reset on after them.
+			 */
+			h->reset = true;
+			half_drop(c->w, h);
+			h->bulk = false;
+			continue;
+		}
 		if (n < 0)
 			return io_failed((int)-n, PUMP_SRC_RESET);
 		if (n == 0)
@@ -1086,9 +1123,13 @@ static bool relay_half(struct conn *c, struct half *h, struct io *src, struct io
 	bool c2o = h == &c->c2o;
 	enum pump_res r = h->gone ? half_discard(c, src) : pump(c, h, src, dst);
 
+	/* A FIN that cannot be passed on: the destination's peer reset. Its
+	 * error may have been taken already (by connected(), which then set
+	 * back->reset); then the socket is closed, and shutdown says ENOTCONN.
+	 */
 	if (r == PUMP_OK && !h->reset &&
 	    !half_shut(c, h, dst, c2o ? CR_CLIENT_CLOSED : CR_ORIGIN_CLOSED))
-		r = dst_reset_pending(dst) ? PUMP_DST_GONE : PUMP_DST_RESET;
+		r = back->reset || dst_reset_pending(dst) ? PUMP_DST_GONE : PUMP_DST_RESET;
 	if (r == PUMP_DST_GONE) {
 		half_dst_gone(c, h, back, src, dst);
 		/* At once: a muted source (io_mute) reports nothing until then. */

@@ -666,6 +666,120 @@ def test_urgent_byte_in_a_stream(topo):
         o.close()
 
 
+@pytest.mark.parametrize("end", ["idle_timeout", "shutdown"])
+def test_a_stream_cut_short_ends_with_a_reset(topo, end):
+    """The idle timeout, or the shutdown grace running out, ends a
+    connection while prism still holds bytes of the origin's answer for a
+    client that is not reading: the client gets an RST, not a FIN that
+    would pass the truncated answer off as complete. The origin, whose
+    stream to the client was cut, is reset too (it has unread bytes)."""
+    t = topo
+    prism = t.start_prism(CFG)  # shutdown_grace 1s; idle 1s at .202
+    edge = "192.0.2.202" if end == "idle_timeout" else "192.0.2.10"
+    c, o, port = _pair_small_rcvbuf(t, edge, "client")
+    t.on_teardown(c.close)
+    t.on_teardown(o.close)
+    o.setblocking(False)
+    sent = b""
+    try:
+        for _ in range(4096):  # until prism takes no more (bounded)
+            chunk = os.urandom(65536)
+            sent += chunk[:o.send(chunk)]
+    except BlockingIOError:
+        pass
+    else:
+        pytest.fail(f"{len(sent)} bytes taken")
+    if end == "shutdown":
+        prism.wait_workers_asleep()
+        prism.send_signal(signal.SIGTERM)
+    d = prism.access_for(port, (edge, 7000), timeout=10)
+    assert d["reason"] == end, d
+    c.settimeout(5)
+    got, how = _read_to_end(c)
+    assert how == "reset", (len(got), len(sent))
+    assert len(got) < len(sent) and got == sent[:len(got)]
+
+
+def test_urgent_mark_then_reset_in_a_stream(topo):
+    """A stream's source sends urgent data, more bytes and a reset, all
+    queued before prism reads up to the mark: splice stops at the mark
+    and then reports the reset, though the bytes from the mark on are
+    still there to read (and prism has acknowledged them). They are
+    relayed, then the reset."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o, port = _pair_small_rcvbuf(t, "192.0.2.10", "origin")
+    t.on_teardown(c.close)
+    t.on_teardown(o.close)
+    sent = b""
+    # Until prism stops reading the client: its pipe and its send buffer
+    # to the origin, which takes nothing, are full.
+    for _ in range(2048):
+        chunk = os.urandom(4096)
+        c.sendall(chunk)
+        sent += chunk
+        peers.wait_acked(c)
+        prism.wait_workers_asleep()
+        if prism.recv_queue(port) >= len(chunk):
+            break
+    else:
+        pytest.fail(f"{len(sent)} bytes sent, prism read them all")
+    _send_urgent(c, b"U", b"after the mark")
+    sent += b"Uafter the mark"
+    peers.wait_acked(c)
+    peers.set_linger0(c)
+    c.close()
+    o.settimeout(5)
+    got, end = _read_to_end(o)
+    assert (len(got), end) == (len(sent), "reset")
+    assert got == sent
+    d = prism.access_for(port, ("192.0.2.10", 7000))
+    assert d["reason"] == "client_reset" and int(d["c2o"]) == len(sent), d
+
+
+def test_origin_greets_and_resets_before_its_connect_is_seen(topo):
+    """While prism is stopped (SIGSTOP), its connect to the origin
+    completes in the kernel, the origin sends a greeting and resets, and
+    the client has sent only its FIN. Reading the connect's result takes the
+    reset's error, so passing the FIN on fails with ENOTCONN and nothing
+    pending. The greeting is still in prism's origin socket: the client
+    gets it, then the reset, as it would from the origin directly."""
+    t = topo
+    prism = t.start_prism(CFG)
+    ls = peers.Listener(t.o, ORIGIN4, 7000)
+    t.on_teardown(ls.close)
+    # prism's first SYN is dropped; the retransmission a second later
+    # completes the handshake while prism is stopped.
+    nstopo.run(nstopo.ns_exec(t.o, ["nft", "-f", "-"]), input=(
+        "table inet ptsyn {\n chain input { type filter hook input priority 0;\n"
+        "  tcp dport 7000 tcp flags syn drop\n }\n}\n"))
+    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.o, ["nft", "delete", "table", "inet",
+                                                           "ptsyn"]), check=False))
+    t.on_teardown(lambda: prism.send_signal(signal.SIGCONT))
+    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
+    t.on_teardown(c.close)
+
+    def syn_sent():
+        with open(f"/proc/{prism.pid}/net/tcp") as f:
+            return any(ln.split()[3] == "02" for ln in f.readlines()[1:])
+
+    nstopo.poll_until(syn_sent, "prism's SYN to the origin")
+    prism.send_signal(signal.SIGSTOP)
+    # The FIN first, so that the worker sees it before the connect's end.
+    c.shutdown(socket.SHUT_WR)
+    nstopo.run(nstopo.ns_exec(t.o, ["nft", "delete", "table", "inet", "ptsyn"]))
+    o = ls.accept(timeout=5)
+    o.sendall(b"220 greeting\r\n")
+    peers.set_linger0(o)
+    o.close()
+    prism.send_signal(signal.SIGCONT)
+    c.settimeout(5)
+    got, end = _read_to_end(c)
+    assert (got, end) == (b"220 greeting\r\n", "reset")
+    d = prism.access_for(_client_port(c), ("192.0.2.10", 7000))
+    assert d["reason"] == "origin_reset" and d["o2c"] == "14", d
+
+
 def _expect_reset_soon(t, addr, limit):
     """Connects through prism; the connection must be refused or reset (not
     closed cleanly) within <limit> s. Returns (client port or None, seconds)."""
