@@ -271,13 +271,19 @@ fail:
 	return r;
 }
 
+void dns_request_stop(struct dns *d)
+{
+	if (d)
+		__atomic_store_n(&d->stop, true, __ATOMIC_RELEASE);
+}
+
 void dns_stop(struct dns *d)
 {
 	uint64_t one = 1;
 
 	if (!d)
 		return;
-	__atomic_store_n(&d->stop, true, __ATOMIC_RELEASE);
+	dns_request_stop(d);
 	if (write(d->evfd, &one, sizeof(one)) == -1)
 		log_err("dns: cannot wake resolver thread: %s", strerror(errno));
 	pthread_join(d->thread, NULL);

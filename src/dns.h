@@ -22,6 +22,10 @@ struct dns;
  */
 int dns_start(struct dns **out, struct app_origins *apps, size_t n);
 
+/* Asks the thread to stop: it does no further lookup (a resolution in
+ * progress still ends). dns_stop then joins it.
+ */
+void dns_request_stop(struct dns *d);
 /* Stops and joins the thread (waits for a resolution in progress). */
 void dns_stop(struct dns *d);
 

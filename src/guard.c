@@ -15,6 +15,7 @@
  * a worker must never do.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -57,6 +58,7 @@ struct src_entry {
 	struct in6_addr addr;
 	uint32_t app;
 	bool used;
+	uint8_t ban_fails;	   /* bans of it that could not be written (ban_undo) */
 	uint32_t concurrent;	   /* open connections admitted for (app, addr) */
 	uint16_t viol[VIOL_SLOTS]; /* violations per slot of the ban window, a ring */
 	uint64_t viol_slot;	   /* number (now / slot length) of the newest slot */
@@ -109,6 +111,8 @@ struct guard {
 	struct expiry *expiries; /* min-heap on .at */
 	size_t n_expiries;
 	bool fail_logged;
+	uint64_t last_fail_log; /* ms; "cannot ban" lines: one a second */
+	uint64_t fails_unlogged;
 
 	/* stats, atomic */
 	uint64_t st_source_limit, st_rate_limit, st_shed, st_bans, st_table_full;
@@ -277,8 +281,8 @@ static uint32_t viol_sum(const struct src_entry *e)
 static bool violation(struct src_entry *e, const struct cfg_protection *p, uint64_t now,
 		      uint32_t *count)
 {
-	uint64_t slot_ms = p->ban_window_ms / VIOL_SLOTS ? p->ban_window_ms / VIOL_SLOTS : 1;
-	uint64_t cur = now / slot_ms;
+	uint64_t slot_ms = ((uint64_t)p->ban_window_ms + VIOL_SLOTS - 1) / VIOL_SLOTS;
+	uint64_t cur;
 
 	/* A source under our ban can't reach us (the kernel drops it), but
 	 * connections queued before the ban still arrive: those don't count,
@@ -288,6 +292,7 @@ static bool violation(struct src_entry *e, const struct cfg_protection *p, uint6
 		*count = viol_sum(e);
 		return false;
 	}
+	cur = now / (slot_ms ? slot_ms : 1);
 	if (cur > e->viol_slot) {
 		for (uint64_t k = e->viol_slot + 1; k <= cur && k <= e->viol_slot + VIOL_SLOTS; k++)
 			e->viol[k % VIOL_SLOTS] = 0;
@@ -515,11 +520,12 @@ static void expiry_pop(struct guard *g)
 }
 
 /* A ban that could not be written: the source is not banned after all, so
- * its violations count again BAN_RETRY_MS after the ban would have begun,
+ * its violations count again BAN_RETRY_MS after the ban would have begun
+ * (twice that after a second failure, and so on, up to the ban's duration),
  * and <after> more then ask for it again, rather than none for the ban's
  * whole duration (up to days). Not at once: a failure that persists (a
- * full set, a table without ban sets) would cost a netlink call per
- * <after> violations.
+ * full set, a table without ban sets) would cost a netlink call and a log
+ * line per <after> violations of every source.
  */
 static void ban_undo(struct guard *g, const struct ban_req *req)
 {
@@ -530,8 +536,14 @@ static void ban_undo(struct guard *g, const struct ban_req *req)
 	pthread_mutex_lock(m);
 	e = entry_get(g, &g->table[bi * BUCKET_WAYS], req->app, &req->addr, 0, false);
 	/* On the workers' clock: the ban began at banned_until - duration. */
-	if (e && e->banned_until && req->duration_ms > BAN_RETRY_MS)
-		e->banned_until -= req->duration_ms - BAN_RETRY_MS;
+	if (e && e->banned_until) {
+		uint64_t retry = (uint64_t)BAN_RETRY_MS << (e->ban_fails < 20 ? e->ban_fails : 20);
+
+		if (retry < req->duration_ms)
+			e->banned_until -= req->duration_ms - retry;
+		if (e->ban_fails < UINT8_MAX)
+			e->ban_fails++;
+	}
 	pthread_mutex_unlock(m);
 }
 
@@ -548,14 +560,29 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 	r = guard_ban_fn(table, &req->addr, req->duration_ms, &err);
 	if (r < 0) {
 		/* Without network.manage the operator's table may lack the
-		 * ban sets on purpose: say so once, not per offender.
+		 * ban sets on purpose: say so once, not per offender. With
+		 * it, at most a line a second: a failure that lasts (a full
+		 * set) would otherwise log every offender's retries.
 		 */
-		if (g->cfg->net_manage || !g->fail_logged)
-			log_err("source %s: cannot ban for %s: %s%s", a, dur,
-				err ? err : strerror(-r),
+		uint64_t now = mono_ms();
+
+		if (!g->cfg->net_manage ? !g->fail_logged
+					: log_ratelimit(&g->last_fail_log, now, FULL_LOG_MS)) {
+			char more[64] = "";
+
+			if (g->fails_unlogged)
+				snprintf(more, sizeof(more),
+					 " (and %" PRIu64 " more since the last line)",
+					 g->fails_unlogged);
+			log_err("source %s: cannot ban for %s: %s%s%s", a, dur,
+				err ? err : strerror(-r), more,
 				g->cfg->net_manage ? ""
 						   : " (network.manage is off: further ban "
 						     "failures are not logged)");
+			g->fails_unlogged = 0;
+		} else if (g->cfg->net_manage) {
+			g->fails_unlogged++;
+		}
 		g->fail_logged = true;
 		free(err);
 		ban_undo(g, req);

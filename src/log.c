@@ -129,9 +129,6 @@ static bool stderr_regular(void)
 	return fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* Appends <n> bytes holding <lines> lines to the buffer, or writes them
- * directly when the writer is not running.
- */
 /* Appends <n> bytes that fit to the ring. Called with the lock held. */
 static void ring_put(const char *p, size_t n)
 {
@@ -143,6 +140,9 @@ static void ring_put(const char *p, size_t n)
 	lg.used += n;
 }
 
+/* Appends <n> bytes holding <lines> lines to the buffer, or writes them
+ * directly when the writer is not running.
+ */
 static void push(const char *p, size_t n, size_t lines, bool urgent)
 {
 	bool wake;

@@ -4,8 +4,10 @@
  * resolver that is down neither floods the log nor holds up dns_stop.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -204,9 +206,13 @@ static void test_unchanged_answer_keeps_the_set(void **state)
 }
 
 static int down, down_calls; /* atomic */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static bool held, released;
 
-/* Answers while <down> is 0; then fails every name after 20 ms, the way a
- * resolver that stopped answering makes each lookup wait.
+/* Answers while <down> is 0; then fails every name, and the 35th lookup
+ * (the fifth of the second round) waits until the test releases it, the
+ * way a resolver that stopped answering makes a lookup wait.
  */
 static int down_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
 			 const char **why)
@@ -216,8 +222,14 @@ static int down_resolver(const char *host, struct sockaddr_storage **addrs, size
 
 	(void)host;
 	if (__atomic_load_n(&down, __ATOMIC_RELAXED)) {
-		__atomic_add_fetch(&down_calls, 1, __ATOMIC_RELAXED);
-		usleep(20 * 1000);
+		if (__atomic_add_fetch(&down_calls, 1, __ATOMIC_RELAXED) == 35) {
+			pthread_mutex_lock(&gate_lock);
+			held = true;
+			pthread_cond_broadcast(&gate_cond);
+			while (!released)
+				pthread_cond_wait(&gate_cond, &gate_lock);
+			pthread_mutex_unlock(&gate_lock);
+		}
 		*why = "Temporary failure in name resolution";
 		return -EAGAIN;
 	}
@@ -250,7 +262,7 @@ static void test_resolver_down(void **state)
 	struct dns *d = NULL;
 	size_t o = 0;
 	ssize_t got;
-	int at_stop, saved = dup(2);
+	int saved = dup(2);
 	FILE *f = tmpfile();
 
 	(void)state;
@@ -270,13 +282,17 @@ static void test_resolver_down(void **state)
 	__atomic_store_n(&down, 1, __ATOMIC_RELAXED);
 	assert_int_equal(dup2(fileno(f), 2), 2);
 	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
-	/* The first round (30 lookups) done, the second under way. */
-	while (__atomic_load_n(&down_calls, __ATOMIC_RELAXED) < 35)
-		usleep(1000);
-	at_stop = __atomic_load_n(&down_calls, __ATOMIC_RELAXED);
+	/* The first round (30 lookups) done, the second's fifth under way. */
+	pthread_mutex_lock(&gate_lock);
+	while (!held)
+		pthread_cond_wait(&gate_cond, &gate_lock);
+	dns_request_stop(d);
+	released = true;
+	pthread_cond_broadcast(&gate_cond);
+	pthread_mutex_unlock(&gate_lock);
 	dns_stop(d);
-	/* At most the lookup that started as we read the count. */
-	assert_true(__atomic_load_n(&down_calls, __ATOMIC_RELAXED) <= at_stop + 1);
+	/* The lookup in progress ended; no other began. */
+	assert_int_equal(__atomic_load_n(&down_calls, __ATOMIC_RELAXED), 35);
 	assert_int_equal(dup2(saved, 2), 2);
 	close(saved);
 	rewind(f);
@@ -285,9 +301,10 @@ static void test_resolver_down(void **state)
 	out[got] = '\0';
 	fclose(f);
 	/* Round one: 10 lines and the count of the other 20; round two,
-	 * stopped after 5 or more lookups: at most 10 lines. */
+	 * stopped after 5 lookups: 5 lines. */
 	assert_int_equal(count_lines(out, "dns: 20 more lookups of origin names failed"), 1);
-	assert_in_range(count_lines(out, "cannot resolve origin"), 15, 20);
+	assert_int_equal(count_lines(out, "more lookups of origin names failed"), 1);
+	assert_int_equal(count_lines(out, "cannot resolve origin"), 15);
 	app_origins_free(ao, cfg->n_apps);
 	cfg_unref(cfg);
 	free(yaml);

@@ -141,11 +141,31 @@ static void *batch_logger(void *arg)
 	return NULL;
 }
 
+/* Two threads log as workers do (batch_logger), and are done. */
+static void log_from_two_threads(void)
+{
+	static int a = 0, b = 100000;
+	pthread_t t1, t2;
+
+	assert_int_equal(pthread_create(&t1, NULL, batch_logger, &a), 0);
+	assert_int_equal(pthread_create(&t2, NULL, batch_logger, &b), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+}
+
+/* Stops the writer (nothing lost) and waits for reader <r> to read the rest. */
+static void stop_and_collect(struct reader *r)
+{
+	assert_int_equal(log_stop(), 0);
+	stderr_back();
+	pthread_join(r->thread, NULL);
+	alarm(0);
+	close(rd);
+}
+
 static void test_unread_stderr_never_blocks(void **state)
 {
 	struct reader r = {0};
-	pthread_t t1, t2;
-	int a = 0, b = LINES / 2;
 
 	(void)state;
 	stderr_to_pipe(65536);
@@ -154,17 +174,10 @@ static void test_unread_stderr_never_blocks(void **state)
 	/* Nobody reads: ~500 KB of lines against 64 KiB of pipe and 64 KiB of
 	 * buffer. Two threads log as workers do.
 	 */
-	assert_int_equal(pthread_create(&t1, NULL, batch_logger, &a), 0);
-	assert_int_equal(pthread_create(&t2, NULL, batch_logger, &b), 0);
-	pthread_join(t1, NULL);
-	pthread_join(t2, NULL);
+	log_from_two_threads();
 	/* Now read: what was buffered comes out, then the count of the rest. */
 	assert_int_equal(pthread_create(&r.thread, NULL, read_all, &r), 0);
-	assert_int_equal(log_stop(), 0);
-	stderr_back();
-	pthread_join(r.thread, NULL);
-	alarm(0);
-	close(rd);
+	stop_and_collect(&r);
 
 	size_t written = count(r.buf, " access conn=");
 	unsigned long dropped = dropped_in(r.buf);
@@ -185,8 +198,6 @@ static void test_unread_stderr_never_blocks(void **state)
 static void test_slow_reader_every_drop_reported(void **state)
 {
 	struct reader r = {.chunk = 4096};
-	pthread_t t1, t2;
-	int a = 0, b = 100000;
 
 	(void)state;
 	/* 2 x 15,000 lines of ~170 bytes at about twice the reader's pace:
@@ -197,15 +208,8 @@ static void test_slow_reader_every_drop_reported(void **state)
 	assert_int_equal(log_start(65536), 0);
 	alarm(20);
 	assert_int_equal(pthread_create(&r.thread, NULL, read_all, &r), 0);
-	assert_int_equal(pthread_create(&t1, NULL, batch_logger, &a), 0);
-	assert_int_equal(pthread_create(&t2, NULL, batch_logger, &b), 0);
-	pthread_join(t1, NULL);
-	pthread_join(t2, NULL);
-	assert_int_equal(log_stop(), 0);
-	stderr_back();
-	pthread_join(r.thread, NULL);
-	alarm(0);
-	close(rd);
+	log_from_two_threads();
+	stop_and_collect(&r);
 
 	size_t written = count(r.buf, " access conn=");
 	unsigned long dropped = dropped_in(r.buf);
