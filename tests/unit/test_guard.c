@@ -197,6 +197,18 @@ static void cfg_setup(void)
 	guard_ban_fn = stub_ban;
 }
 
+/* cfg_setup, and app 0 with one connection per source and bans after
+ * <after> violations within <window_ms> for <duration_ms>.
+ */
+static void ban_setup(uint32_t after, uint32_t window_ms, uint32_t duration_ms)
+{
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	apps[0].protection.ban_after = after;
+	apps[0].protection.ban_window_ms = window_ms;
+	apps[0].protection.ban_duration_ms = duration_ms;
+}
+
 static struct in6_addr v4(const char *s)
 {
 	struct in6_addr a;
@@ -352,12 +364,8 @@ static void test_shed_is_no_violation(void **state)
 	struct guard *g;
 
 	(void)state;
-	cfg_setup();
+	ban_setup(2, 60000, 600000);
 	apps[0].max_conns = 1;
-	apps[0].protection.max_conns_per_source = 1;
-	apps[0].protection.ban_after = 2;
-	apps[0].protection.ban_window_ms = 60000;
-	apps[0].protection.ban_duration_ms = 600000;
 	g = guard_new(&cfg);
 	assert_non_null(g);
 
@@ -526,16 +534,12 @@ static void test_ban_failure(void **state)
 	for (int manage = 0; manage < 2; manage++) {
 		struct guard *g;
 
-		cfg_setup();
+		ban_setup(1, 1000, 3600000);
 		cfg.net_manage = manage;
 		cfg.nft_table = "edge";
 		fail_addr[0] = f1;
 		fail_addr[1] = f2;
 		n_fail = 2;
-		apps[0].protection.max_conns_per_source = 1;
-		apps[0].protection.ban_after = 1;
-		apps[0].protection.ban_window_ms = 1000;
-		apps[0].protection.ban_duration_ms = 3600000;
 		capture_start();
 		g = guard_new(&cfg);
 		assert_non_null(g);
@@ -573,13 +577,9 @@ static void test_failed_ban_is_asked_again(void **state)
 	struct guard *g;
 
 	(void)state;
-	cfg_setup();
+	ban_setup(1, 1000, 3600000);
 	fail_addr[0] = f;
 	n_fail = 1;
-	apps[0].protection.max_conns_per_source = 1;
-	apps[0].protection.ban_after = 1;
-	apps[0].protection.ban_window_ms = 1000;
-	apps[0].protection.ban_duration_ms = 3600000;
 	capture_start();
 	g = guard_new(&cfg);
 	assert_non_null(g);
@@ -619,11 +619,7 @@ static void test_ban_window_slides(void **state)
 	struct guard *g;
 
 	(void)state;
-	cfg_setup();
-	apps[0].protection.max_conns_per_source = 1;
-	apps[0].protection.ban_after = 5;
-	apps[0].protection.ban_window_ms = 10000;
-	apps[0].protection.ban_duration_ms = 60000;
+	ban_setup(5, 10000, 60000);
 	capture_start();
 	g = guard_new(&cfg);
 	assert_non_null(g);
@@ -671,11 +667,7 @@ static void test_ban_queue_full(void **state)
 	int queued;
 
 	(void)state;
-	cfg_setup();
-	apps[0].protection.max_conns_per_source = 1;
-	apps[0].protection.ban_after = 1;
-	apps[0].protection.ban_window_ms = 1000;
-	apps[0].protection.ban_duration_ms = 1000;
+	ban_setup(1, 1000, 1000);
 	gate_set(true);
 	capture_start(); /* the bans that do get through are many lines */
 	g = guard_new(&cfg);
