@@ -310,6 +310,12 @@ static const struct lb_table *table_of(const struct origin_set *set, enum cfg_ba
 	return t && t->algo == algo && t->n == set->n ? t : NULL;
 }
 
+/* The <k>th of <n> indices counting from <start> (< n), wrapping around. */
+static inline size_t rotated(size_t start, size_t k, size_t n)
+{
+	return start + k < n ? start + k : start + k - n;
+}
+
 /* One pass of weighted random choice over the usable origins of a tier,
  * except <skip> (reservoir sampling: keep i with probability w_i / sum).
  */
@@ -348,7 +354,7 @@ static size_t pick_rr(const struct origin_set *set, struct lb_worker *w, int tie
 		return LB_NONE;
 	start = w->rr % set->n;
 	for (size_t k = 0; k < set->n; k++) {
-		size_t i = start + k < set->n ? start + k : start + k - set->n;
+		size_t i = rotated(start, k, set->n);
 
 		if (!ok(set, i, tier, usable, arg))
 			continue;
@@ -397,7 +403,7 @@ static size_t pick_least(const struct origin_set *set, struct lb_worker *w, int 
 		return LB_NONE;
 	start = w->rr++ % set->n;
 	for (size_t k = 0; k < set->n; k++) {
-		size_t i = start + k < set->n ? start + k : start + k - set->n;
+		size_t i = rotated(start, k, set->n);
 		uint64_t a, wi;
 
 		if (!ok(set, i, tier, usable, arg))
@@ -420,7 +426,7 @@ static size_t pick_least(const struct origin_set *set, struct lb_worker *w, int 
 	 * current weights go to the first in this pick's rotation, as in
 	 * pick_rr. */
 	for (size_t k = 0; k < set->n; k++) {
-		size_t i = start + k < set->n ? start + k : start + k - set->n;
+		size_t i = rotated(start, k, set->n);
 		uint64_t wi = set->v[i]->weight;
 
 		if (!eligible(set, i, tier) ||

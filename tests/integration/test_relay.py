@@ -484,6 +484,25 @@ def _pair_small_rcvbuf(t, edge, reader, small=4096):
     return c, o, _client_port(c)
 
 
+def _send_until(prism, s, done, tries, settle=None):
+    """Sends 4 KiB chunks of random bytes on <s>, each acknowledged and
+    then handled by prism's workers (after <settle>(), if given), until
+    done() says enough; fails after <tries> chunks. Returns what was
+    sent."""
+    sent = b""
+    for _ in range(tries):
+        chunk = os.urandom(4096)
+        s.sendall(chunk)
+        sent += chunk
+        peers.wait_acked(s)
+        if settle:
+            settle()
+        prism.wait_workers_asleep()
+        if done():
+            return sent
+    pytest.fail(f"{len(sent)} bytes sent, done() never held")
+
+
 def _reset_while_prism_holds_bytes(t, prism, edge, who):
     """Sets up a reset that must wait (CS_LINGER): <who> ("client" or
     "origin") sends while the other peer, with a small receive buffer,
@@ -493,21 +512,13 @@ def _reset_while_prism_holds_bytes(t, prism, edge, who):
     c, o, port = _pair_small_rcvbuf(t, edge, "origin" if who == "client" else "client")
     quits, other = (c, o) if who == "client" else (o, c)
     quits_port, other_port = (port, 7000) if who == "client" else (7000, port)
-    sent = b""
     # 4 KiB at a time until twice that waits in prism's send buffer to the
     # other peer, whatever its window: the rest of the buffer is free, so
     # nothing waits in prism's pipe, and its read of the reset is the next.
-    for _ in range(64):
-        chunk = os.urandom(4096)
-        quits.sendall(chunk)
-        sent += chunk
-        peers.wait_acked(quits)
-        nstopo.poll_until(lambda: not prism.recv_queue(quits_port), "prism does not read")
-        prism.wait_workers_asleep()
-        if prism.send_queue(other_port) >= 2 * len(chunk):
-            break
-    else:
-        pytest.fail(f"{len(sent)} bytes sent, the other peer took them all")
+    sent = _send_until(
+        prism, quits, lambda: prism.send_queue(other_port) >= 2 * 4096, 64,
+        settle=lambda: nstopo.poll_until(lambda: not prism.recv_queue(quits_port),
+                                         "prism does not read"))
     peers.set_linger0(quits)
     quits.close()
     return other, port, sent
@@ -711,19 +722,9 @@ def test_urgent_mark_then_reset_in_a_stream(topo):
     c, o, port = _pair_small_rcvbuf(t, "192.0.2.10", "origin")
     t.on_teardown(c.close)
     t.on_teardown(o.close)
-    sent = b""
     # Until prism stops reading the client: its pipe and its send buffer
     # to the origin, which takes nothing, are full.
-    for _ in range(2048):
-        chunk = os.urandom(4096)
-        c.sendall(chunk)
-        sent += chunk
-        peers.wait_acked(c)
-        prism.wait_workers_asleep()
-        if prism.recv_queue(port) >= len(chunk):
-            break
-    else:
-        pytest.fail(f"{len(sent)} bytes sent, prism read them all")
+    sent = _send_until(prism, c, lambda: prism.recv_queue(port) >= 4096, 2048)
     _send_urgent(c, b"U", b"after the mark")
     sent += b"Uafter the mark"
     peers.wait_acked(c)

@@ -45,27 +45,45 @@ static int stub_resolver(const char *host, struct sockaddr_storage **addrs, size
 	return 0;
 }
 
+/* Loads <n> apps, each naming "one.test:80" (<own> false) or a name of
+ * its own ("d<i>.test:80"), refreshed every REFRESH_MS, through the
+ * resolver set in cfg_resolver.
+ */
+static struct cfg *load_apps(int n, bool own)
+{
+	char *yaml = malloc((size_t)n * 160 + 16), *errors = NULL;
+	struct cfg *cfg = NULL;
+	size_t o = 0;
+
+	assert_non_null(yaml);
+	o += (size_t)sprintf(yaml, "apps:\n");
+	for (int i = 0; i < n; i++) {
+		char name[32] = "one.test";
+
+		if (own)
+			snprintf(name, sizeof(name), "d%d.test", i);
+		o += (size_t)sprintf(yaml + o,
+				     "  - {name: a%d, edge: 192.0.2.%d, ports: 80, origins: "
+				     "\"%s:80\", dns: {refresh: %dms}}\n",
+				     i, i + 1, name, REFRESH_MS);
+	}
+	assert_int_equal(cfg_load_buf("t.yaml", yaml, o, &cfg, &errors), 0);
+	assert_null(errors);
+	free(yaml);
+	return cfg;
+}
+
 static void test_one_lookup_per_round(void **state)
 {
-	char *yaml = malloc(APPS * 160 + 16), *errors = NULL;
 	struct app_origins *ao;
-	struct cfg *cfg = NULL;
+	struct cfg *cfg;
 	struct dns *d = NULL;
-	size_t o = 0;
 	uint64_t t0, ms;
 	int during;
 
 	(void)state;
-	assert_non_null(yaml);
-	o += (size_t)sprintf(yaml, "apps:\n");
-	for (int i = 0; i < APPS; i++)
-		o += (size_t)sprintf(yaml + o,
-				     "  - {name: a%d, edge: 192.0.2.%d, ports: 80, origins: "
-				     "\"one.test:80\", dns: {refresh: %dms}}\n",
-				     i, i + 1, REFRESH_MS);
 	cfg_resolver = stub_resolver;
-	assert_int_equal(cfg_load_buf("t.yaml", yaml, o, &cfg, &errors), 0);
-	assert_null(errors);
+	cfg = load_apps(APPS, false);
 	/* Loading: one lookup for the 50 apps. */
 	assert_int_equal(calls, 1);
 
@@ -85,7 +103,6 @@ static void test_one_lookup_per_round(void **state)
 	assert_true(during <= 2 * (int)(ms / REFRESH_MS + 1));
 	app_origins_free(ao, cfg->n_apps);
 	cfg_unref(cfg);
-	free(yaml);
 }
 
 static int fast_calls, slow_calls; /* atomic */
@@ -256,27 +273,18 @@ static size_t count_lines(const char *text, const char *needle)
  */
 static void test_resolver_down(void **state)
 {
-	char *yaml = malloc(30 * 160 + 16), *errors = NULL, out[65536];
+	char out[65536];
 	struct app_origins *ao;
-	struct cfg *cfg = NULL;
+	struct cfg *cfg;
 	struct dns *d = NULL;
-	size_t o = 0;
 	ssize_t got;
 	int saved = dup(2);
 	FILE *f = tmpfile();
 
 	(void)state;
-	assert_non_null(yaml);
 	assert_non_null(f);
-	o += (size_t)sprintf(yaml, "apps:\n");
-	for (int i = 0; i < 30; i++)
-		o += (size_t)sprintf(yaml + o,
-				     "  - {name: a%d, edge: 192.0.2.%d, ports: 80, origins: "
-				     "\"d%d.test:80\", dns: {refresh: 50ms}}\n",
-				     i, i + 1, i);
 	cfg_resolver = down_resolver;
-	assert_int_equal(cfg_load_buf("t.yaml", yaml, o, &cfg, &errors), 0);
-	assert_null(errors);
+	cfg = load_apps(30, true);
 	ao = app_origins_new(cfg);
 	assert_non_null(ao);
 	__atomic_store_n(&down, 1, __ATOMIC_RELAXED);
@@ -307,7 +315,6 @@ static void test_resolver_down(void **state)
 	assert_int_equal(count_lines(out, "cannot resolve origin"), 15);
 	app_origins_free(ao, cfg->n_apps);
 	cfg_unref(cfg);
-	free(yaml);
 }
 
 int main(void)
