@@ -61,8 +61,9 @@ static const struct command commands[] = {
      "FILE:LINE:COL: message line per problem and exits 2.\n"},
     {"net", cmd_net, "prism net up|down|show -c FILE",
      "up    install the AnyIP routes and the nftables table (idempotent)\n"
-     "down  remove prism's nftables table and every route tagged as prism's\n"
-     "      (protocol 249); nothing else is touched\n"
+     "down  remove prism's nftables table and every route tagged as this\n"
+     "      instance's (protocol 249, the table's metric); nothing else is\n"
+     "      touched\n"
      "show  print what \"up\" would install, changing nothing\n"},
     {"ban", cmd_ban, "prism ban list|add|del [ADDR [DURATION]] -c FILE",
      "list          the sources in the kernel ban set, with the time left\n"

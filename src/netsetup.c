@@ -337,8 +337,21 @@ long net_route_prefixes(const struct cfg *cfg, struct addr_prefix **out)
 	return (long)k;
 }
 
+uint32_t net_route_metric(const char *table)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (const unsigned char *c = (const unsigned char *)table; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	return h | 0x10000u;
+}
+
+/* IPv4's metric when none is given, and IPv6's (IP6_RT_PRIO_USER). */
+#define METRIC_DEFAULT4 0u
+#define METRIC_DEFAULT6 1024u
+
 static void route_msg_init(struct nlmsghdr *nlh, uint16_t type, uint16_t flags,
-			   const struct addr_prefix *p, unsigned int oif)
+			   const struct addr_prefix *p, unsigned int oif, uint32_t metric)
 {
 	bool v4 = net_is_v4_prefix(p);
 	struct rtmsg *rtm;
@@ -358,6 +371,7 @@ static void route_msg_init(struct nlmsghdr *nlh, uint16_t type, uint16_t flags,
 		mnl_attr_put(nlh, RTA_DST, 16, &p->addr);
 	mnl_attr_put_u32(nlh, RTA_TABLE, RT_TABLE_LOCAL);
 	mnl_attr_put_u32(nlh, RTA_OIF, oif);
+	mnl_attr_put_u32(nlh, RTA_PRIORITY, metric);
 }
 
 /* Routes found by the dump, kept whole so each can be sent back as its own
@@ -370,6 +384,7 @@ struct route_list {
 	int err;
 	const struct addr_prefix *keep; /* sorted; routes to these stay */
 	size_t n_keep;
+	uint32_t metric; /* this instance's (net_route_metric) */
 };
 
 static int dump_route(const struct nlmsghdr *nlh, void *data)
@@ -378,7 +393,7 @@ static int dump_route(const struct nlmsghdr *nlh, void *data)
 	const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
 	const struct nlattr *attr;
 	struct addr_prefix dst = {0};
-	uint32_t table;
+	uint32_t table, metric = METRIC_DEFAULT4; /* an IPv4 route without RTA_PRIORITY */
 	struct nlmsghdr *copy;
 
 	if (nlh->nlmsg_type != RTM_NEWROUTE || nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*rtm)))
@@ -393,6 +408,9 @@ static int dump_route(const struct nlmsghdr *nlh, void *data)
 		if (mnl_attr_get_type(attr) == RTA_TABLE &&
 		    mnl_attr_validate(attr, MNL_TYPE_U32) == 0)
 			table = mnl_attr_get_u32(attr);
+		if (mnl_attr_get_type(attr) == RTA_PRIORITY &&
+		    mnl_attr_validate(attr, MNL_TYPE_U32) == 0)
+			metric = mnl_attr_get_u32(attr);
 		if (mnl_attr_get_type(attr) == RTA_DST && rtm->rtm_family == AF_INET &&
 		    mnl_attr_get_payload_len(attr) == 4)
 			memcpy(&dst.addr.s6_addr[12], mnl_attr_get_payload(attr), 4);
@@ -402,11 +420,19 @@ static int dump_route(const struct nlmsghdr *nlh, void *data)
 	}
 	if (table != RT_TABLE_LOCAL || rtm->rtm_protocol != RTPROT_PRISM)
 		return MNL_CB_OK;
+	/* Another instance's (another table's metric) stay; the defaults are
+	 * what prism set before routes had a metric: stale even to a kept
+	 * prefix, which has its route with the metric by now.
+	 */
+	if (metric != l->metric &&
+	    metric != (rtm->rtm_family == AF_INET ? METRIC_DEFAULT4 : METRIC_DEFAULT6))
+		return MNL_CB_OK;
 	if (rtm->rtm_family == AF_INET) {
 		dst.addr.s6_addr[10] = dst.addr.s6_addr[11] = 0xff;
 		dst.len += 96;
 	}
-	if (l->n_keep && bsearch(&dst, l->keep, l->n_keep, sizeof(dst), net_prefix_cmp))
+	if (metric == l->metric && l->n_keep &&
+	    bsearch(&dst, l->keep, l->n_keep, sizeof(dst), net_prefix_cmp))
 		return MNL_CB_OK;
 	if (l->n == l->cap) {
 		size_t cap = l->cap ? l->cap * 2 : 16;
@@ -462,12 +488,15 @@ static int routes_dump(struct nl *nl, int family, struct route_list *l)
 	return -EPROTO;
 }
 
-/* Deletes every RTPROT_PRISM route in table local except those to the
- * <n_keep> sorted prefixes in <keep>.
+/* Deletes every route of the instance of nft table <table> in table local
+ * (RTPROT_PRISM, its metric or a legacy default) except those to the
+ * <n_keep> sorted prefixes in <keep>. A legacy route to a kept prefix goes
+ * too: the new one with the metric was added next to it.
  */
-static int routes_prune(const struct addr_prefix *keep, size_t n_keep, char **err)
+static int routes_prune(const char *table, const struct addr_prefix *keep, size_t n_keep,
+			char **err)
 {
-	struct route_list l = {.keep = keep, .n_keep = n_keep};
+	struct route_list l = {.keep = keep, .n_keep = n_keep, .metric = net_route_metric(table)};
 	struct nl nl = {0};
 	char why[256];
 	int ret;
@@ -520,11 +549,11 @@ out:
  * are in place, and failing would leave them installed with no prism
  * behind them (a later `net up` or `net down` prunes again).
  */
-static void routes_prune_stale(const struct addr_prefix *keep, size_t n)
+static void routes_prune_stale(const char *table, const struct addr_prefix *keep, size_t n)
 {
 	char *err = NULL;
 
-	if (routes_prune(keep, n, &err) < 0)
+	if (routes_prune(table, keep, n, &err) < 0)
 		log_warn("%s; routes of prefixes no longer configured may remain", err);
 	free(err);
 }
@@ -549,7 +578,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 	if (n == 0) {
 		ret = net_nft_run(script, what, err);
 		if (ret == 0)
-			routes_prune_stale(NULL, 0);
+			routes_prune_stale(cfg->nft_table, NULL, 0);
 		return ret;
 	}
 	added = calloc((size_t)n, sizeof(*added));
@@ -568,11 +597,15 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 	for (i = 0; i < n; i++) {
 		struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
 
-		/* CREATE|EXCL, never REPLACE: an identical route that is
-		 * already there (EEXIST) belongs to whoever made it, so it
-		 * keeps its protocol and `net down` will not remove it.
+		/* CREATE|EXCL, never REPLACE: an identical route (same
+		 * prefix and metric) that is already there (EEXIST) is this
+		 * instance's from an earlier `net up`, or else it keeps the
+		 * protocol whoever made it gave it. An operator's route to
+		 * the same prefix with another metric stays as it is, next
+		 * to prism's.
 		 */
-		route_msg_init(nlh, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &pfx[i], lo);
+		route_msg_init(nlh, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &pfx[i], lo,
+			       net_route_metric(cfg->nft_table));
 		ret = nl_request(&nl, nlh, why, sizeof(why));
 		if (ret == -EEXIST)
 			ret = 0;
@@ -598,11 +631,12 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 
 			if (!added[j])
 				continue;
-			route_msg_init(nlh, RTM_DELROUTE, 0, &pfx[j], lo);
+			route_msg_init(nlh, RTM_DELROUTE, 0, &pfx[j], lo,
+				       net_route_metric(cfg->nft_table));
 			nl_request(&nl, nlh, why, sizeof(why));
 		}
 	} else {
-		routes_prune_stale(pfx, (size_t)n);
+		routes_prune_stale(cfg->nft_table, pfx, (size_t)n);
 	}
 out:
 	nl_close(&nl);
@@ -909,12 +943,12 @@ int net_down(const struct cfg *cfg, char **err)
 	if (ret) {
 		char *rerr = NULL;
 
-		if (routes_prune(NULL, 0, &rerr) < 0)
+		if (routes_prune(t, NULL, 0, &rerr) < 0)
 			log_err("%s", rerr);
 		free(rerr);
 		return ret;
 	}
-	return routes_prune(NULL, 0, err);
+	return routes_prune(t, NULL, 0, err);
 }
 
 int net_show(const struct cfg *cfg, FILE *out)
@@ -937,8 +971,8 @@ int net_show(const struct cfg *cfg, FILE *out)
 	errno = 0; /* what a failed write sets, not what came before */
 	for (long i = 0; i < n; i++) {
 		addr_fmt_prefix(&pfx[i], ps);
-		fprintf(out, "ip route add local %s dev lo table local proto %d\n", ps,
-			RTPROT_PRISM);
+		fprintf(out, "ip route add local %s dev lo table local proto %d metric %u\n", ps,
+			RTPROT_PRISM, net_route_metric(cfg->nft_table));
 	}
 	free(pfx);
 	fputs(script, out);

@@ -1,19 +1,20 @@
 /* netsetup.h - the network state prism owns: AnyIP routes and one nft table.
  *
  * AnyIP: "local PREFIX dev lo" routes in table local, v4 and v6, added over
- * netlink (libmnl) and tagged with protocol RTPROT_PRISM so that "net down"
- * removes exactly those. nftables (libnftables): one table of family inet,
- * replaced atomically in a single transaction. Its prerouting chain (priority
- * mangle) sends packets to served prefixes through a `guard` chain: the ban
- * sets, per-app and global deny/allow lists, the per-source SYN meter (each
- * drop with a named counter), then TPROXY of TCP whose (daddr . dport) is a
- * configured claim to the listener, and finally the unserved rule (drop or
- * reset). Ban-set elements are carried over a replacement with their
+ * netlink (libmnl) and tagged with protocol RTPROT_PRISM and the metric of
+ * the nft table's name (net_route_metric), so that "net down" removes
+ * exactly those, and two instances with different tables keep each other's. nftables (libnftables):
+ * one table of family inet, replaced atomically in a single transaction. Its prerouting chain
+ * (priority mangle) sends packets to served prefixes through a `guard` chain: the ban sets, per-app
+ * and global deny/allow lists, the per-source SYN meter (each drop with a named counter), then
+ * TPROXY of TCP whose (daddr . dport) is a configured claim to the listener, and finally the
+ * unserved rule (drop or reset). Ban-set elements are carried over a replacement with their
  * remaining time. No conntrack is involved.
  */
 #ifndef PRISM_NETSETUP_H
 #define PRISM_NETSETUP_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 struct cfg;
@@ -22,6 +23,15 @@ struct cfg;
  * /etc/iproute2/rt_protos; "ip route show proto 249").
  */
 #define RTPROT_PRISM 249
+
+/* The metric of the routes of the instance whose nft table is <table>: a
+ * hash of the name, at least 65536 (above what people type by hand, and
+ * never IPv4's default 0 nor IPv6's 1024). Routes of RTPROT_PRISM with
+ * another metric belong to another instance and are left alone; those with
+ * the defaults were made by prism before routes had a metric, and are
+ * pruned as stale.
+ */
+uint32_t net_route_metric(const char *table);
 
 /* Returns a malloc'd nft script that replaces the table atomically: the
  * exact text net_up hands to libnftables and net_show prints. NULL on ENOMEM.
@@ -41,8 +51,8 @@ int net_check(char **err);
 int net_up(const struct cfg *cfg, char **err);
 
 /* Removes the table named in <cfg> (if present) and every route tagged
- * RTPROT_PRISM. Returns 0 (also when nothing was there) or -errno with
- * <*err>.
+ * RTPROT_PRISM with its metric (and the legacy ones, see net_route_metric).
+ * Returns 0 (also when nothing was there) or -errno with <*err>.
  */
 int net_down(const struct cfg *cfg, char **err);
 

@@ -163,10 +163,12 @@ def test_operator_routes_survive_down(ns, cfg):
     before = state(ns)
     net(ns, "up", cfg)
     v4, v6 = routes(ns)
-    assert re.search(r"^local 198\.18\.5\.0/24 dev lo scope host", v4, re.M), v4
-    # prism's one route there is the operator's /24 (the /32 is inside it).
-    assert not re.search(r"proto 249", v4), v4
-    assert not re.search(r"^local 2001:db8:5::/64 .*proto 249", v6, re.M), v6
+    # The operator's routes stay as they were; prism's (its protocol and
+    # metric) go next to them, so they keep working without the operator's.
+    assert re.search(r"^local 198\.18\.5\.0/24 dev lo scope host $", v4, re.M), v4
+    assert re.search(r"^local 198\.18\.9\.0/24 dev lo scope host $", v4, re.M), v4
+    assert re.search(r"^local 2001:db8:5::/64 dev lo metric 1024 ", v6, re.M), v6
+    assert prism_routes(ns) == ["198.18.5.0/24", "2001:db8:5::/64"]
     net(ns, "down", cfg)
     assert state(ns) == before
 
@@ -185,8 +187,8 @@ def test_show_prints_and_changes_nothing(ns, cfg):
     assert state(ns) == before
     out = p.stdout
     for pfx in (r"198\.18\.5\.0/24", r"2001:db8:5::/64"):
-        assert re.search(rf"^ip route add local {pfx} dev lo table local proto 249$", out,
-                         re.M), out
+        assert re.search(rf"^ip route add local {pfx} dev lo table local proto 249 metric "
+                         r"\d+$", out, re.M), out
     assert "table inet prism {" in out
     assert "tproxy ip to 127.0.0.1:15001" in out
     assert "tproxy ip6 to [::1]:15001" in out
@@ -361,7 +363,7 @@ def test_routes_are_the_fewest_prefixes(ns, tmp_path):
     cfg.write_text(CFG_ROUTES)
     want = ["198.18.5.0/24", "198.18.7.0/24", "198.18.8.1", "198.18.8.2", "198.18.8.4/30",
             "2001:db8:5::/64"]
-    shown = re.findall(r"^ip route add local (\S+) dev lo table local proto 249$",
+    shown = re.findall(r"^ip route add local (\S+) dev lo table local proto 249 metric \d+$",
                        net(ns, "show", cfg).stdout, re.M)
     assert sorted(x.removesuffix("/32") for x in shown) == want, shown
     net(ns, "up", cfg)
@@ -398,6 +400,60 @@ def test_up_drops_routes_of_removed_prefixes(ns, cfg, tmp_path):
     net(ns, "down", smaller)
     assert state(ns) == before
 
+
+# A second instance's own table and prefixes.
+CFG_OTHER = """\
+listen: {address: 127.0.0.1, address6: "::1", port: 15002}
+network: {table: other}
+apps:
+  - {name: o4, edge: 198.18.6.0/24, ports: 80, origins: 198.51.100.10}
+  - {name: o6, edge: "2001:db8:6::/64", ports: 80, origins: "[2001:db8::10]:80"}
+"""
+
+
+def test_instances_keep_each_others_routes(ns, cfg, tmp_path):
+    """Routes carry the metric of their nft table's name, so a second
+    instance's `net up` and `net down` leave the first one's routes alone
+    (they used to prune every proto 249 route outside their own config)."""
+    before = state(ns)
+    other = tmp_path / "other.yaml"
+    other.write_text(CFG_OTHER)
+    net(ns, "up", cfg)
+    mine = prism_routes(ns)
+    assert mine == ["198.18.5.0/24", "2001:db8:5::/64"]
+    net(ns, "up", other)
+    assert prism_routes(ns) == sorted(mine + ["198.18.6.0/24", "2001:db8:6::/64"])
+    metrics = set(re.findall(r"proto 249 .*metric (\d+)", "".join(routes(ns))))
+    assert len(metrics) == 2, routes(ns)
+    net(ns, "down", other)
+    assert prism_routes(ns) == mine
+    assert is_local(ns, "198.18.5.1") and not is_local(ns, "198.18.6.1")
+    assert "table inet prism" in ruleset(ns) and "table inet other" not in ruleset(ns)
+    net(ns, "down", cfg)
+    assert state(ns) == before
+
+
+def test_routes_from_before_metrics_are_replaced(ns, cfg):
+    """proto 249 routes with the default metric are what prism installed
+    before routes had one: `net up` replaces them (kept prefixes get the
+    metric, others go) and `net down` removes any left."""
+    before = state(ns)
+    run("ip", "-n", ns, "route", "add", "local", "198.18.5.0/24", "dev", "lo", "table",
+        "local", "proto", "249")
+    run("ip", "-n", ns, "-6", "route", "add", "local", "2001:db8:4::/64", "dev", "lo",
+        "table", "local", "proto", "249")
+    net(ns, "up", cfg)
+    v4, v6 = routes(ns)
+    assert prism_routes(ns) == ["198.18.5.0/24", "2001:db8:5::/64"]
+    assert len(re.findall(r"proto 249", v4 + v6)) == 2, (v4, v6)
+    assert "2001:db8:4::" not in v6, v6
+    net(ns, "down", cfg)
+    assert state(ns) == before
+    # Down alone removes them too.
+    run("ip", "-n", ns, "route", "add", "local", "198.18.5.0/24", "dev", "lo", "table",
+        "local", "proto", "249")
+    net(ns, "down", cfg)
+    assert state(ns) == before
 
 # ---- DDoS protection: the guard chain, its sets and counters ---------------
 
