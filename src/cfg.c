@@ -1371,6 +1371,12 @@ static int online_cpus(void)
 
 int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out, char **errors)
 {
+	return cfg_load_buf_flags(name, buf, len, 0, out, errors);
+}
+
+int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned flags,
+		       struct cfg **out, char **errors)
+{
 	struct loader ld = {.name = name};
 	yaml_parser_t parser;
 	yaml_document_t doc, doc2;
@@ -1413,7 +1419,7 @@ int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out
 	}
 	load_root(&ld, root);
 	/* Only for a config that will be used: resolving takes time. */
-	if (!ld.n_errs && !ld.n_dropped && !ld.oom) {
+	if (!ld.n_errs && !ld.n_dropped && !ld.oom && !(flags & CFG_NO_RESOLVE)) {
 		cfg_resolve_names(&ld);
 		check_origin_loops(&ld, true);
 	}
@@ -1508,6 +1514,11 @@ out:
 
 int cfg_load(const char *path, struct cfg **out, char **errors)
 {
+	return cfg_load_flags(path, 0, out, errors);
+}
+
+int cfg_load_flags(const char *path, unsigned flags, struct cfg **out, char **errors)
+{
 	char *buf = NULL;
 	size_t len = 0;
 	int rc;
@@ -1526,7 +1537,7 @@ int cfg_load(const char *path, struct cfg **out, char **errors)
 			*errors = NULL;
 		return rc;
 	}
-	rc = cfg_load_buf(path, buf, len, out, errors);
+	rc = cfg_load_buf_flags(path, buf, len, flags, out, errors);
 	free(buf);
 	return rc;
 }

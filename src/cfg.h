@@ -208,6 +208,17 @@ int cfg_load(const char *path, struct cfg **out, char **errors);
 /* As cfg_load, from memory; <name> is used as FILE in messages. */
 int cfg_load_buf(const char *name, const char *buf, size_t len, struct cfg **out, char **errors);
 
+/* cfg_load's flags. CFG_NO_RESOLVE: origin host names are not looked up
+ * (they keep no addresses, as when DNS is down, without the warning), for
+ * commands that need only the table and the claims: `net down`, `ban`. A
+ * lookup can take seconds while DNS is down, and cleaning up must not wait
+ * for it.
+ */
+#define CFG_NO_RESOLVE 1u
+int cfg_load_flags(const char *path, unsigned flags, struct cfg **out, char **errors);
+int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned flags,
+		       struct cfg **out, char **errors);
+
 /* Parses "500ms", "5s", "2m", "1h", "1d", or "0" into milliseconds.
  * Returns 0 or -EINVAL (also on overflow past UINT32_MAX ms).
  */

@@ -145,13 +145,15 @@ static const char *parse_config_opt(int argc, char **argv, const struct command 
 	return path;
 }
 
-/* Loads <path>; on failure prints the problems and returns NULL. */
-static struct cfg *load(const char *path)
+/* Loads <path> with cfg_load_flags' <flags>; on failure prints the problems
+ * and returns NULL.
+ */
+static struct cfg *load(const char *path, unsigned flags)
 {
 	struct cfg *cfg = NULL;
 	char *errors = NULL;
 
-	if (cfg_load(path, &cfg, &errors) < 0) {
+	if (cfg_load_flags(path, flags, &cfg, &errors) < 0) {
 		fputs(errors ? errors : "prism: cannot load config\n", stderr);
 		free(errors);
 		return NULL;
@@ -172,7 +174,7 @@ static int cmd_check(int argc, char **argv)
 
 	if (!path)
 		return EXIT_USAGE;
-	cfg = load(path);
+	cfg = load(path, 0);
 	if (!cfg)
 		return EXIT_USAGE;
 	printf("ok\n");
@@ -201,7 +203,8 @@ static int cmd_net(int argc, char **argv)
 	path = parse_config_opt(argc - 1, argv + 1, cmd);
 	if (!path)
 		return EXIT_USAGE;
-	cfg = load(path);
+	/* Taking things down must not wait for DNS: it may be what is down. */
+	cfg = load(path, !strcmp(verb, "down") ? CFG_NO_RESOLVE : 0);
 	if (!cfg)
 		return EXIT_USAGE;
 	if (!strcmp(verb, "show")) {
@@ -257,7 +260,7 @@ static int cmd_ban(int argc, char **argv)
 		fprintf(stderr, "prism ban: %s is not an address\n", pos[0]);
 		return EXIT_USAGE;
 	}
-	cfg = load(path);
+	cfg = load(path, CFG_NO_RESOLVE);
 	if (!cfg)
 		return EXIT_USAGE;
 	dur = cfg->protection.ban_duration_ms ? cfg->protection.ban_duration_ms : 300000;
@@ -402,7 +405,7 @@ static int cmd_run(int argc, char **argv)
 
 	if (!path)
 		return EXIT_USAGE;
-	cfg = load(path);
+	cfg = load(path, 0);
 	if (!cfg)
 		return EXIT_USAGE;
 

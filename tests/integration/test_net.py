@@ -5,6 +5,7 @@ even when the test fails) and compares the namespace's ruleset and
 table-local routes before and after, so a leak or a taken-over operator
 route shows up as a diff.
 """
+import os
 import re
 import shutil
 import subprocess
@@ -453,6 +454,45 @@ def test_routes_from_before_metrics_are_replaced(ns, cfg):
     run("ip", "-n", ns, "route", "add", "local", "198.18.5.0/24", "dev", "lo", "table",
         "local", "proto", "249")
     net(ns, "down", cfg)
+    assert state(ns) == before
+
+@pytest.fixture
+def ns_dns_down(ns):
+    """<ns> whose resolver is 127.0.0.1 there, where nothing answers (ip
+    netns exec bind-mounts /etc/netns/NS/resolv.conf): every lookup of a
+    name fails, and no query leaves the namespace."""
+    etc = f"/etc/netns/{ns}"
+    made_parent = not os.path.isdir("/etc/netns")
+    os.makedirs(etc)
+    try:
+        with open(f"{etc}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        with open(f"{etc}/hosts", "w") as f:
+            f.write("127.0.0.1 localhost\n")
+        yield ns
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        if made_parent:
+            try:
+                os.rmdir("/etc/netns")  # only if nobody else put anything there
+            except OSError:
+                pass
+
+
+def test_down_and_ban_do_not_resolve_names(ns_dns_down, tmp_path):
+    """`net down` and `ban` need the table, not the origins: they must not
+    wait for DNS, which may be what is down when cleaning up."""
+    ns = ns_dns_down
+    path = tmp_path / "named.yaml"
+    path.write_text(CFG_NESTED.replace("origins: 198.51.100.10\n", "origins: origin.test:80\n"))
+    before = state(ns)
+    # The lookup fails here, and a command that resolves says so.
+    assert "origin origin.test does not resolve" in net(ns, "up", path).stderr
+    for args in (("ban", "add", "192.0.2.77", "5m"), ("ban", "list"),
+                 ("ban", "del", "192.0.2.77"), ("net", "down")):
+        p = prism(ns, *args, "-c", str(path))
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+        assert "resolve" not in p.stderr, (args, p.stderr)
     assert state(ns) == before
 
 # ---- DDoS protection: the guard chain, its sets and counters ---------------

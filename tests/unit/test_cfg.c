@@ -976,6 +976,27 @@ static const char *pool_yaml = "apps:\n"
 			       "    dns:\n"
 			       "      refresh: 45s\n";
 
+/* CFG_NO_RESOLVE (net down, ban): the name is not looked up, and keeps no
+ * addresses; the rest of the config is the same.
+ */
+static void test_no_resolve(void **state)
+{
+	(void)state;
+	struct cfg *c = NULL;
+	char *errors = NULL;
+
+	assert_int_equal(
+	    cfg_load_buf_flags("t.yaml", pool_yaml, strlen(pool_yaml), CFG_NO_RESOLVE, &c, &errors),
+	    0);
+	assert_null(errors);
+	assert_int_equal(stub_calls, 0);
+	assert_int_equal(c->apps[0].n_origins, 4);
+	assert_true(c->apps[0].origins[2].is_name);
+	assert_int_equal(c->apps[0].origins[2].n_addrs, 0);
+	assert_int_equal(c->apps[0].origins[0].n_addrs, 1);
+	cfg_unref(c);
+}
+
 static void test_origins_example(void **state)
 {
 	(void)state;
@@ -1890,6 +1911,7 @@ int main(void)
 	    cmocka_unit_test(test_claims_cap),
 	    cmocka_unit_test(test_refs),
 	    cmocka_unit_test_setup_teardown(test_origins_example, use_stub, restore_resolver),
+	    cmocka_unit_test_setup_teardown(test_no_resolve, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_defaults, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_forms, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_names, use_stub, restore_resolver),
