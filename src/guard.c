@@ -84,6 +84,7 @@ struct expiry {
 	uint64_t at; /* CLOCK_MONOTONIC ms */
 	struct in6_addr addr;
 	uint32_t duration_ms;
+	bool superseded; /* a longer ban of addr replaced it: no "unbanned" line */
 };
 
 struct guard {
@@ -519,6 +520,28 @@ static void expiry_pop(struct guard *g)
 		g->expiries[i] = last;
 }
 
+/* The end of the latest ban this thread wrote for <addr> that is still on,
+ * or 0. Off the data path: bans are rare, and EXPIRY_MAX bounds the scan.
+ */
+static uint64_t expiry_latest(const struct guard *g, const struct in6_addr *addr)
+{
+	uint64_t at = 0;
+
+	for (size_t i = 0; i < g->n_expiries; i++)
+		if (!g->expiries[i].superseded && g->expiries[i].at > at &&
+		    !memcmp(&g->expiries[i].addr, addr, sizeof(*addr)))
+			at = g->expiries[i].at;
+	return at;
+}
+
+/* A new, longer ban of <addr> was written: the earlier ones end with it. */
+static void expiry_supersede(struct guard *g, const struct in6_addr *addr)
+{
+	for (size_t i = 0; i < g->n_expiries; i++)
+		if (!memcmp(&g->expiries[i].addr, addr, sizeof(*addr)))
+			g->expiries[i].superseded = true;
+}
+
 /* A ban that could not be written: the source is not banned after all, so
  * its violations count again BAN_RETRY_MS after the ban would have begun
  * (twice that after a second failure, and so on, up to the ban's duration),
@@ -553,10 +576,25 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 	const struct cfg_app *app = app_of(g, req->app);
 	char a[ADDR_STRLEN], dur[32], win[32];
 	char *err = NULL;
+	uint64_t now = mono_ms(), until = expiry_latest(g, &req->addr);
 	int r;
 
 	addr_fmt(&req->addr, a);
 	fmt_duration(req->duration_ms, dur, sizeof(dur));
+	/* The kernel keeps one timeout per source, and writing a ban replaces
+	 * it: another app's shorter ban (from connections admitted before the
+	 * first one took hold) would cut a longer one short.
+	 */
+	if (until >= now + req->duration_ms) {
+		char left[32];
+
+		log_info(
+		    "source %s: not banned for %s (app %s): already banned for %s more", a, dur,
+		    app ? app->name : "-",
+		    fmt_duration((uint32_t)(until - now < UINT32_MAX ? until - now : UINT32_MAX),
+				 left, sizeof(left)));
+		return;
+	}
 	r = guard_ban_fn(table, &req->addr, req->duration_ms, &err);
 	if (r < 0) {
 		/* Without network.manage the operator's table may lack the
@@ -564,8 +602,7 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 		 * it, at most a line a second: a failure that lasts (a full
 		 * set) would otherwise log every offender's retries.
 		 */
-		uint64_t now = mono_ms();
-
+		now = mono_ms();
 		if (!g->cfg->net_manage ? !g->fail_logged
 					: log_ratelimit(&g->last_fail_log, now, FULL_LOG_MS)) {
 			char more[64] = "";
@@ -593,6 +630,8 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 	log_warn("source %s banned for %s: %u limit violations within %s (app %s)", a, dur,
 		 req->violations, fmt_duration(req->window_ms, win, sizeof(win)),
 		 app ? app->name : "-");
+	if (until)
+		expiry_supersede(g, &req->addr);
 	expiry_push(g, &(struct expiry){.at = mono_ms() + req->duration_ms,
 					.addr = req->addr,
 					.duration_ms = req->duration_ms});
@@ -613,9 +652,11 @@ static void *guard_main(void *arg)
 		while (g->n_expiries && g->expiries[0].at <= now) {
 			char a[ADDR_STRLEN], dur[32];
 
-			log_info("source %s unbanned (ban of %s expired)",
-				 addr_fmt(&g->expiries[0].addr, a),
-				 fmt_duration(g->expiries[0].duration_ms, dur, sizeof(dur)));
+			if (!g->expiries[0].superseded)
+				log_info(
+				    "source %s unbanned (ban of %s expired)",
+				    addr_fmt(&g->expiries[0].addr, a),
+				    fmt_duration(g->expiries[0].duration_ms, dur, sizeof(dur)));
 			expiry_pop(g);
 		}
 		if (g->n_expiries) {

@@ -523,6 +523,55 @@ static void test_ban_expiry_order(void **state)
 		assert_true(at[k] > at[k - 1]);
 }
 
+/* One source, two apps with different ban lengths. The kernel keeps one
+ * timeout per source, and writing a ban replaces it: a shorter ban after a
+ * longer one is not written (it would cut the longer one short), and a
+ * longer one after a shorter one is, and the shorter one's end says
+ * nothing (the source is still banned).
+ */
+static void test_ban_never_shortened(void **state)
+{
+	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2"), s = v4("203.0.113.99");
+	struct guard *g;
+
+	(void)state;
+	cfg_setup();
+	for (size_t i = 0; i < 2; i++) {
+		apps[i].protection.max_conns_per_source = 1;
+		apps[i].protection.ban_after = 1;
+		apps[i].protection.ban_window_ms = 10000;
+		apps[i].protection.ban_duration_ms = i == 0 ? 3600000 : 300;
+	}
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	/* a: the hour's ban first, then the 300ms one. */
+	admits(g, 0, &a, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(1), 1);
+	admits(g, 1, &a, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_true(captured_wait("info source 203.0.113.1: not banned for 300ms (app ssh): "
+				  "already banned for "));
+	/* b: 300ms first, then the hour's ban, which is written. */
+	admits(g, 1, &b, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	admits(g, 0, &b, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(3), 3);
+	assert_memory_equal(&calls[2].addr, &b, sizeof(b));
+	assert_int_equal(calls[2].duration_ms, 3600000);
+	/* A sentinel's 300ms ban, after b's: once it has ended, b's 300ms
+	 * ban has too, without a line.
+	 */
+	admits(g, 1, &s, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(4), 4);
+	assert_true(captured_wait("info source 203.0.113.99 unbanned (ban of 300ms expired)"));
+	guard_free(g);
+	assert_int_equal(captured_at("source 203.0.113.2 unbanned"), -1);
+	assert_int_equal(captured_at("source 203.0.113.1 unbanned"), -1);
+	capture_stop();
+	assert_int_equal(n_calls, 4);
+}
+
 /* Failed bans are logged: with network.manage off once, with it at most
  * once a second. */
 static void test_ban_failure(void **state)
@@ -898,6 +947,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_shed_is_no_violation, teardown),
 	    cmocka_unit_test_teardown(test_ban, teardown),
 	    cmocka_unit_test_teardown(test_ban_expiry_order, teardown),
+	    cmocka_unit_test_teardown(test_ban_never_shortened, teardown),
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
 	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
