@@ -117,7 +117,7 @@ struct guard {
 
 	/* stats, atomic */
 	uint64_t st_source_limit, st_rate_limit, st_shed, st_bans, st_table_full;
-	uint64_t st_ban_dropped, st_sources;
+	uint64_t st_ban_dropped, st_ban_failed, st_sources;
 	uint64_t last_full_log, last_qfull_log;
 };
 
@@ -477,6 +477,7 @@ void guard_stats(const struct guard *g, struct guard_stats *out)
 	out->bans = __atomic_load_n(&g->st_bans, __ATOMIC_RELAXED);
 	out->table_full = __atomic_load_n(&g->st_table_full, __ATOMIC_RELAXED);
 	out->ban_dropped = __atomic_load_n(&g->st_ban_dropped, __ATOMIC_RELAXED);
+	out->ban_failed = __atomic_load_n(&g->st_ban_failed, __ATOMIC_RELAXED);
 	out->sources = __atomic_load_n(&g->st_sources, __ATOMIC_RELAXED);
 	out->capacity = g->table ? g->n_buckets * BUCKET_WAYS : 0;
 }
@@ -622,6 +623,7 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 		}
 		g->fail_logged = true;
 		free(err);
+		stat_inc(&g->st_ban_failed);
 		ban_undo(g, req);
 		return;
 	}

@@ -48,12 +48,13 @@ void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src
 /* Counters for logs/metrics. table_full: connections admitted without
  * per-source limits because their bucket of the source table was full of
  * sources with open connections; ban_dropped: bans not requested because the
- * ban queue was full. sources/capacity: entries in use and the fixed table
+ * ban queue was full; ban_failed: bans nftables refused (see ban_undo).
+ * sources/capacity: entries in use and the fixed table
  * size (0 when no app limits per source).
  */
 struct guard_stats {
 	uint64_t source_limit, rate_limit, shed, bans;
-	uint64_t table_full, ban_dropped;
+	uint64_t table_full, ban_dropped, ban_failed;
 	uint64_t sources, capacity;
 };
 void guard_stats(const struct guard *g, struct guard_stats *out);

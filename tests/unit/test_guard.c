@@ -611,6 +611,7 @@ static void test_ban_failure(void **state)
 		assert_int_equal(captured_count("cannot ban"), 1);
 		guard_stats(g, &st);
 		assert_int_equal(st.bans, 1);
+		assert_int_equal(st.ban_failed, 2);
 		guard_free(g);
 		capture_stop();
 	}
