@@ -314,6 +314,7 @@ void hc_connect_ok(const struct cfg_app *app, struct origin *o)
 static void check_start(struct check *c);
 static void check_due(struct timer *t);
 static void check_timeout(struct timer *t);
+static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, uint64_t planned);
 
 /* Quotes <n> bytes of <s> into <out> (size <cap>) with C escapes. */
 static void quote(char *out, size_t cap, const char *s, size_t n)
@@ -471,6 +472,15 @@ static void check_end(struct check *c, bool counted, bool ok, const char *why)
 		hc->inflight--;
 	timer_cancel(&hc->timers, &c->timer);
 	c->o->hc_next = 0;
+	if (c->o->hc_again_due) {
+		/* Through the timer heap, not at once: starting a check here
+		 * could end it here again.
+		 */
+		uint64_t due = c->o->hc_again_due > hc->now ? c->o->hc_again_due : hc->now + 1;
+
+		c->o->hc_again_due = 0;
+		check_schedule(c->ha, c->o, due, c->o->hc_again_plan);
+	}
 	c->state = CK_DONE;
 	if (c->prev)
 		c->prev->next = c->next;
@@ -897,9 +907,12 @@ static void check_due(struct timer *t)
 }
 
 /* Schedules one check of <o> at <due>, planned for <planned> (see
- * app_tick). An origin whose previous check is still pending or running
- * (hc_next != 0: timeout longer than the interval, or the in-flight bound
- * reached) is skipped rather than checked twice.
+ * app_tick). An origin has one check at a time: while its previous one is
+ * still pending or running (hc_next != 0), the new one is deferred, and
+ * check_end schedules it at <due>, or at once if that has passed. A check
+ * of the last origins of an interval, which may time out after the next
+ * tick, would otherwise be skipped every other interval, and an origin
+ * that stopped answering would take twice as long to go down.
  */
 static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, uint64_t planned)
 {
@@ -908,8 +921,11 @@ static void check_schedule(struct hc_app *ha, struct origin *o, uint64_t due, ui
 	uint16_t port;
 	struct check *c;
 
-	if (o->hc_next != 0)
+	if (o->hc_next != 0) {
+		o->hc_again_due = due ? due : 1;
+		o->hc_again_plan = planned;
 		return;
+	}
 	port = check_port(ha, o);
 	if (port == 0) {
 		if (!ha->warned_port)
@@ -1143,7 +1159,7 @@ static void hc_free(struct hc *hc)
 		struct check *c = hc->all;
 
 		hc->all = c->next;
-		c->o->hc_next = 0; /* a later hc (reload) starts afresh */
+		c->o->hc_next = c->o->hc_again_due = 0; /* a later hc (reload) starts afresh */
 		check_free(c);
 	}
 	tdestroy(hc->shared, free);

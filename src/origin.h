@@ -44,6 +44,8 @@ struct origin {
 	uint32_t hc_ok, hc_fail; /* consecutive results */
 	uint64_t hc_next;	 /* ms monotonic: next check due */
 	uint64_t hc_result;	 /* id of the last shared result counted (hc.c) */
+	uint64_t hc_again_due;	 /* a check due while one ran: its due time, or 0 */
+	uint64_t hc_again_plan;	 /* ... and its planned time (hc.c, check_schedule) */
 };
 
 /* An app's origins at one moment. */

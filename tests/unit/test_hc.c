@@ -754,6 +754,60 @@ static void test_thread_inflight_bound(void **state)
 	free(log);
 }
 
+/* Checks that time out, of origins late in the interval: origin 1's check
+ * starts half an interval in and times out after the next tick. It must
+ * still be checked every interval (deferred until its previous check
+ * ends), not every other one, or a black-holed origin would take twice
+ * as long to go down.
+ */
+static void test_thread_timeouts_every_interval(void **state)
+{
+	struct cfg_health h = {.interval_ms = 100,
+			       .timeout_ms = 80,
+			       .rise = 1,
+			       .fall = 1000,
+			       .send = "PING\r\n",
+			       .send_len = 6,
+			       .expect = "+PONG",
+			       .expect_len = 5};
+	static struct sockaddr_storage addrs[2];
+	static struct fixture f; /* static: outlives a failed assertion's longjmp */
+	uint16_t port;
+	int lfd = listener_on(INADDR_ANY, 0, &port);
+	uint32_t first, second;
+	uint64_t t0;
+	char *log;
+
+	(void)state;
+	assert_int_equal(listen(lfd, 1024), 0); /* never accepted, never answers */
+	cap_begin();
+	fixture_init(&f, port, h);
+	for (size_t i = 0; i < 2; i++) {
+		addrs[i] = f.addr;
+		((struct sockaddr_in *)&addrs[i])->sin_addr.s_addr =
+		    htonl(0x7f000001u + (uint32_t)i);
+	}
+	f.co.addrs = addrs;
+	f.co.n_addrs = 2;
+	app_origins_swap(&f.ao, origin_set_from_cfg(&f.app));
+	assert_int_equal(f.ao.set->n, 2);
+	t0 = mono_ms();
+	do {
+		usleep(2000);
+		first = __atomic_load_n(&f.ao.set->v[0]->hc_fail, __ATOMIC_RELAXED);
+		second = __atomic_load_n(&f.ao.set->v[1]->hc_fail, __ATOMIC_RELAXED);
+	} while (first < 12 && mono_ms() - t0 < 20000);
+	fixture_deinit(&f);
+	close(lfd);
+	log = cap_end();
+	assert_true(first >= 12);
+	/* As many checks, give or take the one in flight (every other
+	 * interval would be about 6).
+	 */
+	assert_true(second + 2 >= first);
+	free(log);
+}
+
 /* The thread re-reads the set every interval: a swapped-in origin gets
  * checked, the one swapped out is no longer touched.
  */
@@ -1230,6 +1284,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_shift, teardown),
 	    cmocka_unit_test_teardown(test_thread_inflight_bound, teardown),
+	    cmocka_unit_test_teardown(test_thread_timeouts_every_interval, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_checks, teardown),
 	    cmocka_unit_test_teardown(test_thread_shared_sweep, teardown),
 	    cmocka_unit_test_teardown(test_thread_lanes, teardown),
