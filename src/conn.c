@@ -78,6 +78,7 @@ static void linger_check(struct conn *c);
  * not once per worker (log_ratelimit is thread-safe).
  */
 static uint64_t last_port_log;
+static uint64_t last_socket_log; /* "cannot make a socket", the same way */
 
 static void log_conn(const struct conn *c, const char *app, enum conn_reason reason)
 {
@@ -418,8 +419,23 @@ static int origin_try(struct conn *c)
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (ofd == -1) {
 			err = errno;
-			conn_finalize(c, CR_RESOURCE);
-			return -err;
+			if (connect_error_reason(err) == CR_RESOURCE) {
+				conn_finalize(c, CR_RESOURCE);
+				return -err;
+			}
+			/* No shortage, so no pause: this origin cannot be
+			 * dialed from here (EAFNOSUPPORT: an IPv6 address of a
+			 * name, on a host without IPv6; EACCES: a security
+			 * policy). Like a connect that fails at once: the
+			 * origin's failure, and the next origin may take it.
+			 */
+			if (log_ratelimit(&last_socket_log, w->now, 1000))
+				log_warn("app %s: origin %s: cannot make a socket for it: %s",
+					 c->app->name, c->o->name, strerror(err));
+			hc_connect_failed(c->app, c->o, w->now, err);
+			if (attempt_failed(c, CR_ORIGIN_UNREACHABLE))
+				return 0;
+			continue;
 		}
 		setsockopt(ofd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		/* Keeps the urgent byte of TCP urgent data (telnet's Synch,
@@ -1168,14 +1184,21 @@ static void relay(struct conn *c)
 		ssize_t n;
 
 		pp_encode(c->app->proxy_protocol, &c->client.sa, &c->edge.sa, pp, PP_MAX_LEN);
-		n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
+		do
+			n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
+		while (n == -1 && errno == EINTR);
 		if (n == -1) {
+			enum pump_res r = io_failed(errno, PUMP_DST_RESET);
+
 			if (errno == EAGAIN) {
 				c->org.wr = false;
 				return;
 			}
-			if (!dst_gone_err(errno)) {
-				conn_finalize(c, CR_ORIGIN_RESET);
+			/* As for the payload (pump): the kernel out of memory is
+			 * this host's problem, not the origin's reset.
+			 */
+			if (r != PUMP_DST_GONE) {
+				conn_finalize(c, r == PUMP_NOMEM ? CR_RESOURCE : CR_ORIGIN_RESET);
 				return;
 			}
 			/* The origin's last bytes first, as for the payload. */

@@ -581,10 +581,16 @@ static void grace_expired(struct timer *t)
 static void on_wake(struct worker *w)
 {
 	uint64_t v;
-	int stop = __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE);
+	int stop;
 
+	/* The wake-up first, then the flag: worker_stop sets the flag before
+	 * it writes, so a wake-up read here has its flag seen. The other
+	 * order could read the flag, then swallow a stop's wake-up that came
+	 * in between (with a peer's handoff), and never stop.
+	 */
 	while (read(w->wake.fd, &v, sizeof(v)) > 0)
 		;
+	stop = __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE);
 	handoff_drain(w, stop != 0);
 	if (!stop)
 		return;
@@ -622,7 +628,16 @@ static void *worker_main(void *arg)
 		int n = epoll_wait(w->epfd, evs, EVENTS_PER_TURN, timeout);
 
 		if (n == -1 && errno != EINTR) {
-			log_err("worker %d: epoll_wait: %s", w->id, strerror(errno));
+			/* Cannot happen but by a bug (EBADF, EFAULT, EINVAL).
+			 * The process goes on with the other workers: hand
+			 * them this one's share of new connections, and end
+			 * its own (log lines, fds, counts) rather than leave
+			 * them hanging.
+			 */
+			log_err("worker %d: epoll_wait: %s; its connections end", w->id,
+				strerror(errno));
+			close_listeners(w, true);
+			finalize_all(w, CR_SHUTDOWN);
 			break;
 		}
 		w->now = now_ms();

@@ -9,7 +9,9 @@
  * FAILSYS_COUNT set, the count is printed to stderr at exit, so a test
  * knows how many points there are to fail. With FAILSYS_SPAN_MS=T, every
  * call of the same function in the T ms after the Nth fails too, as in a
- * shortage that lasts. pthread_create() fails too
+ * shortage that lasts. With FAILSYS_ERRNO=E, the failed call gives errno E
+ * instead (a failure that is no shortage: EAFNOSUPPORT from socket() on a
+ * host without IPv6). pthread_create() fails too
  * (EAGAIN), for the threads prism starts. close() and epoll_wait() are
  * left alone: a failed close leaks nothing a caller could free, and
  * epoll_wait fails only on a bad argument.
@@ -27,6 +29,7 @@
 #include <unistd.h>
 
 static long fail_at = -1, count, span_ms;
+static int errno_override;  /* FAILSYS_ERRNO, or 0 */
 static int active;	    /* atomic: 0 until the first accepted connection */
 static const char *span_fn; /* the failed call's function, while its span lasts */
 static struct timespec span_end;
@@ -38,6 +41,8 @@ __attribute__((constructor)) static void failsys_init(void)
 	fail_at = s ? atol(s) : -1;
 	if ((s = getenv("FAILSYS_SPAN_MS")))
 		span_ms = atol(s);
+	if ((s = getenv("FAILSYS_ERRNO")))
+		errno_override = atoi(s);
 	if (getenv("FAILSYS_START"))
 		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
 }
@@ -58,6 +63,8 @@ static int fail_call(const char *fn, int err)
 
 	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
 		return 0;
+	if (errno_override)
+		err = errno_override;
 	n = __atomic_add_fetch(&count, 1, __ATOMIC_RELAXED);
 	if (sfn == fn) {
 		struct timespec now;

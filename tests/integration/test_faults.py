@@ -388,6 +388,56 @@ def test_failed_retry_pauses_accepting(failsys, topo):
     assert "not accepting for" in err, (n, err[-800:])
 
 
+
+# Two echo origins, and a retry.
+TWO_CFG = DATA_CFG.replace(f"origins: {nstopo.ORIGIN4}:7000",
+                           f"origins: [\"{nstopo.ORIGIN4}:7000\", \"{nstopo.ORIGIN4}:7001\"]\n"
+                           "    retries: 1")
+
+
+def test_socket_error_that_is_no_shortage_tries_the_next_origin(failsys, topo):
+    """socket() for an origin failing with EAFNOSUPPORT (an IPv6 address of
+    a name, on a host without IPv6) is that origin's failure, not a
+    shortage: the retry dials the other origin, and the worker does not
+    pause accepting. It used to reset the client as `resource` and pause.
+    The socket calls after the first accept are made to fail in turn
+    until the first attempt's socket() is the one."""
+    t = echo_edge(topo)
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7001, peers.echo_handler)
+    t.on_teardown(srv.close)
+    for n in range(1, 40):
+        p = preloaded_prism(t, TWO_CFG, failsys, {"FAILSYS_AT": n, "FAILSYS_ERRNO": 97},
+                            f"afn{n}")
+        worked = [echo_works(t, 0, b"x"), echo_works(t, 1, b"after\n")]
+        assert p.stop(timeout=10) == 0, n
+        err = "\n".join(p.err)
+        if re.search(rf"failsys: call {n}, socket, fails with errno 97", err):
+            break
+    else:
+        pytest.fail("no socket() among the calls")
+    assert worked == [True, True], (n, err[-800:])
+    assert "cannot make a socket for it: Address family not supported" in err, err[-800:]
+    assert "not accepting for" not in err, err[-800:]
+
+
+def test_proxy_header_send_out_of_memory_is_resource(failsys, topo):
+    """The kernel out of memory for the PROXY header's send is this host's
+    problem, as for the payload: reason resource, not origin_reset. The
+    socket calls after the first accept are made to fail in turn until the
+    first send() (the header's) is the one."""
+    t = echo_edge(topo)
+    cfg = DATA_CFG + "    proxy_protocol: v1\n"
+    for n in range(1, 40):
+        p = preloaded_prism(t, cfg, failsys, {"FAILSYS_AT": n}, f"pp{n}")
+        echo_works(t, 0, b"x")
+        assert p.stop(timeout=10) == 0, n
+        err = "\n".join(p.err)
+        if re.search(rf"failsys: call {n}, send,", err):
+            break
+    else:
+        pytest.fail("no send() among the calls")
+    assert [d.get("reason") for d in p.access] == ["resource"], err[-800:]
+
 def test_run_survives_failed_socket_calls_at_start(failsys, prism_bin, netns, tmp_path):
     """Each socket call of a start and stop made to fail in turn: prism
     starts and stops cleanly, or exits 1 with an error line that says
