@@ -197,12 +197,16 @@ def test_passive_cooldown(topo):
     srv[VICTIM].kill()
     m = prism.wait_log(r"app pv: origin .*198\.51\.100\.23.* is out for", timeout=3, start=mark)
     t_out = time.monotonic()
-    # Two refused connects (the configured failures) put it out; none more
+    n_out = syns()
+    # Two refused connects (the configured failures) put it out (a SYN
+    # that left just before the kill may have been taken by the dying
+    # server's backlog: that connection was reset, not refused); none more
     # during the cooldown, and no client noticed (retries).
-    assert syns() - n_kill == 2, (syns() - n_kill, m.string)
+    assert "2 consecutive connect failures" in m.string, m.string
+    assert 2 <= n_out - n_kill <= 3, (n_out - n_kill, m.string)
     stream.wait_count(t_out, 40, timeout=5)
     assert time.monotonic() - t_out < 1.3, "the stream is too slow for the cooldown"
-    assert syns() - n_kill == 2
+    assert syns() == n_out
     stream.stop()
     failed = [r for r in stream.results if r[2]]
     assert not failed, failed[:5]
