@@ -558,11 +558,34 @@ static void routes_prune_stale(const char *table, const struct addr_prefix *keep
 	free(err);
 }
 
-/* Adds the routes, then loads <script>. When either fails, takes back the
- * routes this call added, so a failed `net up` changes nothing.
+static void saved_bans(const char *table, char *out[2]);
+
+/* Builds the table's script, with the bans in force put back, and loads
+ * it: the bans are read as the last step before the load, so a ban that
+ * begins or ends in between is only missed for the build and one nft
+ * round trip, and one put back gets no more than that on top of its time.
  */
-static int routes_add_and_load(const struct cfg *cfg, const char *script, const char *what,
-			       char **err)
+static int load_table(const struct cfg *cfg, const char *what, char **err)
+{
+	char *bans[2], *script;
+	int ret;
+
+	saved_bans(cfg->nft_table, bans);
+	script = net_build_script(cfg, (const char *const *)bans);
+	free(bans[0]);
+	free(bans[1]);
+	if (!script)
+		return net_set_err(err, -ENOMEM, "cannot build the nft script: out of memory");
+	ret = net_nft_run(script, what, err);
+	free(script);
+	return ret;
+}
+
+/* Adds the routes, then loads the table (load_table). When either fails,
+ * takes back the routes this call added, so a failed `net up` changes
+ * nothing.
+ */
+static int routes_add_and_load(const struct cfg *cfg, const char *what, char **err)
 {
 	struct addr_prefix *pfx = NULL;
 	bool *added = NULL;
@@ -576,7 +599,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 	if (n < 0)
 		return net_set_err(err, (int)n, "cannot add routes: %s", strerror((int)-n));
 	if (n == 0) {
-		ret = net_nft_run(script, what, err);
+		ret = load_table(cfg, what, err);
 		if (ret == 0)
 			routes_prune_stale(cfg->nft_table, NULL, 0);
 		return ret;
@@ -620,7 +643,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *script, const 
 			    why[0] ? why : strerror(-ret), why[0] ? " (" : "",
 			    why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
 	} else {
-		ret = net_nft_run(script, what, err);
+		ret = load_table(cfg, what, err);
 	}
 	if (ret) {
 		/* Leave nothing half-done: take back the routes this call
@@ -828,9 +851,10 @@ static void check_host_addrs(const struct cfg *cfg)
 /* ---- bans across a reload ------------------------------------------------ */
 
 /* Replacing the table empties its ban sets. The bans in force are read
- * first (ban_list's lines) and put back, each with what is left of its
- * time, in the same transaction that replaces the table. A ban added
- * between the read and the load is lost: the window is one nft round
+ * (ban_list's lines) right before the load (load_table) and put back, each
+ * with what is left of its time rounded up to a second, in the same
+ * transaction that replaces the table. A ban added between the read and
+ * the load is lost: the window is the script's build and one nft round
  * trip, and prism re-bans an offender that keeps at it.
  */
 static void saved_bans(const char *table, char *out[2])
@@ -891,29 +915,20 @@ out:
 
 int net_up(const struct cfg *cfg, char **err)
 {
-	char *script, *what = NULL, *bans[2];
+	char *what = NULL;
 	int ret = net_check_table(cfg->nft_table, err);
 
 	if (ret)
 		return ret;
 	check_sysctls(cfg);
 	check_host_addrs(cfg);
-	saved_bans(cfg->nft_table, bans);
-	script = net_build_script(cfg, (const char *const *)bans);
-	free(bans[0]);
-	free(bans[1]);
-	if (!script)
-		return net_set_err(err, -ENOMEM, "cannot build the nft script: out of memory");
-	if (asprintf(&what, "cannot load nftables table inet %s", cfg->nft_table) == -1) {
-		free(script);
+	if (asprintf(&what, "cannot load nftables table inet %s", cfg->nft_table) == -1)
 		return net_set_err(err, -ENOMEM, "out of memory");
-	}
 	/* Routes first, then the table: traffic is TPROXYed only once it
 	 * would also be delivered locally.
 	 */
-	ret = routes_add_and_load(cfg, script, what, err);
+	ret = routes_add_and_load(cfg, what, err);
 	free(what);
-	free(script);
 	return ret;
 }
 

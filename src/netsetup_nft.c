@@ -346,16 +346,13 @@ static bool keyed_by_source(enum tset ts)
  * range) pieces whose owner, as rt_lookup routes it, is picked by <kind>,
  * and of those only the ones of tier <tier>. rt_cover's elements lie each
  * within one trie node's own addresses, so the owner of a port is the same
- * across an element's address range; it changes only at a port where some
- * claim starts or ends (<bounds>).
+ * across an element's address range: the element's spans say which.
  */
 struct own_walk {
 	const struct cfg *cfg;
 	bool v4;
 	enum own_kind kind;
 	int tier;
-	const uint32_t *bounds; /* sorted, distinct: every claim's lo and hi + 1 */
-	size_t nb;
 	const struct plist *lists; /* OWN_LIST: each app's source prefixes */
 	/* Runs of addresses with the same ports (and list) that go on from
 	 * one element to the next, merged: 65,536 apps of one address each,
@@ -364,10 +361,17 @@ struct own_walk {
 	struct run_out open[RANGE_RUNS];
 };
 
-static void open_runs_flush(struct own_walk *w, const struct in6_addr *keep_hi)
+/* Flushes the open runs that element <e> and the ones after it cannot
+ * extend (all of them when <e> is NULL, at the end): those that end
+ * neither where <e> ends (a run of <e>'s own address range, from an
+ * earlier port run of it: rt_cover calls once per port run) nor right
+ * before <e>'s range begins.
+ */
+static void open_runs_flush(struct own_walk *w, const struct rt_elem *e)
 {
 	for (int i = 0; i < RANGE_RUNS; i++)
-		if (!keep_hi || memcmp(&w->open[i].hi, keep_hi, sizeof(*keep_hi)) != 0)
+		if (!e || (memcmp(&w->open[i].hi, &e->hi, sizeof(e->hi)) != 0 &&
+			   !addr_follows(&w->open[i].hi, &e->lo)))
 			run_flush(&w->open[i]);
 }
 
@@ -403,22 +407,6 @@ static bool own_pick(const struct own_walk *w, uint32_t app)
 	return false;
 }
 
-/* The smallest bound above <p>, or 65536. */
-static uint32_t next_bound(const struct own_walk *w, uint32_t p)
-{
-	size_t lo = 0, hi = w->nb;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (w->bounds[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo < w->nb ? w->bounds[lo] : 65536;
-}
-
 static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, uint32_t phi,
 		     uint32_t app)
 {
@@ -452,12 +440,16 @@ static void own_emit(struct own_walk *w, const struct rt_elem *e, uint32_t plo, 
 static int own_elem(const struct rt_elem *e, void *arg)
 {
 	struct own_walk *w = arg;
-	uint32_t p = e->plo, run_lo = 0, run_app = RT_NONE;
+	uint32_t run_lo = 0, run_app = RT_NONE;
 	bool in_run = false;
 
-	while (p <= e->phi) {
-		uint32_t next = next_bound(w, p);
-		uint32_t app = rt_lookup(w->cfg->rt, &e->lo, (uint16_t)p);
+	/* Only now: a run this range's earlier port runs did not extend may
+	 * still go on with a later one (a range's ports 22, 80 and 443 come
+	 * in three calls, and the next range's 80 extends the 80 run).
+	 */
+	open_runs_flush(w, e);
+	for (uint32_t k = 0; k < e->n_spans; k++) {
+		uint32_t app = e->spans[k].app, p = e->spans[k].lo;
 		bool in = own_pick(w, app);
 		bool other =
 		    in && in_run && w->lists && !plist_same(&w->lists[app], &w->lists[run_app]);
@@ -469,50 +461,10 @@ static int own_elem(const struct rt_elem *e, void *arg)
 			run_app = app;
 		}
 		in_run = in;
-		p = next - 1 < e->phi ? next : (uint32_t)e->phi + 1;
 	}
 	if (in_run)
 		own_emit(w, e, run_lo, e->phi, run_app);
-	/* A run this element did not extend cannot go on to the next one. */
-	open_runs_flush(w, &e->hi);
 	return 0;
-}
-
-static int bound_cmp(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Collects every claim's port bounds, sorted and distinct. Returns the
- * count or -ENOMEM.
- */
-static long port_bounds(const struct cfg *cfg, uint32_t **out)
-{
-	size_t n = 0, k = 0;
-	uint32_t *v;
-
-	*out = NULL;
-	for (size_t i = 0; i < cfg->n_apps; i++)
-		n += 2 * cfg->apps[i].n_ports;
-	if (n == 0)
-		return 0;
-	v = calloc(n, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	for (size_t i = 0; i < cfg->n_apps; i++)
-		for (size_t j = 0; j < cfg->apps[i].n_ports; j++) {
-			v[k++] = cfg->apps[i].ports[j].lo;
-			v[k++] = (uint32_t)cfg->apps[i].ports[j].hi + 1;
-		}
-	qsort(v, k, sizeof(*v), bound_cmp);
-	n = 0;
-	for (size_t i = 0; i < k; i++)
-		if (n == 0 || v[n - 1] != v[i])
-			v[n++] = v[i];
-	*out = v;
-	return (long)n;
 }
 
 /* Prints the sets of <ts> for one family (one per tier; see claim_tier)
@@ -520,19 +472,14 @@ static long port_bounds(const struct cfg *cfg, uint32_t **out)
  * by source, each app's list of this family; else NULL.
  */
 static void print_tset(FILE *f, const struct cfg *cfg, const struct fam *fm, enum tset ts,
-		       const uint32_t *bounds, size_t nb, const struct plist *lists, size_t n[CT_N])
+		       const struct plist *lists, size_t n[CT_N])
 {
 	char type[80], name[32];
 
 	for (int t = 0; t < CT_N; t++) {
 		struct set_out o;
-		struct own_walk w = {.cfg = cfg,
-				     .v4 = fm->v4,
-				     .kind = tsets[ts].kind,
-				     .tier = t,
-				     .bounds = bounds,
-				     .nb = nb,
-				     .lists = lists};
+		struct own_walk w = {
+		    .cfg = cfg, .v4 = fm->v4, .kind = tsets[ts].kind, .tier = t, .lists = lists};
 		bool src = keyed_by_source(ts);
 
 		n[t] = 0;
@@ -663,7 +610,7 @@ static void print_not_in(FILE *f, const struct guard_plan *g, const struct fam *
  * (see net_up), or NULL.
  */
 static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, struct guard_plan *g,
-		      const uint32_t *bounds, size_t nb, const char *bans)
+		      const char *bans)
 {
 	struct addr_prefix *edges = NULL;
 	struct plist l;
@@ -683,7 +630,7 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, stru
 	if (!fam_on(cfg, fm))
 		return 0;
 
-	print_tset(f, cfg, fm, TS_CLAIMS, bounds, nb, NULL, g->n[!fm->v4][TS_CLAIMS]);
+	print_tset(f, cfg, fm, TS_CLAIMS, NULL, g->n[!fm->v4][TS_CLAIMS]);
 
 	n = net_edge_prefixes(cfg, &edges);
 	if (n < 0)
@@ -723,7 +670,7 @@ static int print_sets(FILE *f, const struct cfg *cfg, const struct fam *fm, stru
 			if (!lists)
 				return -ENOMEM;
 		}
-		print_tset(f, cfg, fm, ts, bounds, nb, lists, g->n[!fm->v4][ts]);
+		print_tset(f, cfg, fm, ts, lists, g->n[!fm->v4][ts]);
 		free_lists(lists, cfg->n_apps);
 	}
 
@@ -906,21 +853,14 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2])
 {
 	const char *t = cfg->nft_table;
 	struct guard_plan g;
-	uint32_t *bounds = NULL;
 	char *buf = NULL;
 	size_t len = 0;
-	long nb;
 	int ret = 0;
 	FILE *f;
 
-	nb = port_bounds(cfg, &bounds);
-	if (nb < 0)
-		return NULL;
 	f = open_memstream(&buf, &len);
-	if (!f) {
-		free(bounds);
+	if (!f)
 		return NULL;
-	}
 	plan_guard(cfg, &g);
 
 	/* One transaction: create the table if missing, delete it, build it
@@ -935,7 +875,7 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2])
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
 		fprintf(f, "\tcounter %s {\n\t}\n", counters[i]);
 	for (int i = 0; i < 2 && !ret; i++)
-		ret = print_sets(f, cfg, &fams[i], &g, bounds, (size_t)nb, bans ? bans[i] : NULL);
+		ret = print_sets(f, cfg, &fams[i], &g, bans ? bans[i] : NULL);
 	/* Hook prerouting: TPROXY must act before the routing decision it
 	 * steers to the local socket. Priority mangle (-150) is where the
 	 * iptables TPROXY target lived and where nft documents it. Only
@@ -952,7 +892,6 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2])
 	print_guard(f, cfg, &g);
 	print_guard_tail(f, cfg, &g);
 	fputs("}\n", f);
-	free(bounds);
 
 	if (ferror(f) || ret) {
 		fclose(f);

@@ -92,13 +92,10 @@ struct rt_node {
 	uint8_t len;
 };
 
-/* One interval of a port map. Entries are kept whole (not as parallel
- * lo/hi/app arrays) so the final check of a lookup touches one cache line.
+/* A port map's intervals are struct rt_span (rt.h), kept whole (not as
+ * parallel lo/hi/app arrays) so the final check of a lookup touches one
+ * cache line.
  */
-struct rt_ent {
-	uint16_t lo, hi;
-	uint32_t app;
-};
 
 /* Kinds of lookup nodes, and what their three words <w> hold. <fb> is a
  * fallback: when a lookup reaches the node, the deepest claimed node above
@@ -130,7 +127,7 @@ struct rt_lnode {
 	uint8_t kind; /* LN_*, but JUMP_TAG | shift for LN_JUMP */
 	uint16_t n;   /* map entries; 0: no claims here */
 	union {
-		struct rt_ent one;
+		struct rt_span one;
 		uint32_t w[3];
 	};
 };
@@ -144,7 +141,7 @@ struct rt {
 	struct rt_lnode *ln;
 	uint32_t nln;
 	uint32_t root;
-	struct rt_ent *ent; /* map entries of all nodes but LN_LEAF1 ones */
+	struct rt_span *ent; /* map entries of all nodes but LN_LEAF1 ones */
 	size_t nent, cap;
 	/* Where lookups start, [1] for IPv4 keys, [0] for the rest: a node
 	 * and a fallback, like a slot. IPv4 starts below ::ffff:0:0/96.
@@ -462,7 +459,7 @@ static void map_emit(struct rt *rt, struct rt_node *n, uint32_t lo, uint32_t hi,
 		rt->ent[last].hi = (uint16_t)hi;
 		return;
 	}
-	rt->ent[rt->nent++] = (struct rt_ent){(uint16_t)lo, (uint16_t)hi, app};
+	rt->ent[rt->nent++] = (struct rt_span){(uint16_t)lo, (uint16_t)hi, app};
 	n->n++;
 }
 
@@ -477,7 +474,7 @@ static void fill_parent(struct rt *rt, struct rt_node *n, uint32_t poff, uint32_
 	while (*pi < pn && rt->ent[poff + *pi].hi < from)
 		(*pi)++;
 	for (uint32_t k = *pi; k < pn && rt->ent[poff + k].lo <= to; k++) {
-		struct rt_ent e = rt->ent[poff + k];
+		struct rt_span e = rt->ent[poff + k];
 
 		map_emit(rt, n, e.lo > from ? e.lo : from, e.hi < to ? e.hi : to, e.app);
 	}
@@ -671,7 +668,7 @@ static int plan_jump(struct rt_builder *b, uint32_t j)
 }
 
 /* Writes the lookup node of trie node <i> at its place, fallback NIL. */
-static void put_node(struct rt_builder *b, uint32_t i, struct rt_ent *ent, size_t *nent)
+static void put_node(struct rt_builder *b, uint32_t i, struct rt_span *ent, size_t *nent)
 {
 	struct rt *rt = b->rt;
 	const struct rt_node *nd = &rt->nodes[i];
@@ -750,7 +747,7 @@ static int make_layout(struct rt_builder *b)
 {
 	struct rt *rt = b->rt;
 	uint32_t nn = rt->nnodes, v4node, v4best;
-	struct rt_ent *ent = NULL;
+	struct rt_span *ent = NULL;
 	size_t nent = 0, nent_all = 0;
 	int err = -ENOMEM;
 
@@ -926,7 +923,7 @@ out:
 }
 
 /* The map of a claimed node: inline for LN_LEAF1. */
-static inline const struct rt_ent *map_of(const struct rt *rt, const struct rt_lnode *nd)
+static inline const struct rt_span *map_of(const struct rt *rt, const struct rt_lnode *nd)
 {
 	switch (kind_of(nd)) {
 	case LN_LEAF1:
@@ -995,9 +992,9 @@ static const struct rt_lnode *owner_of(const struct rt *rt, rt_u128 k)
 /* The first interval of <nd>'s map whose hi >= <port> (the last one if
  * none); branch-light halving.
  */
-static const struct rt_ent *map_find(const struct rt *rt, const struct rt_lnode *nd, uint16_t port)
+static const struct rt_span *map_find(const struct rt *rt, const struct rt_lnode *nd, uint16_t port)
 {
-	const struct rt_ent *ent = map_of(rt, nd);
+	const struct rt_span *ent = map_of(rt, nd);
 	uint32_t lo = 0, n = nd->n;
 
 	while (n > 1) {
@@ -1017,7 +1014,7 @@ static __attribute__((noinline)) uint32_t lookup_full(const struct rt *rt,
 						      const struct in6_addr *addr, uint16_t port)
 {
 	const struct rt_lnode *nd = owner_of(rt, addr_key(addr));
-	const struct rt_ent *e;
+	const struct rt_span *e;
 
 	if (!nd)
 		return RT_NONE;
@@ -1031,7 +1028,7 @@ uint16_t rt_first_claimed(const struct rt *rt, const struct in6_addr *addr, uint
 			  uint16_t hi)
 {
 	const struct rt_lnode *nd = owner_of(rt, addr_key(addr));
-	const struct rt_ent *e;
+	const struct rt_span *e;
 
 	if (!nd || lo > hi)
 		return 0;
@@ -1107,7 +1104,7 @@ struct rt_cover_ctx {
 /* One element per maximal run of adjacent port intervals of <owner>'s map. */
 static int cover_emit(struct rt_cover_ctx *c, const struct rt_lnode *owner, rt_u128 lo, rt_u128 hi)
 {
-	const struct rt_ent *map = map_of(c->rt, owner);
+	const struct rt_span *map = map_of(c->rt, owner);
 	struct rt_elem e;
 	int ret;
 
@@ -1120,6 +1117,8 @@ static int cover_emit(struct rt_cover_ctx *c, const struct rt_lnode *owner, rt_u
 			j++;
 		e.plo = map[k].lo;
 		e.phi = map[j].hi;
+		e.spans = &map[k];
+		e.n_spans = j - k + 1;
 		if ((ret = c->fn(&e, c->arg)))
 			return ret;
 		k = j + 1;

@@ -60,9 +60,20 @@ void rt_free(struct rt *rt);
  * some app, and no two elements intersect (nft's concatenated interval sets
  * reject overlapping elements, while claims nest: a /32 inside a /24).
  */
+struct rt_span {
+	uint16_t lo, hi; /* inclusive port range */
+	uint32_t app;
+};
+
 struct rt_elem {
 	struct in6_addr lo, hi; /* inclusive address range, same family */
 	uint16_t plo, phi;	/* inclusive port range */
+	/* Which app each of those ports routes to, the same at every
+	 * address of [lo, hi] (rt_lookup's answer): ascending, adjacent
+	 * intervals from plo to phi, in the table's memory.
+	 */
+	const struct rt_span *spans;
+	uint32_t n_spans;
 };
 
 /* Calls <fn> for each element of the cover of the family <v4> (true: IPv4

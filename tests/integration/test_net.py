@@ -384,6 +384,37 @@ def test_routes_are_the_fewest_prefixes(ns, tmp_path):
     assert state(ns) == before
 
 
+
+def shown_set(script, name):
+    """The elements of set <name> in a `net show` script."""
+    m = re.search(rf"\tset {name} {{\n(.*?)\n\t}}", script, re.S)
+    assert m, name
+    e = re.search(r"elements = \{(.*?)\}", m.group(1), re.S)
+    return sorted(x.strip() for x in e.group(1).split(",")) if e else []
+
+
+def test_port_runs_merge_across_addresses(prism_bin, tmp_path):
+    """Apps side by side with several port runs each merge into one element
+    per port run (a pipapo set costs per element on every SYN): 3 elements
+    for 10 /24s with ports 22, 80 and 443, not one per /24 for 80 and 443;
+    1 for the 8000-8999 of 256 one-address apps with 80, 443 and
+    8000-8999, not 256 (their single ports are points, in a hash set)."""
+    cases = [
+        ("".join(f"  - {{name: a{i}, edge: 10.0.{i}.0/24, ports: [22, 80, 443], "
+                 f"origins: 198.51.100.10}}\n" for i in range(10)),
+         ["10.0.0.0-10.0.9.255 . 22", "10.0.0.0-10.0.9.255 . 443",
+          "10.0.0.0-10.0.9.255 . 80"]),
+        ("".join(f"  - {{name: b{i}, edge: 10.1.0.{i}, ports: [80, 443, \"8000-8999\"], "
+                 f"origins: 198.51.100.10}}\n" for i in range(256)),
+         ["10.1.0.0/24 . 8000-8999"]),
+    ]
+    for apps, want in cases:
+        path = tmp_path / "runs.yaml"
+        path.write_text("listen: {address: 127.0.0.1, address6: \"off\", port: 15001}\n"
+                        "apps:\n" + apps)
+        out = run(str(PRISM), "net", "show", "-c", str(path)).stdout
+        assert shown_set(out, "claims4") == want, out
+
 def test_up_drops_routes_of_removed_prefixes(ns, cfg, tmp_path):
     # A second `net up` with a smaller config makes the routes match it:
     # a prefix that left the config must stop being local.

@@ -137,11 +137,31 @@ struct elems {
 	struct elem *e;
 	size_t n, cap;
 	int v4;
+	const struct rt *rt;
 };
 
 static int collect(const struct rt_elem *e, void *arg)
 {
 	struct elems *es = arg;
+
+	/* The spans: adjacent from plo to phi, each the app rt_lookup gives
+	 * at both ends of the element's addresses and of its own ports.
+	 */
+	assert_true(e->n_spans > 0);
+	assert_int_equal(e->spans[0].lo, e->plo);
+	assert_int_equal(e->spans[e->n_spans - 1].hi, e->phi);
+	for (uint32_t k = 0; k < e->n_spans; k++) {
+		const struct rt_span *sp = &e->spans[k];
+
+		assert_true(sp->lo <= sp->hi);
+		assert_true(sp->app != RT_NONE);
+		if (k)
+			assert_int_equal(sp->lo, e->spans[k - 1].hi + 1);
+		assert_int_equal(rt_lookup(es->rt, &e->lo, sp->lo), sp->app);
+		assert_int_equal(rt_lookup(es->rt, &e->lo, sp->hi), sp->app);
+		assert_int_equal(rt_lookup(es->rt, &e->hi, sp->lo), sp->app);
+		assert_int_equal(rt_lookup(es->rt, &e->hi, sp->hi), sp->app);
+	}
 
 	if (es->n == es->cap) {
 		es->cap = es->cap ? 2 * es->cap : 64;
@@ -155,6 +175,7 @@ static int collect(const struct rt_elem *e, void *arg)
 static void cover_all(const struct rt *rt, struct elems *es)
 {
 	es->n = 0;
+	es->rt = rt;
 	es->v4 = 1;
 	assert_int_equal(rt_cover(rt, 1, collect, es), 0);
 	es->v4 = 0;
