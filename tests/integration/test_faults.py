@@ -389,6 +389,21 @@ def test_failed_retry_pauses_accepting(failsys, topo):
 
 
 
+def fail_until(t, lib, cfg, env, call, name, work):
+    """prism of <cfg> with the socket calls after its first accept made to
+    fail in turn (with <env> too), <work>() run against each, until the
+    failed call is <call> ("send," or "socket, fails with errno 97").
+    Returns (what <work> returned for that run, the stopped Prism, its
+    stderr)."""
+    for n in range(1, 40):
+        p = preloaded_prism(t, cfg, lib, {"FAILSYS_AT": n, **env}, f"{name}{n}")
+        res = work()
+        assert p.stop(timeout=10) == 0, n
+        err = "\n".join(p.err)
+        if re.search(rf"failsys: call {n}, {call}", err):
+            return res, p, err
+    pytest.fail(f"no {call} among the calls")
+
 # Two echo origins, and a retry.
 TWO_CFG = DATA_CFG.replace(f"origins: {nstopo.ORIGIN4}:7000",
                            f"origins: [\"{nstopo.ORIGIN4}:7000\", \"{nstopo.ORIGIN4}:7001\"]\n"
@@ -405,17 +420,10 @@ def test_socket_error_that_is_no_shortage_tries_the_next_origin(failsys, topo):
     t = echo_edge(topo)
     srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7001, peers.echo_handler)
     t.on_teardown(srv.close)
-    for n in range(1, 40):
-        p = preloaded_prism(t, TWO_CFG, failsys, {"FAILSYS_AT": n, "FAILSYS_ERRNO": 97},
-                            f"afn{n}")
-        worked = [echo_works(t, 0, b"x"), echo_works(t, 1, b"after\n")]
-        assert p.stop(timeout=10) == 0, n
-        err = "\n".join(p.err)
-        if re.search(rf"failsys: call {n}, socket, fails with errno 97", err):
-            break
-    else:
-        pytest.fail("no socket() among the calls")
-    assert worked == [True, True], (n, err[-800:])
+    worked, _, err = fail_until(
+        t, failsys, TWO_CFG, {"FAILSYS_ERRNO": 97}, "socket, fails with errno 97", "afn",
+        lambda: [echo_works(t, 0, b"x"), echo_works(t, 1, b"after\n")])
+    assert worked == [True, True], err[-800:]
     assert "cannot make a socket for it: Address family not supported" in err, err[-800:]
     assert "not accepting for" not in err, err[-800:]
 
@@ -427,15 +435,7 @@ def test_proxy_header_send_out_of_memory_is_resource(failsys, topo):
     first send() (the header's) is the one."""
     t = echo_edge(topo)
     cfg = DATA_CFG + "    proxy_protocol: v1\n"
-    for n in range(1, 40):
-        p = preloaded_prism(t, cfg, failsys, {"FAILSYS_AT": n}, f"pp{n}")
-        echo_works(t, 0, b"x")
-        assert p.stop(timeout=10) == 0, n
-        err = "\n".join(p.err)
-        if re.search(rf"failsys: call {n}, send,", err):
-            break
-    else:
-        pytest.fail("no send() among the calls")
+    _, p, err = fail_until(t, failsys, cfg, {}, "send,", "pp", lambda: echo_works(t, 0, b"x"))
     assert [d.get("reason") for d in p.access] == ["resource"], err[-800:]
 
 def test_run_survives_failed_socket_calls_at_start(failsys, prism_bin, netns, tmp_path):
