@@ -1188,7 +1188,7 @@ static void relay(struct conn *c)
 			n = send(c->org.fd, pp + c->pp_off, c->pp_len - c->pp_off, MSG_NOSIGNAL);
 		while (n == -1 && errno == EINTR);
 		if (n == -1) {
-			enum pump_res r = io_failed(errno, PUMP_DST_RESET);
+			enum pump_res r;
 
 			if (errno == EAGAIN) {
 				c->org.wr = false;
@@ -1197,6 +1197,7 @@ static void relay(struct conn *c)
 			/* As for the payload (pump): the kernel out of memory is
 			 * this host's problem, not the origin's reset.
 			 */
+			r = io_failed(errno, PUMP_DST_RESET);
 			if (r != PUMP_DST_GONE) {
 				conn_finalize(c, r == PUMP_NOMEM ? CR_RESOURCE : CR_ORIGIN_RESET);
 				return;

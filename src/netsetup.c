@@ -592,6 +592,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *what, char **e
 	struct nl nl = {0};
 	char buf[NL_BUFSZ], why[256], ps[ADDR_STRLEN];
 	unsigned int lo = 0;
+	uint32_t metric = net_route_metric(cfg->nft_table);
 	long n, i = 0;
 	int ret;
 
@@ -627,8 +628,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *what, char **e
 		 * the same prefix with another metric stays as it is, next
 		 * to prism's.
 		 */
-		route_msg_init(nlh, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &pfx[i], lo,
-			       net_route_metric(cfg->nft_table));
+		route_msg_init(nlh, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &pfx[i], lo, metric);
 		ret = nl_request(&nl, nlh, why, sizeof(why));
 		if (ret == -EEXIST)
 			ret = 0;
@@ -654,8 +654,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *what, char **e
 
 			if (!added[j])
 				continue;
-			route_msg_init(nlh, RTM_DELROUTE, 0, &pfx[j], lo,
-				       net_route_metric(cfg->nft_table));
+			route_msg_init(nlh, RTM_DELROUTE, 0, &pfx[j], lo, metric);
 			nl_request(&nl, nlh, why, sizeof(why));
 		}
 	} else {
