@@ -1319,8 +1319,21 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		return;
 	}
 	if (c->state == CS_CONNECTING) {
-		if (io != &c->org)
+		if (io != &c->org) {
+			/* The client reset while its origin is being dialed.
+			 * With nothing of it to pass on, stop dialing: the
+			 * origin would get a connection only to see it reset,
+			 * and a slow one's connect timeout would count against
+			 * it (passive health) for a client that left. Bytes it
+			 * sent before the reset are still delivered, then the
+			 * reset, as a direct connection would (relay()).
+			 */
+			int inq = 0;
+
+			if ((events & EPOLLERR) && ioctl(c->cli.fd, SIOCINQ, &inq) == 0 && inq == 0)
+				conn_finalize(c, CR_CLIENT_RESET);
 			return;
+		}
 		connected(c, events);
 		if (c->state != CS_RELAYING)
 			return;

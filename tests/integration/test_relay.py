@@ -42,6 +42,16 @@ apps:
     ports: 7000
     origins: 198.51.100.10:7000
     timeouts: {idle: 1s}
+  - name: slowhole
+    edge: 192.0.2.203
+    ports: 7000
+    origins: 198.51.100.99:7000
+    timeouts: {connect: 20s}
+  - name: backlog
+    edge: 192.0.2.204
+    ports: 7000
+    origins: 198.51.100.10:7010
+    timeouts: {connect: 20s}
 """
 
 MiB = 1 << 20
@@ -816,6 +826,52 @@ def test_origin_black_hole_connect_timeout(topo):
     assert d["reason"] == "connect_timeout", d
     assert d["origin"] == f"{nstopo.ORIGIN4_HOLE}:7000"
     assert int(d["duration_ms"]) >= 900
+
+
+def test_client_reset_while_dialing_stops_the_dial(topo):
+    """A client that resets while prism dials a silent origin, having sent
+    nothing: prism stops dialing at once and logs the client's reset,
+    instead of waiting out the 20 s connect timeout (which would count
+    against the origin's health for a client that left)."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c = peers.connect(t.c, "192.0.2.203", 7000)
+    port = _client_port(c)
+    peers.set_linger0(c)
+    c.close()
+    d = prism.access_for(port, ("192.0.2.203", 7000), timeout=8)
+    assert d["reason"] == "client_reset", d
+    assert d["origin"] == f"{nstopo.ORIGIN4_HOLE}:7000"
+    assert (d["c2o"], d["o2c"]) == ("0", "0")
+
+
+def test_client_bytes_then_reset_while_dialing_reach_the_origin(topo):
+    """A client that sends a request and resets while prism still dials:
+    as over a direct connection, the origin gets the request, then the
+    reset. The origin's accept queue is full (one connection queued on a
+    backlog of 0), so it drops prism's SYN; it is freed right after the
+    client's reset, and prism's SYN retransmit gets through a second
+    later."""
+    t = topo
+    ls = peers.Listener(t.o, ORIGIN4, 7010, backlog=0)
+    t.on_teardown(ls.close)
+    filler = peers.connect(t.o, ORIGIN4, 7010)
+    t.on_teardown(filler.close)
+    prism = t.start_prism(CFG)
+    c = peers.connect(t.c, "192.0.2.204", 7000)
+    port = _client_port(c)
+    c.sendall(b"request")
+    peers.wait_acked(c)
+    peers.set_linger0(c)
+    c.close()
+    ls.accept().close()  # the filler's: the queue has room again
+    o = ls.accept(timeout=10)
+    got, end = _read_to_end(o)
+    o.close()
+    assert (got, end) == (b"request", "reset")
+    d = prism.access_for(port, ("192.0.2.204", 7000), timeout=5)
+    assert d["reason"] == "client_reset", d
+    assert int(d["c2o"]) == len(b"request"), d
 
 
 def test_idle_timeout_closes_both_sides(topo):
