@@ -96,7 +96,14 @@ static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
 static int resolve_system(const char *host, struct sockaddr_storage **addrs, size_t *n,
 			  const char **why)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	/* AI_ADDRCONFIG: only the families the host has an address of (other
+	 * than loopback). A name's AAAA records are of no use on a host with
+	 * IPv6 off, where every attempt at them would fail. glibc counts a
+	 * link-local address as having IPv6: on a host with IPv6 on but only
+	 * link-local addresses, they still come back, and fail over (conn.c).
+	 */
+	struct addrinfo hints = {
+	    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
 	struct addrinfo *res = NULL, *ai;
 	size_t cap = 0, k = 0;
 	int rc;

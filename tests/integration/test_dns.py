@@ -156,3 +156,33 @@ def test_name_resolving_inside_the_edge_is_not_dialed(topo):
     served = prism.wait_access(lambda d: d.get("app") == "named", count=10)
     assert all(d["origin"] == f"{OLD}:8000" and d["reason"] != "no_origin"
                for d in served), served
+
+
+V4_ONLY_CFG = """\
+listen: {workers: 2}
+timeouts: {connect: 1s, idle: 30s}
+shutdown_grace: 500ms
+apps:
+  - name: named
+    edge: 192.0.2.0/24
+    ports: 8000
+    retries: 0
+    origins:
+      - address: "origin-c.test:8000"
+"""
+
+
+def test_name_gives_only_the_families_the_host_has(topo):
+    """A name with an IPv4 and an IPv6 address, on an edge with IPv6 off:
+    only the IPv4 address becomes an origin (AI_ADDRCONFIG). Dialing the
+    IPv6 one could only fail, and with `retries: 0` the connections
+    balanced to it would fail with it."""
+    t = topo
+    nstopo.run(nstopo.ns_exec(t.e, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]))
+    start_tags(t, [f"{OLD}:8000"])
+    _hosts, prism_box = _edge_hosts(
+        t, f"127.0.0.1 localhost\n{OLD} origin-c.test\n{nstopo.ORIGIN6} origin-c.test\n")
+    prism = t.start_prism(V4_ONLY_CFG)
+    prism_box.append(prism)
+    got = _round(t, 10, 0)
+    assert got == [OLD] * 10, got
