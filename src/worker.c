@@ -533,9 +533,18 @@ static void do_accept(struct worker *w, struct io *lis)
 		}
 		struct worker *t = balance_target(w, lis);
 
-		if (t != w &&
-		    worker_handoff(t, fd, (struct sockaddr *)&client, (struct sockaddr *)&edge))
-			continue;
+		if (t != w) {
+			int was = t->id;
+
+			if (worker_handoff(t, fd, (struct sockaddr *)&client,
+					   (struct sockaddr *)&edge))
+				continue;
+			/* Refused: <w> takes it, so the tie-break must not
+			 * count it as <t>'s.
+			 */
+			__atomic_compare_exchange_n(&last_taker, &was, w->id, false,
+						    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+		}
 		r = conn_accept(w, fd, (struct sockaddr *)&client, (struct sockaddr *)&edge);
 		if (r < 0)
 			worker_pause_accept(w, -r);
