@@ -59,11 +59,12 @@ static const struct command commands[] = {
     {"check", cmd_check, "prism check -c FILE",
      "Validate FILE. Prints \"ok\" and exits 0, or prints one\n"
      "FILE:LINE:COL: message line per problem and exits 2.\n"},
-    {"net", cmd_net, "prism net up|down|show -c FILE",
+    {"net", cmd_net, "prism net up|down|show -c FILE | prism net down -t NAME",
      "up    install the AnyIP routes and the nftables table (idempotent)\n"
      "down  remove prism's nftables table and every route tagged as this\n"
      "      instance's (protocol 249, the table's metric); nothing else is\n"
-     "      touched\n"
+     "      touched. -t NAME names the table (network.table, default\n"
+     "      \"prism\") instead of a config: for when FILE is gone or broken\n"
      "show  print what \"up\" would install, changing nothing\n"},
     {"ban", cmd_ban, "prism ban list|add|del [ADDR [DURATION]] -c FILE",
      "list          the sources in the kernel ban set, with the time left\n"
@@ -105,6 +106,8 @@ static const char *bad_option(char **argv)
 
 	if (optopt == 'c')
 		return "option -c needs a FILE";
+	if (optopt == 't')
+		return "option -t needs a NAME";
 	if (optopt)
 		snprintf(buf, sizeof(buf), "bad option -%c", optopt);
 	else
@@ -188,11 +191,16 @@ static int cmd_check(int argc, char **argv)
 
 static int cmd_net(int argc, char **argv)
 {
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {"table", required_argument, NULL, 't'},
+	    {NULL, 0, NULL, 0},
+	};
 	const struct command *cmd = command_find("net");
-	const char *path, *verb;
-	struct cfg *cfg;
+	const char *path = NULL, *table = NULL, *verb;
+	struct cfg *cfg = NULL;
 	char *err = NULL;
-	int r = 0;
+	int o, r = 0;
 
 	if (argc < 2 ||
 	    (strcmp(argv[1], "up") && strcmp(argv[1], "down") && strcmp(argv[1], "show"))) {
@@ -200,13 +208,46 @@ static int cmd_net(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	verb = argv[1];
-	path = parse_config_opt(argc - 1, argv + 1, cmd);
-	if (!path)
+	optind = 1;
+	opterr = 0;
+	while ((o = getopt_long(argc - 1, argv + 1, "+c:t:", opts, NULL)) != -1) {
+		if (o == 'c') {
+			path = optarg;
+		} else if (o == 't' && !strcmp(verb, "down")) {
+			table = optarg;
+		} else {
+			fprintf(stderr, "prism net %s: %s\nusage: %s\n", verb,
+				o == 't' ? "-t NAME is for net down only" : bad_option(argv + 1),
+				cmd->usage);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc - 1) {
+		fprintf(stderr, "prism net %s: unexpected argument \"%s\"\nusage: %s\n", verb,
+			argv[optind + 1], cmd->usage);
 		return EXIT_USAGE;
-	/* Taking things down must not wait for DNS: it may be what is down. */
-	cfg = load(path, !strcmp(verb, "down") ? CFG_NO_RESOLVE : 0);
-	if (!cfg)
+	}
+	if (!path == !table) {
+		fprintf(stderr, "prism net %s: %s\nusage: %s\n", verb,
+			path			? "give -c FILE or -t NAME, not both"
+			: !strcmp(verb, "down") ? "missing -c FILE or -t NAME"
+						: "missing -c FILE",
+			cmd->usage);
 		return EXIT_USAGE;
+	}
+	if (path) {
+		/* Taking things down must not wait for DNS: it may be what is
+		 * down.
+		 */
+		cfg = load(path, !strcmp(verb, "down") ? CFG_NO_RESOLVE : 0);
+		if (!cfg)
+			return EXIT_USAGE;
+		table = cfg->nft_table;
+	} else if (net_check_table(table, &err) < 0) {
+		fprintf(stderr, "prism net down: %s\n", err);
+		free(err);
+		return EXIT_USAGE;
+	}
 	if (!strcmp(verb, "show")) {
 		r = net_show(cfg, stdout);
 		if (r < 0)
@@ -214,12 +255,13 @@ static int cmd_net(int argc, char **argv)
 	} else {
 		r = net_check(&err);
 		if (r == 0)
-			r = !strcmp(verb, "up") ? net_up(cfg, &err) : net_down(cfg, &err);
+			r = !strcmp(verb, "up") ? net_up(cfg, &err) : net_down(table, &err);
 		if (r < 0)
 			fprintf(stderr, "prism net %s: %s\n", verb, err ? err : strerror(-r));
 	}
 	free(err);
-	cfg_unref(cfg);
+	if (cfg)
+		cfg_unref(cfg);
 	return r < 0 ? EXIT_RUNTIME : 0;
 }
 
@@ -547,7 +589,7 @@ out:
 	if (net_installed) {
 		free(err);
 		err = NULL;
-		if (net_down(cfg, &err) < 0) {
+		if (net_down(cfg->nft_table, &err) < 0) {
 			log_err("network cleanup failed: %s", err);
 			rc = EXIT_RUNTIME;
 		}

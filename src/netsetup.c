@@ -931,9 +931,8 @@ int net_up(const struct cfg *cfg, char **err)
 	return ret;
 }
 
-int net_down(const struct cfg *cfg, char **err)
+int net_down(const char *t, char **err)
 {
-	const char *t = cfg->nft_table;
 	char *script = NULL, *what = NULL;
 	int ret = net_check_table(t, err);
 

@@ -50,11 +50,12 @@ int net_check(char **err);
  */
 int net_up(const struct cfg *cfg, char **err);
 
-/* Removes the table named in <cfg> (if present) and every route tagged
- * RTPROT_PRISM with its metric (and the legacy ones, see net_route_metric).
+/* Removes nft table <table> (if present) and every route tagged
+ * RTPROT_PRISM with its metric (and the legacy ones, see net_route_metric):
+ * the name is all it needs, so it works without a config (`net down -t`).
  * Returns 0 (also when nothing was there) or -errno with <*err>.
  */
-int net_down(const struct cfg *cfg, char **err);
+int net_down(const char *table, char **err);
 
 /* Shared with ban.c. net_set_err stores a malloc'd message in <*err> (NULL
  * when even that fails) and returns <ret>. net_check_table accepts only a

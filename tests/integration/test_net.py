@@ -465,6 +465,36 @@ def test_instances_keep_each_others_routes(ns, cfg, tmp_path):
     assert state(ns) == before
 
 
+def test_down_by_table_name_needs_no_config(ns, cfg, tmp_path):
+    """`net down -t NAME` cleans up when the config is gone or no longer
+    loads (after a crash, or a bad edit): the table's name is all it needs,
+    and another instance's table and routes stay."""
+    before = state(ns)
+    other = tmp_path / "other.yaml"
+    other.write_text(CFG_OTHER)
+    net(ns, "up", cfg)
+    net(ns, "up", other)
+    cfg.write_text("apps: [\n")  # broken now: -c cannot take it down
+    assert prism(ns, "net", "down", "-c", str(cfg)).returncode == 2
+    p = prism(ns, "net", "down", "-t", "prism")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert prism_routes(ns) == ["198.18.6.0/24", "2001:db8:6::/64"]
+    assert "table inet prism" not in ruleset(ns) and "table inet other" in ruleset(ns)
+    p = prism(ns, "net", "down", "--table", "other")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert state(ns) == before
+    # Again: nothing there is no error.
+    assert prism(ns, "net", "down", "-t", "other").returncode == 0
+    for args, msg in ((("-t", "1bad"), 'invalid nftables table name "1bad"'),
+                      ((), "missing -c FILE or -t NAME"),
+                      (("-t", "a", "-c", str(other)), "not both")):
+        p = prism(ns, "net", "down", *args)
+        assert p.returncode == 2 and msg in p.stderr, (args, p.stderr)
+    p = prism(ns, "net", "up", "-t", "prism")
+    assert p.returncode == 2 and "for net down only" in p.stderr, p.stderr
+    assert state(ns) == before
+
+
 def test_routes_from_before_metrics_are_replaced(ns, cfg):
     """proto 249 routes with the default metric are what prism installed
     before routes had one: `net up` replaces them (kept prefixes get the
