@@ -52,13 +52,13 @@ int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t dura
  */
 #define VIOL_SLOTS 8
 
-#define BAN_RETRY_MS 1000 /* see ban_undo */
+#define BAN_RETRY_MS 1000 /* see ban_settle */
 
 struct src_entry {
 	struct in6_addr addr;
 	uint32_t app;
 	bool used;
-	uint8_t ban_fails;	   /* bans of it that could not be written (ban_undo) */
+	uint8_t ban_fails;	   /* bans of it that could not be written (ban_settle) */
 	uint32_t concurrent;	   /* open connections admitted for (app, addr) */
 	uint16_t viol[VIOL_SLOTS]; /* violations per slot of the ban window, a ring */
 	uint64_t viol_slot;	   /* number (now / slot length) of the newest slot */
@@ -543,15 +543,21 @@ static void expiry_supersede(struct guard *g, const struct in6_addr *addr)
 			g->expiries[i].superseded = true;
 }
 
-/* A ban that could not be written: the source is not banned after all, so
+/* Records in its source's entry how writing <req>'s ban went.
+ *
+ * A ban that could not be written: the source is not banned after all, so
  * its violations count again BAN_RETRY_MS after the ban would have begun
  * (twice that after a second failure, and so on, up to the ban's duration),
  * and <after> more then ask for it again, rather than none for the ban's
  * whole duration (up to days). Not at once: a failure that persists (a
  * full set, a table without ban sets) would cost a netlink call and a log
  * line per <after> violations of every source.
+ *
+ * A ban that was written resets the failures counted before, so the next
+ * failure, however much later, waits BAN_RETRY_MS again, not the doubled
+ * time of an old streak.
  */
-static void ban_undo(struct guard *g, const struct ban_req *req)
+static void ban_settle(struct guard *g, const struct ban_req *req, bool ok)
 {
 	size_t bi = (size_t)src_hash(g, req->app, &req->addr) & (g->n_buckets - 1);
 	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
@@ -559,8 +565,10 @@ static void ban_undo(struct guard *g, const struct ban_req *req)
 
 	pthread_mutex_lock(m);
 	e = entry_get(g, &g->table[bi * BUCKET_WAYS], req->app, &req->addr, 0, false);
-	/* On the workers' clock: the ban began at banned_until - duration. */
-	if (e && e->banned_until) {
+	if (e && ok) {
+		e->ban_fails = 0;
+	} else if (e && e->banned_until) {
+		/* On the workers' clock: the ban began at banned_until - duration. */
 		uint64_t retry = (uint64_t)BAN_RETRY_MS << (e->ban_fails < 20 ? e->ban_fails : 20);
 
 		if (retry < req->duration_ms)
@@ -624,10 +632,11 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 		g->fail_logged = true;
 		free(err);
 		stat_inc(&g->st_ban_failed);
-		ban_undo(g, req);
+		ban_settle(g, req, false);
 		return;
 	}
 	free(err);
+	ban_settle(g, req, true);
 	stat_inc(&g->st_bans);
 	log_warn("source %s banned for %s: %u limit violations within %s (app %s)", a, dur,
 		 req->violations, fmt_duration(req->window_ms, win, sizeof(win)),

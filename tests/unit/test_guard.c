@@ -659,6 +659,59 @@ static void test_failed_ban_is_asked_again(void **state)
 	capture_stop();
 }
 
+/* A ban that was written ends the streak of failures before it: the next
+ * failure, a ban's length later, is asked again after BAN_RETRY_MS (1 s),
+ * not after the 2 s that a second failure in a row waits. Each sentinel's
+ * ban is queued after the request before it, so once the stub has seen
+ * it, the ban thread has settled that request.
+ */
+static void test_ban_failures_reset_after_success(void **state)
+{
+	struct in6_addr f = v4("203.0.113.10"), s[3];
+	struct guard *g;
+
+	(void)state;
+	for (int i = 0; i < 3; i++)
+		s[i] = v4(i == 0 ? "203.0.113.97" : i == 1 ? "203.0.113.98" : "203.0.113.99");
+	ban_setup(1, 1000, 3000);
+	fail_addr[0] = f;
+	n_fail = 1;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	/* Fails: asked again a second after it began. */
+	admits(g, 0, &f, 5, 1, GUARD_SOURCE_LIMIT);
+	admits(g, 0, &s[0], 5, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	pthread_mutex_lock(&stub_lock);
+	n_fail = 0;
+	pthread_mutex_unlock(&stub_lock);
+	/* Written this time: banned until 4006. */
+	assert_int_equal(guard_admit(g, 0, &f, 1006, NULL), GUARD_SOURCE_LIMIT);
+	admits(g, 0, &s[1], 1006, 0, GUARD_OK);
+	assert_int_equal(guard_admit(g, 0, &s[1], 1006, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(4), 4);
+	assert_memory_equal(&calls[2].addr, &f, sizeof(f));
+	pthread_mutex_lock(&stub_lock);
+	n_fail = 1;
+	pthread_mutex_unlock(&stub_lock);
+	/* After it, a failure again: the first of a new streak. The ban
+	 * thread skips a ban that one in force (on its own clock) covers:
+	 * let that clock pass the millisecond of the last one.
+	 */
+	nanosleep(&(struct timespec){0, 2000000}, NULL);
+	assert_int_equal(guard_admit(g, 0, &f, 4007, NULL), GUARD_SOURCE_LIMIT);
+	admits(g, 0, &s[2], 4007, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(6), 6);
+	assert_memory_equal(&calls[4].addr, &f, sizeof(f));
+	/* So a second later it is asked again (2 s with the old streak). */
+	assert_int_equal(guard_admit(g, 0, &f, 5008, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(7), 7);
+	assert_memory_equal(&calls[6].addr, &f, sizeof(f));
+	guard_free(g);
+	capture_stop();
+}
+
 /* The ban window slides: violations that fall within one window are
  * counted together even when a fixed window starting at the source's first
  * connection would split them (4 + 4 around its boundary, ban_after 5).
@@ -951,6 +1004,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_ban_never_shortened, teardown),
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
 	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
+	    cmocka_unit_test_teardown(test_ban_failures_reset_after_success, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
