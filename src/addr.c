@@ -269,6 +269,20 @@ void addr_from_sa(const struct sockaddr *sa, struct in6_addr *addr, uint16_t *po
 	}
 }
 
+bool addr_sa_same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			      &((const struct sockaddr_in *)b)->sin_addr,
+			      sizeof(struct in_addr)) == 0;
+	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+		      &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0 &&
+	       ((const struct sockaddr_in6 *)a)->sin6_scope_id ==
+		   ((const struct sockaddr_in6 *)b)->sin6_scope_id;
+}
+
 socklen_t addr_sa_len(const struct sockaddr *sa)
 {
 	switch (sa->sa_family) {

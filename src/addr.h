@@ -101,6 +101,11 @@ uint16_t addr_sa_port(const struct sockaddr *sa);
 /* Sets the port of the sockaddr_in/sockaddr_in6 <sa> (host order in). */
 void addr_sa_set_port(struct sockaddr *sa, uint16_t port);
 
+/* Whether <a> and <b> are the same host: family, address and, for IPv6,
+ * scope (fe80::1%2 and fe80::1%3 are two hosts); ports are not compared.
+ */
+bool addr_sa_same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 /* socklen of <sa> by its family. */
 socklen_t addr_sa_len(const struct sockaddr *sa);
 

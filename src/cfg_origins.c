@@ -59,20 +59,6 @@ static bool host_name_ok(const char *s, size_t len)
 	return true;
 }
 
-static bool sa_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET)
-		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-			      &((const struct sockaddr_in *)b)->sin_addr,
-			      sizeof(struct in_addr)) == 0;
-	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-		      &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0 &&
-	       ((const struct sockaddr_in6 *)a)->sin6_scope_id ==
-		   ((const struct sockaddr_in6 *)b)->sin6_scope_id;
-}
-
 /* Keeps the IPv4 and IPv6 addresses of <v>, each once, in their order, with
  * port 0. Returns how many remain.
  */
@@ -85,7 +71,7 @@ static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
 			continue;
 		addr_sa_set_port((struct sockaddr *)&v[i], 0);
 		for (j = 0; j < k; j++)
-			if (sa_same_addr(&v[j], &v[i]))
+			if (addr_sa_same_host(&v[j], &v[i]))
 				break;
 		if (j == k)
 			v[k++] = v[i];
@@ -394,7 +380,7 @@ static bool origin_same(const struct cfg_origin *a, const struct cfg_origin *b)
 		return false;
 	if (a->is_name)
 		return strcasecmp(a->host, b->host) == 0;
-	return sa_same_addr(&a->addrs[0], &b->addrs[0]);
+	return addr_sa_same_host(&a->addrs[0], &b->addrs[0]);
 }
 
 /* The checks across an app's origins, once each loaded cleanly: port

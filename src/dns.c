@@ -36,16 +36,6 @@ struct round {
  */
 #define FAIL_LOG_MAX 10
 
-static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	struct in6_addr x, y;
-	uint16_t p;
-
-	addr_from_sa((const struct sockaddr *)a, &x, &p);
-	addr_from_sa((const struct sockaddr *)b, &y, &p);
-	return !memcmp(&x, &y, sizeof(x));
-}
-
 /* Resolves <host> through cfg_resolver (the loader's resolver, so tests can
  * stub both), once per round for all apps (<memo>), into at most <max>
  * addresses (port 0). Returns the count, or -1 with <*why> set.
@@ -130,7 +120,8 @@ static void refresh_app(struct dns *d, struct app_origins *ao, struct round *rd)
 			char buf[ADDR_STRLEN];
 
 			for (size_t k = 0; k < cur->n && !o; k++)
-				if (cur->v[k]->co == co && same_ip(&cur->v[k]->addr, &addrs[a]))
+				if (cur->v[k]->co == co &&
+				    addr_sa_same_host(&cur->v[k]->addr, &addrs[a]))
 					o = cur->v[k];
 			if (o) {
 				origin_ref(o);
@@ -153,7 +144,7 @@ static void refresh_app(struct dns *d, struct app_origins *ao, struct round *rd)
 		}
 	}
 	if (changed) {
-		struct origin_set *s = origin_set_new(app, v, n);
+		struct origin_set *s = origin_set_new(app, v, n, cur);
 
 		if (s)
 			app_origins_swap(ao, s);

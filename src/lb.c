@@ -75,13 +75,14 @@ static uint64_t hash_addr(const uint8_t a[16], uint64_t extra, uint64_t seed)
 	return mix64(lo ^ mix64(hi ^ mix64(extra ^ seed)));
 }
 
-/* The origin's identity as 16 address bytes (v4-mapped) and a port: stable
- * across set rebuilds, unlike its index.
+/* The origin's identity as 16 address bytes (v4-mapped), a port and an
+ * IPv6 scope: stable across set rebuilds, unlike its index.
  */
-static void origin_identity(const struct origin *o, uint8_t a[16], uint16_t *port)
+static void origin_identity(const struct origin *o, uint8_t a[16], uint16_t *port, uint32_t *scope)
 {
 	memset(a, 0, 16);
 	*port = 0;
+	*scope = 0;
 	if (o->addr.ss_family == AF_INET) {
 		const struct sockaddr_in *s = (const struct sockaddr_in *)&o->addr;
 
@@ -93,16 +94,31 @@ static void origin_identity(const struct origin *o, uint8_t a[16], uint16_t *por
 
 		memcpy(a, &s->sin6_addr, 16);
 		*port = ntohs(s->sin6_port);
+		*scope = s->sin6_scope_id;
 	}
 }
 
+/* An origin with a fixed port hashes its address and port. One whose port
+ * comes from the client (none, or a range mapped by offset) has port 0 in
+ * its address, so its configured port and mode go in as well: two such
+ * origins on one address (ranges 9000-9999 and 10000-10999) are two
+ * identities, where they used to tie in every source_hash pick, and the
+ * first took every client. A link-local address's scope goes in too.
+ */
 static uint64_t origin_hash(const struct origin *o, uint64_t seed)
 {
 	uint8_t a[16];
 	uint16_t port;
+	uint32_t scope;
+	uint64_t extra;
 
-	origin_identity(o, a, &port);
-	return hash_addr(a, port, seed);
+	origin_identity(o, a, &port, &scope);
+	extra = port;
+	if (o->co && o->co->port_mode != CFG_PORT_FIXED)
+		extra |= (uint64_t)o->co->port << 16 | (uint64_t)(o->co->port_mode + 1) << 32;
+	if (scope)
+		extra ^= mix64((uint64_t)scope << 1 | 1);
+	return hash_addr(a, extra, seed);
 }
 
 static uint64_t client_hash(const struct in6_addr *client)
@@ -127,17 +143,39 @@ static bool is_prime(uint32_t x)
 	return true;
 }
 
+/* The Maglev table size for <n> origins: the first prime at or above
+ * 65537 * 2^k that gives each origin MAGLEV_PER_ORIGIN entries, or 0 when
+ * that is too large.
+ */
 static uint32_t maglev_size(size_t n)
 {
-	uint64_t m = (uint64_t)n * MAGLEV_PER_ORIGIN;
+	uint64_t need = (uint64_t)n * MAGLEV_PER_ORIGIN, m = MAGLEV_MIN_SIZE;
 
-	if (m < MAGLEV_MIN_SIZE)
-		return MAGLEV_MIN_SIZE;
+	while (m < need)
+		m *= 2;
 	if (m > UINT32_MAX / 2)
 		return 0;
 	while (!is_prime((uint32_t)m))
 		m++;
 	return (uint32_t)m;
+}
+
+/* The size for a table of <n> origins that replaces <prev>. Any change of
+ * size moves nearly every client (each origin's permutation is taken
+ * modulo the size), so <prev>'s size is kept while it gives each origin
+ * its entries and is not more than 8 times what <n> needs: a name's
+ * answer that grows or shrinks by an address moves only that address's
+ * clients, and the sizes a set grows through double, so a set that grows
+ * from 1 to 64,000 addresses changes size 7 times at most.
+ */
+static uint32_t maglev_size_after(size_t n, const struct lb_table *prev)
+{
+	uint32_t m = maglev_size(n);
+
+	if (m && prev && prev->algo == CFG_LB_MAGLEV && prev->m >= n * MAGLEV_PER_ORIGIN &&
+	    prev->m <= (uint64_t)m * 8)
+		return prev->m;
+	return m;
 }
 
 /* Fills <t>'s Maglev table (Eisenbud et al., NSDI 2016, "Maglev: A Fast
@@ -195,7 +233,8 @@ out:
 	return ret;
 }
 
-struct lb_table *lb_table_new(enum cfg_balance algo, const struct origin_set *set)
+struct lb_table *lb_table_new(enum cfg_balance algo, const struct origin_set *set,
+			      const struct lb_table *prev)
 {
 	struct lb_table *t = calloc(1, sizeof(*t));
 
@@ -215,7 +254,7 @@ struct lb_table *lb_table_new(enum cfg_balance algo, const struct origin_set *se
 	}
 
 	if (algo == CFG_LB_MAGLEV) {
-		t->m = maglev_size(set->n);
+		t->m = maglev_size_after(set->n, prev);
 		if (!t->m)
 			goto fail;
 	}

@@ -40,9 +40,12 @@ struct lb_worker {
 
 /* Builds the algorithm's table for <set> (maglev: a lookup table of a prime
  * size >= 100 x the number of origins, so each origin's share is within
- * ~1% of its weight). Returns NULL on ENOMEM.
+ * ~1% of its weight). <prev>, the table of the set <set> replaces (or
+ * NULL), lends maglev its size, so that a change of a few origins moves only
+ * their clients (maglev_size_after). Returns NULL on ENOMEM.
  */
-struct lb_table *lb_table_new(enum cfg_balance algo, const struct origin_set *set);
+struct lb_table *lb_table_new(enum cfg_balance algo, const struct origin_set *set,
+			      const struct lb_table *prev);
 void lb_table_free(struct lb_table *t);
 
 void lb_worker_init(struct lb_worker *w, uint64_t seed);

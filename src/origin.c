@@ -53,7 +53,8 @@ void origin_unref(struct origin *o)
 		free(o);
 }
 
-struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, size_t n)
+struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, size_t n,
+				  const struct origin_set *prev)
 {
 	struct origin_set *s = calloc(1, sizeof(*s));
 
@@ -68,7 +69,7 @@ struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, 
 		s->v[i] = v[i];
 	}
 	s->n = n;
-	s->lb = lb_table_new(app->balance, s);
+	s->lb = lb_table_new(app->balance, s, prev ? prev->lb : NULL);
 	if (!s->lb)
 		goto fail;
 	return s;
@@ -98,7 +99,7 @@ struct origin_set *origin_set_from_cfg(const struct cfg_app *app)
 			n++;
 		}
 	}
-	s = origin_set_new(app, v, n);
+	s = origin_set_new(app, v, n, NULL);
 out:
 	for (size_t i = 0; i < n; i++)
 		origin_unref(v[i]);

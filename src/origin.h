@@ -68,8 +68,11 @@ struct app_origins {
  * ENOMEM. (origin.c)
  */
 struct origin_set *origin_set_from_cfg(const struct cfg_app *app);
-/* Builds a set from <n> origins (references taken) and the app's balancer. */
-struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, size_t n);
+/* Builds a set from <n> origins (references taken) and the app's balancer;
+ * <prev> is the set it replaces (or NULL), see lb_table_new.
+ */
+struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, size_t n,
+				  const struct origin_set *prev);
 struct origin *origin_new(const struct cfg_origin *co, const struct sockaddr_storage *addr);
 void origin_ref(struct origin *o);
 void origin_unref(struct origin *o);

@@ -222,6 +222,87 @@ static void test_unchanged_answer_keeps_the_set(void **state)
 	cfg_unref(cfg);
 }
 
+static int scoped_calls; /* atomic */
+
+/* ll.test: fe80::1 on interfaces 2 and 3, two hosts; moving.test: a new
+ * address at every lookup, so that every refresh builds a new set.
+ */
+static int scoped_resolver(const char *host, struct sockaddr_storage **addrs, size_t *n,
+			   const char **why)
+{
+	int k = __atomic_add_fetch(&scoped_calls, 1, __ATOMIC_RELAXED);
+	bool has_port;
+	const char *w;
+	char a[32];
+
+	(void)why;
+	*addrs = calloc(2, sizeof(**addrs));
+	assert_non_null(*addrs);
+	if (!strcmp(host, "ll.test")) {
+		for (int i = 0; i < 2; i++) {
+			assert_int_equal(
+			    addr_parse_hostport("fe80::1", &(*addrs)[i], &has_port, &w), 0);
+			((struct sockaddr_in6 *)&(*addrs)[i])->sin6_scope_id = (uint32_t)(2 + i);
+		}
+		*n = 2;
+	} else {
+		snprintf(a, sizeof(a), "198.51.100.%d", 1 + k % 200);
+		assert_int_equal(addr_parse_hostport(a, &(*addrs)[0], &has_port, &w), 0);
+		*n = 1;
+	}
+	return 0;
+}
+
+/* fe80::1%2 and fe80::1%3 are two origins at load, and stay two when a
+ * refresh rebuilds the set: matching the new answer to the origins it
+ * keeps compared addresses without their scope, so both answers matched
+ * the first, which the new set held twice (double weight), and the
+ * second interface was never dialed again.
+ */
+static void test_scoped_addresses_stay_apart(void **state)
+{
+	static const char yaml[] = "apps:\n"
+				   "  - {name: ll, edge: 192.0.2.1, ports: 80, origins: "
+				   "[\"ll.test:80\", \"moving.test:80\"], dns: {refresh: 20ms}}\n";
+	struct app_origins *ao;
+	struct origin_set *s, *at_load;
+	struct cfg *cfg = NULL;
+	struct dns *d = NULL;
+	char *errors = NULL;
+	uint64_t t0;
+
+	(void)state;
+	cfg_resolver = scoped_resolver;
+	assert_int_equal(cfg_load_buf("t.yaml", yaml, sizeof(yaml) - 1, &cfg, &errors), 0);
+	assert_null(errors);
+	ao = app_origins_new(cfg);
+	assert_non_null(ao);
+	at_load = app_origins_get(&ao[0]);
+	assert_int_equal(at_load->n, 3);
+	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
+	t0 = mono_ms();
+	while ((s = app_origins_get(&ao[0])) == at_load) {
+		origin_set_unref(s);
+		assert_true(mono_ms() - t0 < 5000);
+		usleep(5000);
+	}
+	dns_stop(d);
+	assert_int_equal(s->n, 3);
+	assert_ptr_not_equal(s->v[0], s->v[1]);
+	for (size_t i = 0; i < 2; i++) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&s->v[i]->addr;
+
+		assert_int_equal(a->sin6_family, AF_INET6);
+		assert_int_equal(a->sin6_scope_id, 2 + i);
+		/* The origins it kept, health and counts with them. */
+		assert_ptr_equal(s->v[i], at_load->v[i]);
+	}
+	origin_set_unref(s);
+	origin_set_unref(at_load);
+	app_origins_free(ao, cfg->n_apps);
+	cfg_unref(cfg);
+}
+
 static int down, down_calls; /* atomic */
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
@@ -323,6 +404,7 @@ int main(void)
 	    cmocka_unit_test(test_one_lookup_per_round),
 	    cmocka_unit_test(test_slow_lookup_does_not_stop_refreshes),
 	    cmocka_unit_test(test_unchanged_answer_keeps_the_set),
+	    cmocka_unit_test(test_scoped_addresses_stay_apart),
 	    cmocka_unit_test(test_resolver_down),
 	};
 

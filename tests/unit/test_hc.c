@@ -839,7 +839,7 @@ static void test_thread_set_swap(void **state)
 	co2.port = dead_port;
 	o2 = origin_new(&co2, &dead);
 	assert_non_null(o2);
-	s2 = origin_set_new(&f.app, &o2, 1);
+	s2 = origin_set_new(&f.app, &o2, 1, NULL);
 	assert_non_null(s2);
 	origin_unref(o2);
 	app_origins_swap(&f.ao, s2);
@@ -939,7 +939,7 @@ static void test_thread_set_shift(void **state)
 	v[1] = b;
 	v[2] = origin_new(&co[2], &addr[2]);
 	assert_non_null(v[2]);
-	s = origin_set_new(&app, v, 3);
+	s = origin_set_new(&app, v, 3, NULL);
 	assert_non_null(s);
 	origin_unref(v[2]);
 	app_origins_swap(&ao, s);

@@ -46,7 +46,7 @@ static void tset_build(struct tset *ts, enum cfg_balance algo, size_t n, const u
 	}
 	ts->set.v = ts->v;
 	ts->set.n = n;
-	ts->set.lb = lb_table_new(algo, &ts->set);
+	ts->set.lb = lb_table_new(algo, &ts->set, NULL);
 	assert_non_null(ts->set.lb);
 }
 
@@ -458,11 +458,14 @@ static void test_maglev_table_balance(void **state)
 			     count, ws[k], 5, 0.01);
 		tset_free(&ts);
 	}
-	/* Table size: a prime >= 100 entries per origin. */
+	/* Table size: the first prime at or above 65537 * 2^k that gives
+	 * each origin 100 entries. */
 	assert_int_equal(maglev_size(1), 65537);
 	assert_int_equal(maglev_size(655), 65537);
-	assert_int_equal(maglev_size(1000), 100003);
-	assert_true(is_prime(100003) && !is_prime(100001) && !is_prime(65535));
+	assert_int_equal(maglev_size(656), 131101);
+	assert_int_equal(maglev_size(1000), 131101);
+	assert_int_equal(maglev_size(1311), 262151);
+	assert_true(is_prime(131101) && !is_prime(131099) && is_prime(262151));
 }
 
 /* Runs <n> clients through <set> and stores each client's origin host
@@ -554,6 +557,131 @@ static void test_source_hash_consistency(void **state)
 	(void)state;
 	/* Rendezvous hashing is exact: nobody else moves. */
 	check_consistency(CFG_LB_SOURCE_HASH, 0);
+}
+
+/* A heap set of <n> origins 10.x.y.z:8080 (distinct identities from <base>). */
+static struct origin_set *big_set(size_t n, uint32_t base, const struct lb_table *prev)
+{
+	struct origin_set *s = calloc(1, sizeof(*s));
+
+	assert_non_null(s);
+	s->v = calloc(n, sizeof(*s->v));
+	assert_non_null(s->v);
+	for (size_t i = 0; i < n; i++) {
+		struct origin *o = calloc(1, sizeof(*o));
+		struct sockaddr_in *sin = (struct sockaddr_in *)&o->addr;
+
+		assert_non_null(o);
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(8080);
+		sin->sin_addr.s_addr = htonl(0x0a000000u + base + (uint32_t)i);
+		o->weight = 1;
+		o->up = 1;
+		s->v[i] = o;
+	}
+	s->n = n;
+	s->lb = lb_table_new(CFG_LB_MAGLEV, s, prev);
+	assert_non_null(s->lb);
+	return s;
+}
+
+static void big_set_free(struct origin_set *s)
+{
+	lb_table_free(s->lb);
+	for (size_t i = 0; i < s->n; i++)
+		free(s->v[i]);
+	free(s->v);
+	free(s);
+}
+
+/* The share of <n> clients that <a> and <b> (which lacks <a>'s first
+ * origin) send to different origins, among those <a> does not send to
+ * that first origin.
+ */
+static double moved_share(struct origin_set *a, struct origin_set *b, size_t n)
+{
+	struct lb_worker lw;
+	size_t moved = 0, others = 0;
+
+	lb_worker_init(&lw, 3);
+	for (size_t c = 0; c < n; c++) {
+		struct in6_addr cl = client(c);
+		size_t i = lb_pick(CFG_LB_MAGLEV, a, &lw, &cl, all_usable, NULL);
+		size_t j = lb_pick(CFG_LB_MAGLEV, b, &lw, &cl, all_usable, NULL);
+
+		if (i == 0)
+			continue;
+		others++;
+		moved += memcmp(&a->v[i]->addr, &b->v[j]->addr, sizeof(a->v[i]->addr)) != 0;
+	}
+	lb_worker_deinit(&lw);
+	return (double)moved / (double)others;
+}
+
+/* A large maglev set that loses one address (a name's answer shrinks)
+ * moves only that address's clients, also where the smaller set alone
+ * would get a smaller table: the new table keeps the old one's size. A
+ * table's size used to follow the set's (a prime >= 100 per origin), so
+ * any change of a set of 656 or more moved nearly every client.
+ */
+static void test_maglev_size_kept_across_rebuilds(void **state)
+{
+	static const size_t sizes[] = {700, 1311};
+
+	(void)state;
+	for (size_t k = 0; k < 2; k++) {
+		size_t n = sizes[k];
+		struct origin_set *a = big_set(n, 0, NULL);
+		struct origin_set *b = big_set(n - 1, 1, a->lb); /* without a's first */
+		double share = moved_share(a, b, 20000);
+
+		print_message("maglev %zu -> %zu origins: table %u -> %u, %.2f%% of the others' "
+			      "clients moved\n",
+			      n, n - 1, a->lb->m, b->lb->m, 100 * share);
+		assert_int_equal(b->lb->m, a->lb->m);
+		assert_true(share < 0.02);
+		big_set_free(b);
+		/* Without the table it replaces, 1310 origins take a smaller one. */
+		if (n == 1311) {
+			b = big_set(n - 1, 1, NULL);
+			assert_true(b->lb->m < a->lb->m);
+			big_set_free(b);
+		}
+		big_set_free(a);
+	}
+}
+
+/* Two origins on one address whose ports come from the client's (ranges
+ * mapped by offset) are two identities to source_hash: weights 3 and 1
+ * share the clients 3:1. They used to hash alike, and one took them all.
+ */
+static void test_source_hash_origins_on_one_address(void **state)
+{
+	struct cfg_origin co[2] = {{.port_mode = CFG_PORT_MAP, .port = 9000},
+				   {.port_mode = CFG_PORT_MAP, .port = 10000}};
+	static const uint32_t w[] = {3, 1};
+	struct tset ts;
+	struct lb_worker lw;
+	size_t count[2] = {0};
+
+	(void)state;
+	tset_build(&ts, CFG_LB_SOURCE_HASH, 2, (const uint8_t[]){10, 10}, w, NULL);
+	for (int i = 0; i < 2; i++) {
+		ts.o[i].co = &co[i];
+		((struct sockaddr_in *)&ts.o[i].addr)->sin_port = 0;
+	}
+	lb_table_free(ts.set.lb);
+	ts.set.lb = lb_table_new(CFG_LB_SOURCE_HASH, &ts.set, NULL);
+	assert_non_null(ts.set.lb);
+	lb_worker_init(&lw, 5);
+	for (uint64_t c = 0; c < 100000; c++) {
+		struct in6_addr a = client(c);
+
+		count[lb_pick(CFG_LB_SOURCE_HASH, &ts.set, &lw, &a, all_usable, NULL)]++;
+	}
+	lb_worker_deinit(&lw);
+	check_shares("source_hash, one address, ports 9000+ w3 and 10000+ w1", count, w, 2, 0.02);
+	tset_free(&ts);
 }
 
 static void test_hash_same_client(void **state)
@@ -661,7 +789,7 @@ static void test_empty_and_no_table(void **state)
 			assert_true(lb_pick(algo, &ts.set, &lw, &a, all_usable, NULL) < 3);
 		}
 		ts.set.lb = lb_table_new(algo == CFG_LB_MAGLEV ? CFG_LB_ROUND_ROBIN : CFG_LB_MAGLEV,
-					 &ts.set);
+					 &ts.set, NULL);
 		assert_non_null(ts.set.lb);
 		for (uint64_t c = 0; c < 100; c++) {
 			a = client(c);
@@ -705,6 +833,8 @@ int main(void)
 	    cmocka_unit_test(test_maglev_table_balance),
 	    cmocka_unit_test(test_maglev_consistency),
 	    cmocka_unit_test(test_source_hash_consistency),
+	    cmocka_unit_test(test_maglev_size_kept_across_rebuilds),
+	    cmocka_unit_test(test_source_hash_origins_on_one_address),
 	    cmocka_unit_test(test_hash_same_client),
 	    cmocka_unit_test(test_backups),
 	    cmocka_unit_test(test_empty_and_no_table),
