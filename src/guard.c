@@ -3,11 +3,12 @@
  * Per-source state is one entry per (app, source address) in a fixed table
  * allocated once: an attacker spraying addresses (an IPv6 /64 is 2^64 of
  * them) recycles entries, it never grows memory. The table is
- * set-associative: a keyed hash picks a bucket of BUCKET_WAYS entries, the
- * entry lives in that bucket or nowhere, and a full bucket evicts its least
- * recently seen entry that holds no open connection. A bucket is guarded by
- * one of N_STRIPES mutexes, so two workers contend only when their sources
- * hash to the same stripe, and the critical section is a few compares.
+ * set-associative: a keyed hash picks two buckets of BUCKET_WAYS entries,
+ * the entry lives in one of them or nowhere, and when both are full the
+ * least recently seen entry of either that holds no open connection is
+ * evicted. Both buckets are guarded by one of N_STRIPES mutexes, so two
+ * workers contend only when their sources hash to the same stripe, and the
+ * critical section is a few compares.
  *
  * Process and app caps are single atomic counters, touched only when the
  * cap is set. Bans are decided on the worker but carried out on the guard's
@@ -34,7 +35,7 @@
 #include "log.h"
 #include "timer.h"
 
-#define BUCKET_WAYS 8	    /* entries per bucket: the eviction window */
+#define BUCKET_WAYS 8	    /* entries per bucket; two buckets are the eviction window */
 #define N_STRIPES   256	    /* mutexes over the buckets */
 #define TABLE_MIN   65536   /* entries */
 #define TABLE_MAX   1048576 /* entries (~80 MiB): the cap on sizing from max_conns */
@@ -192,40 +193,61 @@ static bool cap_take(uint64_t *c, uint32_t max)
 	return false;
 }
 
-/* Finds (app, addr) in its bucket, or claims a slot for it: an empty one, or
- * the least recently seen entry without open connections, preferring ones
- * not under an active ban (forgetting those only costs a redundant ban).
- * Returns NULL when every entry of the bucket holds open connections.
- * Called with the bucket's stripe held.
+/* The mutex of the buckets of the source whose src_hash is <h>. */
+static pthread_mutex_t *stripe_of(struct guard *g, uint64_t h)
+{
+	return &g->stripes[((size_t)h & (g->n_buckets - 1)) % N_STRIPES].m;
+}
+
+/* Finds (app, addr), whose src_hash is <h>, in its two buckets, or claims a
+ * slot for it: an empty one (its first bucket's before its second's), or
+ * the least recently seen entry of both without open connections,
+ * preferring ones not under an active ban (forgetting those only costs a
+ * redundant ban). Returns NULL when every entry of both holds open
+ * connections. Called with their stripe held.
+ *
+ * Two buckets, not one: with one, a bucket filled with live sources long
+ * before the table did (32,768 live sources in 65,536 entries left 0.9% of
+ * them without per-source limits); a source is now refused a slot only
+ * when 16 entries are live. The second bucket is in the first one's stripe
+ * (a multiple of N_STRIPES away), so one mutex still covers both.
  */
-static struct src_entry *entry_get(struct guard *g, struct src_entry *b, uint32_t app,
+static struct src_entry *entry_get(struct guard *g, uint64_t h, uint32_t app,
 				   const struct in6_addr *src, uint64_t now, bool create)
 {
-	struct src_entry *empty = NULL, *victim = NULL;
+	size_t b1 = (size_t)h & (g->n_buckets - 1), per = g->n_buckets / N_STRIPES;
+	size_t b2 = (b1 + (1 + (size_t)(h >> 32) % (per - 1)) * N_STRIPES) & (g->n_buckets - 1);
+	struct src_entry *bucket[2] = {&g->table[b1 * BUCKET_WAYS], &g->table[b2 * BUCKET_WAYS]};
+	struct src_entry *empty = NULL, *first_empty[2] = {NULL, NULL}, *victim = NULL;
 	bool victim_banned = true;
+	int n_empty[2] = {0, 0};
 
-	for (int i = 0; i < BUCKET_WAYS; i++) {
-		struct src_entry *e = &b[i];
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < BUCKET_WAYS; i++) {
+			struct src_entry *e = &bucket[k][i];
 
-		if (!e->used) {
-			if (!empty)
-				empty = e;
-			continue;
-		}
-		if (e->app == app && !memcmp(&e->addr, src, sizeof(*src)))
-			return e;
-		if (e->concurrent == 0) {
-			bool banned = e->banned_until > now;
+			if (!e->used) {
+				if (!n_empty[k]++)
+					first_empty[k] = e;
+				continue;
+			}
+			if (e->app == app && !memcmp(&e->addr, src, sizeof(*src)))
+				return e;
+			if (e->concurrent == 0) {
+				bool banned = e->banned_until > now;
 
-			if (!victim || (victim_banned && !banned) ||
-			    (victim_banned == banned && e->last_seen < victim->last_seen)) {
-				victim = e;
-				victim_banned = banned;
+				if (!victim || (victim_banned && !banned) ||
+				    (victim_banned == banned && e->last_seen < victim->last_seen)) {
+					victim = e;
+					victim_banned = banned;
+				}
 			}
 		}
 	}
 	if (!create)
 		return NULL;
+	/* The emptier bucket: the power of two choices. */
+	empty = n_empty[1] > n_empty[0] ? first_empty[1] : first_empty[0];
 	if (empty)
 		stat_inc(&g->st_sources);
 	else if (victim)
@@ -378,12 +400,11 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 
 	const struct cfg_protection *p = &app->protection;
 	uint64_t h = src_hash(g, app_idx, src);
-	size_t bi = (size_t)h & (g->n_buckets - 1);
-	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	pthread_mutex_t *m = stripe_of(g, h);
 	struct src_entry *e;
 
 	pthread_mutex_lock(m);
-	e = entry_get(g, &g->table[bi * BUCKET_WAYS], app_idx, src, now_ms, true);
+	e = entry_get(g, h, app_idx, src, now_ms, true);
 	if (!e) {
 		pthread_mutex_unlock(m);
 		table_full_log(g, src, now_ms);
@@ -457,12 +478,11 @@ void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src
 		return;
 
 	uint64_t h = src_hash(g, app_idx, src);
-	size_t bi = (size_t)h & (g->n_buckets - 1);
-	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	pthread_mutex_t *m = stripe_of(g, h);
 	struct src_entry *e;
 
 	pthread_mutex_lock(m);
-	e = entry_get(g, &g->table[bi * BUCKET_WAYS], app_idx, src, 0, false);
+	e = entry_get(g, h, app_idx, src, 0, false);
 	if (e && e->concurrent)
 		e->concurrent--;
 	pthread_mutex_unlock(m);
@@ -559,12 +579,12 @@ static void expiry_supersede(struct guard *g, const struct in6_addr *addr)
  */
 static void ban_settle(struct guard *g, const struct ban_req *req, bool ok)
 {
-	size_t bi = (size_t)src_hash(g, req->app, &req->addr) & (g->n_buckets - 1);
-	pthread_mutex_t *m = &g->stripes[bi % N_STRIPES].m;
+	uint64_t h = src_hash(g, req->app, &req->addr);
+	pthread_mutex_t *m = stripe_of(g, h);
 	struct src_entry *e;
 
 	pthread_mutex_lock(m);
-	e = entry_get(g, &g->table[bi * BUCKET_WAYS], req->app, &req->addr, 0, false);
+	e = entry_get(g, h, req->app, &req->addr, 0, false);
 	if (e && ok) {
 		e->ban_fails = 0;
 	} else if (e && e->banned_until) {
