@@ -233,6 +233,24 @@ const char *addr_fmt_sa(const struct sockaddr *sa, char *buf)
 	return addr_fmt_hostport(&a, port, buf);
 }
 
+struct in6_addr addr_source(const struct in6_addr *a)
+{
+	struct in6_addr k = *a;
+
+	if (!addr_is_v4(&k))
+		memset(k.s6_addr + ADDR_SOURCE_BITS6 / 8, 0, 16 - ADDR_SOURCE_BITS6 / 8);
+	return k;
+}
+
+const char *addr_fmt_source(const struct in6_addr *src, char *buf)
+{
+	struct addr_prefix p = {.addr = addr_source(src), .len = ADDR_SOURCE_BITS6};
+
+	if (addr_is_v4(src))
+		return addr_fmt(src, buf);
+	return addr_fmt_prefix(&p, buf);
+}
+
 const char *addr_fmt_prefix(const struct addr_prefix *p, char *buf)
 {
 	char host[INET6_ADDRSTRLEN];

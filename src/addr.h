@@ -57,6 +57,19 @@ static inline void addr_from_key(addr_u128 k, struct in6_addr *a)
 /* Returns true when <a> is a v4-mapped address. */
 bool addr_is_v4(const struct in6_addr *a);
 
+/* What prism counts and bans as one source (guard.c, ban.c), as the nft
+ * SYN limit counts it: an IPv4 address, or an IPv6 address's /64, the block
+ * a host normally gets to pick addresses from (counted per address, an
+ * IPv6 host could open a connection from each of 2^64 of them). Returns
+ * <a> (128-bit, v4-mapped) with the bits below ADDR_SOURCE_BITS6 cleared
+ * for IPv6.
+ */
+#define ADDR_SOURCE_BITS6 64
+struct in6_addr addr_source(const struct in6_addr *a);
+
+/* Formats a source (addr_source) into <buf>: "192.0.2.1", "2001:db8::/64". */
+const char *addr_fmt_source(const struct in6_addr *src, char *buf);
+
 /* True when prefix <outer> contains prefix <in> (or equals it); a bare
  * address is a prefix of length 128.
  */

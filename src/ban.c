@@ -121,20 +121,27 @@ static int explain(const char *table, const char *cmd_err, char **err)
 	return net_set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
 }
 
-/* The set and the text of <src>: IPv4 from its v4-mapped form. */
-static char fmt_src(const struct in6_addr *src, char *buf, size_t len)
+/* The set of <src>, its element's text (IPv4 from its v4-mapped form; an
+ * IPv6 address's /64 as the /64's first address, which the ban rule
+ * matches against the source masked to its /64, see addr_source) and
+ * what messages call it ("2001:db8::/64").
+ */
+static char fmt_src(const struct in6_addr *src, char elem[INET6_ADDRSTRLEN], char name[ADDR_STRLEN])
 {
-	if (addr_is_v4(src)) {
-		inet_ntop(AF_INET, &src->s6_addr[12], buf, (socklen_t)len);
+	struct in6_addr k = addr_source(src);
+
+	addr_fmt_source(src, name);
+	if (addr_is_v4(&k)) {
+		inet_ntop(AF_INET, &k.s6_addr[12], elem, INET6_ADDRSTRLEN);
 		return '4';
 	}
-	inet_ntop(AF_INET6, src, buf, (socklen_t)len);
+	inet_ntop(AF_INET6, &k, elem, INET6_ADDRSTRLEN);
 	return '6';
 }
 
 int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err)
 {
-	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
+	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;
 	struct nft_res r;
 	int ret = net_check_table(table, err);
 
@@ -145,7 +152,7 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	 */
 	if (duration_ms == 0)
 		return net_set_err(err, -EINVAL, "a ban needs a duration");
-	d = fmt_src(src, a, sizeof(a));
+	d = fmt_src(src, a, name);
 	/* "add" leaves an existing element's timeout as it was. To refresh
 	 * it, make sure the element exists, delete it, add it anew: one
 	 * transaction, so the source is never unbanned in between.
@@ -160,24 +167,24 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	free(cmd);
 	if (ret == -EINVAL && nft_errno(r.err) == -ENOSPC)
 		ret = net_set_err(err, -ENOSPC, "cannot ban %s: the set ban%c of table %s is full",
-				  a, d, table);
+				  name, d, table);
 	else if (ret == -EINVAL)
 		ret = explain(table, r.err, err);
 	else if (ret)
-		ret = net_set_err(err, ret, "cannot ban %s: %s", a, strerror(-ret));
+		ret = net_set_err(err, ret, "cannot ban %s: %s", name, strerror(-ret));
 	nft_res_free(&r);
 	return ret;
 }
 
 int ban_del(const char *table, const struct in6_addr *src, char **err)
 {
-	char a[INET6_ADDRSTRLEN], d, *cmd = NULL;
+	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;
 	struct nft_res r;
 	int ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
-	d = fmt_src(src, a, sizeof(a));
+	d = fmt_src(src, a, name);
 	if (asprintf(&cmd, "delete element inet %s ban%c { %s }\n", table, d, a) == -1)
 		return net_set_err(err, -ENOMEM, "out of memory");
 	ret = nft_exec(cmd, &r);
@@ -187,10 +194,10 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 		/* The table is there, so ENOENT is about the element. */
 		if (ret == -ENOENT && err) {
 			free(*err);
-			ret = net_set_err(err, -ENOENT, "%s is not banned", a);
+			ret = net_set_err(err, -ENOENT, "%s is not banned", name);
 		}
 	} else if (ret) {
-		ret = net_set_err(err, ret, "cannot unban %s: %s", a, strerror(-ret));
+		ret = net_set_err(err, ret, "cannot unban %s: %s", name, strerror(-ret));
 	}
 	nft_res_free(&r);
 	return ret;
@@ -234,9 +241,10 @@ static size_t parse_nft_time(const char *s, uint64_t *ms)
 }
 
 /* Prints the elements of one `list set` output: "elements = { ADDR timeout
- * T expires E, ... }", over several lines when long. Returns the count.
+ * T expires E, ... }", over several lines when long, each address followed
+ * by <suffix> ("/64" for ban6, whose elements are /64s). Returns the count.
  */
-static int print_elems(const char *text, FILE *out)
+static int print_elems(const char *text, const char *suffix, FILE *out)
 {
 	const char *p = text ? strstr(text, "elements = {") : NULL;
 	char addr[INET6_ADDRSTRLEN];
@@ -256,10 +264,10 @@ static int print_elems(const char *text, FILE *out)
 			/* The end of one element: print it. */
 			if (have) {
 				if (exp)
-					fprintf(out, "%s expires in %llus\n", addr,
+					fprintf(out, "%s%s expires in %llus\n", addr, suffix,
 						(unsigned long long)((expires + 999) / 1000));
 				else
-					fprintf(out, "%s never expires\n", addr);
+					fprintf(out, "%s%s never expires\n", addr, suffix);
 				count++;
 			}
 			have = exp = false;
@@ -304,7 +312,7 @@ int ban_list(const char *table, FILE *out, char **err)
 		else if (ret)
 			ret = net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
 		if (ret == 0)
-			count += print_elems(r.out, out);
+			count += print_elems(r.out, d == '6' ? "/64" : "", out);
 		nft_res_free(&r);
 		if (ret)
 			return ret;

@@ -1,9 +1,9 @@
 /* ban.h - the kernel ban sets: sources dropped by nftables until they time out.
  *
- * prism's nft table holds two sets, ban4 (ipv4_addr) and ban6 (ipv6_addr),
- * with per-element timeouts: a ban ends by itself in the kernel even if
- * prism dies. prism adds to them when a source keeps violating its limits;
- * `prism ban list|add|del` edits them by hand. All through libnftables.
+ * prism's nft table holds two sets, ban4 (ipv4_addr) and ban6 (ipv6_addr,
+ * the first address of each banned /64), with per-element timeouts: a ban ends by itself in the
+ * kernel even if prism dies. prism adds to them when a source keeps violating its limits; `prism
+ * ban list|add|del` edits them by hand. All through libnftables.
  */
 #ifndef PRISM_BAN_H
 #define PRISM_BAN_H
@@ -12,17 +12,20 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Adds (or refreshes) <src> (128-bit, v4-mapped for IPv4) to the ban set of
- * table <table> for <duration_ms>. Returns 0 or -errno with a malloc'd
- * message in <*err>.
+/* Adds (or refreshes) the source of <src> (128-bit, v4-mapped for IPv4; an
+ * IPv6 address bans its /64, see addr_source) to the ban set of table
+ * <table> for <duration_ms>. Returns 0 or -errno with a malloc'd message in
+ * <*err>.
  */
 int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err);
 
-/* Removes <src>; -ENOENT (with *err) if it is not banned. */
+/* Removes the source of <src> (an IPv6 address: its /64); -ENOENT (with
+ * *err) if it is not banned.
+ */
 int ban_del(const char *table, const struct in6_addr *src, char **err);
 
-/* Prints one line per banned source: "ADDR expires in Ns". Returns the
- * count or -errno with *err.
+/* Prints one line per banned source: "ADDR expires in Ns" (IPv6:
+ * "ADDR/64 ..."). Returns the count or -errno with *err.
  */
 int ban_list(const char *table, FILE *out, char **err);
 

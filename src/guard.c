@@ -367,12 +367,13 @@ static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t
 		return;
 	log_warn("guard: source table full of sources with open connections (%zu entries): "
 		 "admitting %s without per-source limits",
-		 g->n_buckets * BUCKET_WAYS, addr_fmt(src, a));
+		 g->n_buckets * BUCKET_WAYS, addr_fmt_source(src, a));
 }
 
-enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *src,
+enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *client,
 			       uint64_t now_ms, bool *tracked)
 {
+	const struct in6_addr key = addr_source(client), *src = &key;
 	const struct cfg_app *app = app_of(g, app_idx);
 	enum guard_verdict v = GUARD_OK;
 	struct ban_req req;
@@ -451,7 +452,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 
 		log_warn("guard: ban queue full (%d pending): ban of %s not requested yet, its "
 			 "next violation asks again",
-			 BAN_QUEUE, addr_fmt(src, a));
+			 BAN_QUEUE, addr_fmt_source(src, a));
 	}
 	if (app->max_conns)
 		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
@@ -461,8 +462,9 @@ undo_process:
 	return v;
 }
 
-void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src, bool tracked)
+void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *client, bool tracked)
 {
+	const struct in6_addr key = addr_source(client), *src = &key;
 	const struct cfg_app *app = app_of(g, app_idx);
 
 	if (g->cfg->max_conns)
@@ -608,7 +610,7 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 	uint64_t now = mono_ms(), until = expiry_latest(g, &req->addr);
 	int r;
 
-	addr_fmt(&req->addr, a);
+	addr_fmt_source(&req->addr, a);
 	fmt_duration(req->duration_ms, dur, sizeof(dur));
 	/* The kernel keeps one timeout per source, and writing a ban replaces
 	 * it: another app's shorter ban (from connections admitted before the
@@ -686,7 +688,7 @@ static void *guard_main(void *arg)
 			if (!g->expiries[0].superseded)
 				log_info(
 				    "source %s unbanned (ban of %s expired)",
-				    addr_fmt(&g->expiries[0].addr, a),
+				    addr_fmt_source(&g->expiries[0].addr, a),
 				    fmt_duration(g->expiries[0].duration_ms, dur, sizeof(dur)));
 			expiry_pop(g);
 		}

@@ -31,24 +31,25 @@ enum guard_verdict {
 struct guard *guard_new(const struct cfg *cfg);
 void guard_free(struct guard *g);
 
-/* Decides on a new connection from <src> (128-bit, v4-mapped) to app
- * <app_idx> at <now_ms>. On GUARD_OK the connection is counted and the
+/* Decides on a new connection from <client> (128-bit, v4-mapped) to app
+ * <app_idx> at <now_ms>. Limits and bans count sources as addr_source does:
+ * an IPv4 address, an IPv6 /64. On GUARD_OK the connection is counted and the
  * caller must call guard_release when it ends, passing what <*tracked>
  * (unless NULL) says: whether the connection counts against its source
  * (false when the source table had no room for the source, see
  * table_full). GUARD_SOURCE_LIMIT and
- * GUARD_RATE_LIMIT count as violations of <src>; enough of them within the
- * ban window queue a ban (logged). GUARD_SHED does not: it is load, not
+ * GUARD_RATE_LIMIT count as violations of the source; enough of them within the
+ * ban window queue a ban of the source (logged). GUARD_SHED does not: it is load, not
  * abuse. Thread-safe.
  */
-enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *src,
+enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *client,
 			       uint64_t now_ms, bool *tracked);
-void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *src, bool tracked);
+void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *client, bool tracked);
 
 /* Counters for logs/metrics. table_full: connections admitted without
  * per-source limits because their bucket of the source table was full of
  * sources with open connections; ban_dropped: bans not requested because the
- * ban queue was full; ban_failed: bans nftables refused (see ban_undo).
+ * ban queue was full; ban_failed: bans nftables refused (see ban_settle).
  * sources/capacity: entries in use and the fixed table
  * size (0 when no app limits per source).
  */

@@ -68,9 +68,9 @@ static const struct command commands[] = {
      "show  print what \"up\" would install, changing nothing\n"},
     {"ban", cmd_ban, "prism ban list|add|del [ADDR [DURATION]] -c FILE",
      "list          the sources in the kernel ban set, with the time left\n"
-     "add ADDR [D]  ban ADDR (IPv4 or IPv6) for duration D (default: the\n"
-     "              configured protection.ban.duration, else 5m)\n"
-     "del ADDR      lift the ban on ADDR\n"
+     "add ADDR [D]  ban ADDR (IPv4; IPv6: its /64) for duration D (default:\n"
+     "              the configured protection.ban.duration, else 5m)\n"
+     "del ADDR      lift the ban on ADDR (IPv6: on its /64)\n"
      "Bans live in prism's nftables table and expire in the kernel, even if\n"
      "prism is not running.\n"},
     {"version", cmd_version, "prism version", "Print the version.\n"},

@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <net/if.h>
@@ -849,21 +850,46 @@ static void check_host_addrs(const struct cfg *cfg)
 
 /* ---- bans across a reload ------------------------------------------------ */
 
+/* A ban read back from the table: its element, and its seconds left
+ * (UINT64_MAX: it never expires).
+ */
+struct saved_ban {
+	struct in6_addr src; /* addr_source of the element */
+	uint64_t secs;
+};
+
+/* By element, the longest first. */
+static int saved_ban_cmp(const void *pa, const void *pb)
+{
+	const struct saved_ban *a = pa, *b = pb;
+	int c = memcmp(&a->src, &b->src, sizeof(a->src));
+
+	if (c)
+		return c;
+	return a->secs > b->secs ? -1 : a->secs < b->secs;
+}
+
 /* Replacing the table empties its ban sets. The bans in force are read
  * (ban_list's lines) right before the load (load_table) and put back, each
  * with what is left of its time rounded up to a second, in the same
  * transaction that replaces the table. A ban added between the read and
  * the load is lost: the window is the script's build and one nft round
  * trip, and prism re-bans an offender that keeps at it.
+ *
+ * IPv6 elements are put back as their /64 (addr_source): a table from
+ * before IPv6 bans were /64s holds single addresses, which the rule now
+ * matching the source's /64 would no longer find. Several of one /64 keep
+ * the longest.
  */
 static void saved_bans(const char *table, char *out[2])
 {
 	char *text = NULL, *line, *save = NULL, *e = NULL;
-	size_t len = 0;
+	size_t len = 0, nv = 0, cap = 0;
 	FILE *f = open_memstream(&text, &len);
 	FILE *b[2] = {NULL, NULL};
 	char *bbuf[2] = {NULL, NULL};
 	size_t blen[2] = {0, 0}, n[2] = {0, 0};
+	struct saved_ban *v = NULL;
 
 	out[0] = out[1] = NULL;
 	if (!f)
@@ -877,24 +903,53 @@ static void saved_bans(const char *table, char *out[2])
 	}
 	if (fclose(f) != 0 || !text)
 		goto out;
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char addr[INET6_ADDRSTRLEN + 4], *slash;
+		struct addr_prefix p;
+		const char *why;
+		unsigned long secs;
+		uint64_t left;
+
+		if (sscanf(line, "%49s expires in %lus", addr, &secs) == 2)
+			left = secs ? secs : 1;
+		else if (sscanf(line, "%49s never expires", addr) == 1)
+			left = UINT64_MAX;
+		else
+			continue;
+		slash = strchr(addr, '/');
+		if (slash)
+			*slash = '\0';
+		if (addr_parse_prefix(addr, &p, &why) < 0)
+			continue;
+		if (nv == cap) {
+			struct saved_ban *nvv = realloc(v, (cap ? cap * 2 : 64) * sizeof(*v));
+
+			if (!nvv)
+				goto out;
+			v = nvv;
+			cap = cap ? cap * 2 : 64;
+		}
+		v[nv].src = addr_source(&p.addr);
+		v[nv++].secs = left;
+	}
+	qsort(v, nv, sizeof(*v), saved_ban_cmp);
 	for (int i = 0; i < 2; i++) {
 		b[i] = open_memstream(&bbuf[i], &blen[i]);
 		if (!b[i])
 			goto out;
 	}
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char addr[INET6_ADDRSTRLEN];
-		unsigned long secs;
-		int v6;
+	for (size_t i = 0; i < nv; i++) {
+		char a[ADDR_STRLEN];
+		int v6 = !addr_is_v4(&v[i].src);
 
-		if (sscanf(line, "%45s expires in %lus", addr, &secs) == 2) {
-			v6 = strchr(addr, ':') != NULL;
-			fprintf(b[v6], "%s%s timeout %lus", n[v6]++ ? ",\n\t\t\t" : "", addr,
-				secs ? secs : 1);
-		} else if (sscanf(line, "%45s never expires", addr) == 1) {
-			v6 = strchr(addr, ':') != NULL;
-			fprintf(b[v6], "%s%s", n[v6]++ ? ",\n\t\t\t" : "", addr);
-		}
+		if (i && !memcmp(&v[i].src, &v[i - 1].src, sizeof(v[i].src)))
+			continue; /* a shorter ban of the same /64 */
+		addr_fmt(&v[i].src, a);
+		if (v[i].secs == UINT64_MAX)
+			fprintf(b[v6], "%s%s", n[v6]++ ? ",\n\t\t\t" : "", a);
+		else
+			fprintf(b[v6], "%s%s timeout %" PRIu64 "s", n[v6]++ ? ",\n\t\t\t" : "", a,
+				v[i].secs);
 	}
 	for (int i = 0; i < 2; i++) {
 		if (fclose(b[i]) == 0 && n[i])
@@ -909,6 +964,7 @@ out:
 			fclose(b[i]);
 			free(bbuf[i]);
 		}
+	free(v);
 	free(text);
 }
 

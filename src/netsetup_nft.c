@@ -695,8 +695,11 @@ static void print_guard(FILE *f, const struct cfg *cfg, const struct guard_plan 
 	fputs("\tchain guard {\n", f);
 	for (int i = 0; i < 2; i++)
 		if (fam_on(cfg, &fams[i]))
-			fprintf(f, "\t\t%s saddr @ban%c counter name banned drop\n", fams[i].ip,
-				fams[i].d);
+			/* IPv6 bans hold /64s (addr_source): the address is
+			 * masked to its /64 before the lookup.
+			 */
+			fprintf(f, "\t\t%s saddr%s @ban%c counter name banned drop\n", fams[i].ip,
+				fams[i].v4 ? "" : " & ffff:ffff:ffff:ffff::", fams[i].d);
 	/* A packet of a connection prism already holds (any but a SYN, to
 	 * a transparent socket: accepted, half-open or in TIME_WAIT) is
 	 * accepted right after the bans (a ban cuts open connections too),

@@ -361,6 +361,7 @@ class Prism(Proc):
 
     def __init__(self, cfg_path, ns=None, binary=None, extra=()):
         self.access = []
+        self.cfg_path = str(cfg_path)
         super().__init__([binary or prism_path(), "run", "-c", cfg_path, *extra], ns=ns,
                          name="prism")
 

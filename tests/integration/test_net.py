@@ -643,7 +643,7 @@ def test_guard_loads_every_protection(ns, tmp_path):
     # The rules, in the order the packet meets them.
     g = guard_chain(ns)
     order = [r'ip saddr @ban4 counter name "banned" drop',
-             r'ip6 saddr @ban6 counter name "banned" drop',
+             r'ip6 saddr & ffff:ffff:ffff:ffff:: == @ban6 counter name "banned" drop',
              r'tcp flags ! syn socket transparent 1 accept',
              r'icmpv6 type \{.*packet-too-big.*\} accept',
              r'meta l4proto != tcp counter name "unserved" drop',
@@ -733,17 +733,23 @@ def test_default_protection_drops_unserved(ns, cfg):
 
 def test_bans_survive_net_up(ns, cfg):
     # Replacing the table keeps the bans in force, with what is left of
-    # their time.
+    # their time. IPv6 bans are /64s (the rule matches the source masked
+    # to its /64): single addresses that a table from before holds are
+    # put back as their /64, the longest ban of a /64 kept.
     net(ns, "up", cfg)
     run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban4",
         "{ 192.0.2.44 timeout 1h }")
     run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban6",
-        "{ 2001:db8::44 timeout 10m }")
+        "{ 2001:db8::44 timeout 10m, 2001:db8::45 timeout 20m, 2001:db8:1:: timeout 5m }")
     net(ns, "up", cfg)
     b4 = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism", "ban4").stdout
     b6 = run("ip", "netns", "exec", ns, "nft", "list", "set", "inet", "prism", "ban6").stdout
     assert re.search(r"192\.0\.2\.44 timeout (59m5\d|1h)", b4), b4
-    assert re.search(r"2001:db8::44 timeout (9m5\d|10m)", b6), b6
+    elems = re.findall(r"(2001:db8:[0-9a-f:]*) timeout (\S+) expires", b6)
+    assert [a for a, _ in elems] == ["2001:db8::", "2001:db8:1::"], b6
+    assert re.fullmatch(r"19m5\ds|20m", elems[0][1]) and re.fullmatch(r"4m5\ds|5m", elems[1][1]), b6
+    listed = prism(ns, "ban", "list", "-c", str(cfg)).stdout
+    assert re.search(r"^2001:db8::/64 expires in 1[12]\d\ds$", listed, re.M), listed
     net(ns, "down", cfg)
 
 
@@ -812,10 +818,12 @@ def ban_list(ns, cfg_path):
 
 def test_ban_add_list_del(ns, cfg):
     net(ns, "up", cfg)
-    for addr, dur, secs in (("192.0.2.77", "5m", 300), ("2001:db8::77", "90s", 90)):
+    # An IPv6 address bans its /64, listed as such.
+    for addr, listed, dur, secs in (("192.0.2.77", "192.0.2.77", "5m", 300),
+                                    ("2001:db8::77", "2001:db8::/64", "90s", 90)):
         p = ban(ns, cfg, "add", addr, dur)
         assert p.returncode == 0, p.stdout + p.stderr
-        m = re.search(rf"^{re.escape(addr)} expires in (\d+)s$", ban_list(ns, cfg), re.M)
+        m = re.search(rf"^{re.escape(listed)} expires in (\d+)s$", ban_list(ns, cfg), re.M)
         assert m, ban_list(ns, cfg)
         assert secs - 10 <= int(m.group(1)) <= secs
     # In the kernel set, with its timeout.
@@ -825,10 +833,11 @@ def test_ban_add_list_del(ns, cfg):
     assert ban(ns, cfg, "add", "192.0.2.77", "1h").returncode == 0
     assert re.search(r"^192\.0\.2\.77 expires in 3[56]\d\ds$", ban_list(ns, cfg), re.M)
 
-    for addr in ("192.0.2.77", "2001:db8::77"):
+    # Any address of the /64 lifts its ban.
+    for addr, listed in (("192.0.2.77", "192.0.2.77"), ("2001:db8::1", "2001:db8::/64")):
         p = ban(ns, cfg, "del", addr)
         assert p.returncode == 0, p.stdout + p.stderr
-        assert addr not in ban_list(ns, cfg)
+        assert listed not in ban_list(ns, cfg)
     p = ban(ns, cfg, "del", "192.0.2.77")
     assert p.returncode == 1 and "192.0.2.77 is not banned" in p.stderr, p.stdout + p.stderr
     net(ns, "down", cfg)

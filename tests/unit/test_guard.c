@@ -220,16 +220,18 @@ static struct in6_addr v4(const char *s)
 	return a;
 }
 
-/* The i-th of many distinct sources in 2001:db8::/32. */
+/* The i-th of many distinct sources in 2001:db8::/32: each in a /64 of its
+ * own (IPv6 sources are /64s), at host ::1.
+ */
 static struct in6_addr v6n(uint32_t i)
 {
 	struct in6_addr a;
 
-	assert_int_equal(inet_pton(AF_INET6, "2001:db8::", &a), 1);
-	a.s6_addr[12] = (uint8_t)(i >> 24);
-	a.s6_addr[13] = (uint8_t)(i >> 16);
-	a.s6_addr[14] = (uint8_t)(i >> 8);
-	a.s6_addr[15] = (uint8_t)i;
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8::1", &a), 1);
+	a.s6_addr[4] = (uint8_t)(i >> 24);
+	a.s6_addr[5] = (uint8_t)(i >> 16);
+	a.s6_addr[6] = (uint8_t)(i >> 8);
+	a.s6_addr[7] = (uint8_t)i;
 	return a;
 }
 
@@ -389,8 +391,10 @@ static void test_shed_is_no_violation(void **state)
 
 static void test_ban(void **state)
 {
-	struct in6_addr a = v4("203.0.113.1"), c = v6n(7), s = v4("203.0.113.99");
+	struct in6_addr a = v4("203.0.113.1"), c = v6n(7), s = v4("203.0.113.99"), c64 = c;
 	struct guard_stats st;
+
+	c64.s6_addr[15] = 0; /* c's /64: what its ban is asked for */
 	struct guard *g;
 
 	(void)state;
@@ -437,8 +441,8 @@ static void test_ban(void **state)
 	/* Now c's third violation within its window: banned. */
 	assert_int_equal(guard_admit(g, 1, &c, 11002, NULL), GUARD_SOURCE_LIMIT);
 	assert_int_equal(wait_calls(3), 3);
-	assert_memory_equal(&calls[2].addr, &c, sizeof(c));
-	assert_true(captured_wait("warn source 2001:db8::7 banned for 200ms"));
+	assert_memory_equal(&calls[2].addr, &c64, sizeof(c64));
+	assert_true(captured_wait("warn source 2001:db8:0:7::/64 banned for 200ms"));
 	/* After a's ban ran out it can be banned again, after 3 new ones. */
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(guard_admit(g, 1, &a, 1300, NULL), GUARD_SOURCE_LIMIT);
@@ -656,6 +660,47 @@ static void test_failed_ban_is_asked_again(void **state)
 	assert_int_equal(guard_admit(g, 0, &f, 3007, NULL), GUARD_SOURCE_LIMIT);
 	assert_int_equal(wait_calls(5), 5);
 	assert_memory_equal(&calls[4].addr, &f, sizeof(f));
+	guard_free(g);
+	capture_stop();
+}
+
+/* IPv6 sources are /64s: addresses of one /64 share its limit, and its
+ * ban is asked for the /64 (the request holds the /64's first address and
+ * the log names the /64). IPv4 addresses stay sources of their own.
+ */
+static void test_ipv6_source_is_its_64(void **state)
+{
+	struct in6_addr a, b, c, net;
+	struct guard *g;
+
+	(void)state;
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8:5:6::1", &a), 1);
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8:5:6:ffff::99", &b), 1);
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8:5:7::1", &c), 1);
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8:5:6::", &net), 1);
+	ban_setup(1, 1000, 60000);
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	assert_int_equal(guard_admit(g, 0, &a, 5, NULL), GUARD_OK);
+	/* Another address of the /64: the same source, at its limit. */
+	assert_int_equal(guard_admit(g, 0, &b, 5, NULL), GUARD_SOURCE_LIMIT);
+	/* The next /64 is another source. */
+	assert_int_equal(guard_admit(g, 0, &c, 5, NULL), GUARD_OK);
+	assert_int_equal(wait_calls(1), 1);
+	assert_memory_equal(&calls[0].addr, &net, sizeof(net));
+	assert_true(captured_wait("warn source 2001:db8:5:6::/64 banned for 1m: 1 limit "
+				  "violations within 1s (app web)"));
+	/* Released through another address of it, the /64's count drops. */
+	guard_release(g, 0, &b, true);
+	assert_int_equal(guard_admit(g, 0, &b, 70000, NULL), GUARD_OK);
+	/* IPv4: one address, one source. */
+	{
+		struct in6_addr x = v4("203.0.113.7"), y = v4("203.0.113.8");
+
+		assert_int_equal(guard_admit(g, 0, &x, 5, NULL), GUARD_OK);
+		assert_int_equal(guard_admit(g, 0, &y, 5, NULL), GUARD_OK);
+	}
 	guard_free(g);
 	capture_stop();
 }
@@ -1037,6 +1082,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
 	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
 	    cmocka_unit_test_teardown(test_ban_failures_reset_after_success, teardown),
+	    cmocka_unit_test_teardown(test_ipv6_source_is_its_64, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
