@@ -139,7 +139,78 @@ static char fmt_src(const struct in6_addr *src, char elem[INET6_ADDRSTRLEN], cha
 	return '6';
 }
 
-int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err)
+/* Parses nft's time format ("1d2h3m4s500ms", as `list set` prints a
+ * timeout or an expiry) into milliseconds. Returns the characters read, 0
+ * when there is no duration at <s>.
+ */
+static size_t parse_nft_time(const char *s, uint64_t *ms)
+{
+	const char *p = s;
+
+	*ms = 0;
+	while (*p >= '0' && *p <= '9') {
+		uint64_t v = 0, unit;
+
+		while (*p >= '0' && *p <= '9')
+			v = v * 10 + (uint64_t)(*p++ - '0');
+		if (p[0] == 'm' && p[1] == 's') {
+			unit = 1;
+			p += 2;
+		} else if (*p == 'd') {
+			unit = 86400000;
+			p++;
+		} else if (*p == 'h') {
+			unit = 3600000;
+			p++;
+		} else if (*p == 'm') {
+			unit = 60000;
+			p++;
+		} else if (*p == 's') {
+			unit = 1000;
+			p++;
+		} else {
+			break;
+		}
+		*ms += v * unit;
+	}
+	return (size_t)(p - s);
+}
+
+/* The time left of the ban of element <elem> in set ban<d>: 0 and <*left>
+ * (UINT64_MAX when it never ends), or -ENOENT when there is none (or it
+ * cannot be read: the add that follows says why).
+ */
+static int ban_left(const char *table, char d, const char *elem, uint64_t *left)
+{
+	struct nft_res r;
+	char *cmd = NULL;
+	const char *p, *end;
+	int ret;
+
+	if (asprintf(&cmd, "get element inet %s ban%c { %s }", table, d, elem) == -1)
+		return -ENOMEM;
+	ret = nft_exec(cmd, &r);
+	free(cmd);
+	p = ret == 0 && r.out ? strstr(r.out, "elements = {") : NULL;
+	if (!p) {
+		nft_res_free(&r);
+		return -ENOENT;
+	}
+	end = strchr(p, '}');
+	p = strstr(p, " expires ");
+	if (p && (!end || p < end)) {
+		p += strlen(" expires ");
+		if (!parse_nft_time(p, left))
+			*left = 0;
+	} else {
+		*left = UINT64_MAX;
+	}
+	nft_res_free(&r);
+	return 0;
+}
+
+int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, uint64_t *kept_ms,
+	    char **err)
 {
 	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;
 	struct nft_res r;
@@ -153,6 +224,8 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	if (duration_ms == 0)
 		return net_set_err(err, -EINVAL, "a ban needs a duration");
 	d = fmt_src(src, a, name);
+	if (kept_ms && ban_left(table, d, a, kept_ms) == 0 && *kept_ms >= duration_ms)
+		return 1;
 	/* "add" leaves an existing element's timeout as it was. To refresh
 	 * it, make sure the element exists, delete it, add it anew: one
 	 * transaction, so the source is never unbanned in between.
@@ -201,43 +274,6 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 	}
 	nft_res_free(&r);
 	return ret;
-}
-
-/* Parses nft's time format ("1d2h3m4s500ms", as `list set` prints a
- * timeout or an expiry) into milliseconds. Returns the characters read, 0
- * when there is no duration at <s>.
- */
-static size_t parse_nft_time(const char *s, uint64_t *ms)
-{
-	const char *p = s;
-
-	*ms = 0;
-	while (*p >= '0' && *p <= '9') {
-		uint64_t v = 0, unit;
-
-		while (*p >= '0' && *p <= '9')
-			v = v * 10 + (uint64_t)(*p++ - '0');
-		if (p[0] == 'm' && p[1] == 's') {
-			unit = 1;
-			p += 2;
-		} else if (*p == 'd') {
-			unit = 86400000;
-			p++;
-		} else if (*p == 'h') {
-			unit = 3600000;
-			p++;
-		} else if (*p == 'm') {
-			unit = 60000;
-			p++;
-		} else if (*p == 's') {
-			unit = 1000;
-			p++;
-		} else {
-			break;
-		}
-		*ms += v * unit;
-	}
-	return (size_t)(p - s);
 }
 
 /* Prints the elements of one `list set` output: "elements = { ADDR timeout

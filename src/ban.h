@@ -16,8 +16,16 @@
  * IPv6 address bans its /64, see addr_source) to the ban set of table
  * <table> for <duration_ms>. Returns 0 or -errno with a malloc'd message in
  * <*err>.
+ *
+ * The kernel keeps one timeout per source, and writing a ban replaces it.
+ * With <kept_ms> non-NULL, a ban in force for at least <duration_ms> more
+ * is kept instead: returns 1 and stores its time left in <*kept_ms>
+ * (UINT64_MAX: it never ends). prism's own bans do that (guard.c), so that
+ * an app's short ban never cuts a longer one short, whoever wrote it;
+ * `prism ban add` sets what it is told.
  */
-int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err);
+int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, uint64_t *kept_ms,
+	    char **err);
 
 /* Removes the source of <src> (an IPv6 address: its /64); -ENOENT (with
  * *err) if it is not banned.

@@ -44,7 +44,7 @@
 #define FULL_LOG_MS 1000    /* at most one "table full" (or "queue full") line per second */
 
 int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
-		    char **err) = ban_add;
+		    uint64_t *kept_ms, char **err) = ban_add;
 
 /* The ban window slides in VIOL_SLOTS steps: a violation counts until the
  * step of the window after its own has begun, i.e. for between 7/8 of the
@@ -601,32 +601,48 @@ static void ban_settle(struct guard *g, const struct ban_req *req, bool ok)
 	pthread_mutex_unlock(m);
 }
 
+/* "Not banned: already banned for longer" (ban_do), <left> ms more. */
+static void log_kept(const char *a, const char *dur, const struct cfg_app *app, uint64_t left)
+{
+	char l[32];
+
+	if (left == UINT64_MAX)
+		log_info("source %s: not banned for %s (app %s): already banned without an end", a,
+			 dur, app ? app->name : "-");
+	else
+		log_info(
+		    "source %s: not banned for %s (app %s): already banned for %s more", a, dur,
+		    app ? app->name : "-",
+		    fmt_duration((uint32_t)(left < UINT32_MAX ? left : UINT32_MAX), l, sizeof(l)));
+}
+
 static void ban_do(struct guard *g, const struct ban_req *req)
 {
 	const char *table = g->cfg->nft_table ? g->cfg->nft_table : "prism";
 	const struct cfg_app *app = app_of(g, req->app);
 	char a[ADDR_STRLEN], dur[32], win[32];
 	char *err = NULL;
-	uint64_t now = mono_ms(), until = expiry_latest(g, &req->addr);
+	uint64_t now = mono_ms(), until = expiry_latest(g, &req->addr), kept = 0;
 	int r;
 
 	addr_fmt_source(&req->addr, a);
 	fmt_duration(req->duration_ms, dur, sizeof(dur));
 	/* The kernel keeps one timeout per source, and writing a ban replaces
 	 * it: another app's shorter ban (from connections admitted before the
-	 * first one took hold) would cut a longer one short.
+	 * first one took hold) would cut a longer one short. A ban this
+	 * thread wrote is known here; one it does not know (`prism ban add`,
+	 * one put back when the table was replaced, one past EXPIRY_MAX) is
+	 * looked up in the kernel before writing (ban_add's <kept_ms>).
 	 */
 	if (until >= now + req->duration_ms) {
-		char left[32];
-
-		log_info(
-		    "source %s: not banned for %s (app %s): already banned for %s more", a, dur,
-		    app ? app->name : "-",
-		    fmt_duration((uint32_t)(until - now < UINT32_MAX ? until - now : UINT32_MAX),
-				 left, sizeof(left)));
+		log_kept(a, dur, app, until - now);
 		return;
 	}
-	r = guard_ban_fn(table, &req->addr, req->duration_ms, &err);
+	r = guard_ban_fn(table, &req->addr, req->duration_ms, &kept, &err);
+	if (r == 1) {
+		log_kept(a, dur, app, kept);
+		return;
+	}
 	if (r < 0) {
 		/* Without network.manage the operator's table may lack the
 		 * ban sets on purpose: say so once, not per offender. With

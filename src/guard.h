@@ -64,6 +64,6 @@ void guard_stats(const struct guard *g, struct guard_stats *out);
  * points it elsewhere before guard_new.
  */
 extern int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
-			   char **err);
+			   uint64_t *kept_ms, char **err);
 
 #endif

@@ -479,6 +479,46 @@ def test_ban_cli_add_list_del(ptopo, prism_bin):
     assert src not in cp.stdout, cp.stdout
 
 
+CFG_BAN_ONE = CFG_BAN.replace("max_conns_per_source: 1000", "max_conns_per_source: 1").replace(
+    "conn_rate_per_source: 20/s", "conn_rate_per_source: 0").replace(
+    "ban: {after: 5, window: 10s, duration: 3s}", "ban: {after: 1, window: 10s, duration: 10s}")
+
+
+def test_guard_keeps_a_longer_ban_it_did_not_write(ptopo, prism_bin):
+    """A ban in the kernel that prism's ban thread did not write (here by
+    `prism ban add`; also one put back when the table is replaced) and
+    that outlasts the app's: a violation of that source must not replace
+    it with the app's shorter ban (the kernel keeps one timeout per
+    source). The violation comes from connections the kernel completed
+    before the ban: prism is stopped while the source opens two and the
+    operator bans it for an hour; running again, prism accepts both,
+    refuses the second (one per source) and asks for its 10 s ban."""
+    t = ptopo
+    start_echo(t)
+    p = start_prism(t, CFG_BAN_ONE)
+    src = ATTACKER_EXTRA[1]
+    socks = []
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        for k in range(2):
+            s = nstopo.ns_socket(t.c)
+            socks.append(s)
+            s.bind((src, 0))
+            s.settimeout(5)
+            s.connect((WEB, 8000))  # the kernel completes it: prism is stopped
+        cp = prism_cli(t, prism_bin, p, "ban", "add", src, "1h")
+        assert cp.returncode == 0, cp.stderr
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        t.on_teardown(lambda: [s.close() for s in socks])
+    p.wait_log(rf"info source {re.escape(src)}: not banned for 10s \(app web\): already "
+               r"banned for \S+ more")
+    cp = prism_cli(t, prism_bin, p, "ban", "list")
+    m = re.search(rf"^{re.escape(src)} expires in (\d+)s$", cp.stdout, re.M)
+    assert m and int(m.group(1)) > 3500, cp.stdout
+    assert not [x for x in p.err if re.search(rf"warn source {re.escape(src)} banned", x)]
+
+
 # --- 3. slowloris ---------------------------------------------------------------------
 
 SLOW_CONNS = 2000

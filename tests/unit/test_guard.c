@@ -39,7 +39,14 @@ static struct in6_addr fail_addr[4]; /* bans of these fail */
 static int n_fail;
 static bool gate_closed; /* the stub blocks while set */
 
-static int stub_ban(const char *table, const struct in6_addr *src, uint32_t duration_ms, char **err)
+/* A ban the kernel holds that the guard did not write (`prism ban add`,
+ * one put back at start): what ban_add's <kept_ms> looks up.
+ */
+static struct in6_addr kernel_addr;
+static uint64_t kernel_left; /* 0: none */
+
+static int stub_ban(const char *table, const struct in6_addr *src, uint32_t duration_ms,
+		    uint64_t *kept_ms, char **err)
 {
 	int r = 0;
 
@@ -52,6 +59,10 @@ static int stub_ban(const char *table, const struct in6_addr *src, uint32_t dura
 		snprintf(calls[n_calls].table, sizeof(calls[n_calls].table), "%s", table);
 	}
 	n_calls++;
+	if (kept_ms && kernel_left >= duration_ms && !memcmp(&kernel_addr, src, sizeof(*src))) {
+		*kept_ms = kernel_left;
+		r = 1;
+	}
 	for (int i = 0; i < n_fail; i++) {
 		if (!memcmp(&fail_addr[i], src, sizeof(*src))) {
 			*err = strdup("no such set ban6");
@@ -194,6 +205,7 @@ static void cfg_setup(void)
 	n_calls = 0;
 	n_fail = 0;
 	gate_closed = false;
+	kernel_left = 0;
 	pthread_mutex_unlock(&stub_lock);
 	guard_ban_fn = stub_ban;
 }
@@ -705,6 +717,43 @@ static void test_ipv6_source_is_its_64(void **state)
 	capture_stop();
 }
 
+/* A longer ban in the kernel that the guard did not write (`prism ban add`,
+ * one put back when the table was replaced) is kept: ban_add finds it and
+ * writes nothing, and the log says so. One shorter than the app's is
+ * replaced as usual.
+ */
+static void test_unknown_longer_ban_kept(void **state)
+{
+	struct in6_addr x = v4("203.0.113.30"), y = v4("203.0.113.31");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	ban_setup(1, 1000, 10000);
+	kernel_addr = x;
+	kernel_left = 3600000;
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	admits(g, 0, &x, 5, 1, GUARD_SOURCE_LIMIT);
+	assert_true(captured_wait("info source 203.0.113.30: not banned for 10s (app web): already "
+				  "banned for 1h more"));
+	guard_stats(g, &st);
+	assert_int_equal(st.bans, 0);
+	assert_int_equal(st.ban_failed, 0);
+	/* Shorter than the app's: written. */
+	pthread_mutex_lock(&stub_lock);
+	kernel_addr = y;
+	kernel_left = 5000;
+	pthread_mutex_unlock(&stub_lock);
+	admits(g, 0, &y, 5, 1, GUARD_SOURCE_LIMIT);
+	assert_true(captured_wait("warn source 203.0.113.31 banned for 10s"));
+	guard_stats(g, &st);
+	assert_int_equal(st.bans, 1);
+	guard_free(g);
+	capture_stop();
+}
+
 /* A ban that was written ends the streak of failures before it: the next
  * failure, a ban's length later, is asked again after BAN_RETRY_MS (1 s),
  * not after the 2 s that a second failure in a row waits. Each sentinel's
@@ -1082,6 +1131,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_ban_failure, teardown),
 	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
 	    cmocka_unit_test_teardown(test_ban_failures_reset_after_success, teardown),
+	    cmocka_unit_test_teardown(test_unknown_longer_ban_kept, teardown),
 	    cmocka_unit_test_teardown(test_ipv6_source_is_its_64, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
