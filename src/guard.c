@@ -113,7 +113,8 @@ struct guard {
 	struct expiry *expiries; /* min-heap on .at */
 	size_t n_expiries;
 	bool fail_logged;
-	uint64_t last_fail_log; /* ms; "cannot ban" lines: one a second */
+	uint64_t last_fail_log;	     /* ms; "cannot ban" lines: one a second */
+	uint64_t last_untracked_log; /* ms; "too many bans to track": one a minute */
 	uint64_t fails_unlogged;
 
 	/* stats, atomic */
@@ -511,7 +512,14 @@ static void expiry_push(struct guard *g, const struct expiry *x)
 	size_t i = g->n_expiries;
 
 	if (i == EXPIRY_MAX) {
-		log_debug("guard: too many active bans to track their expiry");
+		/* The ban itself is in the kernel and ends there; only its
+		 * "unbanned" line is lost, and ban_do's look at the kernel
+		 * still keeps a shorter ban from replacing it.
+		 */
+		if (log_ratelimit(&g->last_untracked_log, mono_ms(), 60000))
+			log_warn("guard: %d bans in force: the ends of further ones are not logged "
+				 "until some of them end",
+				 EXPIRY_MAX);
 		return;
 	}
 	g->n_expiries++;

@@ -137,7 +137,7 @@ static void capture_stop(void)
 /* Occurrences of <needle> in what was logged so far. */
 static int captured_count(const char *needle)
 {
-	static char buf[1 << 16];
+	static char buf[1 << 20];
 	FILE *f = fopen(cap_path, "r");
 	size_t n;
 	int count = 0;
@@ -474,7 +474,7 @@ static void test_ban(void **state)
 /* Where <needle> was first logged, or -1. */
 static long captured_at(const char *needle)
 {
-	static char buf[1 << 16];
+	static char buf[1 << 20];
 	FILE *f = fopen(cap_path, "r");
 	const char *p;
 	size_t n;
@@ -751,6 +751,34 @@ static void test_unknown_longer_ban_kept(void **state)
 	guard_stats(g, &st);
 	assert_int_equal(st.bans, 1);
 	guard_free(g);
+	capture_stop();
+}
+
+/* Past 4096 bans in force the thread cannot remember their ends: it says
+ * so, once (a minute), instead of only at debug level; the ban is
+ * written all the same.
+ */
+static void test_too_many_bans_to_track(void **state)
+{
+	struct guard *g;
+
+	(void)state;
+	ban_setup(1, 1000, 3600000);
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	for (uint32_t i = 0; i < 4098; i++) {
+		struct in6_addr a = v6n(i);
+
+		admits(g, 0, &a, 5, 1, GUARD_SOURCE_LIMIT);
+		if (i % 512 == 511) /* stay within the ban queue */
+			assert_int_equal(wait_calls((int)i + 1), (int)i + 1);
+	}
+	assert_int_equal(wait_calls(4098), 4098);
+	assert_true(captured_wait("warn guard: 4096 bans in force: the ends of further ones are "
+				  "not logged until some of them end"));
+	guard_free(g);
+	assert_int_equal(captured_count("bans in force"), 1);
 	capture_stop();
 }
 
@@ -1132,6 +1160,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_failed_ban_is_asked_again, teardown),
 	    cmocka_unit_test_teardown(test_ban_failures_reset_after_success, teardown),
 	    cmocka_unit_test_teardown(test_unknown_longer_ban_kept, teardown),
+	    cmocka_unit_test_teardown(test_too_many_bans_to_track, teardown),
 	    cmocka_unit_test_teardown(test_ipv6_source_is_its_64, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
