@@ -1101,6 +1101,62 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 	return 0;
 }
 
+/* Warns about an origin address inside an edge prefix on dial ports that
+ * no claim holds (one that a claim holds is refused, or for a name warned
+ * about, by check_origin_loops). The edge's local route makes every address
+ * of the prefix one of this host's: prism would dial this host there, not
+ * the machine the address may name elsewhere, and only a local service
+ * bound to that exact address would answer (prism's table drops packets to
+ * ports no app claims). Once per origin address; with <names>, for the
+ * addresses host names resolved to at load, else for IP origins.
+ */
+static void check_origins_in_edges(struct loader *ld, bool names)
+{
+	const struct cfg *c = ld->cfg;
+
+	if (!c->rt || !c->net_manage)
+		return;
+	for (size_t a = 0; a < c->n_apps; a++) {
+		const struct cfg_app *app = &c->apps[a];
+
+		for (size_t i = 0; ld->src[a].ok && i < app->n_origins; i++) {
+			const struct cfg_origin *o = &app->origins[i];
+
+			for (size_t j = 0; o->is_name == names && j < o->n_addrs; j++) {
+				struct in6_addr ad;
+				uint16_t unused, lo, hi, at;
+				char as[ADDR_STRLEN];
+				bool claimed = false;
+				uint32_t owner;
+
+				addr_from_sa((const struct sockaddr *)&o->addrs[j], &ad, &unused);
+				at = rt_first_claimed(c->rt, &ad, 1, 65535);
+				if (!at)
+					continue;
+				for (size_t r = 0; r < cfg_dial_ranges(app, o) && !claimed; r++) {
+					cfg_dial_range(app, o, r, &lo, &hi);
+					claimed = rt_first_claimed(c->rt, &ad, lo, hi) != 0;
+				}
+				if (claimed)
+					continue;
+				owner = rt_lookup(c->rt, &ad, at);
+				cfg_warn_at(
+				    ld, &o->pos,
+				    "origin %s%s%s%s is inside the edges of app \"%s\": their "
+				    "local route makes it an address of this host, so prism "
+				    "would dial this host there, where only a service bound to "
+				    "that exact address answers; use an origin outside the "
+				    "edges",
+				    o->is_name ? o->host : addr_fmt(&ad, as),
+				    o->is_name ? " resolves to " : "",
+				    o->is_name ? addr_fmt(&ad, as) : "",
+				    o->is_name ? ", which" : "",
+				    owner < c->n_apps ? c->apps[owner].name : "?");
+			}
+		}
+	}
+}
+
 /* Refuses an IP origin that prism would dial on an (address, port) that
  * a claim holds: the edge's local route and the nft rules send such a
  * connection back to prism, which relays it again until it runs out of
@@ -1195,6 +1251,7 @@ static void load_apps(struct loader *ld, yaml_node_t *seq)
 routes:
 	build_routes(ld, &seq->start_mark);
 	check_origin_loops(ld, false);
+	check_origins_in_edges(ld, false);
 }
 
 static void load_root(struct loader *ld, yaml_node_t *root)
@@ -1422,6 +1479,7 @@ int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned f
 	if (!ld.n_errs && !ld.n_dropped && !ld.oom && !(flags & CFG_NO_RESOLVE)) {
 		cfg_resolve_names(&ld);
 		check_origin_loops(&ld, true);
+		check_origins_in_edges(&ld, true);
 	}
 out:
 	if (ld.n_errs || ld.n_dropped || ld.oom) {

@@ -1290,6 +1290,32 @@ static void test_origin_names(void **state)
 		    "apps:\n  - {name: a, edge: 192.0.2.0/24, ports: 80, origins: edge.test}\n");
 	assert_null(c->warnings);
 	cfg_unref(c);
+	/* An origin inside an edge prefix on a port no claim holds: the
+	 * edge's local route makes it this host's address. Warned about,
+	 * for IP origins and names alike; not outside the edges.
+	 */
+	c = load_ok(
+	    "apps:\n"
+	    "  - name: a\n"
+	    "    edge: 192.0.2.0/24\n"
+	    "    ports: 80\n"
+	    "    origins: [\"192.0.2.50:9000\", \"edge.test:9000\", \"198.51.100.1:80\"]\n");
+	assert_string_equal(
+	    c->warnings,
+	    "t.yaml:5:15: warning: origin 192.0.2.50 is inside the edges of app \"a\": their local "
+	    "route makes it an address of this host, so prism would dial this host there, where "
+	    "only a service bound to that exact address answers; use an origin outside the "
+	    "edges\n"
+	    "t.yaml:5:34: warning: origin edge.test resolves to 192.0.2.9, which is inside the "
+	    "edges of app \"a\": their local route makes it an address of this host, so prism "
+	    "would dial this host there, where only a service bound to that exact address "
+	    "answers; use an origin outside the edges\n");
+	cfg_unref(c);
+	c = load_ok("network: {manage: false}\n"
+		    "apps:\n  - {name: a, edge: 192.0.2.0/24, ports: 80, origins: "
+		    "\"192.0.2.50:9000\"}\n");
+	assert_null(c->warnings);
+	cfg_unref(c);
 
 	/* A refused config resolves nothing: errors come fast. */
 	stub_calls = 0;
