@@ -132,7 +132,8 @@ def _syn_counter(t, addr, port):
 def test_origin_killed_under_stream(topo):
     t = topo
     add_origin_addrs(t, POOL)
-    srv = {a: start_tags(t, [f"{a}:8000", f"{a}:8001"], name=f"tags-{a}") for a in POOL}
+    for a in POOL:
+        start_tags(t, [f"{a}:8000", f"{a}:8001"], name=f"tags-{a}")
     syns = _syn_counter(t, VICTIM, 8000)
     prism = t.start_prism(FAILOVER_CFG)
     stream = Stream(t.c)
@@ -146,7 +147,20 @@ def test_origin_killed_under_stream(topo):
     mark = len(prism.err)
     n_kill = syns()
     t_kill = time.monotonic()
-    srv[VICTIM].kill()  # both its data and its check port
+    # Both its data and its check port refuse from now on (a reset for
+    # each SYN, after the counter), as a dead origin's would. Not a kill
+    # of its server: a connection the kernel had completed but the server
+    # not yet accepted would be reset with it, after prism's connect
+    # succeeded, and that client would see it.
+    down = "ptdown"
+    nstopo.run(nstopo.ns_exec(t.o, ["nft", "-f", "-"]), input=(
+        f"table inet {down} {{\n"
+        " chain input { type filter hook input priority -5; policy accept;\n"
+        f"  ip daddr {VICTIM} tcp dport {{ 8000, 8001 }} tcp flags & (syn | ack) == syn "
+        "reject with tcp reset\n"
+        " }\n}\n"))
+    t.on_teardown(lambda: nstopo.run(nstopo.ns_exec(t.o, ["nft", "delete", "table", "inet",
+                                                          down]), check=False))
     prism.wait_log(down_rx("fo", VICTIM), timeout=5, start=mark)
     t_down = time.monotonic()
     # fall x interval + timeout, + scheduling slack.
@@ -166,7 +180,7 @@ def test_origin_killed_under_stream(topo):
     # It comes back: used again after rise x interval (the first check is
     # at most an interval away), + scheduling slack.
     mark = len(prism.err)
-    srv[VICTIM] = start_tags(t, [f"{VICTIM}:8000", f"{VICTIM}:8001"], name="tags-back")
+    nstopo.run(nstopo.ns_exec(t.o, ["nft", "delete", "table", "inet", down]))
     t_back = time.monotonic()
     prism.wait_log(up_rx("fo", VICTIM), timeout=3, start=mark)
     t_up = time.monotonic()
