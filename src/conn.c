@@ -73,6 +73,7 @@ static void close_reset(int fd)
 
 static void origin_release(struct conn *c);
 static void linger_check(struct conn *c);
+static bool reset_after_eof(const struct io *src);
 
 /* "No local port left towards an origin": once a second for the process,
  * not once per worker (log_ratelimit is thread-safe).
@@ -482,7 +483,7 @@ static int origin_try(struct conn *c)
 			return 0;
 	}
 	c->org.fd = ofd;
-	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = c->org.mute = false;
+	c->org.rd = c->org.wr = c->org.rdhup = c->org.urg = c->org.mute = c->org.err = false;
 
 	struct epoll_event ev = {.events = IO_EVENTS};
 	ev.data.ptr = &c->org;
@@ -633,7 +634,7 @@ static void first_byte(struct conn *c)
 		timer_cancel(&c->w->timers, &c->timer);
 		origin_connect(c);
 	} else if (n == 0) {
-		conn_finalize(c, CR_CLIENT_CLOSED);
+		conn_finalize(c, reset_after_eof(&c->cli) ? CR_CLIENT_RESET : CR_CLIENT_CLOSED);
 	} else if (errno != EAGAIN && errno != EINTR) {
 		conn_finalize(c, CR_CLIENT_RESET);
 	} else {
@@ -762,6 +763,22 @@ static bool dst_reset_pending(struct io *dst)
 	return getsockopt(dst->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && dst_gone_err(err);
 }
 
+/* Whether a reset came after <src>'s FIN: a peer whose bytes, FIN and RST
+ * were all in its socket before prism read them. Reads then return the
+ * bytes and 0 (the kernel reports the FIN before the error), the reset
+ * stays in SO_ERROR, and no new edge comes: passing the FIN on would make
+ * an aborted stream look complete. Asked at EOF only when epoll reported
+ * an error on the socket.
+ */
+static bool reset_after_eof(const struct io *src)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	return src->err && getsockopt(src->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+	       dst_gone_err(err);
+}
+
 /* What a failed read or write of a socket ends the connection as: the
  * peer's reset (ECONNRESET, EPIPE, ETIMEDOUT...), unless the kernel ran out
  * of memory for it, which is this host's problem, not the peer's.
@@ -825,6 +842,7 @@ static enum pump_res copy_small(struct conn *c, struct half *h, struct io *src, 
 	}
 	if (n == 0) {
 		h->eof = true;
+		h->reset |= reset_after_eof(src);
 		return PUMP_OK;
 	}
 	if (n == WORKER_SCRATCH)
@@ -939,8 +957,10 @@ static enum pump_res pump(struct conn *c, struct half *h, struct io *src, struct
 		}
 		if (n < 0)
 			return io_failed((int)-n, PUMP_SRC_RESET);
-		if (n == 0)
+		if (n == 0) {
 			h->eof = true;
+			h->reset |= reset_after_eof(src);
+		}
 		h->pending = (uint32_t)n;
 	}
 }
@@ -1303,6 +1323,8 @@ void conn_io(struct conn *c, struct io *io, uint32_t events)
 		io->urg = true;
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		io->rdhup = true;
+	if (events & EPOLLERR)
+		io->err = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		io->wr = true;
 	if ((events & EPOLLIN) && c->state == CS_RELAYING) {

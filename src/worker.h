@@ -48,6 +48,7 @@ struct io {
 	bool rdhup : 1; /* the peer's FIN (or an error) was reported */
 	bool urg : 1;	/* urgent data reported (EPOLLPRI): reads stop at its mark */
 	bool mute : 1;	/* not registered for reading: see io_mute */
+	bool err : 1;	/* an error was reported (EPOLLERR): see reset_after_eof */
 };
 
 /* Capacity requested for relay pipes (F_SETPIPE_SZ); see docs/benchmarks.md. */

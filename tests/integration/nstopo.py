@@ -632,3 +632,33 @@ class Topology:
             out += run(["ip", fam, "-n", self.e, "route", "show", "table", "all",
                         "proto", "249"]).stdout
         return out.strip()
+
+
+def _all_stopped(pid):
+    """Whether every thread of process <pid> is stopped (state T)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+        except FileNotFoundError:
+            pass
+    return True
+
+
+@contextlib.contextmanager
+def stopped(pid):
+    """Process <pid> (one the test started) stopped for the block (SIGSTOP,
+    then SIGCONT): the kernel goes on completing handshakes and
+    acknowledging what peers send, and the process reads none of it until
+    it runs again. The stop is asynchronous: the block starts once every
+    thread is in it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 5
+        while not _all_stopped(pid):
+            assert time.monotonic() < deadline, f"{pid} did not stop"
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -498,8 +498,8 @@ def test_guard_keeps_a_longer_ban_it_did_not_write(ptopo, prism_bin):
     p = start_prism(t, CFG_BAN_ONE)
     src = ATTACKER_EXTRA[1]
     socks = []
-    os.kill(p.pid, signal.SIGSTOP)
-    try:
+    t.on_teardown(lambda: [s.close() for s in socks])
+    with nstopo.stopped(p.pid):
         for k in range(2):
             s = nstopo.ns_socket(t.c)
             socks.append(s)
@@ -508,9 +508,6 @@ def test_guard_keeps_a_longer_ban_it_did_not_write(ptopo, prism_bin):
             s.connect((WEB, 8000))  # the kernel completes it: prism is stopped
         cp = prism_cli(t, prism_bin, p, "ban", "add", src, "1h")
         assert cp.returncode == 0, cp.stderr
-    finally:
-        os.kill(p.pid, signal.SIGCONT)
-        t.on_teardown(lambda: [s.close() for s in socks])
     p.wait_log(rf"info source {re.escape(src)}: not banned for 10s \(app web\): already "
                r"banned for \S+ more")
     cp = prism_cli(t, prism_bin, p, "ban", "list")

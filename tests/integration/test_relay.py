@@ -52,6 +52,11 @@ apps:
     ports: 7000
     origins: 198.51.100.10:7010
     timeouts: {connect: 20s}
+  - name: firstbyte
+    edge: 192.0.2.205
+    ports: 7000
+    origins: 198.51.100.10:7000
+    protection: {first_byte_timeout: 10s}
 """
 
 MiB = 1 << 20
@@ -872,6 +877,64 @@ def test_client_bytes_then_reset_while_dialing_reach_the_origin(topo):
     d = prism.access_for(port, ("192.0.2.204", 7000), timeout=5)
     assert d["reason"] == "client_reset", d
     assert int(d["c2o"]) == len(b"request"), d
+
+
+def _send_fin_then_reset(t, s, data):
+    """Sends <data>, then a FIN, waits until the edge's kernel has both,
+    then resets, and waits until the edge's socket took the reset (it
+    leaves CLOSE-WAIT)."""
+    me = s.getsockname()
+    if data:
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    peers.wait_acked(s)
+    peers.set_linger0(s)
+    s.close()
+    deadline = time.monotonic() + 5
+    while nstopo.run(nstopo.ns_exec(t.e, ["ss", "-Htn", "state", "close-wait", "dst",
+                                          f"{me[0]}:{me[1]}"])).stdout.strip():
+        assert time.monotonic() < deadline, "the reset never reached the edge"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("who", ["client", "origin"])
+def test_data_fin_reset_all_waiting(topo, who):
+    """A peer sends data, a FIN and then resets, all before prism reads any
+    of it (prism is stopped meanwhile). Reading, prism gets the data, then
+    the EOF: the reset is left in the socket's error, and no new event
+    comes. The other peer must get the data, then the reset, as from the
+    sender directly; a FIN would pass the aborted stream off as complete
+    (and a silent peer would hold the connection until the idle
+    timeout)."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c, o = _pair(t, "192.0.2.10")
+    port = _client_port(c)
+    data = os.urandom(3000)
+    src, dst = (c, o) if who == "client" else (o, c)
+    with nstopo.stopped(prism.pid):
+        _send_fin_then_reset(t, src, data)
+    dst.settimeout(5)
+    got, end = _read_to_end(dst)
+    dst.close()
+    assert (got == data, end) == (True, "reset"), (len(got), end)
+    d = prism.access_for(port, ("192.0.2.10", 7000), timeout=5)
+    assert d["reason"] == f"{who}_reset", d
+    assert int(d["c2o" if who == "client" else "o2c"]) == len(data), d
+
+
+def test_first_byte_wait_fin_then_reset(topo):
+    """A client that half-closes and then resets while prism waits for its
+    first byte (both before prism reads): logged as the reset it was, not
+    as a clean close."""
+    t = topo
+    prism = t.start_prism(CFG)
+    c = peers.connect(t.c, "192.0.2.205", 7000)
+    port = _client_port(c)
+    with nstopo.stopped(prism.pid):
+        _send_fin_then_reset(t, c, b"")
+    d = prism.access_for(port, ("192.0.2.205", 7000), timeout=5)
+    assert d["reason"] == "client_reset", d
 
 
 def test_idle_timeout_closes_both_sides(topo):
