@@ -158,18 +158,10 @@ def test_name_resolving_inside_the_edge_is_not_dialed(topo):
                for d in served), served
 
 
-V4_ONLY_CFG = """\
-listen: {workers: 2}
-timeouts: {connect: 1s, idle: 30s}
-shutdown_grace: 500ms
-apps:
-  - name: named
-    edge: 192.0.2.0/24
-    ports: 8000
-    retries: 0
-    origins:
-      - address: "origin-c.test:8000"
-"""
+# DNS_CFG without its refresh, with no retries: a connection balanced to
+# an address that cannot be dialed fails.
+V4_ONLY_CFG = DNS_CFG.replace("    dns: {refresh: 500ms}\n", "    retries: 0\n")
+assert V4_ONLY_CFG != DNS_CFG
 
 
 def test_name_gives_only_the_families_the_host_has(topo):

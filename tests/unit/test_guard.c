@@ -923,6 +923,23 @@ static void test_ban_queue_full(void **state)
 	assert_int_equal(n_calls, queued + 1);
 }
 
+/* A guard whose app 0 allows one connection per source; <*cap>: the
+ * entries of its source table.
+ */
+static struct guard *one_per_source(uint32_t *cap)
+{
+	struct guard_stats st;
+	struct guard *g;
+
+	cfg_setup();
+	apps[0].protection.max_conns_per_source = 1;
+	g = guard_new(&cfg);
+	assert_non_null(g);
+	guard_stats(g, &st);
+	*cap = (uint32_t)st.capacity;
+	return g;
+}
+
 /* 10x capacity distinct sources, one connection each: the table stays at
  * its capacity and new sources still get per-source limits.
  */
@@ -931,15 +948,10 @@ static void test_eviction(void **state)
 	struct in6_addr x = v4("203.0.113.50");
 	struct guard_stats st;
 	struct guard *g;
-	uint64_t cap;
+	uint32_t cap;
 
 	(void)state;
-	cfg_setup();
-	apps[0].protection.max_conns_per_source = 1;
-	g = guard_new(&cfg);
-	assert_non_null(g);
-	guard_stats(g, &st);
-	cap = st.capacity;
+	g = one_per_source(&cap);
 	assert_true(cap >= 65536);
 	for (uint32_t i = 0; i < 10 * cap; i++) {
 		struct in6_addr a = v6n(i);
@@ -965,10 +977,11 @@ static void test_eviction(void **state)
 	guard_free(g);
 }
 
-/* Live sources up to 3/4 of the table's entries, one open connection each:
- * every one gets an entry and its limits (a source goes untracked only
- * when both its buckets, 16 entries, hold live ones). With one bucket per
- * source, half the entries already left about 0.9% of sources untracked.
+/* Live sources up to half the table's entries (what it is sized for: twice
+ * max_conns), one open connection each: every one gets an entry and its
+ * limits (a source goes untracked only when both its buckets, 16 entries,
+ * hold live ones). With one bucket per source, about 0.9% of them went
+ * untracked.
  */
 static void test_table_holds_live_sources(void **state)
 {
@@ -977,12 +990,7 @@ static void test_table_holds_live_sources(void **state)
 	uint32_t cap;
 
 	(void)state;
-	cfg_setup();
-	apps[0].protection.max_conns_per_source = 1;
-	g = guard_new(&cfg);
-	assert_non_null(g);
-	guard_stats(g, &st);
-	cap = (uint32_t)st.capacity;
+	g = one_per_source(&cap);
 	for (uint32_t i = 0; i < cap / 2; i++) {
 		struct in6_addr a = v6n(i);
 
@@ -1009,13 +1017,8 @@ static void test_table_full(void **state)
 	bool x_tracked;
 
 	(void)state;
-	cfg_setup();
-	apps[0].protection.max_conns_per_source = 1;
 	capture_start();
-	g = guard_new(&cfg);
-	assert_non_null(g);
-	guard_stats(g, &st);
-	cap = (uint32_t)st.capacity;
+	g = one_per_source(&cap);
 	/* Three times as many live sources as entries: every one admitted,
 	 * each either tracked or counted as table_full (nothing is evicted
 	 * while it has a connection).
