@@ -37,7 +37,21 @@ struct loader {
 
 	char *warns; /* cfg->warnings, as it grows */
 	size_t warns_len;
+
+	/* Over the whole file, an alias counted each time it is used (each
+	 * use is a copy in the snapshot): see CFG_MAX_LISTED, CFG_MAX_ORIGINS.
+	 */
+	size_t n_listed, n_origins;
+	bool over_listed, over_origins; /* reported once */
 };
+
+/* What a file may hold in all: prefixes in deny/allow lists, and origins.
+ * An alias (`deny: *big` in every app) parses into a copy per use: without
+ * these, a 1.4 MB file of one 65,536-prefix list used by 300 apps took
+ * 790 MB and 8 s, and 1,000 origins used by 2,000 apps 585 MB.
+ */
+#define CFG_MAX_LISTED	1000000
+#define CFG_MAX_ORIGINS 500000
 
 /* One key of a mapping as the schema knows it. */
 struct field {

@@ -962,6 +962,16 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 			ld->oom = true;
 			break;
 		}
+		if (rc == -E2BIG) {
+			cfg_err_at(
+			    ld, apps_mark,
+			    "apps: the routing table would hold more than %u port intervals: "
+			    "an edge inside another app's prefix holds a copy of that app's "
+			    "port ranges; merge the outer app's ports into fewer ranges, or "
+			    "nest fewer apps inside it",
+			    RT_MAX_ENTRIES);
+			break;
+		}
 		if (rc != -EEXIST || cf.a >= n || cf.b >= n || cf.a == cf.b) {
 			cfg_err_at(ld, apps_mark, "apps: cannot build the routing table: %s",
 				   strerror(rc < 0 ? -rc : EINVAL));

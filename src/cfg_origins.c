@@ -467,6 +467,16 @@ int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char 
 			   CFG_ORIGINS_MAX);
 		return -EINVAL;
 	}
+	ld->n_origins += n;
+	if (ld->n_origins > CFG_MAX_ORIGINS) {
+		if (!ld->over_origins)
+			cfg_err_at(ld, &list->start_mark,
+				   "origins: more than %d origins over all apps (a list used "
+				   "through an alias counts each time)",
+				   CFG_MAX_ORIGINS);
+		ld->over_origins = true;
+		return -EINVAL;
+	}
 	app->origins = calloc(n, sizeof(*app->origins));
 	srcs = calloc(n, sizeof(*srcs));
 	if (!app->origins || !srcs) {

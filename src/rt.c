@@ -354,9 +354,9 @@ static int reserve(struct rt *rt, size_t more)
 
 	if (rt->nent + more <= rt->cap)
 		return 0;
-	/* Map offsets are 32 bits; only a pathological nesting gets here. */
-	if (rt->nent + more > UINT32_MAX)
-		return -ENOMEM;
+	/* Only a pathological nesting gets here (and map offsets are 32 bits). */
+	if (rt->nent + more > RT_MAX_ENTRIES)
+		return -E2BIG;
 	while (cap < rt->nent + more)
 		cap *= 2;
 	if (!(p = realloc(rt->ent, cap * sizeof(*rt->ent))))

@@ -34,10 +34,18 @@ struct rt_conflict {
 	size_t a, b; /* indices into the claims array, a < b */
 };
 
+/* The most port intervals the table's maps may hold (16 bytes each). A
+ * prefix nested inside a claimed one holds its own copy of the outer one's
+ * port intervals: 2,000 one-address apps inside a /8 app with 32,768 port
+ * entries would need 65 million (1 GB).
+ */
+#define RT_MAX_ENTRIES (8u << 20)
+
 /* Builds a table from <n> claims (copied; the array is borrowed). On
  * success stores it in <*out> and returns 0. Returns -EEXIST when two claims
  * of different apps tie (see above), with the pair in <*conflict> (may be
- * NULL), or -ENOMEM. Claims of the same app may overlap freely.
+ * NULL), -E2BIG past RT_MAX_ENTRIES, or -ENOMEM. Claims of the same app may
+ * overlap freely.
  */
 int rt_build(const struct rt_claim *claims, size_t n, struct rt **out,
 	     struct rt_conflict *conflict);

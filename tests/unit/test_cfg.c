@@ -1893,6 +1893,63 @@ static void test_protection_several_errors(void **state)
 }
 
 /* At most 65536 prefixes per list. */
+/* A file whose aliases multiply what it holds is refused at a bound, not
+ * parsed into a copy per use: a 65,536-prefix list used by 16 apps is over
+ * 1,000,000 listed prefixes, a 1,000-origin list used by 501 apps over
+ * 500,000 origins. And a wide app whose port entries each nested edge
+ * would copy is refused before its table takes gigabytes.
+ */
+static void test_alias_and_nesting_bounds(void **state)
+{
+	char *yaml = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	(void)state;
+	f = open_memstream(&yaml, &len);
+	assert_non_null(f);
+	fputs("protection:\n  deny: &big [", f);
+	for (unsigned i = 0; i < 65536; i++)
+		fprintf(f, "%s10.%u.%u.0/24", i ? ", " : "", i >> 8, i & 255);
+	fputs("]\napps:\n", f);
+	for (unsigned a = 0; a < 16; a++)
+		fprintf(f,
+			"  - {name: a%u, edge: 192.0.2.%u, ports: 80, origins: 198.51.100.1, "
+			"protection: {deny: *big}}\n",
+			a, a + 1);
+	assert_int_equal(fclose(f), 0);
+	expect_error(yaml, "2:9: protection.deny: more than 1000000 prefixes in deny and allow "
+			   "lists in all (a list used through an alias counts each time)");
+	free(yaml);
+
+	f = open_memstream(&yaml, &len);
+	assert_non_null(f);
+	fputs("apps:\n  - {name: a0, edge: 192.0.2.1, ports: 80, origins: &pool [", f);
+	for (unsigned i = 0; i < 1000; i++)
+		fprintf(f, "%s\"198.51.%u.%u:80\"", i ? ", " : "", 100 + i / 250, 1 + i % 250);
+	fputs("]}\n", f);
+	for (unsigned a = 1; a < 501; a++)
+		fprintf(f, "  - {name: a%u, edge: 192.0.%u.%u, ports: 80, origins: *pool}\n", a,
+			2 + a / 250, 1 + a % 250);
+	assert_int_equal(fclose(f), 0);
+	expect_error(yaml, "2:53: origins: more than 500000 origins over all apps");
+	free(yaml);
+
+	f = open_memstream(&yaml, &len);
+	assert_non_null(f);
+	fputs("apps:\n  - {name: wide, edge: 10.0.0.0/8, origins: 198.51.100.1, ports: [", f);
+	for (unsigned p = 1; p < 65536; p += 2)
+		fprintf(f, "%s%u", p > 1 ? ", " : "", p);
+	fputs("]}\n", f);
+	for (unsigned a = 0; a < 300; a++)
+		fprintf(f, "  - {name: n%u, edge: 10.0.%u.%u, ports: 2, origins: 198.51.100.1}\n",
+			a, a / 250, 1 + a % 250);
+	assert_int_equal(fclose(f), 0);
+	expect_error(yaml, "2:3: apps: the routing table would hold more than 8388608 port "
+			   "intervals");
+	free(yaml);
+}
+
 static void test_protection_limits(void **state)
 {
 	(void)state;
@@ -1950,6 +2007,7 @@ int main(void)
 	    cmocka_unit_test(test_protection_errors),
 	    cmocka_unit_test(test_protection_several_errors),
 	    cmocka_unit_test(test_protection_limits),
+	    cmocka_unit_test(test_alias_and_nesting_bounds),
 	};
 
 	saved_resolver = cfg_resolver;
