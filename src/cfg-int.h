@@ -71,6 +71,13 @@ __attribute__((format(printf, 3, 4))) void cfg_err_at(struct loader *ld, const y
 /* Adds a "FILE:LINE:COL: warning: ..." line for a config that still loads. */
 __attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const struct cfg_pos *pos,
 						       const char *fmt, ...);
+/* A number the user wrote that parsed but is out of range, for a message:
+ * its first 32 characters, then "..." (a line thousands of digits long says no
+ * more). printf("port " CFG_NUM_FMT " out of range", CFG_NUM_ARG(s)).
+ */
+#define CFG_NUM_FMT    "%.32s%s"
+#define CFG_NUM_ARG(s) (s), strlen(s) > 32 ? "..." : ""
+
 /* Quotes user text <s> into <buf> (QBUF bytes) for a message; returns <buf>. */
 const char *cfg_quote(const char *s, char *buf, size_t size);
 

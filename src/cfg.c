@@ -286,7 +286,9 @@ static void load_log_buffer(struct loader *ld, yaml_node_t *n)
 	}
 	v <<= units[i].shift;
 	if (rc == -ERANGE || v < LOG_BUFFER_MIN) {
-		cfg_err_at(ld, &n->start_mark, "log_buffer: %s out of range (64KiB-256MiB)", s);
+		cfg_err_at(ld, &n->start_mark,
+			   "log_buffer: " CFG_NUM_FMT " out of range (64KiB-256MiB)",
+			   CFG_NUM_ARG(s));
 		return;
 	}
 	ld->cfg->log_buffer = v;
@@ -354,7 +356,9 @@ static void load_listen(struct loader *ld, yaml_node_t *map)
 					   cfg_quote(s, q, sizeof(q)));
 			else
 				cfg_err_at(ld, &f[3].val->start_mark,
-					   "listen.workers: %s out of range (1-1024, or auto)", s);
+					   "listen.workers: " CFG_NUM_FMT
+					   " out of range (1-1024, or auto)",
+					   CFG_NUM_ARG(s));
 		}
 	}
 }
@@ -601,7 +605,8 @@ int cfg_parse_port_range(struct loader *ld, yaml_node_t *n, const char *s, const
 	if (rc1 == -ERANGE || lo == 0 || rc2 == -ERANGE || hi == 0) {
 		const char *bad = rc1 == -ERANGE || lo == 0 ? (dash ? lo_s : s) : dash + 1;
 
-		cfg_err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, bad);
+		cfg_err_at(ld, &n->start_mark, "%s: port " CFG_NUM_FMT " out of range (1-65535)",
+			   key, CFG_NUM_ARG(bad));
 		return -EINVAL;
 	}
 	if (lo > hi) {

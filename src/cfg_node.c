@@ -318,7 +318,8 @@ int cfg_get_port(struct loader *ld, yaml_node_t *n, const char *key, uint16_t *p
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || v == 0) {
-		cfg_err_at(ld, &n->start_mark, "%s: port %s out of range (1-65535)", key, s);
+		cfg_err_at(ld, &n->start_mark, "%s: port " CFG_NUM_FMT " out of range (1-65535)",
+			   key, CFG_NUM_ARG(s));
 		return -EINVAL;
 	}
 	*port = (uint16_t)v;
@@ -345,7 +346,8 @@ int cfg_get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned lo
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || v < lo) {
-		cfg_err_at(ld, &n->start_mark, "%s: %s out of range (%lu-%lu)", key, s, lo, hi);
+		cfg_err_at(ld, &n->start_mark, "%s: " CFG_NUM_FMT " out of range (%lu-%lu)", key,
+			   CFG_NUM_ARG(s), lo, hi);
 		return -EINVAL;
 	}
 	*out = (uint32_t)v;
