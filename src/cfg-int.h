@@ -30,6 +30,7 @@ struct loader {
 
 	struct cfg_err *errs;
 	size_t n_errs, cap_errs, n_dropped;
+	size_t err_last; /* errs[] full: the latest kept by position (err_add) */
 	bool oom;
 
 	struct app_src *src; /* parallel to cfg->apps */

@@ -86,6 +86,17 @@ struct app_src {
 
 /* ---- error collection ---- */
 
+static int err_cmp(const void *a, const void *b)
+{
+	const struct cfg_err *x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	if (x->col != y->col)
+		return x->col < y->col ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
 __attribute__((format(printf, 4, 0))) static void err_add(struct loader *ld, int line, int col,
 							  const char *fmt, va_list ap)
 {
@@ -93,7 +104,27 @@ __attribute__((format(printf, 4, 0))) static void err_add(struct loader *ld, int
 	char *msg;
 
 	if (ld->n_errs >= CFG_KEEP_ERRORS) {
+		/* Full: keep the earliest by position, as err_text shows
+		 * them. A problem found late (the checks that run after the
+		 * apps are read) may lie before those kept: it takes the
+		 * place of the latest one.
+		 */
+		struct cfg_err *last = &ld->errs[ld->err_last];
+
 		ld->n_dropped++;
+		if (err_cmp(&(struct cfg_err){.line = line, .col = col, .seq = SIZE_MAX}, last) >=
+		    0)
+			return;
+		if (vasprintf(&msg, fmt, ap) == -1) {
+			ld->oom = true;
+			return;
+		}
+		free(last->msg);
+		*last = (struct cfg_err){
+		    .line = line, .col = col, .seq = ld->n_errs + ld->n_dropped, .msg = msg};
+		for (size_t i = 0; i < ld->n_errs; i++)
+			if (err_cmp(&ld->errs[i], &ld->errs[ld->err_last]) > 0)
+				ld->err_last = i;
 		return;
 	}
 	if (ld->n_errs == ld->cap_errs) {
@@ -116,6 +147,8 @@ __attribute__((format(printf, 4, 0))) static void err_add(struct loader *ld, int
 	e->col = col;
 	e->seq = ld->n_errs;
 	e->msg = msg;
+	if (ld->n_errs && err_cmp(e, &ld->errs[ld->err_last]) > 0)
+		ld->err_last = ld->n_errs;
 	ld->n_errs++;
 }
 
@@ -161,17 +194,6 @@ __attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const 
 	ld->warns = w;
 	ld->warns_len += (size_t)n;
 	free(line);
-}
-
-static int err_cmp(const void *a, const void *b)
-{
-	const struct cfg_err *x = a, *y = b;
-
-	if (x->line != y->line)
-		return x->line < y->line ? -1 : 1;
-	if (x->col != y->col)
-		return x->col < y->col ? -1 : 1;
-	return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
 /* Turns the collected problems into the text cfg_load hands back. */

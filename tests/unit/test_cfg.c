@@ -1950,6 +1950,34 @@ static void test_alias_and_nesting_bounds(void **state)
 	free(yaml);
 }
 
+/* More problems than are kept (1,000): the earliest by position are the
+ * ones kept, also one found late. The loop check runs after every app is
+ * read, so the origin of app 1 that dials its own edge (line 2) was found
+ * after the 1,000 unknown keys below it, and dropped.
+ */
+static void test_many_errors_keep_the_first(void **state)
+{
+	char *yaml = NULL, *errors;
+	size_t len = 0;
+	FILE *f = open_memstream(&yaml, &len);
+
+	(void)state;
+	assert_non_null(f);
+	fputs("apps:\n  - {name: a, edge: 192.0.2.0/24, ports: 80, origins: 192.0.2.7}\n", f);
+	for (unsigned a = 0; a < 1000; a++)
+		fprintf(f,
+			"  - {name: b%u, edge: 10.0.%u.%u, ports: 80, origins: 198.51.100.1, "
+			"bogus: 1}\n",
+			a, a / 250, 1 + a % 250);
+	assert_int_equal(fclose(f), 0);
+	errors = load_bad(yaml);
+	assert_true(strncmp(errors, "t.yaml:2:", 9) == 0);
+	assert_non_null(strstr(errors, "prism would relay to itself"));
+	assert_non_null(strstr(errors, "t.yaml: 901 more problems not shown\n"));
+	free(errors);
+	free(yaml);
+}
+
 static void test_protection_limits(void **state)
 {
 	(void)state;
@@ -2007,6 +2035,7 @@ int main(void)
 	    cmocka_unit_test(test_protection_errors),
 	    cmocka_unit_test(test_protection_several_errors),
 	    cmocka_unit_test(test_protection_limits),
+	    cmocka_unit_test(test_many_errors_keep_the_first),
 	    cmocka_unit_test(test_alias_and_nesting_bounds),
 	};
 
