@@ -65,7 +65,9 @@ static const struct command commands[] = {
      "      instance's (protocol 249, the table's metric); nothing else is\n"
      "      touched. -t NAME names the table (network.table, default\n"
      "      \"prism\") instead of a config: for when FILE is gone or broken\n"
-     "show  print what \"up\" would install, changing nothing\n"},
+     "show  print what \"up\" would install, changing nothing\n"
+     "up and down are refused while a `prism run` holds the table in this\n"
+     "network namespace.\n"},
     {"ban", cmd_ban, "prism ban list|add|del [ADDR [DURATION]] -c FILE",
      "list          the sources in the kernel ban set, with the time left\n"
      "add ADDR [D]  ban ADDR (IPv4; IPv6: its /64) for duration D (default:\n"
@@ -253,11 +255,28 @@ static int cmd_net(int argc, char **argv)
 		if (r < 0)
 			fprintf(stderr, "prism net show: %s\n", strerror(-r));
 	} else {
-		r = net_check(&err);
+		sigset_t sigs, old_sigs;
+		int lock_fd = -1;
+
+		/* A signal between the routes and the table would leave one
+		 * without the other: it waits until both are done.
+		 */
+		sigemptyset(&sigs);
+		sigaddset(&sigs, SIGINT);
+		sigaddset(&sigs, SIGTERM);
+		sigaddset(&sigs, SIGHUP);
+		sigaddset(&sigs, SIGQUIT);
+		sigprocmask(SIG_BLOCK, &sigs, &old_sigs);
+		r = !strcmp(verb, "up") ? net_check(&err) : 0;
 		if (r == 0)
+			r = lock_fd = net_table_lock(table, &err);
+		if (r >= 0)
 			r = !strcmp(verb, "up") ? net_up(cfg, &err) : net_down(table, &err);
+		if (lock_fd >= 0)
+			close(lock_fd);
 		if (r < 0)
 			fprintf(stderr, "prism net %s: %s\n", verb, err ? err : strerror(-r));
+		sigprocmask(SIG_SETMASK, &old_sigs, NULL);
 	}
 	free(err);
 	if (cfg)
@@ -444,6 +463,7 @@ static int cmd_run(int argc, char **argv)
 	int n = 0, started = 0, rc = EXIT_RUNTIME, stops = 0, r;
 	uint64_t lost;
 	bool net_installed = false;
+	int lock_fd = -1;
 
 	if (!path)
 		return EXIT_USAGE;
@@ -475,9 +495,16 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	}
 
-	if (cfg->net_manage && net_check(&err) < 0) {
-		log_err("%s", err);
+	if (cfg->net_manage && (r = net_check(&err)) < 0) {
+		log_err("%s", err ? err : strerror(-r));
 		goto out;
+	}
+	if (cfg->net_manage) {
+		lock_fd = net_table_lock(cfg->nft_table, &err);
+		if (lock_fd < 0) {
+			log_err("%s", err ? err : strerror(-lock_fd));
+			goto out;
+		}
 	}
 
 	if (protection_in_prism(cfg)) {
@@ -508,8 +535,8 @@ static int cmd_run(int argc, char **argv)
 	if (worker_share_listeners(ws, n) < 0)
 		goto out;
 	if (cfg->net_manage) {
-		if (net_up(cfg, &err) < 0) {
-			log_err("network setup failed: %s", err);
+		if ((r = net_up(cfg, &err)) < 0) {
+			log_err("network setup failed: %s", err ? err : strerror(-r));
 			goto out;
 		}
 		net_installed = true;
@@ -589,11 +616,13 @@ out:
 	if (net_installed) {
 		free(err);
 		err = NULL;
-		if (net_down(cfg->nft_table, &err) < 0) {
-			log_err("network cleanup failed: %s", err);
+		if ((r = net_down(cfg->nft_table, &err)) < 0) {
+			log_err("network cleanup failed: %s", err ? err : strerror(-r));
 			rc = EXIT_RUNTIME;
 		}
 	}
+	if (lock_fd >= 0)
+		close(lock_fd); /* the table is another instance's to take now */
 	if (hc)
 		hc_stop(hc);
 	dns_stop(dns);

@@ -13,12 +13,14 @@
 #include <net/if.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/capability.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +91,34 @@ bad:
 			   "invalid nftables table name \"%s\" (a letter or _, then letters, "
 			   "digits, _ - or .; at most 64)",
 			   t ? t : "");
+}
+
+int net_table_lock(const char *table, char **err)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, n, ret = net_check_table(table, err);
+
+	if (ret)
+		return ret;
+	/* sun_path[0] stays 0: an abstract name, gone with its last fd. */
+	n = snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "prism-table/%s", table);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return net_set_err(err, -errno, "cannot claim table %s: socket: %s", table,
+				   strerror(errno));
+	if (bind(fd, (struct sockaddr *)&sa,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)) == 0)
+		return fd;
+	ret = -errno;
+	close(fd);
+	if (ret == -EADDRINUSE)
+		return net_set_err(
+		    err, -EBUSY,
+		    "table %s is in use by a running prism in this network namespace "
+		    "(stop it first: its routes and rules would be replaced or "
+		    "removed under it)",
+		    table);
+	return net_set_err(err, ret, "cannot claim table %s: bind: %s", table, strerror(-ret));
 }
 
 /* ---- netlink ------------------------------------------------------------ */
@@ -895,7 +925,12 @@ static void saved_bans(const char *table, char *out[2])
 	if (!f)
 		return;
 	/* No table yet, or one without ban sets: nothing to keep. */
-	if (ban_list(table, f, &e) <= 0) {
+	int got = ban_list(table, f, &e);
+
+	if (got < 0 && got != -ESRCH)
+		log_warn("cannot read the bans in force, so the new table starts without them: %s",
+			 e ? e : strerror(-got));
+	if (got <= 0) {
 		free(e);
 		fclose(f);
 		free(text);
@@ -989,35 +1024,45 @@ int net_up(const struct cfg *cfg, char **err)
 
 int net_down(const char *t, char **err)
 {
-	char *script = NULL, *what = NULL;
-	int ret = net_check_table(t, err);
+	char *script = NULL, *what = NULL, *rerr = NULL, *terr = NULL;
+	int ret = net_check_table(t, err), rret;
 
 	if (ret)
 		return ret;
+	/* The routes go first: while they are there without the table, the
+	 * edge prefixes are addresses of this host with no guard chain, and
+	 * a service bound to a wildcard address (sshd on 0.0.0.0:22) would
+	 * answer on every one of them. A table without routes is harmless.
+	 * The table goes even when the routes did not; the first error is
+	 * reported.
+	 */
+	rret = routes_prune(t, NULL, 0, &rerr);
 	/* Add-if-missing then delete, in one transaction: removes the table
 	 * when it is there, and is no error when it is not.
 	 */
-	if (asprintf(&script, "table inet %s\ndelete table inet %s\n", t, t) == -1)
-		return net_set_err(err, -ENOMEM, "out of memory");
-	if (asprintf(&what, "cannot delete nftables table inet %s", t) == -1) {
+	if (asprintf(&script, "table inet %s\ndelete table inet %s\n", t, t) == -1 ||
+	    asprintf(&what, "cannot delete nftables table inet %s", t) == -1) {
 		free(script);
+		free(rerr);
 		return net_set_err(err, -ENOMEM, "out of memory");
 	}
-	ret = net_nft_run(script, what, err);
+	ret = net_nft_run(script, what, &terr);
 	free(what);
 	free(script);
-	/* The routes go even when the table did not: left behind, they make
-	 * the host answer for the edge prefixes. The first error is reported.
-	 */
-	if (ret) {
-		char *rerr = NULL;
-
-		if (routes_prune(t, NULL, 0, &rerr) < 0)
-			log_err("%s", rerr);
+	if (rret < 0 && ret < 0)
+		log_err("%s", terr ? terr : strerror(-ret));
+	if (rret < 0) {
+		ret = rret;
+		free(terr);
+		terr = rerr;
+	} else {
 		free(rerr);
-		return ret;
 	}
-	return routes_prune(t, NULL, 0, err);
+	if (ret < 0 && err)
+		*err = terr;
+	else
+		free(terr);
+	return ret;
 }
 
 int net_show(const struct cfg *cfg, FILE *out)

@@ -65,6 +65,17 @@ int net_down(const char *table, char **err);
 __attribute__((format(printf, 3, 4))) int net_set_err(char **err, int ret, const char *fmt, ...);
 int net_check_table(const char *t, char **err);
 
+/* Claims table <table> for this process in this network namespace: an
+ * abstract unix socket named after it (such names are per namespace, as
+ * the table is), held until the returned fd is closed or the process ends.
+ * `prism run` holds it while it runs, and `net up` / `net down` while they
+ * work, so that neither replaces or removes a running instance's table and
+ * routes (listeners share ports through SO_REUSEPORT, so a second `prism
+ * run` would start without complaint). Returns the fd, -EBUSY with a
+ * message in <*err> when another process holds it, or -errno.
+ */
+int net_table_lock(const char *table, char **err);
+
 /* Prints what net_up would install ("ip route" lines and the nft script)
  * without touching the system. Returns 0, or -errno (nothing printed when
  * memory ran out; a write error of <out>).

@@ -379,3 +379,32 @@ def test_closed_std_fds_are_held_with_dev_null(topo):
     assert peers.outcome(o, 5) == "eof"
     assert p.stop(timeout=10) == 0
     assert not _net_installed(t)
+
+
+def test_second_instance_on_the_same_table_is_refused(topo, prism_bin):
+    """Listeners share their port through SO_REUSEPORT, so nothing stopped a
+    second `prism run` on the same table: it replaced the first one's
+    table, and when stopped removed it and the routes, leaving the first
+    serving nothing. The table is now claimed in its network namespace for
+    as long as prism runs: a second run, `net up` and `net down` are
+    refused, and the first serves on."""
+    t = topo
+    ls = peers.ThreadServer(t.o, ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(ls.close)
+    prism = t.start_prism(_cfg("1s"))
+    busy = "table prism is in use by a running prism in this network namespace"
+    for args in (["run", "-c", prism.cfg_path], ["net", "up", "-c", prism.cfg_path],
+                 ["net", "down", "-c", prism.cfg_path], ["net", "down", "-t", "prism"]):
+        cp = nstopo.run(nstopo.ns_exec(t.e, [prism_bin, *args]), check=False, timeout=10)
+        assert cp.returncode == 1 and busy in cp.stderr, (args, cp.returncode, cp.stderr)
+    assert _net_installed(t)
+    c = peers.connect(t.c, "192.0.2.10", 7000, timeout=5)
+    c.sendall(b"still here")
+    assert peers.recv_exact(c, 10) == b"still here"
+    c.close()
+    prism.send_signal(signal.SIGTERM)
+    assert prism.wait(10) == 0, prism.dump()
+    assert not _net_installed(t)
+    # Stopped, it holds the table no more.
+    cp = nstopo.run(nstopo.ns_exec(t.e, [prism_bin, "net", "down", "-t", "prism"]), check=False)
+    assert cp.returncode == 0, cp.stderr
