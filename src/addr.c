@@ -244,10 +244,12 @@ struct in6_addr addr_source(const struct in6_addr *a)
 
 const char *addr_fmt_source(const struct in6_addr *src, char *buf)
 {
-	struct addr_prefix p = {.addr = addr_source(src), .len = ADDR_SOURCE_BITS6};
+	struct addr_prefix p;
 
 	if (addr_is_v4(src))
 		return addr_fmt(src, buf);
+	p.addr = addr_source(src);
+	p.len = ADDR_SOURCE_BITS6;
 	return addr_fmt_prefix(&p, buf);
 }
 

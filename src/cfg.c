@@ -1138,6 +1138,19 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 	return 0;
 }
 
+bool cfg_dial_claimed(const struct cfg *c, const struct cfg_app *app, const struct cfg_origin *o,
+		      const struct in6_addr *a)
+{
+	uint16_t lo, hi;
+
+	for (size_t r = 0; r < cfg_dial_ranges(app, o); r++) {
+		cfg_dial_range(app, o, r, &lo, &hi);
+		if (rt_first_claimed(c->rt, a, lo, hi))
+			return true;
+	}
+	return false;
+}
+
 /* Warns about an origin address inside an edge prefix on dial ports that
  * no claim holds (one that a claim holds is refused, or for a name warned
  * about, by check_origin_loops). The edge's local route makes every address
@@ -1161,20 +1174,15 @@ static void check_origins_in_edges(struct loader *ld, bool names)
 
 			for (size_t j = 0; o->is_name == names && j < o->n_addrs; j++) {
 				struct in6_addr ad;
-				uint16_t unused, lo, hi, at;
+				uint16_t unused, at;
 				char as[ADDR_STRLEN];
-				bool claimed = false;
 				uint32_t owner;
 
 				addr_from_sa((const struct sockaddr *)&o->addrs[j], &ad, &unused);
 				at = rt_first_claimed(c->rt, &ad, 1, 65535);
 				if (!at)
 					continue;
-				for (size_t r = 0; r < cfg_dial_ranges(app, o) && !claimed; r++) {
-					cfg_dial_range(app, o, r, &lo, &hi);
-					claimed = rt_first_claimed(c->rt, &ad, lo, hi) != 0;
-				}
-				if (claimed)
+				if (cfg_dial_claimed(c, app, o, &ad))
 					continue;
 				owner = rt_lookup(c->rt, &ad, at);
 				cfg_warn_at(

@@ -161,6 +161,15 @@ static inline void cfg_dial_range(const struct cfg_app *app, const struct cfg_or
 	}
 }
 
+struct cfg;
+
+/* Whether some claim of <c> holds address <a> (128-bit, v4-mapped) on a
+ * port that <app> may dial its origin <o> on (cfg_dial_range): dialing <o>
+ * at <a> there would come back to prism.
+ */
+bool cfg_dial_claimed(const struct cfg *c, const struct cfg_app *app, const struct cfg_origin *o,
+		      const struct in6_addr *a);
+
 struct cfg {
 	int refs; /* atomic; see cfg_ref/cfg_unref */
 	char *path;

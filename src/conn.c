@@ -254,15 +254,10 @@ static uint64_t last_loop_log;
 static bool origin_may_loop(const struct conn *c, const struct origin *o)
 {
 	struct in6_addr a;
-	uint16_t lo, hi;
+	uint16_t unused;
 
-	addr_from_sa((const struct sockaddr *)&o->addr, &a, &lo);
-	for (size_t r = 0; r < cfg_dial_ranges(c->app, o->co); r++) {
-		cfg_dial_range(c->app, o->co, r, &lo, &hi);
-		if (rt_first_claimed(c->w->cfg->rt, &a, lo, hi))
-			return true;
-	}
-	return false;
+	addr_from_sa((const struct sockaddr *)&o->addr, &a, &unused);
+	return cfg_dial_claimed(c->w->cfg, c->app, o->co, &a);
 }
 
 /* Whether <o> is a host name whose address, on the port <c> would dial it

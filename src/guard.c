@@ -201,7 +201,7 @@ static pthread_mutex_t *stripe_of(struct guard *g, uint64_t h)
 }
 
 /* Finds (app, addr), whose src_hash is <h>, in its two buckets, or claims a
- * slot for it: an empty one (its first bucket's before its second's), or
+ * slot for it: an empty one (in the bucket with more of them), or
  * the least recently seen entry of both without open connections,
  * preferring ones not under an active ban (forgetting those only costs a
  * redundant ban). Returns NULL when every entry of both holds open
@@ -374,7 +374,6 @@ static void table_full_log(struct guard *g, const struct in6_addr *src, uint64_t
 enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct in6_addr *client,
 			       uint64_t now_ms, bool *tracked)
 {
-	const struct in6_addr key = addr_source(client), *src = &key;
 	const struct cfg_app *app = app_of(g, app_idx);
 	enum guard_verdict v = GUARD_OK;
 	struct ban_req req;
@@ -401,6 +400,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 		return GUARD_OK;
 
 	const struct cfg_protection *p = &app->protection;
+	const struct in6_addr key = addr_source(client), *src = &key;
 	uint64_t h = src_hash(g, app_idx, src);
 	pthread_mutex_t *m = stripe_of(g, h);
 	struct src_entry *e;
@@ -465,7 +465,6 @@ undo_process:
 
 void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *client, bool tracked)
 {
-	const struct in6_addr key = addr_source(client), *src = &key;
 	const struct cfg_app *app = app_of(g, app_idx);
 
 	if (g->cfg->max_conns)
@@ -480,6 +479,7 @@ void guard_release(struct guard *g, uint32_t app_idx, const struct in6_addr *cli
 	if (!tracked || !g->table || !app_tracks_sources(app))
 		return;
 
+	const struct in6_addr key = addr_source(client), *src = &key;
 	uint64_t h = src_hash(g, app_idx, src);
 	pthread_mutex_t *m = stripe_of(g, h);
 	struct src_entry *e;

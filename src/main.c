@@ -191,6 +191,16 @@ static int cmd_check(int argc, char **argv)
 	return 0;
 }
 
+/* The signals that stop prism (SIGHUP too: it would by default). */
+static void stop_sigset(sigset_t *s)
+{
+	sigemptyset(s);
+	sigaddset(s, SIGINT);
+	sigaddset(s, SIGTERM);
+	sigaddset(s, SIGHUP);
+	sigaddset(s, SIGQUIT);
+}
+
 static int cmd_net(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -261,11 +271,7 @@ static int cmd_net(int argc, char **argv)
 		/* A signal between the routes and the table would leave one
 		 * without the other: it waits until both are done.
 		 */
-		sigemptyset(&sigs);
-		sigaddset(&sigs, SIGINT);
-		sigaddset(&sigs, SIGTERM);
-		sigaddset(&sigs, SIGHUP);
-		sigaddset(&sigs, SIGQUIT);
+		stop_sigset(&sigs);
 		sigprocmask(SIG_BLOCK, &sigs, &old_sigs);
 		r = !strcmp(verb, "up") ? net_check(&err) : 0;
 		if (r == 0)
@@ -479,11 +485,7 @@ static int cmd_run(int argc, char **argv)
 	check_sysctls();
 
 	/* Workers inherit this mask, so only sigtimedwait below sees them. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGHUP);
-	sigaddset(&sigs, SIGQUIT);
+	stop_sigset(&sigs);
 	sigaddset(&sigs, SIGUSR1);
 	sigaddset(&sigs, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);

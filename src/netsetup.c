@@ -1022,10 +1022,30 @@ int net_up(const struct cfg *cfg, char **err)
 	return ret;
 }
 
+/* Deletes table <t>, and is no error when it is not there: add-if-missing
+ * then delete, in one transaction.
+ */
+static int table_delete(const char *t, char **err)
+{
+	char *script = NULL, *what = NULL;
+	int ret;
+
+	if (asprintf(&script, "table inet %s\ndelete table inet %s\n", t, t) == -1)
+		return net_set_err(err, -ENOMEM, "out of memory");
+	if (asprintf(&what, "cannot delete nftables table inet %s", t) == -1) {
+		free(script);
+		return net_set_err(err, -ENOMEM, "out of memory");
+	}
+	ret = net_nft_run(script, what, err);
+	free(what);
+	free(script);
+	return ret;
+}
+
 int net_down(const char *t, char **err)
 {
-	char *script = NULL, *what = NULL, *rerr = NULL, *terr = NULL;
-	int ret = net_check_table(t, err), rret;
+	char *terr = NULL;
+	int ret = net_check_table(t, err), tret;
 
 	if (ret)
 		return ret;
@@ -1034,35 +1054,14 @@ int net_down(const char *t, char **err)
 	 * a service bound to a wildcard address (sshd on 0.0.0.0:22) would
 	 * answer on every one of them. A table without routes is harmless.
 	 * The table goes even when the routes did not; the first error is
-	 * reported.
+	 * reported, the other one logged.
 	 */
-	rret = routes_prune(t, NULL, 0, &rerr);
-	/* Add-if-missing then delete, in one transaction: removes the table
-	 * when it is there, and is no error when it is not.
-	 */
-	if (asprintf(&script, "table inet %s\ndelete table inet %s\n", t, t) == -1 ||
-	    asprintf(&what, "cannot delete nftables table inet %s", t) == -1) {
-		free(script);
-		free(rerr);
-		return net_set_err(err, -ENOMEM, "out of memory");
-	}
-	ret = net_nft_run(script, what, &terr);
-	free(what);
-	free(script);
-	if (rret < 0 && ret < 0)
-		log_err("%s", terr ? terr : strerror(-ret));
-	if (rret < 0) {
-		ret = rret;
-		free(terr);
-		terr = rerr;
-	} else {
-		free(rerr);
-	}
-	if (ret < 0 && err)
-		*err = terr;
-	else
-		free(terr);
-	return ret;
+	ret = routes_prune(t, NULL, 0, err);
+	tret = table_delete(t, ret < 0 ? &terr : err);
+	if (ret < 0 && tret < 0)
+		log_err("%s", terr ? terr : strerror(-tret));
+	free(terr);
+	return ret < 0 ? ret : tret;
 }
 
 int net_show(const struct cfg *cfg, FILE *out)
