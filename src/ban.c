@@ -249,6 +249,13 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	return ret;
 }
 
+int ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms)
+{
+	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d = fmt_src(src, a, name);
+
+	return ban_left(table, d, a, left_ms);
+}
+
 int ban_del(const char *table, const struct in6_addr *src, char **err)
 {
 	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;

@@ -27,6 +27,12 @@
 int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, uint64_t *kept_ms,
 	    char **err);
 
+/* The time left of the ban of <src>'s source in table <table>: 0 and
+ * <*left_ms> (UINT64_MAX: it never ends), or -ENOENT when the kernel holds
+ * none (or it cannot be read).
+ */
+int ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms);
+
 /* Removes the source of <src> (an IPv6 address: its /64); -ENOENT (with
  * *err) if it is not banned.
  */

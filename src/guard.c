@@ -45,6 +45,7 @@
 
 int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 		    uint64_t *kept_ms, char **err) = ban_add;
+int (*guard_ban_get_fn)(const char *table, const struct in6_addr *src, uint64_t *left_ms) = ban_get;
 
 /* The ban window slides in VIOL_SLOTS steps: a violation counts until the
  * step of the window after its own has begun, i.e. for between 7/8 of the
@@ -62,6 +63,7 @@ struct src_entry {
 	uint8_t ban_fails;	   /* bans of it that could not be written (ban_settle) */
 	uint32_t concurrent;	   /* open connections admitted for (app, addr) */
 	uint16_t viol[VIOL_SLOTS]; /* violations per slot of the ban window, a ring */
+	uint32_t ban_checked;	   /* ms >> 10 of the last ban_check asked (violation) */
 	uint64_t viol_slot;	   /* number (now / slot length) of the newest slot */
 	uint64_t tokens;	   /* token bucket, in 1/per_ms token units */
 	uint64_t refill_ms;	   /* time of the last refill */
@@ -79,6 +81,7 @@ struct ban_req {
 	struct in6_addr addr;
 	uint32_t app;
 	uint32_t duration_ms, window_ms, violations;
+	bool check; /* not a ban: is our ban of addr still in the kernel? */
 };
 
 struct expiry {
@@ -297,24 +300,40 @@ static uint32_t viol_sum(const struct src_entry *e)
 	return sum;
 }
 
+enum viol {
+	VIOL_COUNTED, /* counted; no ban yet */
+	VIOL_BAN,     /* a ban is due: request it */
+	VIOL_CHECK,   /* under our ban: ask whether the kernel still holds it */
+};
+
 /* Counts a violation at <now>, in the slot of the sliding ban window it
  * falls in; stores the violations within the window in <*count>. Returns
- * true when they call for a ban, and marks the entry banned so that it is
- * requested once per ban (guard_admit clears the count once it is queued).
+ * VIOL_BAN when they call for a ban, and marks the entry banned so that it
+ * is requested once per ban (guard_admit clears the count once it is
+ * queued).
  */
-static bool violation(struct src_entry *e, const struct cfg_protection *p, uint64_t now,
-		      uint32_t *count)
+static enum viol violation(struct src_entry *e, const struct cfg_protection *p, uint64_t now,
+			   uint32_t *count)
 {
 	uint64_t slot_ms = ((uint64_t)p->ban_window_ms + VIOL_SLOTS - 1) / VIOL_SLOTS;
 	uint64_t cur;
 
 	/* A source under our ban can't reach us (the kernel drops it), but
 	 * connections queued before the ban still arrive: those don't count,
-	 * so the next ban needs ban_after fresh violations.
+	 * so the next ban needs ban_after fresh violations. A source that
+	 * still arrives may also have been unbanned by hand (`prism ban
+	 * del`): then it would go unbanned, however it behaves, until our
+	 * ban would have ended. So the ban thread is asked, at most about
+	 * once a second per source, whether the kernel still holds the ban
+	 * (ban_check); not while a failed ban waits for its retry
+	 * (ban_settle).
 	 */
 	if (e->banned_until > now) {
 		*count = viol_sum(e);
-		return false;
+		if (e->ban_fails || e->ban_checked == (uint32_t)(now >> 10))
+			return VIOL_COUNTED;
+		e->ban_checked = (uint32_t)(now >> 10);
+		return VIOL_CHECK;
 	}
 	cur = now / (slot_ms ? slot_ms : 1);
 	if (cur > e->viol_slot) {
@@ -326,12 +345,12 @@ static bool violation(struct src_entry *e, const struct cfg_protection *p, uint6
 		e->viol[e->viol_slot % VIOL_SLOTS]++;
 	*count = viol_sum(e);
 	if (!p->ban_after || !p->ban_duration_ms || *count < p->ban_after)
-		return false;
+		return VIOL_COUNTED;
 	e->banned_until = now + p->ban_duration_ms;
-	return true;
+	return VIOL_BAN;
 }
 
-/* Queues <req>; false when the queue is full (counted as ban_dropped).
+/* Queues <req>; false when the queue is full (a ban counted as ban_dropped).
  * Called under the source's stripe lock, so that a dropped request can be
  * undone on its entry before anyone sees it (lock order: stripe, qlock).
  */
@@ -340,13 +359,14 @@ static bool ban_enqueue(struct guard *g, const struct ban_req *req)
 	bool queued = false;
 
 	pthread_mutex_lock(&g->qlock);
-	if (g->q_len < BAN_QUEUE) {
+	/* Checks leave half the queue to bans. */
+	if (g->q_len < (req->check ? BAN_QUEUE / 2 : BAN_QUEUE)) {
 		g->queue[(g->q_head + g->q_len) % BAN_QUEUE] = *req;
 		g->q_len++;
 		queued = true;
 	}
 	pthread_mutex_unlock(&g->qlock);
-	if (!queued)
+	if (!queued && !req->check)
 		stat_inc(&g->st_ban_dropped);
 	return queued;
 }
@@ -377,7 +397,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 	const struct cfg_app *app = app_of(g, app_idx);
 	enum guard_verdict v = GUARD_OK;
 	struct ban_req req;
-	bool ban = false, qfull = false;
+	bool wake = false, qfull = false;
 
 	if (tracked)
 		*tracked = false;
@@ -422,21 +442,23 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 		if (tracked)
 			*tracked = true;
 	} else {
-		ban = violation(e, p, now_ms, &req.violations);
-		if (ban) {
+		enum viol r = violation(e, p, now_ms, &req.violations);
+
+		if (r != VIOL_COUNTED) {
 			req.addr = *src;
 			req.app = app_idx;
 			req.duration_ms = p->ban_duration_ms;
 			req.window_ms = p->ban_window_ms;
-			qfull = !ban_enqueue(g, &req);
+			req.check = r == VIOL_CHECK;
+			wake = ban_enqueue(g, &req);
+			qfull = !wake && r == VIOL_BAN;
 			if (qfull) {
 				/* Not banned after all: the next violation
 				 * asks again instead of the source going
 				 * unbanned and unasked for the ban's duration.
 				 */
 				e->banned_until = 0;
-				ban = false;
-			} else {
+			} else if (r == VIOL_BAN) {
 				memset(e->viol, 0, sizeof(e->viol));
 			}
 		}
@@ -446,7 +468,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 		return GUARD_OK;
 
 	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
-	if (ban) {
+	if (wake) {
 		ban_wake(g);
 	} else if (qfull && log_ratelimit(&g->last_qfull_log, now_ms, FULL_LOG_MS)) {
 		char a[ADDR_STRLEN];
@@ -609,6 +631,41 @@ static void ban_settle(struct guard *g, const struct ban_req *req, bool ok)
 	pthread_mutex_unlock(m);
 }
 
+/* A violation under our ban asked whether the kernel still holds it. When
+ * it does not (`prism ban del`, or a table put in place without it), the
+ * source is not banned after all: its violations count again from none,
+ * and our ban's end is neither logged nor keeps a new ban from being
+ * written (expiry_latest). A lookup that fails counts as no ban, as the
+ * next ban's write then says why.
+ */
+static void ban_check(struct guard *g, const struct ban_req *req)
+{
+	const char *table = g->cfg->nft_table ? g->cfg->nft_table : "prism";
+	const struct cfg_app *app = app_of(g, req->app);
+	uint64_t h = src_hash(g, req->app, &req->addr), left;
+	pthread_mutex_t *m = stripe_of(g, h);
+	struct src_entry *e;
+	bool lifted = false;
+	char a[ADDR_STRLEN];
+
+	if (guard_ban_get_fn(table, &req->addr, &left) == 0)
+		return;
+	pthread_mutex_lock(m);
+	e = entry_get(g, h, req->app, &req->addr, 0, false);
+	if (e && e->banned_until && !e->ban_fails) {
+		e->banned_until = 0;
+		memset(e->viol, 0, sizeof(e->viol));
+		lifted = true;
+	}
+	pthread_mutex_unlock(m);
+	if (!lifted)
+		return;
+	expiry_supersede(g, &req->addr);
+	log_info("source %s: no longer banned in the kernel (`prism ban del`?): its limit "
+		 "violations count again (app %s)",
+		 addr_fmt_source(&req->addr, a), app ? app->name : "-");
+}
+
 /* "Not banned: already banned for longer" (ban_do), <left> ms more. */
 static void log_kept(const char *a, const char *dur, const struct cfg_app *app, uint64_t left)
 {
@@ -742,7 +799,10 @@ static void *guard_main(void *arg)
 			g->q_head = (g->q_head + 1) % BAN_QUEUE;
 			g->q_len--;
 			pthread_mutex_unlock(&g->qlock);
-			ban_do(g, &req);
+			if (req.check)
+				ban_check(g, &req);
+			else
+				ban_do(g, &req);
 		}
 	}
 	return NULL;

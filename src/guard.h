@@ -66,4 +66,9 @@ void guard_stats(const struct guard *g, struct guard_stats *out);
 extern int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 			   uint64_t *kept_ms, char **err);
 
+/* What it calls to ask whether a ban it wrote is still in the kernel:
+ * ban_get (ban.h), likewise.
+ */
+extern int (*guard_ban_get_fn)(const char *table, const struct in6_addr *src, uint64_t *left_ms);
+
 #endif

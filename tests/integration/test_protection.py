@@ -516,6 +516,47 @@ def test_guard_keeps_a_longer_ban_it_did_not_write(ptopo, prism_bin):
     assert not [x for x in p.err if re.search(rf"warn source {re.escape(src)} banned", x)]
 
 
+def test_ban_lifted_by_hand_bans_again(ptopo, prism_bin):
+    """`prism ban del` lifts prism's own ban before its end: the source's
+    next violations count again and ban it anew. (They were ignored until
+    the lifted ban would have ended, so the source went unbanned however
+    it behaved.) One connection per source: the source holds one, and each
+    further one is refused, a violation."""
+    t = ptopo
+    start_echo(t)
+    p = start_prism(t, CFG_BAN_ONE)
+    src = ATTACKER_EXTRA[2]
+    held = nstopo.ns_socket(t.c)
+    t.on_teardown(held.close)
+    held.bind((src, 0))
+    held.settimeout(5)
+    held.connect((WEB, 8000))
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"  # admitted: the source's one connection
+    banned = rf"warn source {re.escape(src)} banned for 10s"
+    assert probe(t.c, src, WEB, 8000) != "served"
+    p.wait_log(banned)
+    assert probe(t.c, src, WEB, 8000, timeout=0.5) == "timeout"
+
+    cp = prism_cli(t, prism_bin, p, "ban", "del", src)
+    assert cp.returncode == 0, cp.stderr
+    # The first violation under the lifted ban has prism look in the
+    # kernel; the next one bans the source again.
+    outcomes = []
+    for _ in range(20):
+        outcomes.append(probe(t.c, src, WEB, 8000, timeout=0.5))
+        if outcomes[-1] == "timeout":
+            break
+    p.wait_log(rf"info source {re.escape(src)}: no longer banned in the kernel "
+               r"\(`prism ban del`\?\): its limit violations count again \(app web\)",
+               timeout=5)
+    assert outcomes[-1] == "timeout", (outcomes, p.dump())
+    assert len([x for x in p.err if re.search(banned, x)]) == 2, p.dump()
+    cp = prism_cli(t, prism_bin, p, "ban", "list")
+    m = re.search(rf"^{re.escape(src)} expires in (\d+)s$", cp.stdout, re.M)
+    assert m and int(m.group(1)) <= 10, cp.stdout
+
+
 # --- 3. slowloris ---------------------------------------------------------------------
 
 SLOW_CONNS = 2000

@@ -74,6 +74,30 @@ static int stub_ban(const char *table, const struct in6_addr *src, uint32_t dura
 	return r;
 }
 
+/* Whether the kernel still holds a ban this stub wrote: yes, unless a
+ * test lifted it (`prism ban del`). Calls counted in n_gets.
+ */
+static bool bans_lifted;
+static int n_gets;
+
+static int stub_ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms)
+{
+	int r = -ENOENT;
+
+	(void)table;
+	pthread_mutex_lock(&stub_lock);
+	for (int i = 0; i < n_calls && i < MAX_CALLS && !bans_lifted; i++) {
+		if (!memcmp(&calls[i].addr, src, sizeof(*src))) {
+			*left_ms = calls[i].duration_ms;
+			r = 0;
+		}
+	}
+	n_gets++;
+	pthread_cond_broadcast(&stub_cond);
+	pthread_mutex_unlock(&stub_lock);
+	return r;
+}
+
 static void deadline_in(struct timespec *ts, int ms)
 {
 	clock_gettime(CLOCK_REALTIME, ts);
@@ -96,6 +120,21 @@ static int wait_calls(int n)
 	while (n_calls < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
 		;
 	got = n_calls;
+	pthread_mutex_unlock(&stub_lock);
+	return got;
+}
+
+/* Waits until the ban thread has asked <n> times whether a ban holds. */
+static int wait_gets(int n)
+{
+	struct timespec ts;
+	int got;
+
+	deadline_in(&ts, WAIT_MS);
+	pthread_mutex_lock(&stub_lock);
+	while (n_gets < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
+		;
+	got = n_gets;
 	pthread_mutex_unlock(&stub_lock);
 	return got;
 }
@@ -206,8 +245,11 @@ static void cfg_setup(void)
 	n_fail = 0;
 	gate_closed = false;
 	kernel_left = 0;
+	bans_lifted = false;
+	n_gets = 0;
 	pthread_mutex_unlock(&stub_lock);
 	guard_ban_fn = stub_ban;
+	guard_ban_get_fn = stub_ban_get;
 }
 
 /* cfg_setup, and app 0 with one connection per source and bans after
@@ -839,6 +881,60 @@ static void test_ban_failures_reset_after_success(void **state)
  * counted together even when a fixed window starting at the source's first
  * connection would split them (4 + 4 around its boundary, ban_after 5).
  */
+/* A ban the operator lifts (`prism ban del`) while ours would still run:
+ * a violation under our ban asks whether the kernel still holds it (at
+ * most once a second), and once it does not, the source's violations count
+ * again and ban it anew. Before, it went unbanned until our ban's end.
+ */
+static void test_ban_lifted_by_hand(void **state)
+{
+	struct in6_addr a = v4("203.0.113.9");
+	struct guard_stats st;
+	struct guard *g;
+
+	(void)state;
+	ban_setup(2, 10000, 60000);
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	admits(g, 0, &a, 1000, 1, GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 1000, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(1), 1);
+
+	/* Under the ban, while the kernel holds it: one look a second, and
+	 * nothing changes.
+	 */
+	assert_int_equal(guard_admit(g, 0, &a, 2048, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 2049, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_gets(1), 1);
+	assert_int_equal(guard_admit(g, 0, &a, 3100, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 3101, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_gets(2), 2);
+	assert_int_equal(wait_calls(1), 1);
+
+	/* Lifted by hand: the next look finds no ban, and two fresh
+	 * violations ban the source again.
+	 */
+	pthread_mutex_lock(&stub_lock);
+	bans_lifted = true;
+	pthread_mutex_unlock(&stub_lock);
+	assert_int_equal(guard_admit(g, 0, &a, 5000, NULL), GUARD_SOURCE_LIMIT);
+	assert_true(
+	    captured_wait("info source 203.0.113.9: no longer banned in the kernel "
+			  "(`prism ban del`?): its limit violations count again (app web)"));
+	assert_int_equal(guard_admit(g, 0, &a, 5001, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(guard_admit(g, 0, &a, 5002, NULL), GUARD_SOURCE_LIMIT);
+	assert_int_equal(wait_calls(2), 2);
+	assert_true(captured_wait_n("warn source 203.0.113.9 banned for 1m", 2));
+
+	guard_stats(g, &st);
+	assert_int_equal(st.bans, 2);
+	assert_int_equal(st.ban_dropped, 0);
+	guard_free(g);
+	capture_stop();
+}
+
 static void test_ban_window_slides(void **state)
 {
 	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2"), c = v4("203.0.113.3");
@@ -1165,6 +1261,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_unknown_longer_ban_kept, teardown),
 	    cmocka_unit_test_teardown(test_too_many_bans_to_track, teardown),
 	    cmocka_unit_test_teardown(test_ipv6_source_is_its_64, teardown),
+	    cmocka_unit_test_teardown(test_ban_lifted_by_hand, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
