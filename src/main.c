@@ -282,6 +282,12 @@ static int cmd_net(int argc, char **argv)
 			close(lock_fd);
 		if (r < 0)
 			fprintf(stderr, "prism net %s: %s\n", verb, err ? err : strerror(-r));
+		else if (r == 1)
+			fprintf(
+			    stderr,
+			    "prism net down: nothing to remove: no nftables table inet %s and no "
+			    "routes of it in this network namespace\n",
+			    table);
 		sigprocmask(SIG_SETMASK, &old_sigs, NULL);
 	}
 	free(err);

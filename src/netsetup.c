@@ -530,7 +530,7 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 	struct route_list l = {.keep = keep, .n_keep = n_keep, .metric = net_route_metric(table)};
 	struct nl nl = {0};
 	char why[256];
-	int ret;
+	int ret, removed = 0;
 	static const int families[] = {AF_INET, AF_INET6};
 
 	ret = nl_open(&nl, err);
@@ -555,6 +555,8 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 			ret = 0;
 			continue;
 		}
+		if (!ret)
+			removed++;
 		if (ret) {
 			const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
 
@@ -571,7 +573,7 @@ out:
 		free(l.v[i]);
 	free(l.v);
 	nl_close(&nl);
-	return ret;
+	return ret < 0 ? ret : removed;
 }
 
 /* After the table loaded: a prefix dropped from the config must stop being
@@ -1044,11 +1046,21 @@ static int table_delete(const char *t, char **err)
 
 int net_down(const char *t, char **err)
 {
-	char *terr = NULL;
+	char *terr = NULL, *probe = NULL;
 	int ret = net_check_table(t, err), tret;
+	bool had_table;
 
 	if (ret)
 		return ret;
+	/* Only to tell "nothing to remove" (a mistyped -t NAME) apart: the
+	 * deletion below works either way.
+	 */
+	if (asprintf(&probe, "list table inet %s\n", t) == -1)
+		return net_set_err(err, -ENOMEM, "out of memory");
+	had_table = net_nft_run(probe, NULL, &terr) == 0;
+	free(probe);
+	free(terr);
+	terr = NULL;
 	/* The routes go first: while they are there without the table, the
 	 * edge prefixes are addresses of this host with no guard chain, and
 	 * a service bound to a wildcard address (sshd on 0.0.0.0:22) would
@@ -1061,7 +1073,9 @@ int net_down(const char *t, char **err)
 	if (ret < 0 && tret < 0)
 		log_err("%s", terr ? terr : strerror(-tret));
 	free(terr);
-	return ret < 0 ? ret : tret;
+	if (ret < 0 || tret < 0)
+		return ret < 0 ? ret : tret;
+	return ret == 0 && !had_table;
 }
 
 int net_show(const struct cfg *cfg, FILE *out)

@@ -53,7 +53,8 @@ int net_up(const struct cfg *cfg, char **err);
 /* Removes nft table <table> (if present) and every route tagged
  * RTPROT_PRISM with its metric (and the legacy ones, see net_route_metric):
  * the name is all it needs, so it works without a config (`net down -t`).
- * Returns 0 (also when nothing was there) or -errno with <*err>.
+ * Returns 0, 1 when there was neither (a mistyped name?), or -errno with
+ * <*err>.
  */
 int net_down(const char *table, char **err);
 
