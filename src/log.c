@@ -8,9 +8,11 @@
  *
  *   worker: format the line, append it to a thread-local batch; at the end
  *           of the loop turn, copy the batch into the buffer (one lock)
- *   writer: take everything buffered, write it, in pieces of at most
- *           PIPE_BUF after poll(2) says there is room, so it does not block
- *           either and can give up at exit
+ *   writer: take everything buffered, write it, in pieces of whole lines
+ *           of at most PIPE_BUF bytes after poll(2) says there is room,
+ *           through a non-blocking file description (see out_open), so
+ *           it does not block either and can give up at exit without
+ *           leaving half a line
  *
  * When the buffer (log_buffer bytes) is full, new lines are dropped and
  * counted, and the writer reports the count as soon as it can write again.
@@ -31,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +58,24 @@ static __thread size_t batch_len, batch_lines;
 static __thread bool batch_urgent;
 static __thread char batch[PIPE_BUF];
 
+/* stderr as the writer writes to it. A blocking write(2) can sleep in the
+ * kernel however little it writes (a terminal whose reader stopped: poll
+ * says there is room as soon as there is a byte of it), and then no
+ * deadline of ours runs. So writes never block: a socket (journald) gets
+ * send(MSG_DONTWAIT); a pipe, FIFO or terminal is opened anew through
+ * /proc/self/fd/2 with O_NONBLOCK, a file description of our own (setting
+ * O_NONBLOCK on fd 2 would change it for the processes that share it, such
+ * as the shell). A regular file never makes a writer wait for a reader.
+ * Only when that open fails (no /proc) is fd 2 written blocking, after
+ * poll, as before.
+ */
+enum { OUT_REGULAR, OUT_SOCKET, OUT_NONBLOCK, OUT_BLOCKING };
+
+struct out {
+	int fd;
+	int kind;
+};
+
 enum { W_BUSY, W_TIMED, W_IDLE }; /* what the writer is doing */
 
 static struct {
@@ -67,66 +90,141 @@ static struct {
 	size_t cap, head, used;
 	uint64_t dropped; /* lines dropped since the last report */
 	uint64_t lost;	  /* lines given up at exit (reader stalled) */
-	bool regular;	  /* stderr is a regular file: no poll, big writes */
+	struct out out;	  /* where the writer writes */
 } lg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* Writes <n> bytes to stderr; returns how many it wrote. Unless stderr is
- * a regular file, waits for room with poll(2) and writes at most PIPE_BUF
- * bytes at a time, which a pipe or socket with room takes without
- * blocking. Gives up once no byte could be written for LOG_STALL_MS and
- * <patient> is false (or NULL), or on an error such as EPIPE.
+static struct out out_open(void)
+{
+	struct stat st;
+	int fd;
+
+	if (fstat(STDERR_FILENO, &st) == -1 || S_ISREG(st.st_mode))
+		return (struct out){STDERR_FILENO, OUT_REGULAR};
+	if (S_ISSOCK(st.st_mode))
+		return (struct out){STDERR_FILENO, OUT_SOCKET};
+	fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd == -1)
+		return (struct out){STDERR_FILENO, OUT_BLOCKING};
+	return (struct out){fd, OUT_NONBLOCK};
+}
+
+static void out_close(struct out *o)
+{
+	if (o->fd != STDERR_FILENO)
+		close(o->fd);
+}
+
+/* The next piece to write of the <n> bytes from <p1> then <p2> (the ring's
+ * two parts), from <off>: all of it to a regular file; else at most
+ * PIPE_BUF bytes, up to the last newline in them, so that a pipe takes it
+ * in one write or not at all and a give-up never leaves a line cut. Fills
+ * <iov>; returns its count.
  */
-static size_t write_out(const char *p, size_t n, bool regular, const bool *patient)
+static int out_piece(const struct out *o, const char *p1, size_t n1, const char *p2, size_t n,
+		     size_t off, struct iovec iov[2])
+{
+	size_t len = n - off, a;
+	int k = 0;
+
+	if (o->kind != OUT_REGULAR && len > PIPE_BUF) {
+		size_t end = off + PIPE_BUF, cut = 0;
+
+		/* Lines are at most LOG_LINE_MAX < PIPE_BUF: there is one. */
+		for (size_t i = end; i > off && !cut; i--)
+			if ((i - 1 < n1 ? p1[i - 1] : p2[i - 1 - n1]) == '\n')
+				cut = i;
+		len = (cut ? cut : end) - off;
+	}
+	if (off < n1) {
+		a = n1 - off < len ? n1 - off : len;
+		iov[k++] = (struct iovec){(void *)(p1 + off), a};
+		len -= a;
+		off = n1;
+	}
+	if (len)
+		iov[k++] = (struct iovec){(void *)(p2 + (off - n1)), len};
+	return k;
+}
+
+/* Writes the <n> bytes of <p1> (its first <n1>) then <p2> to <o>;
+ * returns how many it wrote. Unless <o> is a regular file, waits for room
+ * with poll(2) and writes whole lines, at most PIPE_BUF bytes at a time
+ * (out_piece). Gives up once no byte could be written for LOG_STALL_MS
+ * and <patient> is false (or NULL), or on an error such as EPIPE.
+ */
+static size_t write_out(const struct out *o, const char *p1, size_t n1, const char *p2, size_t n,
+			const bool *patient)
 {
 	uint64_t since = mono_ms();
 	int saved = errno; /* callers log then inspect errno */
 	size_t done = 0;
 
 	while (done < n) {
+		struct iovec iov[2];
 		ssize_t w;
+		int r = 1;
 
-		if (!regular) {
-			struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
-			int r = poll(&pfd, 1, 100);
+		if (o->kind != OUT_REGULAR) {
+			struct pollfd pfd = {.fd = o->fd, .events = POLLOUT};
 
+			r = poll(&pfd, 1, 100);
 			if (r == -1 && errno != EINTR)
 				break;
-			if (r <= 0) {
-				if (!(patient && __atomic_load_n(patient, __ATOMIC_RELAXED)) &&
-				    mono_ms() - since >= LOG_STALL_MS)
-					break;
+		}
+		if (r > 0) {
+			int k = out_piece(o, p1, n1, p2, n, done, iov);
+
+			if (o->kind == OUT_SOCKET)
+				w = sendmsg(
+				    o->fd,
+				    &(struct msghdr){.msg_iov = iov, .msg_iovlen = (size_t)k},
+				    MSG_DONTWAIT | MSG_NOSIGNAL);
+			else
+				w = writev(o->fd, iov, k);
+			if (w > 0) {
+				done += (size_t)w;
+				since = mono_ms();
 				continue;
 			}
+			if (w == -1 && errno != EINTR && errno != EAGAIN)
+				break; /* EPIPE: nobody reads any more */
 		}
-		w = write(STDERR_FILENO, p + done,
-			  regular || n - done < PIPE_BUF ? n - done : PIPE_BUF);
-		if (w == -1) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			break; /* EPIPE: nobody reads any more */
-		}
-		done += (size_t)w;
-		since = mono_ms();
+		if (!(patient && __atomic_load_n(patient, __ATOMIC_RELAXED)) &&
+		    mono_ms() - since >= LOG_STALL_MS)
+			break;
 	}
 	errno = saved;
 	return done;
 }
 
-/* Lines in the <n> bytes of the ring from offset <off> (wrapping). */
+/* Newlines in the <n> bytes of the ring from offset <off> (wrapping). */
 static uint64_t ring_lines(size_t off, size_t n)
 {
 	uint64_t k = 0;
 
-	for (size_t i = 0; i < n; i++)
-		k += lg.buf[(off + i) % lg.cap] == '\n';
+	while (n) {
+		size_t len = lg.cap - off < n ? lg.cap - off : n;
+		const char *p = lg.buf + off, *end = p + len;
+
+		while ((p = memchr(p, '\n', (size_t)(end - p)))) {
+			k++;
+			p++;
+		}
+		n -= len;
+		off = 0;
+	}
 	return k;
 }
 
-static bool stderr_regular(void)
+/* A line written directly (the writer not running): through a description
+ * of its own each time, as stderr may have been redirected meanwhile.
+ */
+static void write_direct(const char *p, size_t n)
 {
-	struct stat st;
+	struct out o = out_open();
 
-	return fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+	write_out(&o, p, n, NULL, n, NULL);
+	out_close(&o);
 }
 
 /* Appends <n> bytes that fit to the ring. Called with the lock held. */
@@ -150,7 +248,7 @@ static void push(const char *p, size_t n, size_t lines, bool urgent)
 	pthread_mutex_lock(&lg.lock);
 	if (!lg.on) {
 		pthread_mutex_unlock(&lg.lock);
-		write_out(p, n, stderr_regular(), NULL);
+		write_direct(p, n);
 		return;
 	}
 	if (lg.cap - lg.used < n) {
@@ -205,7 +303,7 @@ static void *writer_main(void *arg)
 	pthread_mutex_lock(&lg.lock);
 	for (;;) {
 		size_t head, n, first, done;
-		uint64_t dropped;
+		uint64_t dropped, lost = 0;
 		bool ok;
 
 		if (lg.used == 0 && lg.dropped == 0) {
@@ -243,10 +341,10 @@ static void *writer_main(void *arg)
 		 * until head moves.
 		 */
 		first = lg.cap - head < n ? lg.cap - head : n;
-		done = write_out(lg.buf + head, first, lg.regular, &lg.on);
-		if (done == first)
-			done += write_out(lg.buf, n - first, lg.regular, &lg.on);
+		done = write_out(&lg.out, lg.buf + head, first, lg.buf, n, &lg.on);
 		ok = done == n;
+		if (!ok) /* ours to count without the lock */
+			lost = ring_lines((head + done) % lg.cap, n - done);
 
 		pthread_mutex_lock(&lg.lock);
 		lg.head = (head + n) % lg.cap;
@@ -259,7 +357,7 @@ static void *writer_main(void *arg)
 			 * was not written, and what was appended meanwhile
 			 * right after it.
 			 */
-			lg.lost += ring_lines((head + done) % lg.cap, n - done + lg.used);
+			lg.lost += lost + ring_lines(lg.head, lg.used);
 			lg.lost += dropped + lg.dropped;
 			lg.dropped = 0;
 			lg.head = lg.used = 0;
@@ -284,7 +382,7 @@ int log_start(size_t buffer)
 	lg.dropped = lg.lost = 0;
 	lg.stop = lg.urgent = false;
 	lg.state = W_BUSY;
-	lg.regular = stderr_regular();
+	lg.out = out_open();
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&lg.cond, &ca);
@@ -301,6 +399,7 @@ int log_start(size_t buffer)
 		pthread_cond_destroy(&lg.cond);
 		free(lg.buf);
 		lg.buf = NULL;
+		out_close(&lg.out);
 		return -r;
 	}
 	pthread_setname_np(lg.thread, "log");
@@ -325,6 +424,7 @@ uint64_t log_stop(void)
 	pthread_cond_destroy(&lg.cond);
 	free(lg.buf);
 	lg.buf = NULL;
+	out_close(&lg.out);
 	return lg.lost;
 }
 
