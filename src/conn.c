@@ -510,7 +510,11 @@ static void origin_connect(struct conn *c)
  */
 static void connect_failed(struct conn *c, int err, enum conn_reason reason)
 {
-	hc_connect_failed(c->app, c->o, c->w->now, err);
+	/* A shortage reported by the connect's completion (SO_ERROR) is the
+	 * edge's, as when connect() itself returns it: no passive mark.
+	 */
+	if (reason != CR_RESOURCE)
+		hc_connect_failed(c->app, c->o, c->w->now, err);
 	close(c->org.fd);
 	c->org.fd = -1;
 	if (!attempt_failed(c, reason))

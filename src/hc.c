@@ -516,6 +516,16 @@ static void check_end(struct check *c, bool counted, bool ok, const char *why)
 }
 
 static void check_fail(struct check *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void resource_problem(struct check *c, const char *what, int err);
+
+/* An error that says this host ran short (fds, buffers, memory), not that
+ * the origin failed: the check is skipped, not counted, as conn.c does for
+ * connections.
+ */
+static bool shortage(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
 
 static void check_fail(struct check *c, const char *fmt, ...)
 {
@@ -571,6 +581,8 @@ static void check_read(struct check *c)
 			return;
 		if (errno == ECONNRESET)
 			check_fail(c, "connection reset by origin");
+		else if (shortage(errno))
+			resource_problem(c, "recv", errno);
 		else
 			check_fail(c, "recv: %s", strerror(errno));
 		return;
@@ -596,6 +608,8 @@ static void check_send(struct check *c)
 			return; /* EPOLLOUT is still registered */
 		if (errno == ECONNRESET || errno == EPIPE)
 			check_fail(c, "connection reset by origin while sending");
+		else if (shortage(errno))
+			resource_problem(c, "send", errno);
 		else
 			check_fail(c, "send: %s", strerror(errno));
 		return;
@@ -632,6 +646,10 @@ static void check_io(struct check *c, uint32_t events)
 		/* The only way to learn how a non-blocking connect ended. */
 		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
 			err = errno;
+		if (err && shortage(err)) {
+			resource_problem(c, "connect", err);
+			return;
+		}
 		if (err) {
 			check_fail(c, "connect: %s", strerror(err));
 			return;
@@ -657,10 +675,14 @@ static void check_io(struct check *c, uint32_t events)
 static void resource_problem(struct check *c, const char *what, int err)
 {
 	struct hc *hc = c->ha->hc;
+	char a[ADDR_STRLEN];
 
 	if (log_ratelimit(&hc->last_resource_log, hc->now, 10000))
-		log_warn("health checks: %s: %s (checks skipped, not counted)", what,
-			 strerror(err));
+		log_warn(
+		    "health checks: %s: %s (checks skipped, not counted; this one of origin %s "
+		    "of app %s)",
+		    what, strerror(err), addr_fmt_sa((const struct sockaddr *)&c->o->addr, a),
+		    c->ha->app->name);
 	check_end(c, false, false, NULL);
 }
 
@@ -681,7 +703,13 @@ static void check_start(struct check *c)
 	c->timer.fn = check_timeout;
 	c->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd == -1) {
-		resource_problem(c, "socket", errno);
+		/* EAFNOSUPPORT (IPv6 off on this host), EACCES (a policy):
+		 * the origin cannot be reached, which its checks must say.
+		 */
+		if (shortage(errno))
+			resource_problem(c, "socket", errno);
+		else
+			check_fail(c, "socket: %s", strerror(errno));
 		return;
 	}
 	if (connect(c->fd, (struct sockaddr *)&sa, addr_sa_len((struct sockaddr *)&sa)) == 0) {
@@ -698,8 +726,7 @@ static void check_start(struct check *c)
 	if (errno != EINPROGRESS) {
 		int err = errno;
 
-		if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
-		    err == EADDRNOTAVAIL)
+		if (shortage(err) || err == EADDRNOTAVAIL) /* no local port left */
 			resource_problem(c, "connect", err);
 		else
 			check_fail(c, "connect: %s", strerror(err));

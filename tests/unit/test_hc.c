@@ -404,10 +404,15 @@ static void ao_deinit(struct app_origins *ao)
 	pthread_mutex_destroy(&ao->lock);
 }
 
+/* When set, the origin's address family instead of AF_INET. */
+static sa_family_t fixture_family;
+
 static void fixture_init(struct fixture *f, uint16_t port, struct cfg_health h)
 {
 	memset(f, 0, sizeof(*f));
 	loopback_origin(&f->co, &f->addr, port);
+	if (fixture_family)
+		f->addr.ss_family = fixture_family;
 	f->app.name = "web";
 	f->app.origins = &f->co;
 	f->app.n_origins = 1;
@@ -526,6 +531,33 @@ static void test_thread_connect(void **state)
 {
 	(void)state;
 	connect_cycle(NULL);
+}
+
+/* A check whose socket() fails for a reason that is no shortage (here
+ * EAFNOSUPPORT, as for an IPv6 origin on a host with IPv6 off) is the
+ * origin's failure: it goes down after fall checks. Before, every such
+ * check was skipped as a local resource problem, and the origin stayed up
+ * for good.
+ */
+static void test_thread_socket_refused(void **state)
+{
+	struct cfg_health h = {.interval_ms = 50, .timeout_ms = 500, .rise = 2, .fall = 3};
+	static struct fixture f;
+	char *log;
+
+	(void)state;
+	cap_begin();
+	fixture_family = 255; /* past AF_MAX: EAFNOSUPPORT, no module to load */
+	fixture_init(&f, 9, h);
+	fixture_family = 0;
+	assert_true(wait_state(first_origin(&f), 0, 3, -1, 5000) >= 0);
+	fixture_deinit(&f);
+	log = cap_end();
+	assert_non_null(strstr(
+	    log,
+	    "is down: 3 failed checks (last: socket: Address family not supported by protocol)"));
+	assert_null(strstr(log, "checks skipped"));
+	free(log);
 }
 
 static void test_thread_send_only(void **state)
@@ -1279,6 +1311,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_passive_concurrent, teardown),
 	    cmocka_unit_test_teardown(test_thread_none, teardown),
 	    cmocka_unit_test_teardown(test_thread_connect, teardown),
+	    cmocka_unit_test_teardown(test_thread_socket_refused, teardown),
 	    cmocka_unit_test_teardown(test_thread_send_only, teardown),
 	    cmocka_unit_test_teardown(test_thread_send_expect, teardown),
 	    cmocka_unit_test_teardown(test_thread_set_swap, teardown),
