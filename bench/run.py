@@ -1267,8 +1267,8 @@ class Report:
         rows = []
         for label, path, nd in [
                 ("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
-                ("connect p50 µs", ("connect_us", "p50"), 0),
-                ("connect p99 µs", ("connect_us", "p99"), 0),
+                ("connect() call p50 µs", ("connect_us", "p50"), 0),
+                ("connect() call p99 µs", ("connect_us", "p99"), 0),
                 ("latency p50 µs", ("lat_us", "p50"), 0),
                 ("latency p99 µs", ("lat_us", "p99"), 0),
                 ("latency p99.9 µs", ("lat_us", "p999"), 0),
@@ -1361,9 +1361,10 @@ class Report:
                 ("prefix6", "prism IPv6 /64×65535"), ("naive", "naive"))
         rows = []
         for label, path, nd in (("conn/s", ("conn_per_s",), 0), ("errors", ("errors",), 0),
-                                ("accept latency (connect) p50 µs", ("connect_us", "p50"), 0),
-                                ("accept latency (connect) p99 µs", ("connect_us", "p99"), 0),
-                                ("latency p99 µs", ("lat_us", "p99"), 0),
+                                ("handshake (connect() call) p50 µs", ("connect_us", "p50"), 0),
+                                ("handshake (connect() call) p99 µs", ("connect_us", "p99"), 0),
+                                ("accept latency (connect → echo) p50 µs", ("lat_us", "p50"), 0),
+                                ("accept latency (connect → echo) p99 µs", ("lat_us", "p99"), 0),
                                 ("setup ms (spawn → ready)", ("setup_wall_ms",), 0),
                                 ("listening sockets", ("listeners",), 0),
                                 ("RSS KiB (sum of processes)", ("rss_kib",), 0),
