@@ -42,6 +42,7 @@ def main():
     builds = [os.path.abspath(b) for b in a.builds]
     args = argparse.Namespace(quick=False, rounds=a.rounds, build=builds[0],
                               haproxy_splice="force", cc=a.cc, batch=a.batch)
+    R.catch_stop_signals()
     b = R.Bench(args)
     b.t_rate = b.t_bulk = a.duration
     targets = ([] if a.no_haproxy else ["haproxy"]) + builds
@@ -52,12 +53,11 @@ def main():
         b.write_configs()
         org = b.start_iperf_server() if a.bulk else b.start_origin()
         for r in range(a.rounds):
-            # Each round starts one target later, and each target starts
-            # with no TIME_WAIT sockets left by the others (as run.py's
-            # rounds_of): a fixed order made the same build 9% slower in
-            # the second slot than in the first.
-            k = r % len(targets)
-            for t in targets[k:] + targets[:k]:
+            # Rounds change the order (run.py's round_order), and each
+            # target starts with no TIME_WAIT sockets left by the others
+            # (as run.py's rounds_of): a fixed order made the same build 9%
+            # slower in the second slot than in the first.
+            for t in R.round_order(targets, r):
                 kind = "haproxy" if t == "haproxy" else "prism"
                 if kind == "prism":
                     b.prism = os.path.join(t, "prism")
@@ -79,7 +79,11 @@ def main():
                       f"{j['packets_per_conn']:.2f} packets/conn, "
                       f"machine {j['machine_us_per_conn']:.0f} µs/conn, "
                       f"p99 {j['lat_us']['p99']} µs", flush=True)
+    except (R.Stop, KeyboardInterrupt) as e:
+        print(f"ab: interrupted ({e or 'Ctrl-C'}), cleaning up", file=sys.stderr)
+        return 130
     finally:
+        R.ignore_stop_signals()
         errors = b.teardown()
         if errors:
             print("teardown: " + "; ".join(errors), file=sys.stderr)
@@ -122,4 +126,4 @@ def report_bulk(res, targets):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -85,6 +85,24 @@ def _on_signal(signum, _frame):
     raise Stop(f"signal {signum}")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def catch_stop_signals():
+    """SIGINT, SIGTERM and SIGHUP raise Stop, so `finally` cleans up.
+    Explicitly, also SIGINT: a shell starting us in the background (`&`)
+    leaves SIGINT ignored, and Python then installs no handler of its own."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def ignore_stop_signals():
+    """For the cleanup: a signal during it must not leave namespaces, the
+    proxies or the host's congestion-control list behind."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 # --- processes --------------------------------------------------------------
 
 
@@ -162,8 +180,10 @@ class Proc:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"{self.name}: no /{regex}/ in {timeout}s\n{self.dump()}")
-                # A file cannot be waited on here: poll it.
-                self.cond.wait(min(left, 0.02 if self.err_file else 0.2))
+                # A file cannot be waited on here: poll it, often enough
+                # that a start time taken from it (prism's setup ms) is
+                # not rounded up by much.
+                self.cond.wait(min(left, 0.001 if self.err_file else 0.2))
 
     def dump(self, n=15):
         self._read_err_file()
@@ -269,6 +289,18 @@ def summ(vals):
 
 
 # --- the harness ------------------------------------------------------------
+
+
+def round_order(targets, r):
+    """The order of <targets> in round <r>: rotated by r // 2, and reversed
+    in odd rounds. Rotation alone kept the cyclic order, so each target ran
+    right after the same one in all rounds but the one it opened (prefix
+    after naive in 5 of 7); with the reversal each target follows each of
+    its two neighbours equally often, and each opens equally often."""
+    targets = tuple(targets)
+    k = (r // 2) % len(targets)
+    order = targets[k:] + targets[:k]
+    return order[::-1] if r % 2 else order
 
 
 class Bench:
@@ -448,21 +480,34 @@ class Bench:
                     note=True)
 
     def teardown(self):
+        """Every step is tried whatever the ones before did (a timeout of
+        one `ip netns del` must not leave the others); returns the errors."""
         errors = []
+
+        def step(what, fn):
+            try:
+                return fn()
+            except (subprocess.SubprocessError, OSError) as e:
+                errors.append(f"{what}: {e}")
+                return None
+
         for p in list(reversed(self.procs)):
-            self.kill(p, timeout=3)
+            step(p.name, lambda p=p: self.kill(p, timeout=3))
         # Deleting the edge namespace removes its routes and nft table too.
         self.net_up = False
         for n in reversed(self.made_ns):
-            cp = self.sh(["ip", "netns", "del", n], check=False)
-            if cp.returncode != 0:
+            cp = step(n, lambda n=n: self.sh(["ip", "netns", "del", n], check=False))
+            if cp is not None and cp.returncode != 0:
                 errors.append(f"{n}: {cp.stderr.strip()}")
         self.made_ns = []
         if self.cc_allowed_was is not None:  # writing it twice is harmless
-            cp = self.sh(["sysctl", "-qw",
-                          f"net.ipv4.tcp_allowed_congestion_control={self.cc_allowed_was}"],
-                         check=False)
-            if cp.returncode != 0:
+            cp = step("sysctl", lambda: self.sh(
+                ["sysctl", "-qw",
+                 f"net.ipv4.tcp_allowed_congestion_control={self.cc_allowed_was}"],
+                check=False))
+            if cp is None:
+                pass
+            elif cp.returncode != 0:
                 errors.append(f"tcp_allowed_congestion_control: {cp.stderr.strip()}")
             else:
                 try:
@@ -614,14 +659,12 @@ backend be_iperf
     def rounds_of(self, fn, n=None, targets=TARGETS):
         """fn(target, round) for n alternating rounds; returns {target: [results]}.
 
-        Round r starts at target r (mod the count), so no target always runs
-        first after the topology is set up, or right after the same other
-        target (the naive server's 65,535 sockets, say)."""
+        The order is round_order's, so no target always runs first after
+        the topology is set up, or right after the same other target (the
+        naive server's 65,535 sockets, say)."""
         out = {t: [] for t in targets}
-        targets = tuple(targets)
         for r in range(n or self.rounds):
-            k = r % len(targets)
-            for t in targets[k:] + targets[:k]:
+            for t in round_order(targets, r):
                 self.flush_time_wait()
                 out[t].append(fn(t, r))
         return out
@@ -682,8 +725,6 @@ backend be_iperf
         """One iperf3 run of <streams> streams to <target>, whose proxy is
         the running Proc <p> (None for direct)."""
         self.pin_to(p, 1)
-        c0 = cpu_s(p.pid) if p else None
-        m0 = machine_cpu()
         addr, port = self.dest(target, "iperf")
         argv = self.nsx("c", ["iperf3", "-c", addr, "-p", port, "-t", str(self.t_bulk),
                               "-P", str(streams), "-J"])
@@ -691,6 +732,10 @@ backend be_iperf
             argv = ["taskset", "-c", "0"] + argv
         j = None
         for _attempt in range(3):  # "server busy" right after a test
+            # CPU counted from here: a failed attempt's (and the pause's)
+            # would count against bytes it did not move.
+            c0 = cpu_s(p.pid) if p else None
+            m0 = machine_cpu()
             cp = self.sh(argv, timeout=self.t_bulk + 30, check=False, note=True)
             j = json.loads(cp.stdout) if cp.stdout.strip() else {}
             if "error" not in j and cp.returncode == 0:
@@ -809,8 +854,11 @@ backend be_iperf
                     self.procs.remove(hold)
                     hold = None
                     held = j.get("held", n)
-                    if held < n:
-                        raise RuntimeError(f"hold: only {held} of {n} connections: {j}")
+                    # A connection that failed after it was held would still
+                    # be counted by held, and RSS divided by too many.
+                    if held < n or j.get("errors"):
+                        raise RuntimeError(f"hold: only {held} of {n} connections held "
+                                           f"without errors: {j}")
                     return {
                         "held": held, "open_ms": j.get("open_ms"),
                         "rss_kib": None if p is None else rss1 - rss0,
@@ -1186,7 +1234,8 @@ class Report:
             ["rounds", f"{b.rounds} per scenario (memory: {b.mem_rounds}, many apps: "
              f"{b.apps_rounds}), alternating "
                        "direct, haproxy, prism (rate: direct, haproxy, haproxy-smart, prism), "
-                       "each round starting one target later"],
+                       "the order rotated every second round and reversed every "
+                       "other one"],
             ["durations", f"bulk {b.t_bulk} s, rate {b.t_rate} s, latency {b.t_lat} s per round"],
             ["bulk placement", "pinned (`--pin`): the iperf3 client on CPU 0, the iperf3 "
              "server and every thread of the proxy on CPU 1" if b.pin else
@@ -1609,10 +1658,7 @@ def main():
         sys.exit("bench: needs root (network namespaces, nftables)")
     if args.pin and not {0, 1} <= os.sched_getaffinity(0):
         sys.exit("bench: --pin needs CPUs 0 and 1")
-    # Explicitly, also SIGINT: a shell starting us in the background (`&`)
-    # leaves SIGINT ignored, and Python then installs no handler of its own.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    catch_stop_signals()
     b = Bench(args)
     if not os.access(b.prism, os.X_OK):
         sys.exit(f"bench: {b.prism} missing (make build/prism)")
@@ -1626,9 +1672,7 @@ def main():
         sys.stderr.write(f"bench: {e}\n")
         rc = 1
     finally:
-        # Ctrl-C during cleanup must not leave namespaces behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signals()
         errors = b.teardown()
         if errors:
             sys.stderr.write(f"bench: cleanup: {errors}\n")

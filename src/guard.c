@@ -54,7 +54,8 @@ int (*guard_ban_get_fn)(const char *table, const struct in6_addr *src, uint64_t 
  */
 #define VIOL_SLOTS 8
 
-#define BAN_RETRY_MS 1000 /* see ban_settle */
+#define BAN_RETRY_MS  1000 /* see ban_settle */
+#define BAN_SETTLE_MS 1000 /* see violation */
 
 struct src_entry {
 	struct in6_addr addr;
@@ -321,16 +322,21 @@ static enum viol violation(struct src_entry *e, const struct cfg_protection *p, 
 	/* A source under our ban can't reach us (the kernel drops it), but
 	 * connections queued before the ban still arrive: those don't count,
 	 * so the next ban needs ban_after fresh violations. A source that
-	 * still arrives may also have been unbanned by hand (`prism ban
+	 * still arrives later may have been unbanned by hand (`prism ban
 	 * del`): then it would go unbanned, however it behaves, until our
-	 * ban would have ended. So the ban thread is asked, at most about
-	 * once a second per source, whether the kernel still holds the ban
-	 * (ban_check); not while a failed ban waits for its retry
-	 * (ban_settle).
+	 * ban would have ended. So the ban thread is asked whether the
+	 * kernel still holds the ban (ban_check): at most about once a
+	 * second per source, only from BAN_SETTLE_MS into the ban (what
+	 * the backlog held has arrived by then: no netlink call per source
+	 * of a flood just banned) to BAN_SETTLE_MS before its end (the
+	 * kernel's, which began when the ban was written, ends after ours),
+	 * and not while a failed ban waits for its retry (ban_settle).
 	 */
 	if (e->banned_until > now) {
 		*count = viol_sum(e);
-		if (e->ban_fails || e->ban_checked == (uint32_t)(now >> 10))
+		if (e->ban_fails || now < e->banned_until - p->ban_duration_ms + BAN_SETTLE_MS ||
+		    now + BAN_SETTLE_MS >= e->banned_until ||
+		    e->ban_checked == (uint32_t)(now >> 10))
 			return VIOL_COUNTED;
 		e->ban_checked = (uint32_t)(now >> 10);
 		return VIOL_CHECK;
