@@ -43,7 +43,9 @@ struct loader {
 	 * use is a copy in the snapshot): see CFG_MAX_LISTED, CFG_MAX_ORIGINS.
 	 */
 	size_t n_listed, n_origins;
-	bool over_listed, over_origins; /* reported once */
+	bool over_listed, over_origins;	       /* reported once */
+	size_t n_edge_entries, n_port_entries; /* see entries_take (cfg.c) */
+	unsigned over_entries;		       /* 1: edge, 2: ports; reported */
 };
 
 /* What a file may hold in all: prefixes in deny/allow lists, and origins.

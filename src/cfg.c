@@ -545,6 +545,27 @@ void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const 
 		   cfg_quote(s, q, sizeof(q)), why);
 }
 
+/* Counts <n> more entries of <key> lists towards the file's bound, before
+ * they are copied. Each app's claims are its edges times its ports, so
+ * neither list can hold more than CFG_MAX_CLAIMS entries in all; an alias
+ * is a copy per use, and without this a 1 MB file of one 65,536-address
+ * edge list used by 3,000 apps took 8 GB before the claims were counted.
+ * False (reported once per key) past it.
+ */
+static bool entries_take(struct loader *ld, size_t *count, size_t n, int id, const char *key)
+{
+	*count += n;
+	if (*count <= CFG_MAX_CLAIMS)
+		return true;
+	if (!(ld->over_entries & (key[0] == 'e' ? 1 : 2)))
+		cfg_err_at(ld, &cfg_node_get(ld, id)->start_mark,
+			   "%s: more than %d entries of %s lists in all (a list used through an "
+			   "alias counts each time); merge them into prefixes or ranges",
+			   key, CFG_MAX_CLAIMS, key);
+	ld->over_entries |= key[0] == 'e' ? 1 : 2;
+	return false;
+}
+
 static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *src, int id)
 {
 	const char *expect = "an address or prefix";
@@ -553,6 +574,8 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 	int rc = 0;
 
 	if (cfg_node_items(ld, id, "edge", expect, "address or prefix", &one, &items, &n) != 0)
+		return -EINVAL;
+	if (!entries_take(ld, &ld->n_edge_entries, n, id, "edge"))
 		return -EINVAL;
 	app->edges = calloc(n, sizeof(*app->edges));
 	src->edge_marks = calloc(n, sizeof(*src->edge_marks));
@@ -669,6 +692,8 @@ static int load_ports(struct loader *ld, struct cfg_app *app, int id)
 
 	if (cfg_node_items(ld, id, "ports", "a port or range", "port or range", &one, &items, &n) !=
 	    0)
+		return -EINVAL;
+	if (!entries_take(ld, &ld->n_port_entries, n, id, "ports"))
 		return -EINVAL;
 	app->ports = calloc(n, sizeof(*app->ports));
 	if (!app->ports) {
@@ -941,6 +966,12 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 	size_t pairs[CFG_MAX_REBUILDS][2], n_pairs = 0;
 	size_t total = 0, n = 0, a, e, r, k, i;
 
+	/* Past a bound on edge or port entries, the apps that loaded are a
+	 * fraction of the file: their overlaps would cost time (up to a
+	 * million claims, rebuilt per conflict) and say little.
+	 */
+	if (ld->over_entries)
+		return;
 	for (a = 0; a < c->n_apps; a++)
 		if (ld->src[a].ok) {
 			total += c->apps[a].n_edges * c->apps[a].n_ports;
@@ -1390,6 +1421,64 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 		cfg_err_at(ld, &p->problem_mark, "YAML syntax error: %s", what);
 }
 
+/* How deep collections may nest. The schema needs 5 levels; libyaml's
+ * scanner does work per token in proportion to the flow depth, so a 2 MB
+ * file of nested brackets ran for over 11 minutes (the file may be 32 MiB).
+ */
+#define CFG_DEPTH_MAX 64
+
+/* Refuses a file whose collections nest deeper than CFG_DEPTH_MAX before
+ * libyaml composes it: a pass over its events that stops at the first
+ * level too deep, so the scanner never works at a depth beyond it (its
+ * look-ahead past that point is bounded by YAML's 1,024 characters of a
+ * simple key). A file with no more opening brackets than that cannot nest
+ * flow collections deeper, and block ones take an indentation step per
+ * level, so it needs no pass. Returns true when the file may be loaded;
+ * a syntax error is left for the load to report.
+ */
+static bool depth_ok(struct loader *ld, const char *buf, size_t len)
+{
+	yaml_parser_t p;
+	yaml_event_t ev;
+	size_t opening = 0;
+	int depth = 0;
+	bool ok = true;
+
+	for (size_t i = 0; i < len && opening <= CFG_DEPTH_MAX; i++)
+		opening += buf[i] == '[' || buf[i] == '{';
+	if (opening <= CFG_DEPTH_MAX)
+		return true;
+	if (!yaml_parser_initialize(&p)) {
+		ld->oom = true;
+		return false;
+	}
+	yaml_parser_set_input_string(&p, (const unsigned char *)buf, len);
+	for (;;) {
+		if (!yaml_parser_parse(&p, &ev))
+			break; /* the load says what is wrong */
+		if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+			if (++depth > CFG_DEPTH_MAX) {
+				cfg_err_at(
+				    ld, &ev.start_mark,
+				    "collections nested more than %d levels deep here (prism's "
+				    "settings need 5)",
+				    CFG_DEPTH_MAX);
+				ok = false;
+			}
+		} else if (ev.type == YAML_SEQUENCE_END_EVENT ||
+			   ev.type == YAML_MAPPING_END_EVENT) {
+			depth--;
+		}
+		bool end = ev.type == YAML_STREAM_END_EVENT;
+
+		yaml_event_delete(&ev);
+		if (end || !ok)
+			break;
+	}
+	yaml_parser_delete(&p);
+	return ok;
+}
+
 static struct cfg *cfg_new(const char *path)
 {
 	struct cfg *c = calloc(1, sizeof(*c));
@@ -1495,6 +1584,8 @@ int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned f
 		goto out;
 	}
 	have_parser = true;
+	if (!depth_ok(&ld, buf, len))
+		goto out;
 	yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
 	if (!yaml_parser_load(&parser, &doc)) {
 		syntax_error(&ld, &parser, buf, len);

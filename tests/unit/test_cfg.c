@@ -1948,6 +1948,62 @@ static void test_alias_and_nesting_bounds(void **state)
 	expect_error(yaml, "2:3: apps: the routing table would hold more than 8388608 port "
 			   "intervals");
 	free(yaml);
+
+	/* Edge and port lists: a 65,536-entry list used by 16 apps is over
+	 * 1,000,000 entries, refused before the copies are made (before, the
+	 * bound came after them: 8 GB for 3,000 uses).
+	 */
+	for (int k = 0; k < 2; k++) {
+		f = open_memstream(&yaml, &len);
+		assert_non_null(f);
+		fprintf(f, "apps:\n  - {name: a0, origins: 198.51.100.1, %s: &l [",
+			k ? "edge: 10.0.0.0/8, ports" : "ports: 80, edge");
+		for (unsigned i = 0; i < 65535; i++) {
+			if (k)
+				fprintf(f, "%s%u", i ? ", " : "", i + 1);
+			else
+				fprintf(f, "%s10.0.%u.%u", i ? ", " : "", i >> 8, i & 255);
+		}
+		fputs("]}\n", f);
+		for (unsigned a = 1; a < 16; a++)
+			fprintf(f, "  - {name: a%u, origins: 198.51.100.1, %s: *l}\n", a,
+				k ? "edge: 192.0.2.1, ports" : "ports: 81, edge");
+		assert_int_equal(fclose(f), 0);
+		expect_error(yaml,
+			     k ? "2:64: ports: more than 1000000 entries of ports lists in all"
+			       : "2:56: edge: more than 1000000 entries of edge lists in all");
+		free(yaml);
+	}
+}
+
+/* Collections nested deeper than 64 levels are refused before libyaml
+ * composes them: its scanner works per token in proportion to the flow
+ * depth, so a 2 MB file of brackets ran for over 11 minutes.
+ */
+static void test_nesting_depth(void **state)
+{
+	char yaml[400];
+	int n;
+
+	(void)state;
+	for (int depth = 64; depth <= 65; depth++) {
+		n = snprintf(yaml, sizeof(yaml), "apps: ");
+		for (int i = 0; i < depth; i++)
+			yaml[n++] = '[';
+		for (int i = 0; i < depth; i++)
+			yaml[n++] = ']';
+		yaml[n++] = '\n';
+		yaml[n] = '\0';
+		if (depth == 65) {
+			expect_error(yaml,
+				     "1:70: collections nested more than 64 levels deep here");
+		} else {
+			char *errors = load_bad(yaml); /* refused, but not for its depth */
+
+			assert_null(strstr(errors, "nested more than"));
+			free(errors);
+		}
+	}
 }
 
 /* More problems than are kept (1,000): the earliest by position are the
@@ -2037,6 +2093,7 @@ int main(void)
 	    cmocka_unit_test(test_protection_limits),
 	    cmocka_unit_test(test_many_errors_keep_the_first),
 	    cmocka_unit_test(test_alias_and_nesting_bounds),
+	    cmocka_unit_test(test_nesting_depth),
 	};
 
 	saved_resolver = cfg_resolver;
