@@ -176,7 +176,12 @@ int addr_parse_hostport(const char *s, struct sockaddr_storage *out, bool *has_p
 	if (port) {
 		p = addr_parse_uint(port, end, 65535);
 		if (p <= 0) {
-			*why = "bad port (expected 1 to 65535)";
+			/* Refused, as in prefix lengths: some tools read a
+			 * leading zero as octal.
+			 */
+			*why = port[0] == '0' && end - port > 1
+				   ? "bad port: no leading zeros (write 80, not 080)"
+				   : "bad port (expected 1 to 65535)";
 			return -EINVAL;
 		}
 	}

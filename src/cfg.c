@@ -306,7 +306,8 @@ static void load_log_buffer(struct loader *ld, yaml_node_t *n)
 			   cfg_quote(s, q, sizeof(q)));
 		return;
 	}
-	v <<= units[i].shift;
+	if (rc == 0)
+		v <<= units[i].shift;
 	if (rc == -ERANGE || v < LOG_BUFFER_MIN) {
 		cfg_err_at(ld, &n->start_mark,
 			   "log_buffer: " CFG_NUM_FMT " out of range (64KiB-256MiB)",

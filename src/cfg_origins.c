@@ -374,9 +374,14 @@ static int load_origin_map(struct loader *ld, yaml_node_t *map, const char *wher
 	return ld->n_errs + ld->n_dropped == errs_before && !ld->oom ? 0 : -EINVAL;
 }
 
-static bool origin_same(const struct cfg_origin *a, const struct cfg_origin *b)
+/* Whether two origins are the same: host, port kind and port, and for a
+ * mapped range its last port too (<a_hi>, <b_hi>).
+ */
+static bool origin_same(const struct cfg_origin *a, uint16_t a_hi, const struct cfg_origin *b,
+			uint16_t b_hi)
 {
-	if (a->is_name != b->is_name || a->port_mode != b->port_mode || a->port != b->port)
+	if (a->is_name != b->is_name || a->port_mode != b->port_mode || a->port != b->port ||
+	    (a->port_mode == CFG_PORT_MAP && a_hi != b_hi))
 		return false;
 	if (a->is_name)
 		return strcasecmp(a->host, b->host) == 0;
@@ -420,7 +425,7 @@ static int check_origins(struct loader *ld, const struct cfg_app *app, const cha
 			}
 		}
 		for (j = 0; j < i; j++)
-			if (origin_same(o, &app->origins[j])) {
+			if (origin_same(o, srcs[i].hi, &app->origins[j], srcs[j].hi)) {
 				cfg_err_at(ld, &srcs[i].mark,
 					   "origins: %s is listed twice (first at line %d)",
 					   fmt_origin(o, srcs[i].hi, buf, sizeof(buf)),
@@ -573,8 +578,11 @@ void cfg_load_health(struct loader *ld, yaml_node_t *map, const char *where, str
 
 	h->on = true;
 	*port_given = false;
-	if (cfg_map_fields(ld, map, "health_check", where, f, F_N) != 0)
+	if (cfg_map_fields(ld, map, "health_check", where, f, F_N) != 0) {
+		/* Not a mapping: that one error, not also a port it lacks. */
+		*port_given = true;
 		return;
+	}
 	*port_given = f[F_PORT].val != NULL;
 	if (f[F_INTERVAL].val)
 		interval_ok = cfg_get_duration(ld, f[F_INTERVAL].val, "health_check.interval", true,

@@ -20,7 +20,7 @@
 static int get_rate(struct loader *ld, yaml_node_t *n, const char *key, struct cfg_rate *r)
 {
 	const char *s = cfg_node_str(ld, n, key, "a rate such as 200/s or 30/m, or 0 for off");
-	char q[QBUF], num[16];
+	char q[QBUF], *num;
 	const char *slash;
 	unsigned long v;
 	uint32_t per_ms;
@@ -33,13 +33,17 @@ static int get_rate(struct loader *ld, yaml_node_t *n, const char *key, struct c
 		return 0;
 	}
 	slash = strchr(s, '/');
-	if (!slash || slash - s >= (ptrdiff_t)sizeof(num) ||
-	    (strcmp(slash + 1, "s") != 0 && strcmp(slash + 1, "m") != 0))
+	if (!slash || (strcmp(slash + 1, "s") != 0 && strcmp(slash + 1, "m") != 0))
 		goto bad;
 	per_ms = slash[1] == 's' ? 1000 : 60000;
-	memcpy(num, s, (size_t)(slash - s));
-	num[slash - s] = '\0';
+	/* The whole count, however long: "out of range" as for any number. */
+	num = strndup(s, (size_t)(slash - s));
+	if (!num) {
+		ld->oom = true;
+		return -ENOMEM;
+	}
 	rc = cfg_parse_uint(num, CFG_RATE_MAX, &v);
+	free(num);
 	if (rc == -EINVAL)
 		goto bad;
 	if (rc == -ERANGE || v == 0) {

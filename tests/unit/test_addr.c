@@ -204,6 +204,16 @@ static void test_hostport_bad(void **state)
 	check_hostport_bad("198.51.100.10:-1");
 	check_hostport_bad("198.51.100.10:+80");
 	check_hostport_bad("198.51.100.10:080");
+	{
+		struct sockaddr_storage ss;
+		const char *why = NULL;
+		bool has_port;
+
+		/* Said as such, not as a port out of range. */
+		assert_int_equal(addr_parse_hostport("198.51.100.10:080", &ss, &has_port, &why),
+				 -EINVAL);
+		assert_string_equal(why, "bad port: no leading zeros (write 80, not 080)");
+	}
 	check_hostport_bad("198.51.100.10:80 ");
 	check_hostport_bad("[2001:db8::10]:0");
 	check_hostport_bad("[2001:db8::10]:65536");

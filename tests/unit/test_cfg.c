@@ -1976,6 +1976,41 @@ static void test_alias_and_nesting_bounds(void **state)
 	}
 }
 
+/* Messages a review found wrong: each says what is wrong, and only that. */
+static void test_exact_messages(void **state)
+{
+#define APP1 "apps:\n  - name: p\n    edge: 192.0.2.1\n    ports: \"8000-8009\"\n"
+	struct cfg *c;
+	char *e;
+
+	(void)state;
+	/* Not "expected 1 to 65535". */
+	e = load_bad(APP1 "    origins: 198.51.100.10:080\n");
+	assert_non_null(strstr(e, "t.yaml:5:14: origins: \"198.51.100.10:080\" is not a valid "
+				  "origin: bad port: no leading zeros (write 80, not 080)\n"));
+	free(e);
+	/* Two ranges that start alike are two origins. */
+	e = load_bad(APP1 "    origins: [{address: 198.51.100.1, port: \"9000-9009\"}, {address: "
+			  "198.51.100.1, port: \"9000-9005\"}]\n");
+	assert_null(strstr(e, "listed twice"));
+	assert_int_equal(count_lines(e), 1);
+	free(e);
+	/* A count of 16 digits or more is a number out of range (or in it). */
+	e = load_bad("protection: {conn_rate_per_source: 99999999999999999/s}\n");
+	assert_non_null(strstr(e, "t.yaml:1:36: protection.conn_rate_per_source: "
+				  "\"99999999999999999/s\" out of range"));
+	free(e);
+	c = load_ok("protection: {conn_rate_per_source: 0000000000000002/s}\n");
+	assert_int_equal(c->protection.conn_rate_per_source.n, 2);
+	cfg_unref(c);
+	/* A health_check that is no mapping: that error alone. */
+	e = load_bad(APP1 "    origins: 198.51.100.1\n    health_check: 5\n");
+	assert_non_null(strstr(e, "t.yaml:6:19: health_check: expected a mapping of keys"));
+	assert_int_equal(count_lines(e), 1);
+	free(e);
+#undef APP1
+}
+
 /* Collections nested deeper than 64 levels are refused before libyaml
  * composes them: its scanner works per token in proportion to the flow
  * depth, so a 2 MB file of brackets ran for over 11 minutes.
@@ -2094,6 +2129,7 @@ int main(void)
 	    cmocka_unit_test(test_many_errors_keep_the_first),
 	    cmocka_unit_test(test_alias_and_nesting_bounds),
 	    cmocka_unit_test(test_nesting_depth),
+	    cmocka_unit_test(test_exact_messages),
 	};
 
 	saved_resolver = cfg_resolver;
