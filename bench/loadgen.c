@@ -30,7 +30,8 @@
  * from --seed (default 1, so runs repeat). serve and hold also stop after
  * --duration (default 3600 s) so that a forgotten process cannot run forever.
  *
- * Measures: connect_us = the connect() call itself: on this machine's
+ * Measures: connect_us = the connect() call itself, of the connections
+ * that then connected (one whose SYN was dropped returns at once): on this machine's
  * all-local paths the kernel runs the whole handshake (SYN through the
  * edge's rules and listener lookup, SYN-ACK, ACK) inside the call, so this
  * is the handshake, not the proxy's accept (which the kernel does not wait
@@ -205,8 +206,7 @@ static int conn_start(struct worker *w, struct cconn *c, uint64_t now)
 		err = -errno;
 		goto fail;
 	}
-	if (g_opt.mode == MODE_RATE)
-		hist_add(&w->h_connect, (now_ns() - c->t_start) / 1000);
+	c->t_call = now_ns() - c->t_start; /* counted once it connects */
 	/* Edge-triggered with both directions: one epoll_ctl per connection;
 	 * the state decides which readiness matters. */
 	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -267,6 +267,7 @@ static void on_connected(struct worker *w, struct cconn *c, uint64_t now)
 {
 	switch (g_opt.mode) {
 	case MODE_RATE:
+		hist_add(&w->h_connect, c->t_call / 1000);
 		c->t_txn = c->t_start;
 		c->state = C_SENDING;
 		conn_send(w, c);

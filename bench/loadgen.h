@@ -78,6 +78,7 @@ struct cconn {
 	uint8_t state;
 	uint32_t sent, rcvd;
 	uint64_t t_start; /* connect() called */
+	uint64_t t_call;  /* how long that call took (ns) */
 	uint64_t t_txn;	  /* current request started */
 	uint64_t deadline;
 	struct sockaddr_storage dst;

@@ -177,8 +177,9 @@ static size_t parse_nft_time(const char *s, uint64_t *ms)
 }
 
 /* The time left of the ban of element <elem> in set ban<d>: 0 and <*left>
- * (UINT64_MAX when it never ends), or -ENOENT when there is none (or it
- * cannot be read: the add that follows says why).
+ * (UINT64_MAX when it never ends), -ENOENT when there is none (nor the
+ * set or table), or another -errno when nft failed otherwise (the add that
+ * follows says why).
  */
 static int ban_left(const char *table, char d, const char *elem, uint64_t *left)
 {
@@ -191,10 +192,12 @@ static int ban_left(const char *table, char d, const char *elem, uint64_t *left)
 		return -ENOMEM;
 	ret = nft_exec(cmd, &r);
 	free(cmd);
+	if (ret == -EINVAL)
+		ret = nft_errno(r.err);
 	p = ret == 0 && r.out ? strstr(r.out, "elements = {") : NULL;
 	if (!p) {
 		nft_res_free(&r);
-		return -ENOENT;
+		return ret ? ret : -ENOENT;
 	}
 	end = strchr(p, '}');
 	p = strstr(p, " expires ");

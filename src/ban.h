@@ -28,8 +28,8 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	    char **err);
 
 /* The time left of the ban of <src>'s source in table <table>: 0 and
- * <*left_ms> (UINT64_MAX: it never ends), or -ENOENT when the kernel holds
- * none (or it cannot be read).
+ * <*left_ms> (UINT64_MAX: it never ends), -ENOENT when the kernel holds
+ * none, or another -errno when it cannot be read.
  */
 int ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms);
 

@@ -1422,20 +1422,22 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 		cfg_err_at(ld, &p->problem_mark, "YAML syntax error: %s", what);
 }
 
-/* How deep collections may nest. The schema needs 5 levels; libyaml's
- * scanner does work per token in proportion to the flow depth, so a 2 MB
- * file of nested brackets ran for over 11 minutes (the file may be 32 MiB).
+/* How deep flow collections ([...], {...}) may nest. The schema needs 5
+ * levels; libyaml's scanner does work per token in proportion to the flow
+ * depth, so a 2 MB file of nested brackets ran for over 11 minutes (the
+ * file may be 32 MiB). Block collections are not limited: each level
+ * takes an indentation step, and their cost stays linear.
  */
 #define CFG_DEPTH_MAX 64
 
-/* Refuses a file whose collections nest deeper than CFG_DEPTH_MAX before
- * libyaml composes it: a pass over its events that stops at the first
- * level too deep, so the scanner never works at a depth beyond it (its
- * look-ahead past that point is bounded by YAML's 1,024 characters of a
- * simple key). A file with no more opening brackets than that cannot nest
- * flow collections deeper, and block ones take an indentation step per
- * level, so it needs no pass. Returns true when the file may be loaded;
- * a syntax error is left for the load to report.
+/* Refuses a file whose flow collections nest deeper than CFG_DEPTH_MAX
+ * before libyaml composes it: a pass over its events that stops at the
+ * first level too deep, so the scanner never works at a depth beyond it
+ * (its look-ahead past that point is bounded by YAML's 1,024 characters of
+ * a simple key). A file with no more opening brackets than that needs no
+ * pass. A flow collection holds only flow collections, so its end events
+ * are the ones met while the flow depth is above 0. Returns true when the
+ * file may be loaded; a syntax error is left for the load to report.
  */
 static bool depth_ok(struct loader *ld, const char *buf, size_t len)
 {
@@ -1455,19 +1457,28 @@ static bool depth_ok(struct loader *ld, const char *buf, size_t len)
 	}
 	yaml_parser_set_input_string(&p, (const unsigned char *)buf, len);
 	for (;;) {
-		if (!yaml_parser_parse(&p, &ev))
-			break; /* the load says what is wrong */
-		if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+		if (!yaml_parser_parse(&p, &ev)) {
+			/* The load says what is wrong, unless it is memory. */
+			if (p.error == YAML_MEMORY_ERROR) {
+				ld->oom = true;
+				ok = false;
+			}
+			break;
+		}
+		if ((ev.type == YAML_SEQUENCE_START_EVENT &&
+		     ev.data.sequence_start.style == YAML_FLOW_SEQUENCE_STYLE) ||
+		    (ev.type == YAML_MAPPING_START_EVENT &&
+		     ev.data.mapping_start.style == YAML_FLOW_MAPPING_STYLE)) {
 			if (++depth > CFG_DEPTH_MAX) {
 				cfg_err_at(
 				    ld, &ev.start_mark,
-				    "collections nested more than %d levels deep here (prism's "
+				    "[ ] and { } nested more than %d levels deep here (prism's "
 				    "settings need 5)",
 				    CFG_DEPTH_MAX);
 				ok = false;
 			}
-		} else if (ev.type == YAML_SEQUENCE_END_EVENT ||
-			   ev.type == YAML_MAPPING_END_EVENT) {
+		} else if (depth > 0 && (ev.type == YAML_SEQUENCE_END_EVENT ||
+					 ev.type == YAML_MAPPING_END_EVENT)) {
 			depth--;
 		}
 		bool end = ev.type == YAML_STREAM_END_EVENT;

@@ -82,7 +82,8 @@ struct ban_req {
 	struct in6_addr addr;
 	uint32_t app;
 	uint32_t duration_ms, window_ms, violations;
-	bool check; /* not a ban: is our ban of addr still in the kernel? */
+	bool check;	/* not a ban: is our ban of addr still in the kernel? */
+	uint64_t until; /* check: the entry's banned_until it asks about */
 };
 
 struct expiry {
@@ -456,6 +457,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 			req.duration_ms = p->ban_duration_ms;
 			req.window_ms = p->ban_window_ms;
 			req.check = r == VIOL_CHECK;
+			req.until = e->banned_until;
 			wake = ban_enqueue(g, &req);
 			qfull = !wake && r == VIOL_BAN;
 			if (qfull) {
@@ -641,8 +643,10 @@ static void ban_settle(struct guard *g, const struct ban_req *req, bool ok)
  * it does not (`prism ban del`, or a table put in place without it), the
  * source is not banned after all: its violations count again from none,
  * and our ban's end is neither logged nor keeps a new ban from being
- * written (expiry_latest). A lookup that fails counts as no ban, as the
- * next ban's write then says why.
+ * written (expiry_latest). Only the ban it asked about, while it is still
+ * the entry's (a check that waited in the queue past that ban's end must
+ * not lift the next one), and only when the kernel says there is none: a
+ * lookup that fails otherwise tells nothing.
  */
 static void ban_check(struct guard *g, const struct ban_req *req)
 {
@@ -654,11 +658,11 @@ static void ban_check(struct guard *g, const struct ban_req *req)
 	bool lifted = false;
 	char a[ADDR_STRLEN];
 
-	if (guard_ban_get_fn(table, &req->addr, &left) == 0)
+	if (guard_ban_get_fn(table, &req->addr, &left) != -ENOENT)
 		return;
 	pthread_mutex_lock(m);
 	e = entry_get(g, h, req->app, &req->addr, 0, false);
-	if (e && e->banned_until && !e->ban_fails) {
+	if (e && e->banned_until == req->until && !e->ban_fails) {
 		e->banned_until = 0;
 		memset(e->viol, 0, sizeof(e->viol));
 		lifted = true;

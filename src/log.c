@@ -11,8 +11,9 @@
  *   writer: take everything buffered, write it, in pieces of whole lines
  *           of at most PIPE_BUF bytes after poll(2) says there is room,
  *           through a non-blocking file description (see out_open), so
- *           it does not block either and can give up at exit without
- *           leaving half a line
+ *           it does not block either and can give up at exit (on a
+ *           pipe, which takes a piece whole or not at all, without
+ *           leaving half a line)
  *
  * When the buffer (log_buffer bytes) is full, new lines are dropped and
  * counted, and the writer reports the count as soon as it can write again.

@@ -48,4 +48,9 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2]);
  */
 int net_nft_run(const char *script, const char *what, char **err);
 
+/* 1 when this namespace has nft table inet <table>, 0 when not, or -errno
+ * when nft cannot say.
+ */
+int net_table_exists(const char *table);
+
 #endif

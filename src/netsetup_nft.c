@@ -953,3 +953,32 @@ out:
 	nft_ctx_free(ctx);
 	return ret;
 }
+
+int net_table_exists(const char *table)
+{
+	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	const char *out;
+	char line[64];
+	int ret = -ENOMEM;
+
+	if (!ctx)
+		return -ENOMEM;
+	/* The names alone: "list table" would fetch every set element. */
+	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0)
+		goto out;
+	if (nft_run_cmd_from_buffer(ctx, "list tables inet") != 0) {
+		ret = -EIO;
+		goto out;
+	}
+	out = nft_ctx_get_output_buffer(ctx);
+	snprintf(line, sizeof(line), "table inet %s\n", table);
+	ret = 0;
+	for (const char *p = out ? strstr(out, line) : NULL; p; p = strstr(p + 1, line))
+		if (p == out || p[-1] == '\n') {
+			ret = 1;
+			break;
+		}
+out:
+	nft_ctx_free(ctx);
+	return ret;
+}

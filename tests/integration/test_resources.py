@@ -14,12 +14,13 @@ import nstopo
 import peers
 
 ECHO_PORT = 7000
-# 11 fds of prism's own (stdio, listener, epoll, eventfds, log pipe, the
-# table's claim...), 2 per proxied connection. The fds left must be even:
-# then accept4 itself fails when they run out, and the connection waits in
-# the backlog; with one left over, accept takes it, the origin's socket()
-# fails, and that one connection is reset (resource) instead of waiting.
-NOFILE = 41
+# 12 fds of prism's own (stdio, listener, epoll, eventfds, log pipe, the
+# log writer's own description of stderr, the table's claim...), 2 per
+# proxied connection. The fds left must be even: then accept4 itself fails
+# when they run out, and the connection waits in the backlog; with one left
+# over, accept takes it, the origin's socket() fails, and that one
+# connection is reset (resource) instead of waiting.
+NOFILE = 42
 HELD = 30  # more connections than the fds left can proxy
 
 CFG = f"""

@@ -935,6 +935,48 @@ static void test_ban_lifted_by_hand(void **state)
 	capture_stop();
 }
 
+/* A check that waited in the queue past its ban's end must not lift the
+ * source's next ban: it asked about one ban, and only that one can have
+ * been lifted by hand.
+ */
+static void test_late_check_leaves_the_next_ban(void **state)
+{
+	struct in6_addr a = v4("203.0.113.9"), b = v4("203.0.113.10");
+	struct guard *g;
+
+	(void)state;
+	ban_setup(1, 10000, 3000);
+	capture_start();
+	g = guard_new(&cfg);
+	assert_non_null(g);
+
+	admits(g, 0, &a, 1000, 1, GUARD_SOURCE_LIMIT); /* ban 1 of a: to 4000 */
+	assert_int_equal(wait_calls(1), 1);
+	gate_set(true);
+	/* b's ban blocks the thread (first in the queue, whether the thread
+	 * took it yet or not), so what follows is queued behind it.
+	 */
+	admits(g, 0, &b, 1000, 1, GUARD_SOURCE_LIMIT);
+	/* Under ban 1: a check, queued behind b's ban. */
+	assert_int_equal(guard_admit(g, 0, &a, 2100, NULL), GUARD_SOURCE_LIMIT);
+	/* Ban 1 over: a's next violation asks for ban 2 (to 7500). */
+	assert_int_equal(guard_admit(g, 0, &a, 4500, NULL), GUARD_SOURCE_LIMIT);
+	pthread_mutex_lock(&stub_lock);
+	bans_lifted = true; /* the kernel has no ban of a when the check runs */
+	pthread_mutex_unlock(&stub_lock);
+	gate_set(false);
+	assert_int_equal(wait_gets(1), 1);
+	/* Ban 2 is written, or kept as ban 1's record (the thread's clock has
+	 * not moved on): either way it is done once this line is there.
+	 */
+	assert_true(captured_wait("203.0.113.9 banned for 3s: 1 limit violations within 10s") &&
+		    (captured_wait_n("warn source 203.0.113.9 banned for 3s", 2) ||
+		     captured_wait("info source 203.0.113.9: not banned for 3s")));
+	assert_int_equal(captured_count("no longer banned"), 0);
+	guard_free(g);
+	capture_stop();
+}
+
 static void test_ban_window_slides(void **state)
 {
 	struct in6_addr a = v4("203.0.113.1"), b = v4("203.0.113.2"), c = v4("203.0.113.3");
@@ -1262,6 +1304,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_too_many_bans_to_track, teardown),
 	    cmocka_unit_test_teardown(test_ipv6_source_is_its_64, teardown),
 	    cmocka_unit_test_teardown(test_ban_lifted_by_hand, teardown),
+	    cmocka_unit_test_teardown(test_late_check_leaves_the_next_ban, teardown),
 	    cmocka_unit_test_teardown(test_ban_window_slides, teardown),
 	    cmocka_unit_test_teardown(test_ban_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_eviction, teardown),
