@@ -413,6 +413,19 @@ static int origin_try(struct conn *c)
 		}
 		c->attempts++;
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (ofd == -1 && errno == EMFILE && w->reserve_fd != -1) {
+			/* This connection's accept took the last fd: the
+			 * worker's reserve makes room for its origin's socket,
+			 * and accepting pauses until the reserve is back
+			 * (worker.c, accept_resume), so the connections after
+			 * it wait in the backlog instead.
+			 */
+			close(w->reserve_fd);
+			w->reserve_fd = -1;
+			worker_pause_accept(w, EMFILE);
+			ofd = socket(c->origin.sa.sa_family,
+				     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		}
 		if (ofd == -1) {
 			err = errno;
 			if (connect_error_reason(err) == CR_RESOURCE) {

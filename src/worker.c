@@ -136,7 +136,7 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 	w->id = id;
 	pthread_mutex_init(&w->hq.lock, NULL);
 	pthread_mutex_init(&w->lis_lock, NULL);
-	w->epfd = -1;
+	w->epfd = w->reserve_fd = -1;
 	w->wake.fd = w->lis[0].fd = w->lis[1].fd = -1;
 	w->cfg = cfg_ref(cfg);
 	w->now = now_ms();
@@ -160,6 +160,9 @@ int worker_init(struct worker *w, int id, struct cfg *cfg, struct app_origins *o
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd == -1)
 		return init_failed(id, "epoll_create1", -errno);
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (w->reserve_fd == -1)
+		return init_failed(id, "open /dev/null", -errno);
 	w->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (w->wake.fd == -1)
 		return init_failed(id, "eventfd", -errno);
@@ -319,6 +322,17 @@ static void accept_resume(struct timer *t)
 
 	if (!w->accept_paused || w->stopping || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		return;
+	/* The reserve first: without it, the next connection to take the
+	 * last fd would be reset for want of its origin's socket, where it
+	 * could have waited in the backlog.
+	 */
+	if (w->reserve_fd == -1) {
+		w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (w->reserve_fd == -1) {
+			timer_set(&w->timers, &w->accept_timer, w->now + ACCEPT_PAUSE_MS);
+			return;
+		}
+	}
 	r = listeners_enable(w, true);
 	if (r < 0) {
 		/* The shortage that paused us (epoll's memory, its watch
@@ -730,6 +744,8 @@ void worker_join(struct worker *w)
 		close(w->wake.fd);
 	if (w->epfd != -1)
 		close(w->epfd);
+	if (w->reserve_fd != -1)
+		close(w->reserve_fd);
 	timer_heap_deinit(&w->timers);
 	free(w->pool);
 	if (w->lbw && w->cfg)

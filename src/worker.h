@@ -120,6 +120,11 @@ struct worker {
 
 	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
 	bool accept_paused;
+	/* /dev/null, held so that the connection whose accept took the last
+	 * fd still gets its origin's socket (origin_try gives it up, and
+	 * accepting pauses until it is back); -1 while given up.
+	 */
+	int reserve_fd;
 	uint64_t last_exhaust_log;
 	uint64_t last_resume_log; /* "cannot poll its listeners again" */
 	uint64_t last_edge_log;	  /* "cannot learn the address dialed": the same */

@@ -10,17 +10,20 @@ import socket
 import stat
 import threading
 
+import pytest
+
 import nstopo
 import peers
 
 ECHO_PORT = 7000
-# 12 fds of prism's own (stdio, listener, epoll, eventfds, log pipe, the
-# log writer's own description of stderr, the table's claim...), 2 per
-# proxied connection. The fds left must be even: then accept4 itself fails
-# when they run out, and the connection waits in the backlog; with one left
-# over, accept takes it, the origin's socket() fails, and that one
-# connection is reset (resource) instead of waiting.
-NOFILE = 42
+# About 13 fds of prism's own (stdio, listener, epoll, eventfds, log pipe,
+# the log writer's own description of stderr, the table's claim, the
+# worker's reserve...), 2 per proxied connection. Both parities of what is
+# left: when it is even, accept4 itself fails as the fds run out and the
+# connection waits in the backlog; when it is odd, accept takes the last
+# fd, and the worker's reserve makes room for that connection's origin
+# socket. Before the reserve, that one connection was reset (resource).
+NOFILES = (42, 43)
 HELD = 30  # more connections than the fds left can proxy
 
 CFG = f"""
@@ -51,10 +54,11 @@ def echo_stream(s, n):
     return got == data
 
 
-def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin):
+@pytest.mark.parametrize("nofile", NOFILES)
+def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin, nofile):
     wrapper = os.path.join(topo.tmp, "prism-lowfd")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec prlimit --nofile={NOFILE}:{NOFILE} {prism_bin} "$@"\n')
+        f.write(f'#!/bin/sh\nexec prlimit --nofile={nofile}:{nofile} {prism_bin} "$@"\n')
     os.chmod(wrapper, stat.S_IRWXU)
 
     srv = peers.ThreadServer(topo.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
@@ -108,6 +112,8 @@ def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin):
     for s in waiting:
         s.close()
     assert p.stop(timeout=10) == 0
+    # No connection was given up for want of an fd.
+    assert not [d for d in p.access if d.get("reason") == "resource"], p.dump()
 
 
 PORTS_CFG = f"""
