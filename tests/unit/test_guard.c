@@ -109,34 +109,31 @@ static void deadline_in(struct timespec *ts, int ms)
 	}
 }
 
-/* Waits until the stub has been called <n> times; returns the count. */
-static int wait_calls(int n)
+/* Waits until the stub's counter <*count> reaches <n>; returns it. */
+static int wait_count(const int *count, int n)
 {
 	struct timespec ts;
 	int got;
 
 	deadline_in(&ts, WAIT_MS);
 	pthread_mutex_lock(&stub_lock);
-	while (n_calls < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
+	while (*count < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
 		;
-	got = n_calls;
+	got = *count;
 	pthread_mutex_unlock(&stub_lock);
 	return got;
+}
+
+/* Waits until the stub has been called <n> times; returns the count. */
+static int wait_calls(int n)
+{
+	return wait_count(&n_calls, n);
 }
 
 /* Waits until the ban thread has asked <n> times whether a ban holds. */
 static int wait_gets(int n)
 {
-	struct timespec ts;
-	int got;
-
-	deadline_in(&ts, WAIT_MS);
-	pthread_mutex_lock(&stub_lock);
-	while (n_gets < n && pthread_cond_timedwait(&stub_cond, &stub_lock, &ts) == 0)
-		;
-	got = n_gets;
-	pthread_mutex_unlock(&stub_lock);
-	return got;
+	return wait_count(&n_gets, n);
 }
 
 static void gate_set(bool closed)
