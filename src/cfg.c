@@ -1399,7 +1399,10 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 		return;
 	}
 	if (p->error == YAML_READER_ERROR) {
-		/* The reader only knows a byte offset: find its line. */
+		/* The reader only knows a byte offset: find its line, and
+		 * its column in characters as the other messages count them
+		 * (a UTF-8 continuation byte is no character of its own).
+		 */
 		yaml_mark_t m = {0, 0, 0};
 		size_t i;
 
@@ -1407,7 +1410,7 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 			if (buf[i] == '\n') {
 				m.line++;
 				m.column = 0;
-			} else {
+			} else if (((unsigned char)buf[i] & 0xC0) != 0x80) {
 				m.column++;
 			}
 		}
