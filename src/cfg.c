@@ -1331,6 +1331,45 @@ routes:
 	check_origins_in_edges(ld, false);
 }
 
+/* Explicit tags: prism reads every value itself (docs/config.md, "Value
+ * syntax"), so a tag could only mislead: `send: !!binary UElORw0K` would
+ * send the base64 text, not the bytes it encodes. The core schema's own
+ * tags (what an untagged node gets, and !!str, !!int and the like, which
+ * change nothing here) pass; any other is refused, once per tag.
+ */
+static void check_tags(struct loader *ld, yaml_document_t *doc)
+{
+	static const char *const core[] = {YAML_STR_TAG,  YAML_INT_TAG,	 YAML_FLOAT_TAG,
+					   YAML_BOOL_TAG, YAML_NULL_TAG, YAML_SEQ_TAG,
+					   YAML_MAP_TAG,  NULL};
+	const char *said[8] = {NULL};
+	size_t n_said = 0;
+
+	for (yaml_node_t *n = doc->nodes.start; n < doc->nodes.top; n++) {
+		const char *tag = (const char *)n->tag, *const *c = core;
+		bool seen = false;
+
+		while (*c && tag && strcmp(*c, tag) != 0)
+			c++;
+		if (!tag || *c)
+			continue;
+		for (size_t i = 0; i < n_said; i++)
+			seen |= strcmp(said[i], tag) == 0;
+		if (seen)
+			continue;
+		if (n_said < sizeof(said) / sizeof(said[0]))
+			said[n_said++] = tag;
+		/* As it was most likely written: !!binary, not its URI. */
+		bool core_ns = strncmp(tag, "tag:yaml.org,2002:", 18) == 0;
+
+		cfg_err_at(ld, &n->start_mark,
+			   "YAML tag %s%s is not supported: prism reads every value as written "
+			   "(remove the tag; for bytes, use a double-quoted string with \\x "
+			   "escapes)",
+			   core_ns ? "!!" : "", core_ns ? tag + 18 : tag);
+	}
+}
+
 static void load_root(struct loader *ld, yaml_node_t *root)
 {
 	struct field f[] = {{.key = "listen"},	       {.key = "network"},   {.key = "timeouts"},
@@ -1625,6 +1664,7 @@ int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned f
 			yaml_document_delete(&doc2);
 		}
 	}
+	check_tags(&ld, &doc);
 	load_root(&ld, root);
 	/* Only for a config that will be used: resolving takes time. */
 	if (!ld.n_errs && !ld.n_dropped && !ld.oom && !(flags & CFG_NO_RESOLVE)) {

@@ -509,6 +509,10 @@ static void test_error_positions(void **state)
 	    {"? [a]\n: 1\n", "1:3: keys at top level must be plain names, got a list"},
 	    {"listen: {port: \"1\\0\"}\n", "1:16: listen.port: value contains a NUL character"},
 	    {"log_level: info\n\x01\n", "2:1: not valid text"},
+	    /* Tags: the core schema's change nothing; others are refused. */
+	    {"log_level: !!str info\nlisten: {port: !!binary UElORw0K}\n",
+	     "2:16: YAML tag !!binary is not supported: prism reads every value as written"},
+	    {"listen: !local {port: 80}\n", "1:9: YAML tag !local is not supported"},
 	    /* Columns in characters: two 2-byte ones before the bad byte. */
 	    {"x: \"\xc3\xa9\xc3\xa9\xff\"\n", "1:7: not valid text"},
 	};
