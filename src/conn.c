@@ -767,7 +767,7 @@ static bool dst_gone_err(int err)
  * reset's error is still pending then (shutdown does not take it), and
  * reading it clears it, as a failed write does (half_dst_gone).
  */
-static bool dst_reset_pending(struct io *dst)
+static bool dst_reset_pending(const struct io *dst)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
@@ -784,11 +784,7 @@ static bool dst_reset_pending(struct io *dst)
  */
 static bool reset_after_eof(const struct io *src)
 {
-	int err = 0;
-	socklen_t len = sizeof(err);
-
-	return src->err && getsockopt(src->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
-	       dst_gone_err(err);
+	return src->err && dst_reset_pending(src); /* the same SO_ERROR look */
 }
 
 /* What a failed read or write of a socket ends the connection as: the
