@@ -42,10 +42,8 @@ struct loader {
 	/* Over the whole file, an alias counted each time it is used (each
 	 * use is a copy in the snapshot): see CFG_MAX_LISTED, CFG_MAX_ORIGINS.
 	 */
-	size_t n_listed, n_origins;
-	bool over_listed, over_origins;	       /* reported once */
-	size_t n_edge_entries, n_port_entries; /* see entries_take (cfg.c) */
-	unsigned over_entries;		       /* 1: edge, 2: ports; reported */
+	size_t n_listed, n_origins, n_edge_entries, n_port_entries;
+	bool over_listed, over_origins, over_edges, over_ports; /* see cfg_count_add */
 };
 
 /* What a file may hold in all: prefixes in deny/allow lists, and origins.
@@ -80,6 +78,21 @@ __attribute__((format(printf, 3, 4))) void cfg_warn_at(struct loader *ld, const 
  */
 #define CFG_NUM_FMT    "%.32s%s"
 #define CFG_NUM_ARG(s) (s), strlen(s) > 32 ? "..." : ""
+
+/* Adds <n> to the file-wide count <*count>, bounded by <max>: 0 while
+ * within it; past it 1 the first time (<*over> was false: the caller
+ * reports it) and 2 after, so each bound is reported once.
+ */
+static inline int cfg_count_add(size_t *count, size_t n, size_t max, bool *over)
+{
+	*count += n;
+	if (*count <= max)
+		return 0;
+	if (*over)
+		return 2;
+	*over = true;
+	return 1;
+}
 
 /* Quotes user text <s> into <buf> (QBUF bytes) for a message; returns <buf>. */
 const char *cfg_quote(const char *s, char *buf, size_t size);

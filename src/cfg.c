@@ -553,18 +553,17 @@ void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const 
  * edge list used by 3,000 apps took 8 GB before the claims were counted.
  * False (reported once per key) past it.
  */
-static bool entries_take(struct loader *ld, size_t *count, size_t n, int id, const char *key)
+static bool entries_take(struct loader *ld, size_t *count, bool *over, size_t n, int id,
+			 const char *key)
 {
-	*count += n;
-	if (*count <= CFG_MAX_CLAIMS)
-		return true;
-	if (!(ld->over_entries & (key[0] == 'e' ? 1 : 2)))
+	int rc = cfg_count_add(count, n, CFG_MAX_CLAIMS, over);
+
+	if (rc == 1)
 		cfg_err_at(ld, &cfg_node_get(ld, id)->start_mark,
 			   "%s: more than %d entries of %s lists in all (a list used through an "
 			   "alias counts each time); merge them into prefixes or ranges",
 			   key, CFG_MAX_CLAIMS, key);
-	ld->over_entries |= key[0] == 'e' ? 1 : 2;
-	return false;
+	return rc == 0;
 }
 
 static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *src, int id)
@@ -576,7 +575,7 @@ static int load_edges(struct loader *ld, struct cfg_app *app, struct app_src *sr
 
 	if (cfg_node_items(ld, id, "edge", expect, "address or prefix", &one, &items, &n) != 0)
 		return -EINVAL;
-	if (!entries_take(ld, &ld->n_edge_entries, n, id, "edge"))
+	if (!entries_take(ld, &ld->n_edge_entries, &ld->over_edges, n, id, "edge"))
 		return -EINVAL;
 	app->edges = calloc(n, sizeof(*app->edges));
 	src->edge_marks = calloc(n, sizeof(*src->edge_marks));
@@ -694,7 +693,7 @@ static int load_ports(struct loader *ld, struct cfg_app *app, int id)
 	if (cfg_node_items(ld, id, "ports", "a port or range", "port or range", &one, &items, &n) !=
 	    0)
 		return -EINVAL;
-	if (!entries_take(ld, &ld->n_port_entries, n, id, "ports"))
+	if (!entries_take(ld, &ld->n_port_entries, &ld->over_ports, n, id, "ports"))
 		return -EINVAL;
 	app->ports = calloc(n, sizeof(*app->ports));
 	if (!app->ports) {
@@ -971,7 +970,7 @@ static void build_routes(struct loader *ld, const yaml_mark_t *apps_mark)
 	 * fraction of the file: their overlaps would cost time (up to a
 	 * million claims, rebuilt per conflict) and say little.
 	 */
-	if (ld->over_entries)
+	if (ld->over_edges || ld->over_ports)
 		return;
 	for (a = 0; a < c->n_apps; a++)
 		if (ld->src[a].ok) {

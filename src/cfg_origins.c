@@ -458,7 +458,7 @@ int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char 
 	struct origin_src *srcs;
 	char where[CFG_NAME_MAX + 64];
 	size_t i, n;
-	int rc = 0;
+	int rc = 0, over;
 
 	if (list->type == YAML_MAPPING_NODE) {
 		one = id;
@@ -472,16 +472,14 @@ int cfg_load_origins(struct loader *ld, struct cfg_app *app, int id, const char 
 			   CFG_ORIGINS_MAX);
 		return -EINVAL;
 	}
-	ld->n_origins += n;
-	if (ld->n_origins > CFG_MAX_ORIGINS) {
-		if (!ld->over_origins)
-			cfg_err_at(ld, &list->start_mark,
-				   "origins: more than %d origins over all apps (a list used "
-				   "through an alias counts each time)",
-				   CFG_MAX_ORIGINS);
-		ld->over_origins = true;
+	over = cfg_count_add(&ld->n_origins, n, CFG_MAX_ORIGINS, &ld->over_origins);
+	if (over == 1)
+		cfg_err_at(ld, &list->start_mark,
+			   "origins: more than %d origins over all apps (a list used through an "
+			   "alias counts each time)",
+			   CFG_MAX_ORIGINS);
+	if (over)
 		return -EINVAL;
-	}
 	app->origins = calloc(n, sizeof(*app->origins));
 	srcs = calloc(n, sizeof(*srcs));
 	if (!app->origins || !srcs) {

@@ -154,17 +154,15 @@ static int load_prefix_list(struct loader *ld, yaml_node_t *v, int id, const cha
 			   key, n, CFG_PREFIXES_MAX);
 		return -EINVAL;
 	}
-	ld->n_listed += n;
-	if (ld->n_listed > CFG_MAX_LISTED) {
-		if (!ld->over_listed)
-			cfg_err_at(ld, &v->start_mark,
-				   "%s: more than %d prefixes in deny and allow lists in all (a "
-				   "list used through an alias counts each time); share a global "
-				   "list instead of repeating one per app",
-				   key, CFG_MAX_LISTED);
-		ld->over_listed = true;
+	rc = cfg_count_add(&ld->n_listed, n, CFG_MAX_LISTED, &ld->over_listed);
+	if (rc == 1)
+		cfg_err_at(ld, &v->start_mark,
+			   "%s: more than %d prefixes in deny and allow lists in all (a list used "
+			   "through an alias counts each time); share a global list instead of "
+			   "repeating one per app",
+			   key, CFG_MAX_LISTED);
+	if (rc)
 		return -EINVAL;
-	}
 	ps = calloc(n, sizeof(*ps));
 	lp = calloc(n, sizeof(*lp));
 	if (!ps || !lp) {
