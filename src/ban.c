@@ -87,7 +87,11 @@ static int nft_errno(const char *msg)
 		return -ENOENT;
 	if (strstr(msg, strerror(EPERM)))
 		return -EPERM;
-	if (strstr(msg, strerror(ENOSPC)))
+	/* A full set: the kernel says ENFILE ("Too many open files in
+	 * system"), older ones ENOSPC. Either means full here: no ban
+	 * command opens a file.
+	 */
+	if (strstr(msg, strerror(ENOSPC)) || strstr(msg, strerror(ENFILE)))
 		return -ENOSPC;
 	return -EINVAL;
 }
@@ -363,5 +367,9 @@ int ban_list(const char *table, FILE *out, char **err)
 		if (ret)
 			return ret;
 	}
+	errno = 0; /* what a failed write sets, not what came before */
+	if (fflush(out) != 0 || ferror(out))
+		return net_set_err(err, errno ? -errno : -EIO, "cannot write the list: %s",
+				   strerror(errno ? errno : EIO));
 	return count;
 }

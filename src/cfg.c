@@ -424,12 +424,28 @@ static int word_cmp(const void *key, const void *w)
 	return strcmp(key, *(const char *const *)w);
 }
 
+int cfg_table_name_check(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+	/* nft accepts more, but this set needs no quoting in an nft script. */
+	bool ok = n > 0 && n <= CFG_TABLE_MAX && (isalpha((unsigned char)s[0]) || s[0] == '_');
+
+	for (size_t i = 1; ok && i < n; i++)
+		ok = isalnum((unsigned char)s[i]) || s[i] == '_';
+	if (!ok)
+		return CFG_TABLE_BAD;
+	if (bsearch(s, nft_words, sizeof(nft_words) / sizeof(nft_words[0]), sizeof(nft_words[0]),
+		    word_cmp))
+		return CFG_TABLE_KEYWORD;
+	return 0;
+}
+
 static void load_network(struct loader *ld, yaml_node_t *map)
 {
 	struct field f[] = {{.key = "manage"}, {.key = "table"}, {.key = "sysctls"}};
 	const char *s;
 	char q[QBUF];
-	size_t i, n;
+	int bad;
 
 	if (cfg_map_fields(ld, map, "network", "in network", f, 3) != 0)
 		return;
@@ -440,20 +456,15 @@ static void load_network(struct loader *ld, yaml_node_t *map)
 	if (!f[1].val ||
 	    !(s = cfg_node_str(ld, f[1].val, "network.table", "an nftables table name")))
 		return;
-	/* nft accepts more, but this set needs no quoting in an nft script. */
-	n = strlen(s);
-	bool ok = n <= CFG_TABLE_MAX && (isalpha((unsigned char)s[0]) || s[0] == '_');
-	for (i = 1; ok && i < n; i++)
-		ok = isalnum((unsigned char)s[i]) || s[i] == '_';
-	if (!ok) {
+	bad = cfg_table_name_check(s);
+	if (bad == CFG_TABLE_BAD) {
 		cfg_err_at(ld, &f[1].val->start_mark,
 			   "network.table: %s is not a valid table name (a letter or _, then up to "
 			   "30 letters, digits or _)",
 			   cfg_quote(s, q, sizeof(q)));
 		return;
 	}
-	if (bsearch(s, nft_words, sizeof(nft_words) / sizeof(nft_words[0]), sizeof(nft_words[0]),
-		    word_cmp)) {
+	if (bad == CFG_TABLE_KEYWORD) {
 		cfg_err_at(ld, &f[1].val->start_mark,
 			   "network.table: %s is a keyword of nftables' language, which nft does "
 			   "not read as a table name; choose another name",

@@ -108,6 +108,13 @@ struct cfg_protection {
 /* A named origin's addresses kept, at load and at each refresh (dns.c). */
 #define CFG_NAME_ADDRS_MAX 64
 
+/* Cuts <n> resolved addresses <v> to CFG_NAME_ADDRS_MAX, and returns how
+ * many remain. Past that, the lowest (IPv4 first, then by bytes), not the
+ * first: a server that rotates a longer answer would otherwise change the
+ * set at every refresh, and with it the health and balancing state.
+ */
+size_t cfg_addrs_cut(struct sockaddr_storage *v, size_t n);
+
 /* apps[].retries: at most this many origins after the first. */
 #define CFG_RETRIES_MAX 16
 
@@ -232,6 +239,15 @@ int cfg_load_buf_flags(const char *name, const char *buf, size_t len, unsigned f
  * Returns 0 or -EINVAL (also on overflow past UINT32_MAX ms).
  */
 int cfg_parse_duration(const char *s, uint32_t *ms);
+
+/* Whether <s> may name prism's nftables table: 0, CFG_TABLE_BAD (not a
+ * letter or _, then up to 30 letters, digits or _) or CFG_TABLE_KEYWORD (a
+ * word nft's scanner reads as a keyword). prism pastes the name into nft
+ * scripts, so this is what keeps a name from injecting a command.
+ */
+#define CFG_TABLE_BAD	  1
+#define CFG_TABLE_KEYWORD 2
+int cfg_table_name_check(const char *s);
 
 /* Resolves DNS name <host> (TCP, IPv4 and IPv6). Returns 0 with a malloc'd
  * array of at least one address in <*addrs> (sockaddr_in or sockaddr_in6,

@@ -329,8 +329,18 @@ static int cmd_ban(int argc, char **argv)
 		fprintf(stderr, "usage: %s\n", cmd->usage);
 		return EXIT_USAGE;
 	}
-	if (pos[0] && (addr_parse_prefix(pos[0], &p, &why) < 0 || p.len != 128)) {
+	if (pos[0] && addr_parse_prefix(pos[0], &p, &why) < 0) {
 		fprintf(stderr, "prism ban: %s is not an address\n", pos[0]);
+		return EXIT_USAGE;
+	}
+	/* A source is an IPv4 address or an IPv6 /64, which `ban list`
+	 * prints as 2001:db8:5::/64: any prefix within one source names it.
+	 */
+	if (pos[0] && p.len != 128 && (addr_is_v4(&p.addr) || p.len < 64)) {
+		fprintf(stderr,
+			"prism ban: %s is more than one source (an IPv4 address, or an IPv6 "
+			"address or /64)\n",
+			pos[0]);
 		return EXIT_USAGE;
 	}
 	cfg = load(path, CFG_NO_RESOLVE);

@@ -48,9 +48,18 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2]);
  */
 int net_nft_run(const char *script, const char *what, char **err);
 
-/* 1 when this namespace has nft table inet <table>, 0 when not, or -errno
- * when nft cannot say.
+/* The comment every table prism loads carries: what tells prism's table
+ * from one of the same name it must not replace or delete.
  */
-int net_table_exists(const char *table);
+#define NET_TABLE_MARK "managed by prism"
+
+/* What this namespace has under nft table inet <table>: */
+enum {
+	NET_TABLE_NONE,	   /* no such table */
+	NET_TABLE_PRISM,   /* prism's (NET_TABLE_MARK, or an older prism's layout) */
+	NET_TABLE_FOREIGN, /* someone else's */
+};
+/* Returns one of those, or -errno when nft cannot say. */
+int net_table_state(const char *table);
 
 #endif

@@ -6,6 +6,7 @@
  * netsetup-int.h is what the two files share.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
@@ -69,56 +70,143 @@ void net_fmt_addr(const struct in6_addr *a, bool v4, char *buf, size_t len)
 
 /* The table name is pasted into nft's language: accept only what its
  * scanner reads as one identifier, so a name can never inject a command.
- * cfg validates it too; this is the last line of defense.
+ * The rule is cfg's, so `net down -t NAME` takes exactly the names a
+ * config can give; this is the last line of defense.
  */
 int net_check_table(const char *t, char **err)
 {
-	size_t n = t ? strlen(t) : 0;
-
-	if (n == 0 || n > 64 ||
-	    !((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z') || t[0] == '_'))
-		goto bad;
-	for (size_t i = 1; i < n; i++) {
-		char c = t[i];
-
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '_' || c == '-' || c == '.'))
-			goto bad;
+	switch (cfg_table_name_check(t)) {
+	case 0:
+		return 0;
+	case CFG_TABLE_KEYWORD:
+		return net_set_err(
+		    err, -EINVAL,
+		    "invalid nftables table name \"%s\" (a keyword of nft's language, "
+		    "which no prism table is named)",
+		    t);
+	default:
+		return net_set_err(
+		    err, -EINVAL,
+		    "invalid nftables table name \"%s\" (a letter or _, then up to 30 "
+		    "letters, digits or _)",
+		    t ? t : "");
 	}
-	return 0;
-bad:
-	return net_set_err(err, -EINVAL,
-			   "invalid nftables table name \"%s\" (a letter or _, then letters, "
-			   "digits, _ - or .; at most 64)",
-			   t ? t : "");
+}
+
+/* Whether process <pid> holds an fd on socket inode <ino>. */
+static bool holds_inode(long pid, unsigned long ino)
+{
+	char path[64], link[64], want[40];
+	struct dirent *d;
+	bool found = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
+	snprintf(want, sizeof(want), "socket:[%lu]", ino);
+	dir = opendir(path);
+	if (!dir)
+		return false;
+	while (!found && (d = readdir(dir))) {
+		ssize_t n = readlinkat(dirfd(dir), d->d_name, link, sizeof(link) - 1);
+
+		if (n > 0) {
+			link[n] = '\0';
+			found = !strcmp(link, want);
+		}
+	}
+	closedir(dir);
+	return found;
+}
+
+/* Who holds the claim named <name> (without the leading NUL): its pid and
+ * command, as `ss -xp` finds them (the socket's inode in this namespace's
+ * /proc/net/unix, then the process with an fd on it). Only on the error
+ * path. Returns false when it cannot tell.
+ */
+static bool lock_holder(const char *name, pid_t *pid, char *comm, size_t comm_len)
+{
+	char line[512], path[64];
+	unsigned long ino = 0;
+	struct dirent *d;
+	bool found = false;
+	FILE *f = fopen("/proc/net/unix", "re");
+	DIR *dir;
+
+	if (!f)
+		return false;
+	/* Num RefCount Protocol Flags Type St Inode Path: an abstract name
+	 * shows as @name.
+	 */
+	while (!ino && fgets(line, sizeof(line), f)) {
+		unsigned long i;
+		int off = 0;
+
+		if (sscanf(line, "%*s %*s %*s %*s %*s %*s %lu %n", &i, &off) == 1 && off > 0 &&
+		    line[off] == '@' && !strncmp(line + off + 1, name, strlen(name)) &&
+		    (line[off + 1 + strlen(name)] == '\n' || line[off + 1 + strlen(name)] == '\0'))
+			ino = i;
+	}
+	fclose(f);
+	if (!ino || !(dir = opendir("/proc")))
+		return false;
+	while (!found && (d = readdir(dir))) {
+		char *end;
+		long p = strtol(d->d_name, &end, 10);
+
+		if (p > 0 && *end == '\0' && holds_inode(p, ino)) {
+			*pid = (pid_t)p;
+			found = true;
+		}
+	}
+	closedir(dir);
+	if (!found)
+		return false;
+	snprintf(comm, comm_len, "?");
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)*pid);
+	if ((f = fopen(path, "re"))) {
+		if (fgets(comm, (int)comm_len, f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+	}
+	return true;
 }
 
 int net_table_lock(const char *table, char **err)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t len;
+	char comm[32], who[64];
+	pid_t pid;
 	int fd, n, ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
 	/* sun_path[0] stays 0: an abstract name, gone with its last fd. */
 	n = snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "prism-table/%s", table);
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return net_set_err(err, -errno, "cannot claim table %s: socket: %s", table,
 				   strerror(errno));
-	if (bind(fd, (struct sockaddr *)&sa,
-		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)) == 0)
+	if (bind(fd, (struct sockaddr *)&sa, len) == 0)
 		return fd;
 	ret = -errno;
 	close(fd);
-	if (ret == -EADDRINUSE)
-		return net_set_err(
-		    err, -EBUSY,
-		    "table %s is in use by a running prism in this network namespace "
-		    "(stop it first: its routes and rules would be replaced or "
-		    "removed under it)",
-		    table);
-	return net_set_err(err, ret, "cannot claim table %s: bind: %s", table, strerror(-ret));
+	if (ret != -EADDRINUSE)
+		return net_set_err(err, ret, "cannot claim table %s: %s", table, strerror(-ret));
+	/* An abstract name has no permissions: any process of this network
+	 * namespace can take it, so the message names the holder.
+	 */
+	if (lock_holder(sa.sun_path + 1, &pid, comm, sizeof(comm)))
+		snprintf(who, sizeof(who), "pid %d (%s)", (int)pid, comm);
+	else
+		snprintf(who, sizeof(who), "a running prism");
+	return net_set_err(err, -EBUSY,
+			   "table %s is in use by %s in this network namespace (stop that prism "
+			   "first: its routes and rules would be replaced or removed under it; "
+			   "prism claims a table through the abstract unix socket "
+			   "@prism-table/%s)",
+			   table, who, table);
 }
 
 /* ---- netlink ------------------------------------------------------------ */
@@ -178,6 +266,20 @@ static void nl_close(struct nl *nl)
 	nl->sock = NULL;
 }
 
+/* One read from the kernel. EINTR is retried: a socket with SO_RCVTIMEO
+ * returns it after the process was stopped and continued (Ctrl-Z, fg) even
+ * with every signal blocked, and that must not fail a `net down`.
+ */
+static ssize_t nl_recv(struct nl *nl, char *buf, size_t len)
+{
+	ssize_t r;
+
+	do
+		r = mnl_socket_recvfrom(nl->sock, buf, len);
+	while (r == -1 && errno == EINTR);
+	return r;
+}
+
 static int extack_attr(const struct nlattr *attr, void *data)
 {
 	const char **msg = data;
@@ -203,7 +305,7 @@ static int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why
 	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
 		return -errno;
 	for (int tries = 0; tries < 16; tries++) {
-		r = mnl_socket_recvfrom(nl->sock, buf, sizeof(buf));
+		r = nl_recv(nl, buf, sizeof(buf));
 		if (r == -1)
 			return -errno;
 		n = (int)r;
@@ -507,7 +609,7 @@ static int routes_dump(struct nl *nl, int family, struct route_list *l)
 	 * never says so.
 	 */
 	for (int batches = 0; batches < 1000000; batches++) {
-		n = mnl_socket_recvfrom(nl->sock, buf, sizeof(buf));
+		n = nl_recv(nl, buf, sizeof(buf));
 		if (n == -1)
 			return -errno;
 		ret = mnl_cb_run(buf, (size_t)n, nl->seq, nl->portid, dump_route, l);
@@ -530,7 +632,7 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 	struct route_list l = {.keep = keep, .n_keep = n_keep, .metric = net_route_metric(table)};
 	struct nl nl = {0};
 	char why[256];
-	int ret, removed = 0;
+	int ret, first = 0, removed = 0;
 	static const int families[] = {AF_INET, AF_INET6};
 
 	ret = nl_open(&nl, err);
@@ -555,19 +657,25 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 			ret = 0;
 			continue;
 		}
-		if (!ret)
+		if (!ret) {
 			removed++;
-		if (ret) {
+			continue;
+		}
+		/* The others still go: each one left is a prefix this host
+		 * answers for. The first failure is the one reported.
+		 */
+		if (!first) {
 			const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
 
+			first = ret;
 			net_set_err(
 			    err, ret, "cannot delete a proto %d route (family %s, /%u): %s%s%s%s",
 			    RTPROT_PRISM, rtm->rtm_family == AF_INET ? "inet" : "inet6",
 			    rtm->rtm_dst_len, why[0] ? why : strerror(-ret), why[0] ? " (" : "",
 			    why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
-			goto out;
 		}
 	}
+	ret = first;
 out:
 	for (size_t i = 0; i < l.n; i++)
 		free(l.v[i]);
@@ -867,6 +975,9 @@ static void check_host_addrs(const struct cfg *cfg)
 		    (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6))
 			continue;
 		addr_from_sa(i->ifa_addr, &a, &port);
+		/* With listen6 off, IPv6 edges get no route and no rule. */
+		if (!addr_is_v4(&a) && !cfg->listen6_on)
+			continue;
 		edge = edge_holding(cfg, &a, &app);
 		if (!edge)
 			continue;
@@ -1005,11 +1116,36 @@ out:
 	free(text);
 }
 
+/* prism replaces and deletes its table whole: a table of the same name it
+ * did not make (`network.table: filter`, or `net down -t filter` on a host
+ * whose firewall is table inet filter) is refused, not replaced.
+ */
+static int table_is_ours(const char *t, bool *had, char **err)
+{
+	int st = net_table_state(t);
+
+	*had = st != NET_TABLE_NONE;
+	if (st == NET_TABLE_FOREIGN)
+		return net_set_err(err, -EEXIST,
+				   "nftables table inet %s was not made by prism (it lacks the "
+				   "comment \"" NET_TABLE_MARK "\"), and prism replaces or deletes "
+				   "its table whole: choose another network.table, or delete that "
+				   "table yourself if it is a leftover",
+				   t);
+	if (st < 0)
+		return net_set_err(err, st, "cannot list the nftables tables: %s", strerror(-st));
+	return 0;
+}
+
 int net_up(const struct cfg *cfg, char **err)
 {
 	char *what = NULL;
+	bool had;
 	int ret = net_check_table(cfg->nft_table, err);
 
+	if (ret)
+		return ret;
+	ret = table_is_ours(cfg->nft_table, &had, err);
 	if (ret)
 		return ret;
 	check_sysctls(cfg);
@@ -1046,31 +1182,42 @@ static int table_delete(const char *t, char **err)
 
 int net_down(const char *t, char **err)
 {
-	char *terr = NULL;
-	int ret = net_check_table(t, err), tret;
 	bool had_table;
+	int ret = net_check_table(t, err);
 
 	if (ret)
 		return ret;
-	/* Only to tell "nothing to remove" (a mistyped -t NAME) apart: the
-	 * deletion below works either way. Names only (cheap); when nft
-	 * cannot say, it was there.
-	 */
-	had_table = net_table_exists(t) != 0;
+	/* Also tells "nothing to remove" (a mistyped -t NAME) apart. */
+	ret = table_is_ours(t, &had_table, err);
+	if (ret)
+		return ret;
 	/* The routes go first: while they are there without the table, the
 	 * edge prefixes are addresses of this host with no guard chain, and
 	 * a service bound to a wildcard address (sshd on 0.0.0.0:22) would
-	 * answer on every one of them. A table without routes is harmless.
-	 * The table goes even when the routes did not; the first error is
-	 * reported, the other one logged.
+	 * answer on every one of them. A table without routes is harmless,
+	 * and one whose listener is gone drops what it would have served:
+	 * so when a route stays, so does the table, until a `net down`
+	 * succeeds.
 	 */
 	ret = routes_prune(t, NULL, 0, err);
-	tret = table_delete(t, ret < 0 ? &terr : err);
-	if (ret < 0 && tret < 0)
-		log_err("%s", terr ? terr : strerror(-tret));
-	free(terr);
-	if (ret < 0 || tret < 0)
-		return ret < 0 ? ret : tret;
+	if (ret < 0) {
+		char *e = err ? *err : NULL;
+
+		if (err)
+			*err = NULL;
+		net_set_err(err, ret,
+			    "%s; nftables table inet %s kept, so the prefixes still local are "
+			    "dropped, not answered (run `prism net down` again)",
+			    e ? e : strerror(-ret), t);
+		free(e);
+		return ret;
+	}
+	if (had_table) {
+		int tret = table_delete(t, err);
+
+		if (tret < 0)
+			return tret;
+	}
 	return ret == 0 && !had_table;
 }
 

@@ -872,6 +872,7 @@ char *net_build_script(const struct cfg *cfg, const char *const bans[2])
 	 * old table untouched.
 	 */
 	fprintf(f, "table inet %s\ndelete table inet %s\ntable inet %s {\n", t, t, t);
+	fputs("\tcomment \"" NET_TABLE_MARK "\"\n", f);
 	/* Named counters, one per reason to drop: `nft list counters table
 	 * inet TABLE` tells what was dropped and why.
 	 */
@@ -954,31 +955,66 @@ out:
 	return ret;
 }
 
-int net_table_exists(const char *table)
+/* Whether <out> (nft's listing) has <line> as a whole line. */
+static bool has_line(const char *out, const char *line)
+{
+	for (const char *p = out ? strstr(out, line) : NULL; p; p = strstr(p + 1, line))
+		if (p == out || p[-1] == '\n')
+			return true;
+	return false;
+}
+
+int net_table_state(const char *table)
 {
 	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	char *cmd = NULL, *line = NULL;
 	const char *out;
-	char line[64];
 	int ret = -ENOMEM;
 
 	if (!ctx)
 		return -ENOMEM;
-	/* The names alone: "list table" would fetch every set element. */
-	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0)
+	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0 ||
+	    asprintf(&line, "table inet %s\n", table) == -1) {
+		line = NULL;
 		goto out;
+	}
+	/* The names first, which is cheap: most calls end here. */
 	if (nft_run_cmd_from_buffer(ctx, "list tables inet") != 0) {
 		ret = -EIO;
 		goto out;
 	}
 	out = nft_ctx_get_output_buffer(ctx);
-	snprintf(line, sizeof(line), "table inet %s\n", table);
-	ret = 0;
-	for (const char *p = out ? strstr(out, line) : NULL; p; p = strstr(p + 1, line))
-		if (p == out || p[-1] == '\n') {
-			ret = 1;
-			break;
-		}
+	ret = NET_TABLE_NONE;
+	if (!has_line(out, line))
+		goto out;
+	/* Terse: without set elements, which a ban set may hold by the
+	 * hundred thousand. The table's own comment is indented once.
+	 */
+	nft_ctx_output_set_flags(ctx, nft_ctx_output_get_flags(ctx) | NFT_CTX_OUTPUT_TERSE);
+	if (asprintf(&cmd, "list table inet %s", table) == -1) {
+		cmd = NULL;
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (nft_run_cmd_from_buffer(ctx, cmd) != 0) {
+		const char *e = nft_ctx_get_error_buffer(ctx);
+
+		/* Gone since the names were listed, or nft cannot say. */
+		ret = e && strstr(e, strerror(ENOENT)) ? NET_TABLE_NONE : -EIO;
+		goto out;
+	}
+	out = nft_ctx_get_output_buffer(ctx);
+	/* A table from before the mark: the counter and chain no one else
+	 * names the same.
+	 */
+	ret =
+	    has_line(out, "\tcomment \"" NET_TABLE_MARK "\"\n") ||
+		    (has_line(out, "\tcounter unserved {\n") && has_line(out, "\tchain guard {\n"))
+		? NET_TABLE_PRISM
+		: NET_TABLE_FOREIGN;
 out:
+	free(cmd);
+	free(line);
 	nft_ctx_free(ctx);
 	return ret;
 }

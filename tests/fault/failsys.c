@@ -11,7 +11,9 @@
  * call of the same function in the T ms after the Nth fails too, as in a
  * shortage that lasts. With FAILSYS_ERRNO=E, the failed call gives errno E
  * instead (a failure that is no shortage: EAFNOSUPPORT from socket() on a
- * host without IPv6). pthread_create() fails too
+ * host without IPv6). With FAILSYS_FN=name, only that function's calls
+ * count; recvmsg() (netlink: routes, nftables) counts only when named so.
+ * pthread_create() fails too
  * (EAGAIN), for the threads prism starts. close() and epoll_wait() are
  * left alone: a failed close leaks nothing a caller could free, and
  * epoll_wait fails only on a bad argument.
@@ -23,6 +25,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -30,6 +33,7 @@
 
 static long fail_at = -1, count, span_ms;
 static int errno_override;  /* FAILSYS_ERRNO, or 0 */
+static const char *only_fn; /* FAILSYS_FN, or NULL */
 static int active;	    /* atomic: 0 until the first accepted connection */
 static const char *span_fn; /* the failed call's function, while its span lasts */
 static struct timespec span_end;
@@ -43,6 +47,7 @@ __attribute__((constructor)) static void failsys_init(void)
 		span_ms = atol(s);
 	if ((s = getenv("FAILSYS_ERRNO")))
 		errno_override = atoi(s);
+	only_fn = getenv("FAILSYS_FN");
 	if (getenv("FAILSYS_START"))
 		__atomic_store_n(&active, 1, __ATOMIC_RELEASE);
 }
@@ -61,7 +66,7 @@ static int fail_call(const char *fn, int err)
 	const char *sfn = __atomic_load_n(&span_fn, __ATOMIC_ACQUIRE);
 	long n;
 
-	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
+	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE) || (only_fn && strcmp(fn, only_fn)))
 		return 0;
 	if (errno_override)
 		err = errno_override;
@@ -196,4 +201,14 @@ int shutdown(int fd, int how)
 {
 	REAL(shutdown);
 	return fail_now(ENOTCONN) ? -1 : real_shutdown(fd, how);
+}
+
+/* Netlink's reads (libmnl's mnl_socket_recvfrom): a dump or an ack lost to
+ * an overrun (ENOBUFS), or EINTR after a stop. Only with FAILSYS_FN=recvmsg,
+ * so the other tests' counts stay what they were.
+ */
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	REAL(recvmsg);
+	return only_fn && fail_now(ENOBUFS) ? -1 : real_recvmsg(fd, msg, flags);
 }

@@ -155,6 +155,79 @@ def test_table_name_may_start_with_underscore(ns, tmp_path):
     assert state(ns) == before
 
 
+FOREIGN_TABLE = """\
+table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\ttcp dport 22 accept
+\t}
+}
+"""
+
+
+def test_foreign_table_is_left_alone(ns, tmp_path):
+    """prism replaces and deletes its table whole, so a table of the same
+    name that prism did not make (Debian's /etc/nftables.conf has table
+    inet filter) is refused by net up and net down alike, and neither
+    touches anything; prism's own table carries the mark."""
+    run("ip", "netns", "exec", ns, "nft", "-f", "-", input=FOREIGN_TABLE)
+    before = state(ns)
+    why = ("nftables table inet filter was not made by prism (it lacks the comment "
+           '"managed by prism"), and prism replaces or deletes its table whole')
+    p = prism(ns, "net", "down", "-t", "filter")
+    assert p.returncode == 1 and why in p.stderr, p.stderr
+    path = tmp_path / "filter.yaml"
+    path.write_text(CFG_NESTED.replace("  table: prism\n", "  table: filter\n"))
+    p = prism(ns, "net", "up", "-c", str(path))
+    assert p.returncode == 1 and why in p.stderr, p.stderr
+    assert state(ns) == before
+    # prism's own table says whose it is.
+    own = tmp_path / "own.yaml"
+    own.write_text(CFG_NESTED)
+    net(ns, "up", own)
+    listed = run("ip", "netns", "exec", ns, "nft", "-t", "list", "table", "inet", "prism").stdout
+    assert '\n\tcomment "managed by prism"\n' in listed, listed
+    net(ns, "down", own)
+    assert state(ns) == before
+
+
+def test_claim_held_by_another_process_is_named(ns, cfg):
+    """prism claims its table through an abstract unix socket, whose name
+    has no permissions: when another process holds it, the refusal names
+    that process instead of blaming a running prism."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "/usr/bin/python3", "-c",
+         "import socket, sys\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+         "s.bind('\\0prism-table/prism')\n"
+         "print('bound', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "bound\n"
+        p = prism(ns, "net", "up", "-c", str(cfg))
+        assert p.returncode == 1, p.stderr
+        assert (f"table prism is in use by pid {holder.pid} (python3) in this network "
+                "namespace") in p.stderr, p.stderr
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=TIMEOUT)
+
+
+def test_table_of_an_older_prism_is_taken_down(ns, cfg):
+    """A table loaded before tables carried the mark has prism's counter
+    and chain names: net down still removes it."""
+    before = state(ns)
+    net(ns, "up", cfg)
+    script = run("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "prism").stdout
+    script = script.replace('\tcomment "managed by prism"\n', "")
+    run("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "prism")
+    run("ip", "netns", "exec", ns, "nft", "-f", "-", input=script)
+    assert "managed by prism" not in ruleset(ns)
+    net(ns, "down", cfg)
+    assert state(ns) == before
+
+
 def test_operator_routes_survive_down(ns, cfg):
     # The same prefixes prism claims, plus an unrelated one, with the
     # default protocol: prism must keep them and must not take them over.
@@ -489,6 +562,11 @@ def test_down_by_table_name_needs_no_config(ns, cfg, tmp_path):
     assert p.stderr == ("prism net down: nothing to remove: no nftables table inet other and "
                         "no routes of it in this network namespace\n"), p.stderr
     for args, msg in ((("-t", "1bad"), 'invalid nftables table name "1bad"'),
+                      # What a config may not name its table, net down does
+                      # not take either.
+                      (("-t", "counter"), 'invalid nftables table name "counter" (a keyword'),
+                      (("-t", "a" * 32), "then up to 30 letters"),
+                      (("-t", "a-b"), 'invalid nftables table name "a-b"'),
                       ((), "missing -c FILE or -t NAME"),
                       (("-t", "a", "-c", str(other)), "not both")):
         p = prism(ns, "net", "down", *args)
@@ -843,6 +921,36 @@ def test_ban_add_list_del(ns, cfg):
         assert listed not in ban_list(ns, cfg)
     p = ban(ns, cfg, "del", "192.0.2.77")
     assert p.returncode == 1 and "192.0.2.77 is not banned" in p.stderr, p.stdout + p.stderr
+    # As `ban list` prints it: an IPv6 /64 (but nothing wider than one
+    # source).
+    assert ban(ns, cfg, "add", "2001:db8:9::5").returncode == 0
+    for wide in ("2001:db8:9::/48", "192.0.2.0/24"):
+        p = ban(ns, cfg, "del", wide)
+        assert p.returncode == 2 and f"{wide} is more than one source" in p.stderr, p.stderr
+    p = ban(ns, cfg, "del", "2001:db8:9::/64")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "2001:db8:9::" not in ban_list(ns, cfg)
+    # A list that cannot be written is an error.
+    with open("/dev/full", "w") as full:
+        assert ban(ns, cfg, "add", "192.0.2.80").returncode == 0
+        p = subprocess.run(["ip", "netns", "exec", ns, str(PRISM), "ban", "list", "-c",
+                            str(cfg)], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=TIMEOUT)
+    assert p.returncode == 1 and "cannot write the list" in p.stderr, p.stderr
+    net(ns, "down", cfg)
+
+
+def test_full_ban_set_says_so(ns, cfg):
+    """The kernel refuses an element past the set's size with ENFILE ("Too
+    many open files in system"), which is no fd shortage: say the set is
+    full."""
+    net(ns, "up", cfg)
+    elems = ", ".join(f"198.18.{i >> 8}.{i & 255}" for i in range(65536))
+    run("ip", "netns", "exec", ns, "nft", "-f", "-",
+        input=f"add element inet prism ban4 {{ {elems} }}\n")
+    p = ban(ns, cfg, "add", "192.0.2.81", "5m")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "cannot ban 192.0.2.81: the set ban4 of table prism is full" in p.stderr, p.stderr
     net(ns, "down", cfg)
 
 
