@@ -79,6 +79,27 @@ static size_t addrs_dedupe(struct sockaddr_storage *v, size_t n)
 	return k;
 }
 
+static int addr_order(const void *pa, const void *pb)
+{
+	const struct sockaddr_storage *a = pa, *b = pb;
+
+	if (a->ss_family != b->ss_family)
+		return a->ss_family == AF_INET ? -1 : 1;
+	if (a->ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			      &((const struct sockaddr_in *)b)->sin_addr, 4);
+	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+		      &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
+}
+
+size_t cfg_addrs_cut(struct sockaddr_storage *v, size_t n)
+{
+	if (n <= CFG_NAME_ADDRS_MAX)
+		return n;
+	qsort(v, n, sizeof(*v), addr_order);
+	return CFG_NAME_ADDRS_MAX;
+}
+
 static int resolve_system(const char *host, struct sockaddr_storage **addrs, size_t *n,
 			  const char **why)
 {
@@ -542,8 +563,7 @@ void cfg_resolve_names(struct loader *ld)
 				continue;
 			if (cfg_resolve_memo(&memo, o->host, &addrs, &n, &why) == 0 && addrs &&
 			    (n = addrs_dedupe(addrs, n)) > 0) {
-				if (n > CFG_NAME_ADDRS_MAX) /* as the refreshes do */
-					n = CFG_NAME_ADDRS_MAX;
+				n = cfg_addrs_cut(addrs, n); /* as the refreshes do */
 				o->addrs = addrs;
 				o->n_addrs = n;
 				continue;

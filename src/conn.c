@@ -418,13 +418,17 @@ static int origin_try(struct conn *c)
 			 * worker's reserve makes room for its origin's socket,
 			 * and accepting pauses until the reserve is back
 			 * (worker.c, accept_resume), so the connections after
-			 * it wait in the backlog instead.
+			 * it wait in the backlog instead. The socket comes
+			 * right after the close: any thread may take the
+			 * freed number.
 			 */
 			close(w->reserve_fd);
 			w->reserve_fd = -1;
-			worker_pause_accept(w, EMFILE);
 			ofd = socket(c->origin.sa.sa_family,
 				     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+			err = errno;
+			worker_pause_accept(w, EMFILE);
+			errno = err;
 		}
 		if (ofd == -1) {
 			err = errno;

@@ -84,7 +84,7 @@ struct conn {
 	const struct cfg_app *app;
 	uint32_t app_idx;
 	enum conn_state state;
-	enum conn_reason first_close; /* who sent FIN first */
+	enum conn_reason first_close; /* whose FIN was passed on first */
 	struct half c2o, o2c;
 	struct timer timer; /* connect timeout, then idle timeout */
 	uint64_t start, last_active;

@@ -48,6 +48,7 @@ static int resolve(void **memo, const char *host, struct sockaddr_storage *out, 
 
 	if (cfg_resolve_memo(memo, host, &v, &n, why) < 0)
 		return -1;
+	n = cfg_addrs_cut(v, n);
 	if (n > (size_t)max)
 		n = (size_t)max;
 	memcpy(out, v, n * sizeof(*v));

@@ -475,6 +475,14 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 	if (v == GUARD_OK)
 		return GUARD_OK;
 
+	/* The slots go back before the wake-up's syscall and the log line:
+	 * held meanwhile, they could shed another source's connection at the
+	 * cap.
+	 */
+	if (app->max_conns)
+		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
+	if (g->cfg->max_conns)
+		__atomic_fetch_sub(&g->conns, 1, __ATOMIC_RELAXED);
 	stat_inc(v == GUARD_SOURCE_LIMIT ? &g->st_source_limit : &g->st_rate_limit);
 	if (wake) {
 		ban_wake(g);
@@ -485,8 +493,7 @@ enum guard_verdict guard_admit(struct guard *g, uint32_t app_idx, const struct i
 			 "next violation asks again",
 			 BAN_QUEUE, addr_fmt_source(src, a));
 	}
-	if (app->max_conns)
-		__atomic_fetch_sub(&g->app_conns[app_idx], 1, __ATOMIC_RELAXED);
+	return v;
 undo_process:
 	if (g->cfg->max_conns)
 		__atomic_fetch_sub(&g->conns, 1, __ATOMIC_RELAXED);

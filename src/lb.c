@@ -410,7 +410,7 @@ static size_t pick_rr(const struct origin_set *set, struct lb_worker *w, int tie
 /* Makes w->cur belong to <set>. Returns false on ENOMEM. */
 static bool rr_state(const struct origin_set *set, struct lb_worker *w)
 {
-	if (w->set == set && w->n == set->n && (w->cur || !set->n))
+	if (w->set == set && w->set_id == set->id && w->n == set->n && (w->cur || !set->n))
 		return true;
 	if (w->n != set->n || !w->cur) {
 		int64_t *cur = realloc(w->cur, sizeof(*cur) * (set->n ? set->n : 1));
@@ -422,6 +422,7 @@ static bool rr_state(const struct origin_set *set, struct lb_worker *w)
 	memset(w->cur, 0, sizeof(*w->cur) * set->n);
 	w->n = set->n;
 	w->set = set;
+	w->set_id = set->id;
 	return true;
 }
 

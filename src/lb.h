@@ -33,7 +33,8 @@ struct lb_table;
 struct lb_worker {
 	int64_t *cur;	 /* smooth WRR current weights, one per origin of the set */
 	size_t n;	 /* entries in cur (resized when the set changes) */
-	const void *set; /* the set cur belongs to */
+	const void *set; /* the set cur belongs to, */
+	uint64_t set_id; /* and its id (its address may be a new set's) */
 	uint64_t rng;	 /* xorshift state, seeded per worker */
 	uint32_t rr;	 /* where ties start: the worker's number; least_conn advances it */
 };

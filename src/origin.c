@@ -58,9 +58,12 @@ struct origin_set *origin_set_new(const struct cfg_app *app, struct origin **v, 
 {
 	struct origin_set *s = calloc(1, sizeof(*s));
 
+	static uint64_t last_id; /* atomic */
+
 	if (!s)
 		return NULL;
 	s->refs = 1;
+	s->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
 	s->v = calloc(n ? n : 1, sizeof(*s->v));
 	if (!s->v)
 		goto fail;

@@ -50,7 +50,8 @@ struct origin {
 
 /* An app's origins at one moment. */
 struct origin_set {
-	int refs; /* atomic */
+	int refs;    /* atomic */
+	uint64_t id; /* unique per set made: a freed set's address comes back */
 	struct origin **v;
 	size_t n;
 	struct lb_table *lb; /* the balancer's precomputed data for this set */

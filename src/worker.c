@@ -304,9 +304,9 @@ static int listeners_enable(struct worker *w, bool on)
 
 void worker_pause_accept(struct worker *w, int err)
 {
-	if (w->accept_paused || w->stopping)
+	if (__atomic_load_n(&w->accept_paused, __ATOMIC_RELAXED) || w->stopping)
 		return;
-	w->accept_paused = true;
+	__atomic_store_n(&w->accept_paused, true, __ATOMIC_RELAXED);
 	listeners_enable(w, false);
 	timer_set(&w->timers, &w->accept_timer, w->now + ACCEPT_PAUSE_MS);
 	if (log_ratelimit(&w->last_exhaust_log, w->now, 1000))
@@ -320,7 +320,8 @@ static void accept_resume(struct timer *t)
 	struct worker *w = container_of(t, struct worker, accept_timer);
 	int r;
 
-	if (!w->accept_paused || w->stopping || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+	if (!__atomic_load_n(&w->accept_paused, __ATOMIC_RELAXED) || w->stopping ||
+	    __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		return;
 	/* The reserve first: without it, the next connection to take the
 	 * last fd would be reset for want of its origin's socket, where it
@@ -348,7 +349,7 @@ static void accept_resume(struct timer *t)
 				 w->id, strerror(-r), ACCEPT_PAUSE_MS);
 		return;
 	}
-	w->accept_paused = false;
+	__atomic_store_n(&w->accept_paused, false, __ATOMIC_RELAXED);
 }
 
 /* ---- balancing ------------------------------------------------------ */
@@ -399,6 +400,12 @@ static struct worker *balance_target(struct worker *w, const struct io *lis)
 		t = &w->peers[w->next_peer];
 	} else
 		t = &w->peers[((const char *)lis - (const char *)w->peers) / sizeof(*w)];
+	/* A paused peer is short of fds or memory (it may have given up its
+	 * reserve fd): a connection handed to it would be reset for want of
+	 * an origin socket that this worker can still make.
+	 */
+	if (__atomic_load_n(&t->accept_paused, __ATOMIC_RELAXED))
+		return w;
 	other = load_of(t);
 	mine = load_of(w);
 	if (HANDOFF_SLACK(other) > 0)
@@ -498,7 +505,8 @@ static void do_accept(struct worker *w, struct io *lis)
 
 	if (lfd == -1 || w->stopping)
 		return;
-	for (int i = 0; i < ACCEPTS_PER_TURN && !w->accept_paused; i++) {
+	for (int i = 0;
+	     i < ACCEPTS_PER_TURN && !__atomic_load_n(&w->accept_paused, __ATOMIC_RELAXED); i++) {
 		struct sockaddr_storage client, edge;
 		socklen_t clen = sizeof(client), elen = sizeof(edge);
 		int fd, r;

@@ -119,7 +119,7 @@ struct worker {
 	struct handoff_queue hq;
 
 	struct timer accept_timer; /* resumes accepting after fd/memory exhaustion */
-	bool accept_paused;
+	bool accept_paused;	   /* atomic: peers read it (balance_target) */
 	/* /dev/null, held so that the connection whose accept took the last
 	 * fd still gets its origin's socket (origin_try gives it up, and
 	 * accepting pauses until it is back); -1 while given up.

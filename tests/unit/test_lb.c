@@ -263,6 +263,13 @@ static void test_rr_set_change(void **state)
 	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
 	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
 	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &b.set, &lw, NULL, all_usable, NULL), 0);
+	/* A new set where a freed one was (the same address and size) is
+	 * told apart by its id: {-4,2,2} would pick 1.
+	 */
+	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
+	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
+	a.set.id++;
+	assert_int_equal(lb_pick(CFG_LB_ROUND_ROBIN, &a.set, &lw, NULL, all_usable, NULL), 0);
 	lb_worker_deinit(&lw);
 	tset_free(&a);
 	tset_free(&b);
