@@ -975,9 +975,6 @@ static void check_host_addrs(const struct cfg *cfg)
 		    (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6))
 			continue;
 		addr_from_sa(i->ifa_addr, &a, &port);
-		/* With listen6 off, IPv6 edges get no route and no rule. */
-		if (!addr_is_v4(&a) && !cfg->listen6_on)
-			continue;
 		edge = edge_holding(cfg, &a, &app);
 		if (!edge)
 			continue;
