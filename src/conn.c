@@ -413,6 +413,10 @@ static int origin_try(struct conn *c)
 		}
 		c->attempts++;
 		ofd = socket(c->origin.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		/* Spare pipes first: they are only kept for speed. */
+		if (ofd == -1 && (errno == EMFILE || errno == ENFILE) && worker_pool_release(w))
+			ofd = socket(c->origin.sa.sa_family,
+				     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (ofd == -1 && errno == EMFILE && w->reserve_fd != -1) {
 			/* This connection's accept took the last fd: the
 			 * worker's reserve makes room for its origin's socket,

@@ -280,6 +280,19 @@ void worker_pipe_put(struct worker *w, struct pipe_pair *p)
 	p->rd = p->wr = -1;
 }
 
+bool worker_pool_release(struct worker *w)
+{
+	bool any = w->pool_n > 0;
+
+	while (w->pool_n > 0) {
+		struct pipe_pair *p = &w->pool[--w->pool_n];
+
+		close(p->rd);
+		close(p->wr);
+	}
+	return any;
+}
+
 /* Stops or resumes polling every listener, its own and its peers'. An
  * EPOLLEXCLUSIVE registration cannot be modified, only deleted and added
  * again (which puts this worker last in its own listener's wait queue:
@@ -519,6 +532,9 @@ static void do_accept(struct worker *w, struct io *lis)
 				return;
 			case EMFILE:
 			case ENFILE:
+				if (worker_pool_release(w))
+					continue;
+				/* fall through */
 			case ENOBUFS:
 			case ENOMEM:
 				worker_pause_accept(w, errno);
@@ -742,12 +758,7 @@ void worker_join(struct worker *w)
 	pthread_mutex_destroy(&w->hq.lock);
 	close_listeners(w, false);
 	pthread_mutex_destroy(&w->lis_lock);
-	while (w->pool_n > 0) {
-		struct pipe_pair *p = &w->pool[--w->pool_n];
-
-		close(p->rd);
-		close(p->wr);
-	}
+	worker_pool_release(w);
 	if (w->wake.fd != -1)
 		close(w->wake.fd);
 	if (w->epfd != -1)

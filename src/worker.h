@@ -167,6 +167,11 @@ void worker_join(struct worker *w);
 int worker_pipe_get(struct worker *w, struct pipe_pair *p);
 /* Returns an empty pipe to the pool (or closes it if the pool is full). */
 void worker_pipe_put(struct worker *w, struct pipe_pair *p);
+/* Out of fds: closes the pool's spare pipes, two fds each, which a
+ * connection needs more. Returns whether it closed any (then the call that
+ * failed is worth another try).
+ */
+bool worker_pool_release(struct worker *w);
 
 /* Stops accepting for a moment after fd or memory exhaustion; open
  * connections keep being served. Logs at most once a second.

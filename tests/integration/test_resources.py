@@ -116,6 +116,59 @@ def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin, nofile):
     assert not [d for d in p.access if d.get("reason") == "resource"], p.dump()
 
 
+def test_spare_pipes_give_way_to_connections(topo, prism_bin):
+    """A worker keeps up to 32 empty pipes (two fds each) for the next
+    streams. Out of fds, they go before any connection waits: every fd
+    past prism's own serves a connection."""
+    nofile = 100
+    wrapper = os.path.join(topo.tmp, "prism-lowfd")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec prlimit --nofile={nofile}:{nofile} {prism_bin} "$@"\n')
+    os.chmod(wrapper, stat.S_IRWXU)
+    srv = peers.ThreadServer(topo.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
+    topo.on_teardown(srv.close)
+    p = nstopo.Prism(topo.write("prism.yaml", CFG), ns=topo.e, binary=wrapper)
+    topo.procs.append(p)
+    p.wait_ready()
+    base = p.fd_count()
+
+    # Streams at once, so that their pipes are many; once they end, the
+    # pipes stay in the pool.
+    streams = [peers.connect(topo.c, "192.0.2.10", 8100 + i, timeout=5) for i in range(6)]
+    done = []
+    ths = [threading.Thread(target=lambda s=s: done.append(echo_stream(s, 2 << 20)))
+           for s in streams]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(30)
+    assert done == [True] * len(streams)
+    for s in streams:
+        s.close()
+    p.wait_fds(base + 64)
+    pooled = p.fd_count() - base
+    assert pooled >= 4, "no spare pipes kept: nothing to test"
+
+    socks = []
+    topo.on_teardown(lambda: [s.close() for s in socks])
+    for i in range(nofile // 2 + 5):
+        socks.append(peers.connect(topo.c, "192.0.2.10", 8000 + i, timeout=5))
+    p.wait_log(r"warn .*not accepting", timeout=10)
+    served = 0
+    for i, s in enumerate(socks):
+        s.settimeout(2 if served == i else 0.3)
+        try:
+            served += ping(s, b"x%d\n" % i)
+        except (socket.timeout, TimeoutError):
+            pass
+    # Two fds a connection, and the reserve's for the last one.
+    assert served >= (nofile - base) // 2, (served, base, pooled, p.dump())
+    for s in socks:
+        s.close()
+    assert p.stop(timeout=10) == 0
+    assert not [d for d in p.access if d.get("reason") == "resource"], p.dump()
+
+
 PORTS_CFG = f"""
 listen: {{workers: 1, address6: "off"}}
 apps:
