@@ -59,7 +59,7 @@ enum {
 	NET_TABLE_PRISM,   /* prism's (NET_TABLE_MARK, or an older prism's layout) */
 	NET_TABLE_FOREIGN, /* someone else's */
 };
-/* Returns one of those, or -errno when nft cannot say. */
-int net_table_state(const char *table);
+/* Returns one of those, or -errno when nft cannot say (why in <*err>). */
+int net_table_state(const char *table, char **err);
 
 #endif

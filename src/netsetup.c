@@ -202,10 +202,10 @@ int net_table_lock(const char *table, char **err)
 	else
 		snprintf(who, sizeof(who), "a running prism");
 	return net_set_err(err, -EBUSY,
-			   "table %s is in use by %s in this network namespace (stop that prism "
-			   "first: its routes and rules would be replaced or removed under it; "
+			   "table %s is in use by %s in this network namespace (a prism: stop it "
+			   "first, its routes and rules would be replaced or removed under it; "
 			   "prism claims a table through the abstract unix socket "
-			   "@prism-table/%s)",
+			   "@prism-table/%s, which any process can hold)",
 			   table, who, table);
 }
 
@@ -674,6 +674,11 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 			    rtm->rtm_dst_len, why[0] ? why : strerror(-ret), why[0] ? " (" : "",
 			    why[0] ? strerror(-ret) : "", why[0] ? ")" : "");
 		}
+		/* No ack in SO_RCVTIMEO (10 s): the next ones would each
+		 * wait as long.
+		 */
+		if (ret == -EAGAIN)
+			break;
 	}
 	ret = first;
 out:
@@ -1117,34 +1122,28 @@ out:
  * did not make (`network.table: filter`, or `net down -t filter` on a host
  * whose firewall is table inet filter) is refused, not replaced.
  */
-static int table_is_ours(const char *t, bool *had, char **err)
+static int foreign_err(const char *t, char **err)
 {
-	int st = net_table_state(t);
-
-	*had = st != NET_TABLE_NONE;
-	if (st == NET_TABLE_FOREIGN)
-		return net_set_err(err, -EEXIST,
-				   "nftables table inet %s was not made by prism (it lacks the "
-				   "comment \"" NET_TABLE_MARK "\"), and prism replaces or deletes "
-				   "its table whole: choose another network.table, or delete that "
-				   "table yourself if it is a leftover",
-				   t);
-	if (st < 0)
-		return net_set_err(err, st, "cannot list the nftables tables: %s", strerror(-st));
-	return 0;
+	return net_set_err(err, -EEXIST,
+			   "nftables table inet %s was not made by prism (it lacks the comment "
+			   "\"" NET_TABLE_MARK "\"), and prism replaces or deletes its table "
+			   "whole: choose another network.table, or delete that table yourself if "
+			   "it is a leftover",
+			   t);
 }
 
 int net_up(const struct cfg *cfg, char **err)
 {
 	char *what = NULL;
-	bool had;
 	int ret = net_check_table(cfg->nft_table, err);
 
 	if (ret)
 		return ret;
-	ret = table_is_ours(cfg->nft_table, &had, err);
-	if (ret)
+	ret = net_table_state(cfg->nft_table, err);
+	if (ret < 0)
 		return ret;
+	if (ret == NET_TABLE_FOREIGN)
+		return foreign_err(cfg->nft_table, err);
 	check_sysctls(cfg);
 	check_host_addrs(cfg);
 	if (asprintf(&what, "cannot load nftables table inet %s", cfg->nft_table) == -1)
@@ -1179,15 +1178,18 @@ static int table_delete(const char *t, char **err)
 
 int net_down(const char *t, char **err)
 {
-	bool had_table;
-	int ret = net_check_table(t, err);
+	char *why = NULL, *e;
+	int st, ret = net_check_table(t, err);
 
 	if (ret)
 		return ret;
-	/* Also tells "nothing to remove" (a mistyped -t NAME) apart. */
-	ret = table_is_ours(t, &had_table, err);
-	if (ret)
-		return ret;
+	/* Whose table it is decides whether it goes. The routes are prism's
+	 * whatever it is (proto 249 with this table's metric): they go in
+	 * any case.
+	 */
+	st = net_table_state(t, &why);
+	if (st == NET_TABLE_FOREIGN)
+		foreign_err(t, &why);
 	/* The routes go first: while they are there without the table, the
 	 * edge prefixes are addresses of this host with no guard chain, and
 	 * a service bound to a wildcard address (sshd on 0.0.0.0:22) would
@@ -1198,24 +1200,41 @@ int net_down(const char *t, char **err)
 	 */
 	ret = routes_prune(t, NULL, 0, err);
 	if (ret < 0) {
-		char *e = err ? *err : NULL;
-
+		e = err ? *err : NULL;
 		if (err)
 			*err = NULL;
-		net_set_err(err, ret,
-			    "%s; nftables table inet %s kept, so the prefixes still local are "
-			    "dropped, not answered (run `prism net down` again)",
-			    e ? e : strerror(-ret), t);
+		if (st == NET_TABLE_PRISM)
+			net_set_err(err, ret,
+				    "%s; nftables table inet %s kept, so the prefixes still local "
+				    "are dropped, not answered (run `prism net down` again)",
+				    e ? e : strerror(-ret), t);
+		else
+			net_set_err(err, ret,
+				    "%s; with no table of prism's in front of them, this host "
+				    "answers on the prefixes still local (run `prism net down` "
+				    "again)",
+				    e ? e : strerror(-ret));
 		free(e);
+		free(why);
 		return ret;
 	}
-	if (had_table) {
-		int tret = table_delete(t, err);
-
-		if (tret < 0)
-			return tret;
+	if (st == NET_TABLE_NONE) {
+		free(why);
+		return ret == 0;
 	}
-	return ret == 0 && !had_table;
+	if (st != NET_TABLE_PRISM) {
+		/* The routes went; the table stays, for its owner (or until
+		 * nft can say whose it is).
+		 */
+		net_set_err(err, st < 0 ? st : -EEXIST, "%s (the table was left alone%s)",
+			    why ? why : "cannot tell whose the table is",
+			    ret > 0 ? "; prism's routes of it were removed" : "");
+		free(why);
+		return st < 0 ? st : -EEXIST;
+	}
+	free(why);
+	ret = table_delete(t, err);
+	return ret < 0 ? ret : 0;
 }
 
 int net_show(const struct cfg *cfg, FILE *out)

@@ -964,48 +964,42 @@ static bool has_line(const char *out, const char *line)
 	return false;
 }
 
-int net_table_state(const char *table)
+int net_table_state(const char *table, char **err)
 {
 	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-	char *cmd = NULL, *line = NULL;
+	char *cmd = NULL;
 	const char *out;
-	int ret = -ENOMEM;
+	int ret;
 
 	if (!ctx)
-		return -ENOMEM;
-	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0 ||
-	    asprintf(&line, "table inet %s\n", table) == -1) {
-		line = NULL;
-		goto out;
-	}
-	/* The names first, which is cheap: most calls end here. */
-	if (nft_run_cmd_from_buffer(ctx, "list tables inet") != 0) {
-		ret = -EIO;
-		goto out;
-	}
-	out = nft_ctx_get_output_buffer(ctx);
-	ret = NET_TABLE_NONE;
-	if (!has_line(out, line))
-		goto out;
-	/* Terse: without set elements, which a ban set may hold by the
-	 * hundred thousand. The table's own comment is indented once.
+		return net_set_err(err, -ENOMEM,
+				   "cannot list nftables table inet %s: out of memory", table);
+	/* Terse: the set elements (a ban set may hold a hundred thousand)
+	 * are still fetched, but not printed.
 	 */
 	nft_ctx_output_set_flags(ctx, nft_ctx_output_get_flags(ctx) | NFT_CTX_OUTPUT_TERSE);
-	if (asprintf(&cmd, "list table inet %s", table) == -1) {
+	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0 ||
+	    asprintf(&cmd, "list table inet %s", table) == -1) {
 		cmd = NULL;
-		ret = -ENOMEM;
+		ret = net_set_err(err, -ENOMEM, "cannot list nftables table inet %s: out of memory",
+				  table);
 		goto out;
 	}
 	if (nft_run_cmd_from_buffer(ctx, cmd) != 0) {
 		const char *e = nft_ctx_get_error_buffer(ctx);
+		size_t n = e ? strcspn(e, "\n") : 0;
 
-		/* Gone since the names were listed, or nft cannot say. */
-		ret = e && strstr(e, strerror(ENOENT)) ? NET_TABLE_NONE : -EIO;
+		if (e && strstr(e, strerror(ENOENT)))
+			ret = NET_TABLE_NONE;
+		else
+			ret =
+			    net_set_err(err, -EIO, "cannot list nftables table inet %s: %.*s",
+					table, (int)n, n ? e : "nftables failed without a message");
 		goto out;
 	}
 	out = nft_ctx_get_output_buffer(ctx);
-	/* A table from before the mark: the counter and chain no one else
-	 * names the same.
+	/* The table's own comment is indented once. A table from before the
+	 * mark has the counter and chain no one else names the same.
 	 */
 	ret =
 	    has_line(out, "\tcomment \"" NET_TABLE_MARK "\"\n") ||
@@ -1014,7 +1008,6 @@ int net_table_state(const char *table)
 		: NET_TABLE_FOREIGN;
 out:
 	free(cmd);
-	free(line);
 	nft_ctx_free(ctx);
 	return ret;
 }

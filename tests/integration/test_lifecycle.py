@@ -395,7 +395,7 @@ def test_second_instance_on_the_same_table_is_refused(topo, prism_bin):
     # The holder is named: an abstract socket's name has no permissions,
     # so any process of the namespace could hold it.
     busy = (f"table prism is in use by pid {prism.pid} (prism) in this network namespace "
-            "(stop that prism first")
+            "(a prism: stop it first")
     for args in (["run", "-c", prism.cfg_path], ["net", "up", "-c", prism.cfg_path],
                  ["net", "down", "-c", prism.cfg_path], ["net", "down", "-t", "prism"]):
         cp = nstopo.run(nstopo.ns_exec(t.e, [prism_bin, *args]), check=False, timeout=10)

@@ -189,6 +189,18 @@ def test_foreign_table_is_left_alone(ns, tmp_path):
     assert '\n\tcomment "managed by prism"\n' in listed, listed
     net(ns, "down", own)
     assert state(ns) == before
+    # prism's routes are prism's whoever owns the table of the name (here
+    # one put in its place by hand): net down removes them, not the table.
+    net(ns, "up", own)
+    run("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "prism")
+    run("ip", "netns", "exec", ns, "nft", "add", "table", "inet", "prism")
+    p = prism(ns, "net", "down", "-c", str(own))
+    assert p.returncode == 1, p.stderr
+    assert ("was not made by prism" in p.stderr and
+            "(the table was left alone; prism's routes of it were removed)" in p.stderr), p.stderr
+    assert "proto 249" not in "".join(routes(ns))
+    run("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "prism")
+    assert state(ns) == before
 
 
 def test_claim_held_by_another_process_is_named(ns, cfg):
