@@ -563,8 +563,9 @@ def test_chaos_relay(topo):
     assert len(entries) == n_conns, entries
     wrong = _check_log(plans, entries)
     assert not wrong, f"seed {seed}: {len(wrong)} wrong:\n" + "\n".join(wrong[:10])
-    # Nothing waited for a timeout (the idle timeout is 60 s).
-    slow = [d for d in entries if int(d["duration_ms"]) > 30000]
+    # Nothing ended by the idle timeout (60 s; the run gives up after 30 s,
+    # so a duration bound could never fail).
+    slow = [d for d in entries if d.get("reason") == "idle_timeout"]
     assert not slow, slow[:5]
 
     assert prism.alive()

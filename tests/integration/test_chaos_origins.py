@@ -395,8 +395,6 @@ def test_chaos_origins(topo, balance, retries, n_backup, n_origins):
             if reason in FAIL_REASONS:
                 if c2o or o2c or c.end != "reset":
                     why.append("a connect failure with bytes or without a reset")
-                if reason == "no_origin" and origin != "-":
-                    pass  # the last pick's origin may be named; see below
                 if reason == "origin_refused" and not orgs.was(
                         origin.rsplit(":", 1)[0], ("refuse",), c.t0, c.t1):
                     why.append("refused by an origin that did not refuse")

@@ -112,18 +112,22 @@ def start_stop(lib, env, ns, argv):
     argv = ["env", f"LD_PRELOAD={lib}", *[f"{k}={v}" for k, v in env.items()], *argv]
     p = nstopo.Proc(argv, ns=ns, name="prism")
     try:
-        try:
-            p.wait_for(lambda: not p.alive() or any("ready" in l for l in p.err), 10,
-                       what="ready or exit")
-        except TimeoutError:
-            pass
+        # Neither ready nor gone in 10 s is a hang: the test fails.
+        p.wait_for(lambda: not p.alive() or any(" ready: " in l for l in p.err), 10,
+                   what="ready or exit")
         if p.alive():
             p.send_signal(signal.SIGTERM)
         rc = p.wait(10)
     finally:
         if p.alive():
             p.kill()
-    return rc, "\n".join(p.err)
+    err = "\n".join(p.err)
+    # Exit 0 means it started and stopped, and said both: never a silent
+    # exit.
+    if rc == 0:
+        assert (any(" ready: " in l for l in p.err) and
+                any(l.endswith(" stopped") for l in p.err)), (env, err[-600:])
+    return rc, err
 
 
 def test_run_survives_failed_allocations_at_start(failmalloc, prism_bin, netns, tmp_path):

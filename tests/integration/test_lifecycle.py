@@ -188,6 +188,7 @@ def test_fd_hygiene(topo):
     t.on_teardown(srv.close)
     prism = t.start_prism(_cfg("1s"))
     base = prism.fd_count()
+    base_sockets = sockets(prism.pid)
     n_echo, n_refused, n_reset = 200, 60, 40
     for i in range(n_echo):
         c = peers.connect(t.c, f"192.0.2.{1 + i % 100}", 7000 + i % 10, timeout=5)
@@ -209,6 +210,11 @@ def test_fd_hygiene(topo):
         c.close()
     total = n_echo + n_refused + n_reset
     prism.wait_access(count=total, timeout=15)
+    # Every connection's sockets closed, to the last one (one leaked per
+    # connection of any of the three kinds would show); the spare pipes
+    # the worker keeps are what else may remain, at most 32 (2 fds each).
+    nstopo.poll_until(lambda: sockets(prism.pid) == base_sockets,
+                      "prism's sockets back to those it started with")
     after = prism.fd_count()
     assert after <= base + 64, (base, after, sorted(os_fds(prism.pid)))
     reasons = {}
@@ -218,6 +224,11 @@ def test_fd_hygiene(topo):
     # rotation: the rest end at once with no_origin instead.
     assert reasons.get("origin_refused", 0) == 3, reasons
     assert reasons.get("origin_refused", 0) + reasons.get("no_origin", 0) == n_refused, reasons
+
+
+def sockets(pid):
+    """The sockets process <pid> holds, sorted ("socket:[inode]")."""
+    return sorted(f for f in os_fds(pid) if f.startswith("socket:"))
 
 
 def os_fds(pid):

@@ -968,13 +968,13 @@ def test_full_ban_set_says_so(ns, cfg):
 
 def test_ban_expires_by_itself(ns, cfg):
     net(ns, "up", cfg)
-    p = ban(ns, cfg, "add", "192.0.2.78", "1s")
+    p = ban(ns, cfg, "add", "192.0.2.78", "3s")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "192.0.2.78 expires in 1s" in ban_list(ns, cfg)
-    # The kernel drops the element; poll its state, at most 5 s.
-    deadline = time.monotonic() + 5
+    assert re.search(r"^192\.0\.2\.78 expires in [123]s$", ban_list(ns, cfg), re.M)
+    # The kernel drops the element; poll its state, at most 8 s.
+    deadline = time.monotonic() + 8
     while "192.0.2.78" in ban_list(ns, cfg):
-        assert time.monotonic() < deadline, "the 1s ban is still there after 5s"
+        assert time.monotonic() < deadline, "the 3s ban is still there after 8s"
         time.sleep(0.1)
     net(ns, "down", cfg)
 

@@ -376,7 +376,7 @@ protection:
   syn_rate_per_source: 0
   max_conns_per_source: 1000
   conn_rate_per_source: 20/s
-  ban: {after: 5, window: 10s, duration: 3s}
+  ban: {after: 5, window: 10s, duration: 5s}
 apps:
   - name: web
     edge: 192.0.2.0/25
@@ -421,7 +421,7 @@ def test_connection_flood_bans_then_expires(ptopo, prism_bin):
     cp = prism_cli(t, prism_bin, p, "ban", "list")
     assert cp.returncode == 0, cp.stderr
     ml = re.search(r"^203\.0\.113\.2 expires in (\d+)s$", cp.stdout, re.M)
-    assert ml and int(ml.group(1)) <= 3, cp.stdout
+    assert ml and int(ml.group(1)) <= 5, cp.stdout
     before = counters(t)
     assert probe(t.c, ATTACKER4, WEB, 8000, timeout=0.5) == "timeout"
     banned_pkts = delta(before, counters(t))["banned"]
@@ -431,11 +431,12 @@ def test_connection_flood_bans_then_expires(ptopo, prism_bin):
     out, _ = legit.run(100, concurrency=10)
     assert out == {"ok": 100}, out
 
-    # The ban ends by itself after 3s: logged, and the attacker gets through.
+    # The ban ends by itself after 5s (long enough to outlast the probes
+    # above on a loaded machine): logged, and the attacker gets through.
     mu = p.wait_log(r"info source 203\.0\.113\.2 unbanned", timeout=10)
     unbanned_line = mu.string
     held = nstopo.log_time(unbanned_line) - nstopo.log_time(banned_line)
-    assert 2.5 <= held <= 6.0, (banned_line, unbanned_line)
+    assert 4.5 <= held <= 8.0, (banned_line, unbanned_line)
     assert probe(t.c, ATTACKER4, WEB, 8000, timeout=1.5) == "served"
     cp = prism_cli(t, prism_bin, p, "ban", "list")
     assert "203.0.113.2" not in cp.stdout, cp.stdout
@@ -481,7 +482,7 @@ def test_ban_cli_add_list_del(ptopo, prism_bin):
 
 CFG_BAN_ONE = CFG_BAN.replace("max_conns_per_source: 1000", "max_conns_per_source: 1").replace(
     "conn_rate_per_source: 20/s", "conn_rate_per_source: 0").replace(
-    "ban: {after: 5, window: 10s, duration: 3s}", "ban: {after: 1, window: 10s, duration: 10s}")
+    "ban: {after: 5, window: 10s, duration: 5s}", "ban: {after: 1, window: 10s, duration: 10s}")
 
 
 def test_guard_keeps_a_longer_ban_it_did_not_write(ptopo, prism_bin):

@@ -155,13 +155,17 @@ static void test_slow_lookup_does_not_stop_refreshes(void **state)
 	ao = app_origins_new(cfg);
 	assert_non_null(ao);
 	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
-	usleep(1000 * 1000);
-	dns_stop(d);
-	fast = __atomic_load_n(&fast_calls, __ATOMIC_RELAXED);
-	slow = __atomic_load_n(&slow_calls, __ATOMIC_RELAXED);
-	/* A round takes ~150 ms: about 6 in a second, each resolving both
-	 * names (before the fix: one round, then nothing).
+	/* A round takes ~150 ms, each resolving both names (before the fix:
+	 * one round, then nothing): three of each, within 10 s at most.
 	 */
+	for (int i = 0; i < 1000; i++) {
+		fast = __atomic_load_n(&fast_calls, __ATOMIC_RELAXED);
+		slow = __atomic_load_n(&slow_calls, __ATOMIC_RELAXED);
+		if (fast >= 3 && slow >= 3)
+			break;
+		usleep(10 * 1000);
+	}
+	dns_stop(d);
 	assert_true(fast >= 3);
 	assert_true(slow >= 3);
 	app_origins_free(ao, cfg->n_apps);
@@ -207,6 +211,7 @@ static void test_unchanged_answer_keeps_the_set(void **state)
 	struct cfg *cfg = NULL;
 	struct dns *d = NULL;
 	char *errors = NULL;
+	int before;
 
 	(void)state;
 	cfg_resolver = many_resolver;
@@ -216,8 +221,13 @@ static void test_unchanged_answer_keeps_the_set(void **state)
 	assert_non_null(ao);
 	at_load = app_origins_get(&ao[0]);
 	assert_int_equal(at_load->n, CFG_NAME_ADDRS_MAX);
+	before = __atomic_load_n(&many_calls, __ATOMIC_RELAXED);
 	assert_int_equal(dns_start(&d, ao, cfg->n_apps), 0);
-	usleep(300 * 1000);
+	/* Three refreshes, each with the answer rotated (10 s at most). */
+	for (int i = 0; i < 1000 && __atomic_load_n(&many_calls, __ATOMIC_RELAXED) < before + 3;
+	     i++)
+		usleep(10 * 1000);
+	assert_true(__atomic_load_n(&many_calls, __ATOMIC_RELAXED) >= before + 3);
 	dns_stop(d);
 	s = app_origins_get(&ao[0]);
 	/* No refresh swapped in a set of its own. */
