@@ -54,19 +54,23 @@ def echo_stream(s, n):
     return got == data
 
 
-@pytest.mark.parametrize("nofile", NOFILES)
-def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin, nofile):
+def lowfd_prism(topo, prism_bin, nofile):
+    """An echo origin, and prism (CFG) under `prlimit --nofile=N:N`, ready."""
     wrapper = os.path.join(topo.tmp, "prism-lowfd")
     with open(wrapper, "w") as f:
         f.write(f'#!/bin/sh\nexec prlimit --nofile={nofile}:{nofile} {prism_bin} "$@"\n')
     os.chmod(wrapper, stat.S_IRWXU)
-
     srv = peers.ThreadServer(topo.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
     topo.on_teardown(srv.close)
-    path = topo.write("prism.yaml", CFG)
-    p = nstopo.Prism(path, ns=topo.e, binary=wrapper)
+    p = nstopo.Prism(topo.write("prism.yaml", CFG), ns=topo.e, binary=wrapper)
     topo.procs.append(p)
     p.wait_ready()
+    return p
+
+
+@pytest.mark.parametrize("nofile", NOFILES)
+def test_fd_exhaustion_pauses_and_recovers(topo, prism_bin, nofile):
+    p = lowfd_prism(topo, prism_bin, nofile)
 
     # Open HELD connections; the kernel completes every handshake (the
     # backlog is large) but prism can only proxy as many as its fds allow.
@@ -121,15 +125,7 @@ def test_spare_pipes_give_way_to_connections(topo, prism_bin):
     streams. Out of fds, they go before any connection waits: every fd
     past prism's own serves a connection."""
     nofile = 100
-    wrapper = os.path.join(topo.tmp, "prism-lowfd")
-    with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec prlimit --nofile={nofile}:{nofile} {prism_bin} "$@"\n')
-    os.chmod(wrapper, stat.S_IRWXU)
-    srv = peers.ThreadServer(topo.o, nstopo.ORIGIN4, ECHO_PORT, peers.echo_handler)
-    topo.on_teardown(srv.close)
-    p = nstopo.Prism(topo.write("prism.yaml", CFG), ns=topo.e, binary=wrapper)
-    topo.procs.append(p)
-    p.wait_ready()
+    p = lowfd_prism(topo, prism_bin, nofile)
     base = p.fd_count()
 
     # Streams at once, so that their pipes are many; once they end, the
