@@ -6,7 +6,7 @@ CC       ?= cc
 PYTHON   ?= /usr/bin/python3
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo 0.1)
 
-PKGS     := libnftables libmnl yaml-0.1 libcap
+PKGS     := libnftables libnftnl libmnl yaml-0.1 libcap
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
             -Wvla -Wimplicit-fallthrough
 # OPT: optimisation/debug flags; CFLAGS/LDFLAGS: the user's own additions.
@@ -20,7 +20,7 @@ XCFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 LDFLAGS  += -fsanitize=address,undefined
 endif
 XCFLAGS  += $(CFLAGS)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lnftables -lmnl -lyaml -lcap) -lpthread
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lnftables -lnftnl -lmnl -lyaml -lcap) -lpthread
 
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
@@ -54,7 +54,7 @@ deps:
 # Everything: unit tests (cmocka, each binary one pytest case) and the
 # integration tests in network namespaces, in one pytest run.
 test: deps
-	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/failmalloc.so $(BUILD)/failsys.so
+	$(MAKE) all $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/ban_bench $(BUILD)/failmalloc.so $(BUILD)/failsys.so
 	PRISM_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 unit: all
@@ -114,7 +114,7 @@ fuzz: deps
 # under 10 minutes; BENCH_ARGS=--quick for a < 90 s smoke run (the test suite
 # runs one), --cc ALGO|system for the TCP congestion control (default cubic).
 bench: deps
-	$(MAKE) $(BUILD)/prism $(BUILD)/loadgen $(BUILD)/rt_bench
+	$(MAKE) $(BUILD)/prism $(BUILD)/loadgen $(BUILD)/rt_bench $(BUILD)/ban_bench
 	$(PYTHON) bench/run.py --build $(abspath $(BUILD)) $(BENCH_ARGS)
 
 LOADGEN_SRC := bench/loadgen.c $(wildcard bench/lg_*.c)
@@ -135,6 +135,10 @@ $(BUILD)/failsys.so: tests/fault/failsys.c
 $(BUILD)/rt_bench: bench/rt_bench.c src/rt.c $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -Isrc -o $(BUILD)/rt_bench bench/rt_bench.c src/rt.c
+
+# The ban thread's ban_add (src/ban.c) against a real table: see its header.
+$(BUILD)/ban_bench: bench/ban_bench.c $(BUILD)/libprism.a $(HDRS)
+	$(CC) $(XCFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libprism.a $(LDLIBS)
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/fault/*.c fuzz/*.c bench/*.c bench/*.h

@@ -57,7 +57,10 @@ TARGETS = ("direct", "haproxy", "prism")
 # The rate scenario also runs HAProxy with its two packet-saving options
 # (off by default in TCP mode), the counterpart of what prism does by default.
 RATE_TARGETS = ("direct", "haproxy", "haproxy-smart", "prism")
-SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt", "apps")
+SCENARIOS = ("bulk", "rate", "latency", "memory", "anyport", "rt", "bans", "apps")
+# The bans scenario: the ban set filled with this many other sources or none
+# (it holds 65,536), then new bans and refreshes (build/ban_bench).
+BANS_FILL = 60000
 # The "apps" scenario: the same /16 as one app, and as this many apps (one per
 # address, the first ones split into two port halves), like an edge that
 # gives every customer an address of its own.
@@ -311,6 +314,7 @@ class Bench:
         self.prism = os.path.join(self.build, "prism")
         self.loadgen = os.path.join(self.build, "loadgen")
         self.rt_bench = os.path.join(self.build, "rt_bench")
+        self.ban_bench = os.path.join(self.build, "ban_bench")
         self.work = os.path.join(self.build, "bench")
         os.makedirs(self.work, exist_ok=True)
         pid = os.getpid()
@@ -951,6 +955,28 @@ backend be_iperf
                 rows[int(d["apps"])] = {k: float(v) for k, v in d.items()}
         self.res["rt"] = {"lines": cp.stdout.strip().splitlines(), "rows": rows}
 
+    # -- bans ----------------------------------------------------------------------------
+
+    def sc_bans(self):
+        """ban_bench in the edge namespace, with prism's table loaded by
+        `net up` (and removed by `net down`, bans and all) for each run."""
+        new, refresh = (200, 5) if self.quick else (2000, 50)
+        rows = {0: [], BANS_FILL: []}
+        up = self.nsx("e", [self.prism, "net", "up", "-c", self.prism_cfg])
+        down = self.nsx("e", [self.prism, "net", "down", "-c", self.prism_cfg])
+        for r in range(1 if self.quick else 3):
+            for fill in rows:
+                self.sh(up, note=r == 0)
+                try:
+                    argv = self.nsx("e", [self.ban_bench, "prism", str(fill), str(new),
+                                          str(refresh)])
+                    cp = self.sh(argv, timeout=120, note=r == 0)
+                finally:
+                    self.sh(down, note=r == 0)
+                d = dict(kv.split("=", 1) for kv in cp.stdout.split() if "=" in kv)
+                rows[fill].append({k: float(v) for k, v in d.items()})
+        self.res["bans"] = rows
+
     # -- many apps ---------------------------------------------------------------------
 
     def claims_elems(self):
@@ -997,9 +1023,10 @@ backend be_iperf
         for scen in SCENARIOS:
             if scen not in only:
                 continue
-            if scen == "rt":
-                if not os.access(self.rt_bench, os.X_OK):
-                    self.skipped[scen] = f"{self.rt_bench} missing"
+            if scen in ("rt", "bans"):
+                tool = self.rt_bench if scen == "rt" else self.ban_bench
+                if not os.access(tool, os.X_OK):
+                    self.skipped[scen] = f"{tool} missing"
                     continue
             elif scen != "bulk" and not have_lg:
                 self.skipped[scen] = "build/loadgen missing"
@@ -1272,6 +1299,7 @@ class Report:
         self.anyport()
         self.rt()
         self.apps()
+        self.bans()
         self.targets()
         self.commands()
         self.w(NOTES_MARKER)
@@ -1444,6 +1472,29 @@ class Report:
                "`chained_ns` makes each lookup's key depend on the result before it, so "
                "none overlaps: what one lookup costs on its own, as prism makes one per "
                "accepted connection.")
+        self.w()
+
+    def bans(self):
+        self.w("## 8. Bans (build/ban_bench)")
+        self.w()
+        if self.skipped("bans"):
+            return
+        rows = self.res.get("bans")
+        if not rows:
+            return
+        self.w("How fast the ban thread bans: `ban_add` as it calls it (it first asks the "
+               "kernel whether a longer ban of the source is in force), for sources the "
+               "kernel holds no ban for, with the ban set empty and holding "
+               f"{BANS_FILL:,} other sources; and refreshes, longer bans of sources already "
+               "banned (a transaction that deletes the old element, whose commit waits for "
+               "the kernel). Wall time, prism's own table loaded by `net up`.")
+        self.w()
+        self.table(["bans in the set before", "new bans/s", "ms per new ban",
+                    "ms per refresh"],
+                   [[f"{fill:,}", cell(summ([x["new_per_s"] for x in rs]), 0),
+                     cell(summ([x["ms_per_new"] for x in rs]), 3),
+                     cell(summ([x["ms_per_refresh"] for x in rs]), 1)]
+                    for fill, rs in rows.items()])
         self.w()
 
     def apps(self):

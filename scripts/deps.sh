@@ -4,7 +4,7 @@
 # those that are missing, so a second run costs one dpkg query.
 set -e
 PKGS="build-essential pkg-config clang clang-format libclang-rt-14-dev
-libyaml-dev libnftables-dev libmnl-dev libcap-dev libcmocka-dev
+libyaml-dev libnftables-dev libnftnl-dev libmnl-dev libcap-dev libcmocka-dev
 nftables iproute2 python3 python3-pytest haproxy openssh-server openssh-client
 iperf3 procps redis-server hping3 $*"
 missing=""

@@ -3,7 +3,8 @@
  * prism's nft table holds two sets, ban4 (ipv4_addr) and ban6 (ipv6_addr,
  * the first address of each banned /64), with per-element timeouts: a ban ends by itself in the
  * kernel even if prism dies. prism adds to them when a source keeps violating its limits; `prism
- * ban list|add|del` edits them by hand. All through libnftables.
+ * ban list|add|del` edits them by hand. Writes and lists go through libnftables, the lookup of
+ * one source's ban through libnftnl (libnftables would fetch the whole set for it).
  */
 #ifndef PRISM_BAN_H
 #define PRISM_BAN_H

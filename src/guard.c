@@ -12,8 +12,8 @@
  *
  * Process and app caps are single atomic counters, touched only when the
  * cap is set. Bans are decided on the worker but carried out on the guard's
- * own thread: ban_add talks netlink through libnftables and may block, which
- * a worker must never do.
+ * own thread: ban_add talks netlink (libnftnl and libnftables) and may
+ * block, which a worker must never do.
  */
 #include <errno.h>
 #include <inttypes.h>

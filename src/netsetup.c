@@ -35,6 +35,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "netsetup-int.h"
+#include "nl.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -207,137 +208,6 @@ int net_table_lock(const char *table, char **err)
 			   "prism claims a table through the abstract unix socket "
 			   "@prism-table/%s, which any process can hold)",
 			   table, who, table);
-}
-
-/* ---- netlink ------------------------------------------------------------ */
-
-/* MNL_SOCKET_BUFFER_SIZE depends on the page size (a VLA); the kernel sends
- * dump batches of up to 32 KiB when the reader offers that much, as iproute2
- * does.
- */
-#define NL_BUFSZ 32768
-
-struct nl {
-	struct mnl_socket *sock;
-	unsigned int portid;
-	unsigned int seq;
-};
-
-static int nl_open(struct nl *nl, char **err)
-{
-	struct timeval tmo = {.tv_sec = 10};
-	int one = 1;
-
-	nl->sock = mnl_socket_open(NETLINK_ROUTE);
-	if (!nl->sock)
-		return net_set_err(err, -errno, "cannot open a netlink socket: %s",
-				   strerror(errno));
-	if (mnl_socket_bind(nl->sock, 0, MNL_SOCKET_AUTOPID) == -1) {
-		int e = errno;
-
-		mnl_socket_close(nl->sock);
-		nl->sock = NULL;
-		return net_set_err(err, -e, "cannot bind a netlink socket: %s", strerror(e));
-	}
-	/* Bounds every wait for the kernel: an ack or a dump batch that
-	 * never comes turns into EAGAIN instead of a hang.
-	 */
-	if (setsockopt(mnl_socket_get_fd(nl->sock), SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof(tmo)) ==
-	    -1) {
-		int e = errno;
-
-		mnl_socket_close(nl->sock);
-		nl->sock = NULL;
-		return net_set_err(err, -e, "cannot set a netlink socket timeout: %s", strerror(e));
-	}
-	/* Extended acks carry the kernel's sentence for an error ("Nexthop
-	 * device is not up"); best effort, older kernels just give errno.
-	 */
-	mnl_socket_setsockopt(nl->sock, NETLINK_EXT_ACK, &one, sizeof(one));
-	nl->portid = mnl_socket_get_portid(nl->sock);
-	nl->seq = (unsigned int)time(NULL);
-	return 0;
-}
-
-static void nl_close(struct nl *nl)
-{
-	if (nl->sock)
-		mnl_socket_close(nl->sock);
-	nl->sock = NULL;
-}
-
-/* One read from the kernel. EINTR is retried: a socket with SO_RCVTIMEO
- * returns it after the process was stopped and continued (Ctrl-Z, fg) even
- * with every signal blocked, and that must not fail a `net down`.
- */
-static ssize_t nl_recv(struct nl *nl, char *buf, size_t len)
-{
-	ssize_t r;
-
-	do
-		r = mnl_socket_recvfrom(nl->sock, buf, len);
-	while (r == -1 && errno == EINTR);
-	return r;
-}
-
-static int extack_attr(const struct nlattr *attr, void *data)
-{
-	const char **msg = data;
-
-	if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
-	    mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) == 0)
-		*msg = mnl_attr_get_str(attr);
-	return MNL_CB_OK;
-}
-
-/* Sends <nlh> with NLM_F_ACK and waits for its ack. Returns 0 or -errno;
- * the kernel's extended-ack sentence, if any, is copied to <why>.
- */
-static int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len)
-{
-	char buf[NL_BUFSZ];
-	ssize_t r;
-	int n;
-
-	why[0] = '\0';
-	nlh->nlmsg_flags |= NLM_F_ACK;
-	nlh->nlmsg_seq = ++nl->seq;
-	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
-		return -errno;
-	for (int tries = 0; tries < 16; tries++) {
-		r = nl_recv(nl, buf, sizeof(buf));
-		if (r == -1)
-			return -errno;
-		n = (int)r;
-		for (struct nlmsghdr *m = (struct nlmsghdr *)buf; mnl_nlmsg_ok(m, n);
-		     m = mnl_nlmsg_next(m, &n)) {
-			struct nlmsgerr *e;
-			const char *msg = NULL;
-			size_t off;
-
-			if (m->nlmsg_seq != nl->seq || m->nlmsg_type != NLMSG_ERROR)
-				continue;
-			if (m->nlmsg_len < mnl_nlmsg_size(sizeof(*e)))
-				return -EBADMSG;
-			e = mnl_nlmsg_get_payload(m);
-			if (e->error == 0)
-				return 0;
-			if (m->nlmsg_flags & NLM_F_ACK_TLVS) {
-				/* The TLVs follow the echoed request: just
-				 * its header when capped, all of it if not.
-				 */
-				off = sizeof(*e);
-				if (!(m->nlmsg_flags & NLM_F_CAPPED))
-					off += e->msg.nlmsg_len - NLMSG_HDRLEN;
-				if (mnl_nlmsg_size(off) <= m->nlmsg_len)
-					mnl_attr_parse(m, (unsigned int)off, extack_attr, &msg);
-				if (msg)
-					snprintf(why, why_len, "%s", msg);
-			}
-			return e->error;
-		}
-	}
-	return -EPROTO;
 }
 
 /* ---- routes --------------------------------------------------------------- */
@@ -635,7 +505,7 @@ static int routes_prune(const char *table, const struct addr_prefix *keep, size_
 	int ret, first = 0, removed = 0;
 	static const int families[] = {AF_INET, AF_INET6};
 
-	ret = nl_open(&nl, err);
+	ret = nl_open(&nl, NETLINK_ROUTE, err);
 	if (ret)
 		return ret;
 	for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
@@ -761,7 +631,7 @@ static int routes_add_and_load(const struct cfg *cfg, const char *what, char **e
 		ret = net_set_err(err, -errno, "cannot find interface lo: %s", strerror(errno));
 		goto out;
 	}
-	ret = nl_open(&nl, err);
+	ret = nl_open(&nl, NETLINK_ROUTE, err);
 	if (ret)
 		goto out;
 	for (i = 0; i < n; i++) {
@@ -1120,7 +990,8 @@ out:
 
 /* prism replaces and deletes its table whole: a table of the same name it
  * did not make (`network.table: filter`, or `net down -t filter` on a host
- * whose firewall is table inet filter) is refused, not replaced.
+ * whose firewall is table inet filter) is refused, neither replaced nor
+ * deleted (`net down` still removes prism's routes of that name).
  */
 static int foreign_err(const char *t, char **err)
 {

@@ -56,7 +56,7 @@ def run_harness(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    for tool in ("prism", "loadgen", "rt_bench"):
+    for tool in ("prism", "loadgen", "rt_bench", "ban_bench"):
         assert (BUILD / tool).exists(), f"{BUILD / tool} not built (make test builds it)"
     return run_harness(tmp_path_factory.mktemp("bench"))
 
@@ -97,10 +97,14 @@ def test_quick_run_reports_every_scenario(quick_run):
     assert re.search(r"IPv6 /64×65535 ÷ IPv4 /16×65535 = [\d.]+x", text)
     for title in ("## 1. Bulk throughput", "## 2. New connections/s", "## 3. Request/response",
                   "## 4. Memory", "## 5. Any-port scale", "## 6. Routing lookup", "## 7. Many apps",
+                  "## 8. Bans",
                   "## Targets",
                   "## Exact commands"):
         assert title in text, title
     assert re.search(r"^apps=100000 ns_per_lookup=\S+ median=\S+ chained_ns=\S+", text, re.M)
+    # Bans per second with the set empty and nearly full.
+    for fill in ("0", "60,000"):
+        assert re.search(rf"^\| {fill} \| [\d,]+ \| [\d.]+ \| [\d.]+ \|$", text, re.M), fill
     # The chained (one lookup on its own) figure is reported, not judged.
     assert re.search(r"^\| \(for reference, no target\) one lookup on its own \(chained_ns\), "
                      r"10 → 100k apps \| [\d.]+ → [\d.]+ ns \([\d.]+×\) \| n/a \|", text, re.M)

@@ -530,3 +530,55 @@ def test_net_down_never_leaves_routes_without_table(failsys, prism_bin, netns, t
         assert "routes kept" in outcomes, outcomes
     p = net_down_failing(failsys, prism_bin, ns, str(cfg), -1)
     assert p.returncode == 0 and net_state(ns) == (False, False), p.stderr
+
+
+# One violation (a second connection while the first is open) bans the
+# client for 10 s. The first connection's end cannot pass the ban: the
+# grace period ends it.
+BAN_CFG = DATA_NET.replace("""apps:""", """shutdown_grace: 1s
+protection:
+  syn_rate_per_source: 0
+  conn_rate_per_source: 0
+  max_conns_per_source: 1
+  ban: {after: 1, window: 10s, duration: 10s}
+apps:""")
+BANS_FILLED = 60000  # a ban set holds 65,536
+
+
+def ban_round(t, lib, filled):
+    """prism run with its netlink reads counted: the client violates its
+    limit once and is banned, then prism stops (and removes its table).
+    With <filled>, the ban set first gets BANS_FILLED other sources.
+    Returns the number of reads."""
+    env = {"FAILSYS_START": 1, "FAILSYS_FN": "recvmsg", "FAILSYS_COUNT": 1}
+    p = preloaded_prism(t, BAN_CFG, lib, env, f"ban{filled}")
+    if filled:
+        script = t.write("bans.nft", "add element inet prism ban4 { " + ", ".join(
+            f"198.18.{i >> 8}.{i & 255} timeout 1h" for i in range(BANS_FILLED)) + " }\n")
+        nstopo.run(nstopo.ns_exec(t.e, ["nft", "-f", script]))
+    first = peers.connect(t.c, "192.0.2.10", 8000)
+    t.on_teardown(first.close)
+    try:
+        peers.connect(t.c, "192.0.2.10", 8000).close()
+    except OSError:
+        pass
+    p.wait_log(rf"warn source {re.escape(nstopo.CLIENT4)} banned for 10s")
+    first.close()
+    assert p.stop(timeout=10) == 0, p.dump()
+    return int(re.search(r"failsys: (\d+) calls", "\n".join(p.err)).group(1))
+
+
+def test_ban_set_size_costs_no_netlink_reads(failsys, topo):
+    """Before each ban it did not write itself, the ban thread asks the
+    kernel for that source's ban, and `net down` (here at stop) asks
+    whose the table is. Each must read its one answer, not the ban sets:
+    `get element` and `list table` through libnftables fetch every element
+    first (0.4 s with 60,000 bans), and a ban thread that does so for
+    every ban falls behind a flood of sources. So prism's netlink reads
+    are the same with a nearly full ban set as with an empty one."""
+    t = topo
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    empty = ban_round(t, failsys, 0)
+    assert empty >= 5, empty
+    assert ban_round(t, failsys, BANS_FILLED) == empty

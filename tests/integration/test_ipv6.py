@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -186,3 +187,34 @@ def test_ipv6_source_is_its_64(topo, prism_bin):
     deadline = time.monotonic() + 5
     while _from(t, CLIENT6, "2001:db8::13", 7000) != "served":
         assert time.monotonic() < deadline, "the /64 stayed banned after ban del"
+
+
+def test_ipv6_guard_keeps_a_longer_ban_of_the_64(topo, prism_bin):
+    """The ban thread asks the kernel for the /64's ban (ban6 holds the
+    /64's first address) before writing its own: an operator's longer ban
+    must be found and kept, not cut to the app's minute. prism is stopped
+    while two addresses of the client's /64 connect (the kernel completes
+    both) and the operator bans the /64 for an hour; running again, prism
+    refuses the second, a violation."""
+    t = topo
+    nstopo.run(["ip", "-n", t.c, "addr", "add", f"{NEIGHBOUR6}/64", "dev", "c0", "nodad"])
+    srv = peers.ThreadServer(t.o, ORIGIN6, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    prism = t.start_prism(CFG_GUARD)
+    socks = []
+    t.on_teardown(lambda: [s.close() for s in socks])
+
+    def cli(*args):
+        return nstopo.run(nstopo.ns_exec(t.e, [prism_bin, "ban", *args, "-c", prism.cfg_path]),
+                          check=False, timeout=10)
+
+    with nstopo.stopped(prism.pid):
+        socks.append(_open(t, CLIENT6, "2001:db8::10", 7000, 5))
+        socks.append(_open(t, NEIGHBOUR6, "2001:db8::11", 7000, 5))
+        cp = cli("add", CLIENT6, "1h")
+        assert cp.returncode == 0, cp
+    prism.wait_log(r"info source 2001:db8:c::/64: not banned for 1m \(app six\): already "
+                   r"banned for \S+ more")
+    cp = cli("list")
+    m = re.search(r"^2001:db8:c::/64 expires in (\d+)s$", cp.stdout, re.M)
+    assert m and int(m.group(1)) > 3500, cp.stdout

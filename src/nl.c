@@ -1,0 +1,154 @@
+/* nl.c - one netlink socket to the kernel (libmnl): see nl.h. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <libmnl/libmnl.h>
+#include <linux/netlink.h>
+
+#include "netsetup.h"
+#include "nl.h"
+
+int nl_open(struct nl *nl, int bus, char **err)
+{
+	struct timeval tmo = {.tv_sec = 10};
+	int one = 1;
+
+	nl->sock = mnl_socket_open2(bus, SOCK_CLOEXEC);
+	if (!nl->sock)
+		return net_set_err(err, -errno, "cannot open a netlink socket: %s",
+				   strerror(errno));
+	if (mnl_socket_bind(nl->sock, 0, MNL_SOCKET_AUTOPID) == -1) {
+		int e = errno;
+
+		mnl_socket_close(nl->sock);
+		nl->sock = NULL;
+		return net_set_err(err, -e, "cannot bind a netlink socket: %s", strerror(e));
+	}
+	/* Bounds every wait for the kernel: an ack or a dump batch that
+	 * never comes turns into EAGAIN instead of a hang.
+	 */
+	if (setsockopt(mnl_socket_get_fd(nl->sock), SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof(tmo)) ==
+	    -1) {
+		int e = errno;
+
+		mnl_socket_close(nl->sock);
+		nl->sock = NULL;
+		return net_set_err(err, -e, "cannot set a netlink socket timeout: %s", strerror(e));
+	}
+	/* Extended acks carry the kernel's sentence for an error ("Nexthop
+	 * device is not up"); best effort, older kernels just give errno.
+	 */
+	mnl_socket_setsockopt(nl->sock, NETLINK_EXT_ACK, &one, sizeof(one));
+	nl->portid = mnl_socket_get_portid(nl->sock);
+	nl->seq = (unsigned int)time(NULL);
+	return 0;
+}
+
+void nl_close(struct nl *nl)
+{
+	if (nl->sock)
+		mnl_socket_close(nl->sock);
+	nl->sock = NULL;
+}
+
+/* One read from the kernel. EINTR is retried: a socket with SO_RCVTIMEO
+ * returns it after the process was stopped and continued (Ctrl-Z, fg) even
+ * with every signal blocked, and that must not fail a `net down`.
+ */
+ssize_t nl_recv(struct nl *nl, char *buf, size_t len)
+{
+	ssize_t r;
+
+	do
+		r = mnl_socket_recvfrom(nl->sock, buf, len);
+	while (r == -1 && errno == EINTR);
+	return r;
+}
+
+static int extack_attr(const struct nlattr *attr, void *data)
+{
+	const char **msg = data;
+
+	if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG &&
+	    mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) == 0)
+		*msg = mnl_attr_get_str(attr);
+	return MNL_CB_OK;
+}
+
+int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len)
+{
+	char buf[NL_BUFSZ];
+	ssize_t r;
+	int n;
+
+	why[0] = '\0';
+	nlh->nlmsg_flags |= NLM_F_ACK;
+	nlh->nlmsg_seq = ++nl->seq;
+	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
+		return -errno;
+	for (int tries = 0; tries < 16; tries++) {
+		r = nl_recv(nl, buf, sizeof(buf));
+		if (r == -1)
+			return -errno;
+		n = (int)r;
+		for (struct nlmsghdr *m = (struct nlmsghdr *)buf; mnl_nlmsg_ok(m, n);
+		     m = mnl_nlmsg_next(m, &n)) {
+			struct nlmsgerr *e;
+			const char *msg = NULL;
+			size_t off;
+
+			if (m->nlmsg_seq != nl->seq || m->nlmsg_type != NLMSG_ERROR)
+				continue;
+			if (m->nlmsg_len < mnl_nlmsg_size(sizeof(*e)))
+				return -EBADMSG;
+			e = mnl_nlmsg_get_payload(m);
+			if (e->error == 0)
+				return 0;
+			if (m->nlmsg_flags & NLM_F_ACK_TLVS) {
+				/* The TLVs follow the echoed request: just
+				 * its header when capped, all of it if not.
+				 */
+				off = sizeof(*e);
+				if (!(m->nlmsg_flags & NLM_F_CAPPED))
+					off += e->msg.nlmsg_len - NLMSG_HDRLEN;
+				if (mnl_nlmsg_size(off) <= m->nlmsg_len)
+					mnl_attr_parse(m, (unsigned int)off, extack_attr, &msg);
+				if (msg)
+					snprintf(why, why_len, "%s", msg);
+			}
+			return e->error;
+		}
+	}
+	return -EPROTO;
+}
+
+int nl_get(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
+{
+	char buf[NL_BUFSZ];
+	ssize_t r;
+	int ret;
+
+	nlh->nlmsg_flags |= NLM_F_ACK;
+	nlh->nlmsg_seq = ++nl->seq;
+	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
+		return -errno;
+	/* One reply, then the ack (MNL_CB_STOP); the bound only guards
+	 * against a kernel that never acks.
+	 */
+	for (int tries = 0; tries < 16; tries++) {
+		r = nl_recv(nl, buf, sizeof(buf));
+		if (r == -1)
+			return -errno;
+		errno = 0;
+		ret = mnl_cb_run(buf, (size_t)r, nl->seq, nl->portid, cb, data);
+		if (ret == MNL_CB_STOP)
+			return 0;
+		if (ret == MNL_CB_ERROR)
+			return errno ? -errno : -EPROTO;
+	}
+	return -EPROTO;
+}

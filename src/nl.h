@@ -1,0 +1,45 @@
+/* nl.h - one netlink socket to the kernel (libmnl), as the network setup
+ * (routes: NETLINK_ROUTE) and the nftables queries (NETLINK_NETFILTER) use
+ * it: bound, with a bounded wait for every reply, and requests that wait
+ * for their ack.
+ */
+#ifndef PRISM_NL_H
+#define PRISM_NL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <libmnl/libmnl.h>
+
+/* MNL_SOCKET_BUFFER_SIZE depends on the page size (a VLA); the kernel sends
+ * dump batches of up to 32 KiB when the reader offers that much, as iproute2
+ * does.
+ */
+#define NL_BUFSZ 32768
+
+struct nl {
+	struct mnl_socket *sock;
+	unsigned int portid;
+	unsigned int seq;
+};
+
+/* Opens and binds a socket of netlink family <bus>. Returns 0, or -errno
+ * with a message in <*err>.
+ */
+int nl_open(struct nl *nl, int bus, char **err);
+void nl_close(struct nl *nl);
+/* One read from the kernel, EINTR retried: mnl_socket_recvfrom's result. */
+ssize_t nl_recv(struct nl *nl, char *buf, size_t len);
+/* Sends <nlh> with NLM_F_ACK and waits for its ack. Returns 0 or -errno;
+ * the kernel's extended-ack sentence, if any, is copied to <why>.
+ */
+int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len);
+/* Sends the get request <nlh> (one object, not a dump) with NLM_F_ACK and
+ * hands each reply to <cb> until the ack. Returns 0, the kernel's -errno
+ * (-ENOENT: no such object), or -errno as <cb> set it when it returned
+ * MNL_CB_ERROR. After a failure the ack may still be queued: close the
+ * socket rather than send another request on it.
+ */
+int nl_get(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data);
+
+#endif
