@@ -253,11 +253,11 @@ static int ban_left(const char *table, const struct in6_addr *src, uint64_t *lef
 		goto out;
 	nftnl_set_elem_add(s, e);
 	e = NULL;
-	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, 0, 0);
+	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_ACK, 0);
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
 	ret = nl_open(&nl, NETLINK_NETFILTER, NULL);
 	if (ret == 0)
-		ret = nl_get(&nl, nlh, ban_seen, &seen);
+		ret = nl_talk(&nl, nlh, ban_seen, &seen);
 	nl_close(&nl);
 	if (ret == 0 && !seen.found)
 		ret = -ENOENT;

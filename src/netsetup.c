@@ -463,32 +463,15 @@ static int routes_dump(struct nl *nl, int family, struct route_list *l)
 	char buf[NL_BUFSZ];
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
 	struct rtmsg *rtm;
-	ssize_t n;
 	int ret;
 
 	nlh->nlmsg_type = RTM_GETROUTE;
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-	nlh->nlmsg_seq = ++nl->seq;
 	rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
 	rtm->rtm_family = (unsigned char)family;
 	rtm->rtm_table = RT_TABLE_LOCAL;
-	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
-		return -errno;
-	/* The dump ends with NLMSG_DONE (MNL_CB_STOP); the batch count and
-	 * the socket's receive timeout only guard against a kernel that
-	 * never says so.
-	 */
-	for (int batches = 0; batches < 1000000; batches++) {
-		n = nl_recv(nl, buf, sizeof(buf));
-		if (n == -1)
-			return -errno;
-		ret = mnl_cb_run(buf, (size_t)n, nl->seq, nl->portid, dump_route, l);
-		if (ret == MNL_CB_STOP)
-			return 0;
-		if (ret == MNL_CB_ERROR)
-			return l->err ? l->err : -errno;
-	}
-	return -EPROTO;
+	ret = nl_talk(nl, nlh, dump_route, l);
+	return ret && l->err ? l->err : ret;
 }
 
 /* Deletes every route of the instance of nft table <table> in table local

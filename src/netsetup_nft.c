@@ -1031,11 +1031,11 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 
 		if (!c)
 			return ret;
-		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_INET, 0, 0);
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_INET, NLM_F_ACK, 0);
 		if (nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, table) == 0 &&
 		    nftnl_chain_set_str(c, NFTNL_CHAIN_NAME, chain) == 0) {
 			nftnl_chain_nlmsg_build_payload(nlh, c);
-			ret = nl_get(nl, nlh, object_seen, seen);
+			ret = nl_talk(nl, nlh, object_seen, seen);
 		}
 		nftnl_chain_free(c);
 	} else if (counter) {
@@ -1043,14 +1043,14 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 
 		if (!o)
 			return ret;
-		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETOBJ, NFPROTO_INET, 0, 0);
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETOBJ, NFPROTO_INET, NLM_F_ACK, 0);
 		/* These setters say nothing when out of memory. */
 		nftnl_obj_set_u32(o, NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
 		nftnl_obj_set_str(o, NFTNL_OBJ_TABLE, table);
 		nftnl_obj_set_str(o, NFTNL_OBJ_NAME, counter);
 		if (nftnl_obj_is_set(o, NFTNL_OBJ_TABLE) && nftnl_obj_is_set(o, NFTNL_OBJ_NAME)) {
 			nftnl_obj_nlmsg_build_payload(nlh, o);
-			ret = nl_get(nl, nlh, object_seen, seen);
+			ret = nl_talk(nl, nlh, object_seen, seen);
 		}
 		nftnl_obj_free(o);
 	} else {
@@ -1058,10 +1058,10 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 
 		if (!t)
 			return ret;
-		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, NFPROTO_INET, 0, 0);
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_ACK, 0);
 		if (nftnl_table_set_str(t, NFTNL_TABLE_NAME, table) == 0) {
 			nftnl_table_nlmsg_build_payload(nlh, t);
-			ret = nl_get(nl, nlh, table_seen, seen);
+			ret = nl_talk(nl, nlh, table_seen, seen);
 		}
 		nftnl_table_free(t);
 	}

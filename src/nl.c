@@ -126,20 +126,20 @@ int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len)
 	return -EPROTO;
 }
 
-int nl_get(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
+int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
 {
 	char buf[NL_BUFSZ];
 	ssize_t r;
 	int ret;
 
-	nlh->nlmsg_flags |= NLM_F_ACK;
 	nlh->nlmsg_seq = ++nl->seq;
 	if (mnl_socket_sendto(nl->sock, nlh, nlh->nlmsg_len) == -1)
 		return -errno;
-	/* One reply, then the ack (MNL_CB_STOP); the bound only guards
-	 * against a kernel that never acks.
+	/* The answer ends with the ack or NLMSG_DONE (MNL_CB_STOP); the
+	 * batch count and the socket's receive timeout only guard against a
+	 * kernel that never says so.
 	 */
-	for (int tries = 0; tries < 16; tries++) {
+	for (int batches = 0; batches < 1000000; batches++) {
 		r = nl_recv(nl, buf, sizeof(buf));
 		if (r == -1)
 			return -errno;

@@ -34,12 +34,14 @@ ssize_t nl_recv(struct nl *nl, char *buf, size_t len);
  * the kernel's extended-ack sentence, if any, is copied to <why>.
  */
 int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len);
-/* Sends the get request <nlh> (one object, not a dump) with NLM_F_ACK and
- * hands each reply to <cb> until the ack. Returns 0, the kernel's -errno
- * (-ENOENT: no such object), or -errno as <cb> set it when it returned
- * MNL_CB_ERROR. After a failure the ack may still be queued: close the
- * socket rather than send another request on it.
+/* Sends <nlh> (its sequence number set here) and hands each message of
+ * the answer to <cb> until its end: the ack of a request with NLM_F_ACK
+ * (a get of one object), or the NLMSG_DONE of a dump. Returns 0, the
+ * kernel's -errno (-ENOENT: no such object), or -errno as <cb> set it when
+ * it returned MNL_CB_ERROR. After a failure the rest of the answer may
+ * still be queued: close the socket rather than send another request on
+ * it.
  */
-int nl_get(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data);
+int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data);
 
 #endif
