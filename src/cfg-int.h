@@ -36,8 +36,8 @@ struct loader {
 	struct app_src *src; /* parallel to cfg->apps */
 	size_t n_src;
 
-	char *warns; /* cfg->warnings, as it grows */
-	size_t warns_len;
+	char *warns;				  /* cfg->warnings, as it grows */
+	size_t warns_len, n_warns, warns_dropped; /* see CFG_SHOW_WARNINGS */
 
 	/* Over the whole file, an alias counted each time it is used (each
 	 * use is a copy in the snapshot): see CFG_MAX_LISTED, CFG_MAX_ORIGINS.

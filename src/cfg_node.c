@@ -354,37 +354,69 @@ int cfg_get_uint(struct loader *ld, yaml_node_t *n, const char *key, unsigned lo
 	return 0;
 }
 
-/* Reads a payload (any bytes, NUL included; YAML escapes such as \r\n
- * come from double-quoted scalars) into a malloc'd, NUL-terminated copy.
+/* Reads a payload into a malloc'd, NUL-terminated copy: one byte per
+ * character, U+0000 to U+00FF, NUL included. YAML's "\xNN" is the
+ * character U+00NN, which libyaml hands over as UTF-8 (two bytes from
+ * \x80 up): decoded here, so that "\x16\x03\x01" and "\xff" are sent as
+ * written. A character above U+00FF is no byte and is refused, as a
+ * sequence of bytes cannot tell which encoding the user meant.
  * Returns 0 or -EINVAL after reporting.
  */
 int cfg_get_bytes(struct loader *ld, yaml_node_t *n, const char *key, char **out, size_t *len)
 {
-	size_t l;
+	const unsigned char *v;
+	size_t l = 0, i;
+	char *buf;
 
 	if (n->type != YAML_SCALAR_NODE) {
 		cfg_err_at(ld, &n->start_mark, "%s: expected a string, got %s", key,
 			   cfg_node_kind(n));
 		return -EINVAL;
 	}
-	l = n->data.scalar.length;
-	if (l == 0) {
+	v = n->data.scalar.value;
+	if (n->data.scalar.length == 0) {
 		cfg_err_at(ld, &n->start_mark, "%s: empty (leave the key out instead)", key);
 		return -EINVAL;
+	}
+	buf = malloc(n->data.scalar.length + 1);
+	if (!buf) {
+		ld->oom = true;
+		return -ENOMEM;
+	}
+	/* libyaml's scalars are valid UTF-8: a lead byte below 0xc4 starts
+	 * U+0000 to U+00FF.
+	 */
+	for (i = 0; i < n->data.scalar.length; l++) {
+		if (v[i] < 0x80) {
+			buf[l] = (char)v[i++];
+		} else if (v[i] < 0xc4 && i + 1 < n->data.scalar.length) {
+			buf[l] = (char)((v[i] & 0x1f) << 6 | (v[i + 1] & 0x3f));
+			i += 2;
+		} else {
+			size_t cl = v[i] >= 0xf0 ? 4 : v[i] >= 0xe0 ? 3 : 2;
+			char hex[4 * 4 + 1] = "";
+
+			for (size_t k = 0; k < cl && i + k < n->data.scalar.length; k++)
+				snprintf(hex + 4 * k, sizeof(hex) - 4 * k, "\\x%02x", v[i + k]);
+			cfg_err_at(
+			    ld, &n->start_mark,
+			    "%s: \"%.*s\" is not a byte: each character is one byte, \\x00 to "
+			    "\\xff; write text in another encoding as its bytes (\"%s\" for "
+			    "UTF-8)",
+			    key, (int)cl, (const char *)v + i, hex);
+			free(buf);
+			return -EINVAL;
+		}
 	}
 	if (l > CFG_PAYLOAD_MAX) {
 		cfg_err_at(ld, &n->start_mark, "%s: %zu bytes is too long (at most %d)", key, l,
 			   CFG_PAYLOAD_MAX);
+		free(buf);
 		return -EINVAL;
 	}
+	buf[l] = '\0';
 	free(*out);
-	*out = malloc(l + 1);
-	if (!*out) {
-		ld->oom = true;
-		return -ENOMEM;
-	}
-	memcpy(*out, n->data.scalar.value, l);
-	(*out)[l] = '\0';
+	*out = buf;
 	*len = l;
 	return 0;
 }

@@ -484,6 +484,20 @@ static void test_error_positions(void **state)
 	     "1:18: network.table: \"abcdefghijabcdefghijabcdefghijab\" is not a valid"},
 	    {"log_level: warning\n", "1:12: log_level: \"warning\" is not one of: error, warn, "
 				     "info, debug"},
+	    /* Quoted text is cut at 64 bytes, but not inside a character:
+	     * 21 euro signs are 63 bytes, the 22nd would end at 66.
+	     */
+	    {"log_level: "
+	     "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+	     "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+	     "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+	     "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+	     "\xe2\x82\xac\xe2\x82\xac\n",
+	     "1:12: log_level: "
+	     "\"\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82"
+	     "\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82"
+	     "\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82"
+	     "\xac...\" is not one of"},
 	    {"log_buffer: 1GiB\n", "1:13: log_buffer: \"1GiB\" is not a size (bytes, or a number "
 				   "with KiB or MiB)"},
 	    {"log_buffer: 64k\n", "1:13: log_buffer: \"64k\" is not a size"},
@@ -1227,6 +1241,19 @@ static void test_origin_forms(void **state)
 	assert_memory_equal(c->apps[0].health.send, "a\0b\x01", 5);
 	assert_int_equal(c->apps[0].health.expect_len, 2);
 	cfg_unref(c);
+
+	/* "\xNN" is one byte, from \x80 up too (libyaml gives U+0080 to
+	 * U+00FF as two bytes of UTF-8): a binary probe goes out as written,
+	 * and a plain character up to U+00FF is its one byte as well.
+	 */
+	c = load_ok("apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: 198.51.100.1:80,\n"
+		    "     health_check: {send: \"\\x16\\x03\\x01\\x00\\xa5\\xff\", expect: "
+		    "\"\\x80\xc3\xa9\"}}\n");
+	assert_int_equal(c->apps[0].health.send_len, 6);
+	assert_memory_equal(c->apps[0].health.send, "\x16\x03\x01\x00\xa5\xff", 7);
+	assert_int_equal(c->apps[0].health.expect_len, 2);
+	assert_memory_equal(c->apps[0].health.expect, "\x80\xe9", 3);
+	cfg_unref(c);
 }
 
 static void test_origin_names(void **state)
@@ -1463,6 +1490,10 @@ static void test_origin_errors(void **state)
 	     "6:26: health_check.send: empty"},
 	    {APP "    origins: 198.51.100.1:80\n    health_check: {send: [a]}\n",
 	     "6:26: health_check.send: expected a string, got a list"},
+	    {APP "    origins: 198.51.100.1:80\n    health_check: {send: \"ok \\u20ac\"}\n",
+	     "6:26: health_check.send: \"\xe2\x82\xac\" is not a byte: each character is one "
+	     "byte, \\x00 to \\xff; write text in another encoding as its bytes "
+	     "(\"\\xe2\\x82\\xac\" for UTF-8)"},
 	    {APP "    origins: 198.51.100.1:80\n    health_check: 5\n",
 	     "6:19: health_check: expected a mapping of keys, got a single value"},
 	    /* passive, dns */
@@ -1493,6 +1524,60 @@ static void test_origin_errors(void **state)
 	assert_int_equal(stub_calls, 0);
 }
 
+/* Warnings stop at 100 lines and say how many more there were: one origin
+ * list shared by hundreds of apps would print each warning hundreds of
+ * times.
+ */
+static void test_warnings_capped(void **state)
+{
+	(void)state;
+	size_t cap = 64 * 1024, o;
+	char *yaml = malloc(cap);
+	struct cfg *c;
+
+	assert_non_null(yaml);
+	o = (size_t)snprintf(yaml, cap,
+			     "apps:\n  - {name: e, edge: 198.51.100.0/24, ports: 7000, origins: "
+			     "192.0.2.250:7000}\n");
+	for (int i = 0; i < 150; i++)
+		o += (size_t)snprintf(yaml + o, cap - o,
+				      "  - {name: a%d, edge: 192.0.2.%d, ports: 80, origins: "
+				      "198.51.100.10:8000}\n",
+				      i, i);
+	c = load_ok(yaml);
+	assert_non_null(c->warnings);
+	assert_int_equal(count_lines(c->warnings), 101);
+	assert_non_null(strstr(c->warnings, "is inside the edges of app \"e\""));
+	assert_non_null(strstr(c->warnings, "\nt.yaml: warning: 50 more warnings not shown\n"));
+	cfg_unref(c);
+	free(yaml);
+}
+
+/* An app listed again through an alias is refused before it loads again
+ * (payloads and all), and so is a list of more apps than claims.
+ */
+static void test_app_limits(void **state)
+{
+	(void)state;
+	size_t n = 1000001, cap = 2 * n + 64, o;
+	char *yaml;
+
+	expect_error("apps:\n  - &a {name: a, edge: 192.0.2.1, ports: 80, origins: "
+		     "198.51.100.1:80}\n  - *a\n  - *a\n",
+		     "2:3: apps: app 2 is an alias of an app above it; list each app once");
+	yaml = malloc(cap);
+	assert_non_null(yaml);
+	o = (size_t)snprintf(yaml, cap, "apps: [");
+	for (size_t i = 0; i < n; i++) {
+		yaml[o++] = '0';
+		yaml[o++] = ',';
+	}
+	snprintf(yaml + o - 1, cap - o + 1, "]\n");
+	expect_error(yaml, "1:7: apps: 1000001 apps, more than the 1000000 (edge, port range) "
+			   "combinations a config may claim in all");
+	free(yaml);
+}
+
 /* A long payload is refused; so are too many origins. */
 static void test_origin_limits(void **state)
 {
@@ -1508,6 +1593,17 @@ static void test_origin_limits(void **state)
 	o += 1025;
 	o += (size_t)snprintf(yaml + o, cap - o, "\"}}\n");
 	expect_error(yaml, "2:90: health_check.send: 1025 bytes is too long (at most 1024)");
+	/* The limit counts bytes sent, not the UTF-8 that holds them. */
+	o -= 1025 + 4;
+	for (i = 0; i < 1024; i++)
+		o += (size_t)snprintf(yaml + o, cap - o, "\\xff");
+	snprintf(yaml + o, cap - o, "\"}}\n");
+	{
+		struct cfg *c = load_ok(yaml);
+
+		assert_int_equal(c->apps[0].health.send_len, 1024);
+		cfg_unref(c);
+	}
 
 	o = (size_t)snprintf(yaml, cap,
 			     "apps:\n  - {name: a, edge: 192.0.2.1, ports: 80, origins: [");
@@ -2127,6 +2223,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_origin_names, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_errors, use_stub, restore_resolver),
 	    cmocka_unit_test_setup_teardown(test_origin_limits, use_stub, restore_resolver),
+	    cmocka_unit_test(test_app_limits),
+	    cmocka_unit_test(test_warnings_capped),
 	    cmocka_unit_test(test_protection_defaults),
 	    cmocka_unit_test(test_protection_example),
 	    cmocka_unit_test(test_protection_override),
