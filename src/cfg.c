@@ -323,6 +323,8 @@ static void load_log_buffer(struct loader *ld, yaml_node_t *n)
 		memcpy(num, s, len);
 		num[len] = '\0';
 		rc = cfg_parse_uint(num, LOG_BUFFER_MAX >> units[i].shift, &v);
+	} else if (len > 0 && strspn(s, "0123456789") == len) {
+		rc = -ERANGE; /* digits, more than any size */
 	}
 	if (rc == -EINVAL) {
 		cfg_err_at(ld, &n->start_mark,
@@ -568,10 +570,28 @@ void cfg_prefix_error(struct loader *ld, yaml_node_t *n, const char *key, const 
 		if (addr_parse_prefix(host, &p, &w) == 0 && (slash[1] != '0' || !slash[2]) &&
 		    cfg_parse_uint(slash + 1, 128, &len) == 0 && (!v4 || len <= 32)) {
 			unsigned bits = (unsigned)len + (v4 ? 96 : 0), i;
+			bool mapped = addr_is_v4(&p.addr);
 
 			for (i = bits; i < 128; i++)
 				p.addr.s6_addr[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
 			p.len = (uint8_t)bits;
+			/* No hint that would be refused in turn: a prefix that
+			 * covers the IPv4-mapped range is (see
+			 * cfg_v6_covers_mapped).
+			 */
+			if (!v4 && cfg_v6_covers_mapped(&p)) {
+				if (mapped && len <= 32)
+					cfg_err_at(
+					    ld, &n->start_mark,
+					    "%s: %s has host bits set; the length of an "
+					    "IPv4-mapped address counts IPv6 bits (an IPv4 /%lu "
+					    "is /%lu): write IPv4 prefixes as IPv4",
+					    key, s, len, len + 96);
+				else
+					cfg_err_at(ld, &n->start_mark, "%s: %s has host bits set",
+						   key, s);
+				return;
+			}
 			cfg_err_at(ld, &n->start_mark, "%s: %s has host bits set; did you mean %s?",
 				   key, s, addr_fmt_prefix(&p, fix));
 			return;

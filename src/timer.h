@@ -78,7 +78,9 @@ int timer_set(struct timer_heap *h, struct timer *t, uint64_t deadline);
 void timer_cancel(struct timer_heap *h, struct timer *t);
 
 /* Disarms and runs every timer whose deadline is <= <now>; the callbacks may
- * arm or cancel timers. Returns ms until the next deadline, or -1 if none.
+ * arm or cancel timers, but a timer armed again at or before <now> runs
+ * again in the same call: a callback that always does so never lets it
+ * return. Returns ms until the next deadline, or -1 if none.
  */
 int timer_run(struct timer_heap *h, uint64_t now);
 

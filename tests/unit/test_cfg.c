@@ -501,6 +501,8 @@ static void test_error_positions(void **state)
 	    {"log_buffer: 1GiB\n", "1:13: log_buffer: \"1GiB\" is not a size (bytes, or a number "
 				   "with KiB or MiB)"},
 	    {"log_buffer: 64k\n", "1:13: log_buffer: \"64k\" is not a size"},
+	    {"log_buffer: 1073741824000000000000000000000000MiB\n",
+	     "1:13: log_buffer: 10737418240000000000000000000000... out of range (64KiB-256MiB)"},
 	    {"log_buffer: KiB\n", "1:13: log_buffer: \"KiB\" is not a size"},
 	    {"log_buffer: 1000\n", "1:13: log_buffer: 1000 out of range (64KiB-256MiB)"},
 	    {"log_buffer: 257MiB\n", "1:13: log_buffer: 257MiB out of range (64KiB-256MiB)"},
@@ -1889,6 +1891,13 @@ static void test_protection_errors(void **state)
 	    {"protection: {allow: [192.0.2.0/24, \"2001:db8::1/32\"]}\n",
 	     "1:36: protection.allow: 2001:db8::1/32 has host bits set; did you mean "
 	     "2001:db8::/32?"},
+	    /* No hint that would be refused in turn. */
+	    {"protection: {deny: [\"::ffff:192.0.2.1/24\"]}\n",
+	     "1:21: protection.deny: ::ffff:192.0.2.1/24 has host bits set; the length of an "
+	     "IPv4-mapped address counts IPv6 bits (an IPv4 /24 is /120): write IPv4 prefixes "
+	     "as IPv4"},
+	    {"protection: {deny: [\"::ffff:0:0/95\"]}\n",
+	     "1:21: protection.deny: ::ffff:0:0/95 has host bits set\n"},
 	    {"protection: {deny: [\"::/0\"]}\n",
 	     "1:21: protection.deny: ::/0 includes the IPv4-mapped range ::ffff:0:0/96"},
 	    {"protection: {deny: [\"::/80\"]}\n",
