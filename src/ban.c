@@ -106,32 +106,54 @@ static int nft_errno(const char *msg)
 	return -EINVAL;
 }
 
+static int set_seen(const struct nlmsghdr *nlh, void *data)
+{
+	(void)nlh;
+	(void)data;
+	return MNL_CB_OK;
+}
+
+/* Whether table <table> has set <set>: 0, -ENOENT, or another -errno. The
+ * set alone, without its elements (which `list set` would fetch).
+ */
+static int set_get(const char *table, const char *set)
+{
+	struct nftnl_set *s = nftnl_set_alloc();
+	char buf[NL_BUFSZ];
+	struct nlmsghdr *nlh;
+	struct nl nl = {0};
+	int ret = -ENOMEM;
+
+	if (!s)
+		return ret;
+	if (nftnl_set_set_str(s, NFTNL_SET_TABLE, table) == 0 &&
+	    nftnl_set_set_str(s, NFTNL_SET_NAME, set) == 0) {
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSET, NFPROTO_INET, NLM_F_ACK, 0);
+		nftnl_set_nlmsg_build_payload(nlh, s);
+		ret = nl_open(&nl, NETLINK_NETFILTER, NULL);
+		if (ret == 0)
+			ret = nl_talk(&nl, nlh, set_seen, NULL);
+		nl_close(&nl);
+	}
+	nftnl_set_free(s);
+	return ret;
+}
+
 /* After a failed command: says whether the table or its ban sets are
  * missing, which is what a user most likely hit, else passes nft's text on.
  */
 static int explain(const char *table, const char *cmd_err, char **err)
 {
-	struct nft_res r;
-	char *cmd = NULL;
-	int ret, code = nft_errno(cmd_err);
+	int code = nft_errno(cmd_err);
 
 	if (code == -EPERM)
 		return net_set_err(err, -EPERM, "%s (editing the ban sets needs CAP_NET_ADMIN)",
 				   cmd_err);
-	if (asprintf(&cmd, "list set inet %s ban4", table) == -1)
-		return net_set_err(err, -ENOMEM, "out of memory");
-	ret = nft_exec(cmd, &r);
-	free(cmd);
-	if (ret == -EINVAL) {
-		ret = net_set_err(
-		    err, -ESRCH,
-		    "prism's table %s is not loaded (or has no ban sets): is prism running "
-		    "/ net up?",
-		    table);
-		nft_res_free(&r);
-		return ret;
-	}
-	nft_res_free(&r);
+	if (set_get(table, "ban4") != 0)
+		return net_set_err(err, -ESRCH,
+				   "prism's table %s is not loaded (or has no ban sets): is prism "
+				   "running / net up?",
+				   table);
 	return net_set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
 }
 

@@ -582,3 +582,38 @@ def test_ban_set_size_costs_no_netlink_reads(failsys, topo):
     empty = ban_round(t, failsys, 0)
     assert empty >= 5, empty
     assert ban_round(t, failsys, BANS_FILLED) == empty
+
+
+def cli_reads(prism_bin, lib, ns, argv):
+    """(exit code, stderr, netlink reads) of prism <argv> in <ns>."""
+    env = dict(os.environ, LD_PRELOAD=lib, FAILSYS_START="1", FAILSYS_FN="recvmsg",
+               FAILSYS_COUNT="1")
+    p = subprocess.run(["ip", "netns", "exec", ns, prism_bin, *argv], env=env,
+                       capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stderr, int(re.search(r"failsys: (\d+) calls", p.stderr).group(1))
+
+
+def test_ban_commands_read_no_ban_set(failsys, prism_bin, netns, tmp_path):
+    """`prism ban del` of a source that is not banned, and `net down`,
+    read the same netlink answers whether the ban set is empty or nearly
+    full: the delete's failure is explained by asking for the set itself,
+    not by listing it (0.4 s with 60,000 bans, fetched through
+    libnftables), and whose the table is by getting the table."""
+    ns = netns("bd")
+    cfg = tmp_path / "net.yaml"
+    cfg.write_text(NET_CFG)
+    script = tmp_path / "bans.nft"
+    script.write_text("add element inet prism ban4 { " + ", ".join(
+        f"198.18.{i >> 8}.{i & 255} timeout 1h" for i in range(BANS_FILLED)) + " }\n")
+    reads = []
+    for filled in (False, True):
+        nstopo.run(["ip", "netns", "exec", ns, prism_bin, "net", "up", "-c", str(cfg)])
+        if filled:
+            nstopo.run(["ip", "netns", "exec", ns, "nft", "-f", str(script)])
+        rc, err, n_del = cli_reads(prism_bin, failsys, ns,
+                                   ["ban", "del", "203.0.113.99", "-c", str(cfg)])
+        assert rc == 1 and "203.0.113.99 is not banned" in err, err
+        rc, err, n_down = cli_reads(prism_bin, failsys, ns, ["net", "down", "-c", str(cfg)])
+        assert rc == 0, err
+        reads.append((n_del, n_down))
+    assert reads[1] == reads[0], reads
