@@ -965,19 +965,32 @@ out:
 	return ret;
 }
 
-/* What one nf_tables get (nl_get) tells: the object is there, and for a
+/* What one nf_tables get (nl_talk) tells: the object is there, and for a
  * table whether it carries prism's comment.
  */
 struct nft_seen {
 	bool marked;
 };
 
+/* The comment among a table's userdata, which any program may have
+ * written: libnftnl's walk checks only that each attribute starts inside
+ * the buffer, so one that would end past it stops the walk.
+ */
+struct udata_walk {
+	const char *end;
+	const struct nftnl_udata *comment;
+};
+
 static int comment_attr(const struct nftnl_udata *attr, void *data)
 {
-	const struct nftnl_udata **c = data;
+	struct udata_walk *w = data;
+	const char *a = (const char *)attr;
 
+	if ((size_t)(w->end - a) < 2 ||
+	    (size_t)(w->end - (const char *)nftnl_udata_get(attr)) < nftnl_udata_len(attr))
+		return -1;
 	if (nftnl_udata_type(attr) == NFTNL_UDATA_TABLE_COMMENT)
-		*c = attr;
+		w->comment = attr;
 	return 0;
 }
 
@@ -985,7 +998,7 @@ static int table_seen(const struct nlmsghdr *nlh, void *data)
 {
 	struct nft_seen *seen = data;
 	struct nftnl_table *t = nftnl_table_alloc();
-	const struct nftnl_udata *c = NULL;
+	struct udata_walk w = {0};
 	const void *ud;
 	uint32_t len = 0;
 
@@ -1000,10 +1013,15 @@ static int table_seen(const struct nlmsghdr *nlh, void *data)
 	}
 	/* nft keeps a comment with its terminating NUL. */
 	ud = nftnl_table_get_data(t, NFTNL_TABLE_USERDATA, &len);
-	if (ud && nftnl_udata_parse(ud, len, comment_attr, &c) >= 0 && c)
-		seen->marked =
-		    strnlen(nftnl_udata_get(c), nftnl_udata_len(c)) == strlen(NET_TABLE_MARK) &&
-		    memcmp(nftnl_udata_get(c), NET_TABLE_MARK, strlen(NET_TABLE_MARK)) == 0;
+	if (ud) {
+		w.end = (const char *)ud + len;
+		if (nftnl_udata_parse(ud, len, comment_attr, &w) >= 0 && w.comment)
+			seen->marked =
+			    strnlen(nftnl_udata_get(w.comment), nftnl_udata_len(w.comment)) ==
+				strlen(NET_TABLE_MARK) &&
+			    memcmp(nftnl_udata_get(w.comment), NET_TABLE_MARK,
+				   strlen(NET_TABLE_MARK)) == 0;
+	}
 	nftnl_table_free(t);
 	return MNL_CB_OK;
 }
@@ -1070,7 +1088,7 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 
 /* Asks the kernel for the table, and for an unmarked one its counter and
  * chain, one object each: `list table` through libnftables would first
- * fetch every element of every set (1.3 s with 150,000 bans).
+ * fetch every element of every set (0.4 s with 60,000 bans).
  */
 int net_table_state(const char *table, char **err)
 {

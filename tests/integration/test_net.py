@@ -203,6 +203,42 @@ def test_foreign_table_is_left_alone(ns, tmp_path):
     assert state(ns) == before
 
 
+# Adds table inet ARGV[1] with userdata ARGV[2] (hex) as it is, through
+# raw netlink: nft only writes well-formed userdata.
+RAW_TABLE = r"""
+import socket, struct, sys
+def attr(t, data):
+    n = 4 + len(data)
+    return struct.pack("HH", n, t) + data + bytes((4 - n % 4) % 4)
+def msg(typ, flags, seq, family, resid, payload):
+    body = struct.pack("BBH", family, 0, socket.htons(resid)) + payload
+    return struct.pack("IHHII", 16 + len(body), typ, flags, seq, 0) + body
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.bind((0, 0))
+s.send(msg(0x10, 1, 1, 0, 10, b"")  # batch begin, nf_tables
+       + msg(10 << 8, 1 | 4 | 0x400, 2, 1, 0,  # NEWTABLE inet, ack, create
+             attr(1, sys.argv[1].encode() + b"\0") + attr(6, bytes.fromhex(sys.argv[2])))
+       + msg(0x11, 1, 3, 0, 10, b""))  # batch end
+while True:
+    r = s.recv(65536)
+    ln, typ, _, seq = struct.unpack("IHHI", r[:12])
+    if typ == 2 and seq == 2:  # the table's ack
+        sys.exit(-struct.unpack("i", r[16:20])[0])
+"""
+
+
+def test_table_with_malformed_userdata_is_foreign(ns):
+    """Whose a table is comes from its comment, in userdata that any
+    program may write: one whose only attribute claims 255 bytes in a
+    buffer of 2 is read within its bounds (an ASan build catches a read
+    past them) and is someone else's table."""
+    run("ip", "netns", "exec", ns, "/usr/bin/python3", "-c", RAW_TABLE, "weird", "00ff")
+    assert "table inet weird" in run("ip", "netns", "exec", ns, "nft", "list", "tables").stdout
+    p = prism(ns, "net", "down", "-t", "weird")
+    assert p.returncode == 1, p.stderr
+    assert "nftables table inet weird was not made by prism" in p.stderr, p.stderr
+
+
 def test_claim_held_by_another_process_is_named(ns, cfg):
     """prism claims its table through an abstract unix socket, whose name
     has no permissions: when another process holds it, the refusal names
