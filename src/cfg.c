@@ -1587,16 +1587,29 @@ static void syntax_error(struct loader *ld, const yaml_parser_t *p, const char *
 	if (p->error == YAML_READER_ERROR) {
 		/* The reader only knows a byte offset: find its line, and
 		 * its column in characters as the other messages count them
-		 * (a UTF-8 continuation byte is no character of its own).
+		 * (a UTF-8 continuation byte is no character of its own),
+		 * with libyaml's line breaks (CR, CR LF, LF, NEL, LS, PS)
+		 * and no column for a byte order mark.
 		 */
+		const unsigned char *u = (const unsigned char *)buf;
+		size_t i = len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+		size_t end = p->problem_offset < len ? p->problem_offset : len;
 		yaml_mark_t m = {0, 0, 0};
-		size_t i;
 
-		for (i = 0; i < p->problem_offset && i < len; i++) {
-			if (buf[i] == '\n') {
+		for (; i < end; i++) {
+			size_t brk = u[i] == '\n'   ? 1
+				     : u[i] == '\r' ? (i + 1 < end && u[i + 1] == '\n' ? 2 : 1)
+				     : u[i] == 0xc2 && i + 1 < end && u[i + 1] == 0x85 ? 2
+				     : u[i] == 0xe2 && i + 2 < end && u[i + 1] == 0x80 &&
+					     (u[i + 2] == 0xa8 || u[i + 2] == 0xa9)
+					 ? 3
+					 : 0;
+
+			if (brk) {
 				m.line++;
 				m.column = 0;
-			} else if (((unsigned char)buf[i] & 0xC0) != 0x80) {
+				i += brk - 1;
+			} else if ((u[i] & 0xC0) != 0x80) {
 				m.column++;
 			}
 		}

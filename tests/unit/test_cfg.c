@@ -531,6 +531,13 @@ static void test_error_positions(void **state)
 	    {"listen: !local {port: 80}\n", "1:9: YAML tag !local is not supported"},
 	    /* Columns in characters: two 2-byte ones before the bad byte. */
 	    {"x: \"\xc3\xa9\xc3\xa9\xff\"\n", "1:7: not valid text"},
+	    /* Lines as libyaml breaks them (CR, CR LF, NEL), and no column
+	     * for a byte order mark.
+	     */
+	    {"log_level: info\rlisten: {port: 1}\rx: \xff\r", "3:4: not valid text"},
+	    {"log_level: info\r\nx: \xff\r\n", "2:4: not valid text"},
+	    {"log_level: info\xc2\x85x: \xff\n", "2:4: not valid text"},
+	    {"\xef\xbb\xbfx: \xff\n", "1:4: not valid text"},
 	};
 	size_t i;
 	int bad = 0;
