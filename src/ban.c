@@ -106,13 +106,6 @@ static int nft_errno(const char *msg)
 	return -EINVAL;
 }
 
-static int set_seen(const struct nlmsghdr *nlh, void *data)
-{
-	(void)nlh;
-	(void)data;
-	return MNL_CB_OK;
-}
-
 /* Whether table <table> has set <set>: 0, -ENOENT, or another -errno. The
  * set alone, without its elements (which `list set` would fetch).
  */
@@ -132,7 +125,7 @@ static int set_get(const char *table, const char *set)
 		nftnl_set_nlmsg_build_payload(nlh, s);
 		ret = nl_open(&nl, NETLINK_NETFILTER, NULL);
 		if (ret == 0)
-			ret = nl_talk(&nl, nlh, set_seen, NULL);
+			ret = nl_talk(&nl, nlh, NULL, NULL);
 		nl_close(&nl);
 	}
 	nftnl_set_free(s);

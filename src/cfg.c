@@ -1145,19 +1145,23 @@ out:
  */
 struct loop_org {
 	addr_u128 key;
-	const struct cfg_range *r;
-	size_t nr;
-	struct cfg_range one; /* r when the origin has a port */
 	const struct cfg_origin *o;
-	size_t app; /* whose merged ports r is, without a port */
+	size_t app; /* whose origin */
 	bool told;
+};
+
+/* An app's ports, sorted and merged (for its origins without a port). */
+struct loop_ports {
+	struct cfg_range *r;
+	size_t n;
 };
 
 struct loop_walk {
 	struct loader *ld;
 	struct loop_org *v;
 	size_t n;
-	bool names; /* host names' resolved addresses: warnings, not errors */
+	struct loop_ports *merged; /* per app, built for those that need it */
+	bool names;		   /* host names' resolved addresses: warnings, not errors */
 };
 
 static int loop_org_cmp(const void *a, const void *b)
@@ -1175,21 +1179,30 @@ static int range_lo_cmp(const void *a, const void *b)
 }
 
 /* The lowest port of [<lo>, <hi>] that <x> is dialed on, or 0. */
-static uint16_t loop_port(const struct loop_org *x, uint16_t lo, uint16_t hi)
+static uint16_t loop_port(const struct loop_walk *w, const struct loop_org *x, uint16_t lo,
+			  uint16_t hi)
 {
-	size_t a = 0, b = x->nr;
+	struct cfg_range one;
+	const struct cfg_range *r = &one;
+	size_t a = 0, b = 1, n = 1;
 
+	if (x->o->port_mode == CFG_PORT_DIALED) {
+		r = w->merged[x->app].r;
+		b = n = w->merged[x->app].n;
+	} else {
+		cfg_dial_range(&w->ld->cfg->apps[x->app], x->o, 0, &one.lo, &one.hi);
+	}
 	while (a < b) {
 		size_t mid = a + (b - a) / 2;
 
-		if (x->r[mid].hi < lo)
+		if (r[mid].hi < lo)
 			a = mid + 1;
 		else
 			b = mid;
 	}
-	if (a == x->nr || x->r[a].lo > hi)
+	if (a == n || r[a].lo > hi)
 		return 0;
-	return x->r[a].lo > lo ? x->r[a].lo : lo;
+	return r[a].lo > lo ? r[a].lo : lo;
 }
 
 /* For each element of the claims' cover, the origins dialed on a claimed
@@ -1211,7 +1224,7 @@ static int loop_elem(const struct rt_elem *e, void *arg)
 	}
 	for (; a < w->n && w->v[a].key <= hi; a++) {
 		struct loop_org *x = &w->v[a];
-		uint16_t plo = x->told ? 0 : loop_port(x, e->plo, e->phi);
+		uint16_t plo = x->told ? 0 : loop_port(w, x, e->plo, e->phi);
 		const struct cfg *c = w->ld->cfg;
 		yaml_mark_t m = {0, 0, 0};
 		struct in6_addr ad;
@@ -1330,10 +1343,6 @@ static void check_origin_loops(struct loader *ld, bool names)
 {
 	const struct cfg *c = ld->cfg;
 	struct loop_walk w = {.ld = ld, .names = names};
-	struct {
-		struct cfg_range *r;
-		size_t n;
-	} *merged = NULL; /* per app: its ports, sorted and merged */
 	size_t cap = 0, a, i, j, r;
 
 	/* Unmanaged, the operator's own routes and rules decide. */
@@ -1346,21 +1355,18 @@ static void check_origin_loops(struct loader *ld, bool names)
 	if (!cap)
 		return;
 	w.v = calloc(cap, sizeof(*w.v));
-	merged = calloc(c->n_apps, sizeof(*merged));
-	if (!w.v || !merged)
+	w.merged = calloc(c->n_apps, sizeof(*w.merged));
+	if (!w.v || !w.merged)
 		goto oom;
 	for (a = 0; a < c->n_apps; a++) {
 		const struct cfg_app *app = &c->apps[a];
 
 		for (i = 0; ld->src[a].ok && i < app->n_origins; i++) {
 			const struct cfg_origin *o = &app->origins[i];
-			struct loop_org x = {.o = o, .app = a, .nr = 1};
 
 			if (o->is_name != names)
 				continue;
-			if (o->port_mode != CFG_PORT_DIALED) {
-				cfg_dial_range(app, o, 0, &x.one.lo, &x.one.hi);
-			} else if (!merged[a].r) {
+			if (o->port_mode == CFG_PORT_DIALED && !w.merged[a].r) {
 				struct cfg_range *m = malloc(app->n_ports * sizeof(*m));
 				size_t n = 0;
 
@@ -1375,31 +1381,19 @@ static void check_origin_loops(struct loader *ld, bool names)
 					} else {
 						m[n++] = m[r];
 					}
-				merged[a].r = m;
-				merged[a].n = n;
+				w.merged[a] = (struct loop_ports){m, n};
 			}
 			for (j = 0; j < o->n_addrs; j++) {
 				struct in6_addr ad;
 				uint16_t port;
 
 				addr_from_sa((const struct sockaddr *)&o->addrs[j], &ad, &port);
-				x.key = addr_key(&ad);
-				w.v[w.n++] = x;
+				w.v[w.n++] =
+				    (struct loop_org){.key = addr_key(&ad), .o = o, .app = a};
 			}
 		}
 	}
-	/* Each entry's ranges are pointed to once the array stops moving. */
 	qsort(w.v, w.n, sizeof(*w.v), loop_org_cmp);
-	for (i = 0; i < w.n; i++) {
-		struct loop_org *x = &w.v[i];
-
-		if (x->o->port_mode != CFG_PORT_DIALED) {
-			x->r = &x->one;
-		} else {
-			x->r = merged[x->app].r;
-			x->nr = merged[x->app].n;
-		}
-	}
 	rt_cover(c->rt, 1, loop_elem, &w);
 	rt_cover(c->rt, 0, loop_elem, &w);
 	goto out;
@@ -1410,9 +1404,9 @@ oom:
 	if (!names)
 		ld->oom = true;
 out:
-	for (a = 0; merged && a < c->n_apps; a++)
-		free(merged[a].r);
-	free(merged);
+	for (a = 0; w.merged && a < c->n_apps; a++)
+		free(w.merged[a].r);
+	free(w.merged);
 	free(w.v);
 }
 

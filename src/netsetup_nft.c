@@ -1026,13 +1026,6 @@ static int table_seen(const struct nlmsghdr *nlh, void *data)
 	return MNL_CB_OK;
 }
 
-static int object_seen(const struct nlmsghdr *nlh, void *data)
-{
-	(void)nlh;
-	(void)data;
-	return MNL_CB_OK;
-}
-
 /* Gets the table <table>, its chain <chain>, or its counter <counter> (one
  * of the three named), through <nl>. Returns 0, -ENOENT when there is none,
  * or another -errno.
@@ -1053,7 +1046,7 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 		if (nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, table) == 0 &&
 		    nftnl_chain_set_str(c, NFTNL_CHAIN_NAME, chain) == 0) {
 			nftnl_chain_nlmsg_build_payload(nlh, c);
-			ret = nl_talk(nl, nlh, object_seen, seen);
+			ret = nl_talk(nl, nlh, NULL, NULL);
 		}
 		nftnl_chain_free(c);
 	} else if (counter) {
@@ -1068,7 +1061,7 @@ static int nft_get(struct nl *nl, const char *table, const char *chain, const ch
 		nftnl_obj_set_str(o, NFTNL_OBJ_NAME, counter);
 		if (nftnl_obj_is_set(o, NFTNL_OBJ_TABLE) && nftnl_obj_is_set(o, NFTNL_OBJ_NAME)) {
 			nftnl_obj_nlmsg_build_payload(nlh, o);
-			ret = nl_talk(nl, nlh, object_seen, seen);
+			ret = nl_talk(nl, nlh, NULL, NULL);
 		}
 		nftnl_obj_free(o);
 	} else {

@@ -35,12 +35,12 @@ ssize_t nl_recv(struct nl *nl, char *buf, size_t len);
  */
 int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len);
 /* Sends <nlh> (its sequence number set here) and hands each message of
- * the answer to <cb> until its end: the ack of a request with NLM_F_ACK
- * (a get of one object), or the NLMSG_DONE of a dump. Returns 0, the
- * kernel's -errno (-ENOENT: no such object), or -errno as <cb> set it when
- * it returned MNL_CB_ERROR. After a failure the rest of the answer may
- * still be queued: close the socket rather than send another request on
- * it.
+ * the answer to <cb> until its end: the ack of a request with NLM_F_ACK (a
+ * get of one object), or the NLMSG_DONE of a dump. <cb> may be NULL when
+ * whether the object exists is all that counts. Returns 0, the kernel's
+ * -errno (-ENOENT: no such object), or -errno as <cb> set it when it
+ * returned MNL_CB_ERROR. After a failure the rest of the answer may still
+ * be queued: close the socket rather than send another request on it.
  */
 int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data);
 
