@@ -92,6 +92,10 @@ static struct {
 	uint64_t dropped; /* lines dropped since the last report */
 	uint64_t lost;	  /* lines given up at exit (reader stalled) */
 	struct out out;	  /* where the writer writes */
+	/* atomic: the last write to stderr gave up on a stalled reader, so
+	 * the next direct one does not wait for it again (see write_direct)
+	 */
+	bool stalled;
 } lg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static struct out out_open(void)
@@ -150,11 +154,11 @@ static int out_piece(const struct out *o, const char *p1, size_t n1, const char 
 /* Writes the <n> bytes of <p1> (its first <n1>) then <p2> to <o>;
  * returns how many it wrote. Unless <o> is a regular file, waits for room
  * with poll(2) and writes whole lines, at most PIPE_BUF bytes at a time
- * (out_piece). Gives up once no byte could be written for LOG_STALL_MS
+ * (out_piece). Gives up once no byte could be written for <stall_ms>
  * and <patient> is false (or NULL), or on an error such as EPIPE.
  */
 static size_t write_out(const struct out *o, const char *p1, size_t n1, const char *p2, size_t n,
-			const bool *patient)
+			const bool *patient, uint64_t stall_ms)
 {
 	uint64_t since = mono_ms();
 	int saved = errno; /* callers log then inspect errno */
@@ -167,8 +171,14 @@ static size_t write_out(const struct out *o, const char *p1, size_t n1, const ch
 
 		if (o->kind != OUT_REGULAR) {
 			struct pollfd pfd = {.fd = o->fd, .events = POLLOUT};
+			uint64_t waited = mono_ms() - since;
+			uint64_t left = waited < stall_ms ? stall_ms - waited : 0;
+			int wait = 100;
 
-			r = poll(&pfd, 1, 100);
+			/* No longer than the wait left: 0 tries once. */
+			if (!(patient && __atomic_load_n(patient, __ATOMIC_RELAXED)) && left < 100)
+				wait = (int)left;
+			r = poll(&pfd, 1, wait);
 			if (r == -1 && errno != EINTR)
 				break;
 		}
@@ -191,7 +201,7 @@ static size_t write_out(const struct out *o, const char *p1, size_t n1, const ch
 				break; /* EPIPE: nobody reads any more */
 		}
 		if (!(patient && __atomic_load_n(patient, __ATOMIC_RELAXED)) &&
-		    mono_ms() - since >= LOG_STALL_MS)
+		    mono_ms() - since >= stall_ms)
 			break;
 	}
 	errno = saved;
@@ -218,13 +228,19 @@ static uint64_t ring_lines(size_t off, size_t n)
 }
 
 /* A line written directly (the writer not running): through a description
- * of its own each time, as stderr may have been redirected meanwhile.
+ * of its own each time, as stderr may have been redirected meanwhile. After
+ * a write that gave up on a stalled reader, only what fits at once is
+ * written: the last lines at exit (the count of lines lost, "stopped")
+ * would otherwise wait LOG_STALL_MS each for a reader already given up on.
+ * A line written whole ends that.
  */
 static void write_direct(const char *p, size_t n)
 {
 	struct out o = out_open();
+	bool stalled = __atomic_load_n(&lg.stalled, __ATOMIC_RELAXED);
+	size_t done = write_out(&o, p, n, NULL, n, NULL, stalled ? 0 : LOG_STALL_MS);
 
-	write_out(&o, p, n, NULL, n, NULL);
+	__atomic_store_n(&lg.stalled, done < n, __ATOMIC_RELAXED);
 	out_close(&o);
 }
 
@@ -342,8 +358,9 @@ static void *writer_main(void *arg)
 		 * until head moves.
 		 */
 		first = lg.cap - head < n ? lg.cap - head : n;
-		done = write_out(&lg.out, lg.buf + head, first, lg.buf, n, &lg.on);
+		done = write_out(&lg.out, lg.buf + head, first, lg.buf, n, &lg.on, LOG_STALL_MS);
 		ok = done == n;
+		__atomic_store_n(&lg.stalled, !ok, __ATOMIC_RELAXED);
 		if (!ok) /* ours to count without the lock */
 			lost = ring_lines((head + done) % lg.cap, n - done);
 
@@ -382,6 +399,7 @@ int log_start(size_t buffer)
 	lg.head = lg.used = 0;
 	lg.dropped = lg.lost = 0;
 	lg.stop = lg.urgent = false;
+	__atomic_store_n(&lg.stalled, false, __ATOMIC_RELAXED);
 	lg.state = W_BUSY;
 	lg.out = out_open();
 	pthread_condattr_init(&ca);
