@@ -1,5 +1,6 @@
 /* ban_bench.c - how fast prism's ban thread can ban: ban_add() as guard.c
- * calls it (asking the kernel first whether a longer ban is in force), for
+ * calls it (on one netlink socket kept open, asking the kernel first
+ * whether a longer ban is in force), for
  * sources the kernel holds no ban for, with the ban set first filled with
  * other sources; then refreshes (longer bans of sources already banned,
  * the add-delete-add transaction).
@@ -10,7 +11,7 @@
  * sources of 198.19.0.0/16 for 10 minutes, then bans REFRESH of them again
  * for 20 minutes, and prints one line:
  *   fill=F new=N ms_per_new=T new_per_s=R refresh=M ms_per_refresh=U
- * (wall time: the commit of a delete waits in the kernel, not on the CPU).
+ * (wall time: netlink waits are the kernel's, not this process's CPU).
  * The bans stay; `prism net down` removes them with the table.
  */
 #include <errno.h>
@@ -22,6 +23,7 @@
 #include <nftables/libnftables.h>
 
 #include "ban.h"
+#include "nl.h"
 
 static double now_s(void)
 {
@@ -73,6 +75,9 @@ static int fill(const char *table, unsigned n)
 	return ret;
 }
 
+/* The socket ban_add keeps, as the ban thread's (guard.c). */
+static struct nl keep;
+
 static int bans(const char *table, unsigned first, unsigned n, uint32_t ms, double *secs)
 {
 	double t0 = now_s();
@@ -81,7 +86,7 @@ static int bans(const char *table, unsigned first, unsigned n, uint32_t ms, doub
 		struct in6_addr a = src_of(first + i);
 		uint64_t kept = 0;
 		char *err = NULL;
-		int r = ban_add(table, &a, ms, &kept, &err);
+		int r = ban_add(&keep, table, &a, ms, &kept, &err);
 
 		if (r != 0) {
 			fprintf(stderr, "ban_bench: ban %u: %s\n", i,
@@ -119,7 +124,8 @@ int main(int argc, char **argv)
 	}
 	if (bans(argv[1], 65536, nnew, 600000, &tnew) || bans(argv[1], 65536, nref, 1200000, &tref))
 		return 1;
-	printf("fill=%u new=%u ms_per_new=%.3f new_per_s=%.0f refresh=%u ms_per_refresh=%.2f\n",
+	printf("fill=%u new=%u ms_per_new=%.3f new_per_s=%.0f refresh=%u ms_per_refresh=%.3f\n",
 	       nfill, nnew, tnew * 1e3 / nnew, nnew / tnew, nref, nref ? tref * 1e3 / nref : 0.0);
+	nl_close(&keep);
 	return 0;
 }

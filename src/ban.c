@@ -1,7 +1,9 @@
 /* ban.c - the kernel ban sets (ban4, ban6 in prism's nft table): add, delete
- * and list sources with a timeout, through libnftables; one source's ban is
- * read through libnftnl (ban_left), as libnftables would fetch the whole
- * set for it.
+ * and list sources with a timeout. Adds, deletes and the lookup of one
+ * source's ban are nf_tables messages built with libnftnl, on a netlink
+ * socket the caller may keep (the ban thread does: a ban then needs no new
+ * fd, and connections can hold every fd during the floods that cause
+ * bans). Lists go through libnftables, which parses and prints the set.
  *
  * The sets themselves are declared by netsetup_nft.c; this file only edits their
  * elements. The kernel expires each element by itself, so a ban ends on time
@@ -95,26 +97,34 @@ static int nft_errno(const char *msg)
 		return -ENOENT;
 	if (strstr(msg, strerror(EPERM)))
 		return -EPERM;
-	if (strstr(msg, strerror(EEXIST)))
-		return -EEXIST;
-	/* A full set: the kernel says ENFILE ("Too many open files in
-	 * system"), older ones ENOSPC. Either means full here: no ban
-	 * command opens a file.
-	 */
-	if (strstr(msg, strerror(ENOSPC)) || strstr(msg, strerror(ENFILE)))
-		return -ENOSPC;
 	return -EINVAL;
+}
+
+/* The socket of one exchange: <keep>, the caller's, opened now if it is
+ * closed and emptied of what an exchange that failed left queued; or, when
+ * <keep> is NULL, a new one in <tmp> (zeroed), which the caller closes.
+ * NULL with -errno in <*ret> when there is none.
+ */
+static struct nl *sock_for(struct nl *keep, struct nl *tmp, int *ret)
+{
+	struct nl *nl = keep ? keep : tmp;
+
+	*ret = 0;
+	if (nl->sock && nl_drain(nl) < 0)
+		nl_close(nl);
+	if (!nl->sock && (*ret = nl_open(nl, NETLINK_NETFILTER, NULL)) < 0)
+		return NULL;
+	return nl;
 }
 
 /* Whether table <table> has set <set>: 0, -ENOENT, or another -errno. The
  * set alone, without its elements (which `list set` would fetch).
  */
-static int set_get(const char *table, const char *set)
+static int set_get(struct nl *nl, const char *table, const char *set)
 {
 	struct nftnl_set *s = nftnl_set_alloc();
 	char buf[NL_BUFSZ];
 	struct nlmsghdr *nlh;
-	struct nl nl = {0};
 	int ret = -ENOMEM;
 
 	if (!s)
@@ -123,49 +133,38 @@ static int set_get(const char *table, const char *set)
 	    nftnl_set_set_str(s, NFTNL_SET_NAME, set) == 0) {
 		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSET, NFPROTO_INET, NLM_F_ACK, 0);
 		nftnl_set_nlmsg_build_payload(nlh, s);
-		ret = nl_open(&nl, NETLINK_NETFILTER, NULL);
-		if (ret == 0)
-			ret = nl_talk(&nl, nlh, NULL, NULL);
-		nl_close(&nl);
+		ret = nl_talk(nl, nlh, NULL, NULL);
 	}
 	nftnl_set_free(s);
 	return ret;
 }
 
-/* After a failed command: says whether the table or its ban sets are
- * missing, which is what a user most likely hit, else passes nft's text on.
+/* After a failed edit or list of the ban sets (<code>: -errno; <detail>:
+ * what failed, nft's text or strerror): says whether the table or its ban
+ * sets are missing, which is what a user most likely hit, else "<what>:
+ * <detail>". <nl>: a socket to ask on, or NULL for one of its own.
  */
-static int explain(const char *table, const char *cmd_err, char **err)
+static int explain(struct nl *nl, const char *table, int code, const char *what, const char *detail,
+		   char **err)
 {
-	int code = nft_errno(cmd_err);
+	struct nl tmp = {0};
+	int r;
 
 	if (code == -EPERM)
-		return net_set_err(err, -EPERM, "%s (editing the ban sets needs CAP_NET_ADMIN)",
-				   cmd_err);
-	if (set_get(table, "ban4") != 0)
-		return net_set_err(err, -ESRCH,
-				   "prism's table %s is not loaded (or has no ban sets): is prism "
-				   "running / net up?",
-				   table);
-	return net_set_err(err, code, "%s", cmd_err ? cmd_err : "nftables failed");
-}
-
-/* The set of <src>, its element's text (IPv4 from its v4-mapped form; an
- * IPv6 address's /64 as the /64's first address, which the ban rule
- * matches against the source masked to its /64, see addr_source) and
- * what messages call it ("2001:db8::/64").
- */
-static char fmt_src(const struct in6_addr *src, char elem[INET6_ADDRSTRLEN], char name[ADDR_STRLEN])
-{
-	struct in6_addr k = addr_source(src);
-
-	addr_fmt_source(src, name);
-	if (addr_is_v4(&k)) {
-		inet_ntop(AF_INET, &k.s6_addr[12], elem, INET6_ADDRSTRLEN);
-		return '4';
+		return net_set_err(err, -EPERM, "%s: %s (editing the ban sets needs CAP_NET_ADMIN)",
+				   what, detail);
+	if (code == -ENOENT || code == -EINVAL) {
+		nl = sock_for(nl, &tmp, &r);
+		r = nl ? set_get(nl, table, "ban4") : r;
+		nl_close(&tmp);
+		if (r == -ENOENT)
+			return net_set_err(
+			    err, -ESRCH,
+			    "prism's table %s is not loaded (or has no ban sets): is "
+			    "prism running / net up?",
+			    table);
 	}
-	inet_ntop(AF_INET6, &k, elem, INET6_ADDRSTRLEN);
-	return '6';
+	return net_set_err(err, code, "%s: %s", what, detail);
 }
 
 /* Parses nft's time format ("1d2h3m4s500ms", as `list set` prints a
@@ -240,15 +239,15 @@ static int ban_seen(const struct nlmsghdr *nlh, void *data)
 	return MNL_CB_OK;
 }
 
-/* The time left of the ban of <src>'s source: 0 and <*left> (UINT64_MAX
- * when it never ends), -ENOENT when there is none (nor the set or table),
- * or another -errno when the kernel could not be asked (the add that
- * follows says why). One element from the kernel: `get element` through
- * libnftables would fetch the whole set first (0.4 s with 60,000 bans,
- * and the ban thread asks before each ban its own record does not
- * cover).
+/* The time left of the ban of <src>'s source, asked on <nl>: 0 and
+ * <*left> (UINT64_MAX when it never ends), -ENOENT when there is none (nor
+ * the set or table), or another -errno when the kernel could not be asked
+ * (the add that follows says why). One element from the kernel: `get
+ * element` through libnftables would fetch the whole set first (0.4 s
+ * with 60,000 bans, and the ban thread asks before each ban its own record
+ * does not cover).
  */
-static int ban_left(const char *table, const struct in6_addr *src, uint64_t *left)
+static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src, uint64_t *left)
 {
 	struct in6_addr k = addr_source(src);
 	bool v4 = addr_is_v4(&k);
@@ -257,7 +256,6 @@ static int ban_left(const char *table, const struct in6_addr *src, uint64_t *lef
 	struct nftnl_set_elem *e = nftnl_set_elem_alloc();
 	char buf[NL_BUFSZ];
 	struct nlmsghdr *nlh;
-	struct nl nl = {0};
 	int ret = -ENOMEM;
 
 	if (!s || !e)
@@ -270,10 +268,7 @@ static int ban_left(const char *table, const struct in6_addr *src, uint64_t *lef
 	e = NULL;
 	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_ACK, 0);
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
-	ret = nl_open(&nl, NETLINK_NETFILTER, NULL);
-	if (ret == 0)
-		ret = nl_talk(&nl, nlh, ban_seen, &seen);
-	nl_close(&nl);
+	ret = nl_talk(nl, nlh, ban_seen, &seen);
 	if (ret == 0 && !seen.found)
 		ret = -ENOENT;
 	if (ret == 0)
@@ -286,12 +281,130 @@ out:
 	return ret;
 }
 
-int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, uint64_t *kept_ms,
-	    char **err)
+/* One message of a transaction on a source's element of its ban set. */
+struct elem_op {
+	uint16_t type;	     /* NFT_MSG_NEWSETELEM or NFT_MSG_DELSETELEM */
+	uint16_t flags;	     /* NLM_F_CREATE, NLM_F_EXCL */
+	uint32_t timeout_ms; /* 0: none */
+};
+
+/* The most messages of one transaction, and room for them: each is about
+ * 100 bytes (a table name has at most 31).
+ */
+#define TXN_OPS	 3
+#define TXN_SIZE 1024
+
+/* Runs <ops> on the element of <src>'s source (its set: ban4 or ban6 of
+ * <table>) as one nf_tables transaction on <nl>: all of them or none.
+ * Returns 0, the first error the kernel reports (-EEXIST from a create;
+ * -ENOENT: no such element, set or table; -ENFILE: the set is full;
+ * -EPERM...), or -errno when the socket failed.
+ */
+static int elem_txn(struct nl *nl, const char *table, const struct in6_addr *src,
+		    const struct elem_op *ops, unsigned n)
 {
-	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;
-	struct nft_res r;
-	bool fresh = false;
+	struct in6_addr k = addr_source(src);
+	bool v4 = addr_is_v4(&k);
+	char out[TXN_SIZE], buf[NL_BUFSZ];
+	struct nlmsghdr *nlh;
+	unsigned seq0, acked = 0;
+	size_t len;
+	int err = 0;
+
+	if (n > TXN_OPS)
+		return -E2BIG;
+	seq0 = ++nl->seq;
+	nlh = nftnl_batch_begin(out, seq0);
+	len = nlh->nlmsg_len;
+	for (unsigned i = 0; i < n; i++) {
+		struct nftnl_set *s = nftnl_set_alloc();
+		struct nftnl_set_elem *e = nftnl_set_elem_alloc();
+
+		if (!s || !e || nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
+		    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6") ||
+		    nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, v4 ? &k.s6_addr[12] : k.s6_addr,
+				       v4 ? 4 : 16)) {
+			if (e)
+				nftnl_set_elem_free(e);
+			if (s)
+				nftnl_set_free(s);
+			return -ENOMEM;
+		}
+		if (ops[i].timeout_ms)
+			nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, ops[i].timeout_ms);
+		nftnl_set_elem_add(s, e);
+		/* An ack for each message: the transaction is answered when
+		 * every one has its own.
+		 */
+		nlh = nftnl_nlmsg_build_hdr(out + len, ops[i].type, NFPROTO_INET,
+					    ops[i].flags | NLM_F_ACK, ++nl->seq);
+		nftnl_set_elems_nlmsg_build_payload(nlh, s);
+		nftnl_set_free(s);
+		len += nlh->nlmsg_len;
+	}
+	nlh = nftnl_batch_end(out + len, ++nl->seq);
+	len += nlh->nlmsg_len;
+	if (mnl_socket_sendto(nl->sock, out, len) == -1)
+		return -errno;
+	/* The kernel runs the transaction while it receives it, and then has
+	 * queued every answer: an ack or an error per message, after an
+	 * error for the transaction as a whole if there is one (no
+	 * permission: under <seq0>; a failed commit, or no memory for the
+	 * answers: under the first message's number, and then it may be the
+	 * only answer). After an error, the rest is read without waiting.
+	 */
+	for (;;) {
+		ssize_t r =
+		    err ? nl_recv_nowait(nl, buf, sizeof(buf)) : nl_recv(nl, buf, sizeof(buf));
+		int left;
+
+		if (r == -1)
+			return err ? err : -errno;
+		left = (int)r;
+		for (struct nlmsghdr *m = (struct nlmsghdr *)buf; mnl_nlmsg_ok(m, left);
+		     m = mnl_nlmsg_next(m, &left)) {
+			const struct nlmsgerr *e;
+
+			if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq - seq0 > n)
+				continue;
+			if (m->nlmsg_len < mnl_nlmsg_size(sizeof(*e)))
+				return -EBADMSG;
+			e = mnl_nlmsg_get_payload(m);
+			if (e->error && !err)
+				err = e->error < 0 ? e->error : -EPROTO;
+			if (m->nlmsg_seq != seq0)
+				acked++;
+		}
+		if (!err && acked >= n)
+			return 0;
+	}
+}
+
+int ban_add(struct nl *keep, const char *table, const struct in6_addr *src, uint32_t duration_ms,
+	    uint64_t *kept_ms, char **err)
+{
+	/* On older kernels (Debian 12's 6.1) "add" leaves an existing
+	 * element's timeout as it was; newer ones (6.18 here) set the new
+	 * one. To refresh it on either, make sure the element exists, delete
+	 * it, add it anew: one transaction, so the source is never unbanned
+	 * in between. A source the kernel just said it holds no ban for
+	 * gets a create alone. Either takes about 10 us on a kept socket
+	 * (`bench/ban_bench.c`); a socket of the call's own costs about 14
+	 * ms more when a transaction that deleted an element closes it, and
+	 * so does a transaction the kernel aborts (the create's EEXIST, a
+	 * full set).
+	 */
+	const struct elem_op refresh[] = {
+	    {NFT_MSG_NEWSETELEM, NLM_F_CREATE, 0},
+	    {NFT_MSG_DELSETELEM, 0, 0},
+	    {NFT_MSG_NEWSETELEM, NLM_F_CREATE, duration_ms},
+	};
+	/* Should a ban appear since the kernel said none: EEXIST, and the
+	 * refresh sets ours.
+	 */
+	const struct elem_op create = {NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, duration_ms};
+	char name[ADDR_STRLEN], what[ADDR_STRLEN + 16];
+	struct nl tmp = {0}, *nl;
 	int ret = net_check_table(table, err);
 
 	if (ret)
@@ -301,85 +414,71 @@ int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms,
 	 */
 	if (duration_ms == 0)
 		return net_set_err(err, -EINVAL, "a ban needs a duration");
-	d = fmt_src(src, a, name);
+	snprintf(what, sizeof(what), "cannot ban %s", addr_fmt_source(src, name));
+	nl = sock_for(keep, &tmp, &ret);
+	if (!nl)
+		return net_set_err(err, ret, "%s: %s", what, strerror(-ret));
+	ret = -EEXIST;
 	if (kept_ms) {
-		ret = ban_left(table, src, kept_ms);
-		if (ret == 0 && *kept_ms >= duration_ms)
-			return 1;
-		fresh = ret == -ENOENT;
+		int left = ban_left(nl, table, src, kept_ms);
+
+		if (left == 0 && *kept_ms >= duration_ms) {
+			ret = 1;
+			goto out;
+		}
+		if (left == -ENOENT)
+			ret = elem_txn(nl, table, src, &create, 1);
 	}
-	/* On older kernels (Debian 12's 6.1) "add" leaves an existing
-	 * element's timeout as it was; newer ones (6.18 here) set the new
-	 * one. To refresh it on either, make sure the element exists, delete
-	 * it, add it anew: one transaction, so the source is never unbanned
-	 * in between. The delete makes the commit wait for an RCU grace
-	 * period (about 14 ms here): a source the kernel just said it holds
-	 * no ban for gets the add alone, so that the ban thread keeps up
-	 * with a flood of sources (`bench/ban_bench.c`).
-	 */
-	if (fresh) {
-		/* "create": should a ban appear since the kernel said none,
-		 * EEXIST, and the transaction below sets ours.
+	if (ret == -EEXIST)
+		ret = elem_txn(nl, table, src, refresh, sizeof(refresh) / sizeof(refresh[0]));
+	if (ret == -ENFILE || ret == -ENOSPC)
+		/* A full set: the kernel says ENFILE ("Too many open files
+		 * in system"), older ones ENOSPC.
 		 */
-		if (asprintf(&cmd, "create element inet %s ban%c { %s timeout %ums }\n", table, d,
-			     a, duration_ms) == -1)
-			return net_set_err(err, -ENOMEM, "out of memory");
-		ret = nft_exec(cmd, &r);
-		free(cmd);
-		cmd = NULL;
-		if (ret != -EINVAL || nft_errno(r.err) != -EEXIST)
-			goto done;
-		nft_res_free(&r);
-	}
-	if (asprintf(&cmd,
-		     "add element inet %s ban%c { %s }\n"
-		     "delete element inet %s ban%c { %s }\n"
-		     "add element inet %s ban%c { %s timeout %ums }\n",
-		     table, d, a, table, d, a, table, d, a, duration_ms) == -1)
-		return net_set_err(err, -ENOMEM, "out of memory");
-	ret = nft_exec(cmd, &r);
-	free(cmd);
-done:
-	if (ret == -EINVAL && nft_errno(r.err) == -ENOSPC)
-		ret = net_set_err(err, -ENOSPC, "cannot ban %s: the set ban%c of table %s is full",
-				  name, d, table);
-	else if (ret == -EINVAL)
-		ret = explain(table, r.err, err);
-	else if (ret)
-		ret = net_set_err(err, ret, "cannot ban %s: %s", name, strerror(-ret));
-	nft_res_free(&r);
+		ret = net_set_err(err, -ENOSPC, "%s: the set ban%c of table %s is full", what,
+				  addr_is_v4(src) ? '4' : '6', table);
+	else if (ret < 0)
+		ret = explain(nl, table, ret, what, strerror(-ret), err);
+out:
+	nl_close(&tmp);
 	return ret;
 }
 
-int ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms)
+int ban_get(struct nl *keep, const char *table, const struct in6_addr *src, uint64_t *left_ms)
 {
-	return ban_left(table, src, left_ms);
+	struct nl tmp = {0}, *nl;
+	int ret;
+
+	nl = sock_for(keep, &tmp, &ret);
+	if (nl)
+		ret = ban_left(nl, table, src, left_ms);
+	nl_close(&tmp);
+	return ret;
 }
 
 int ban_del(const char *table, const struct in6_addr *src, char **err)
 {
-	char a[INET6_ADDRSTRLEN], name[ADDR_STRLEN], d, *cmd = NULL;
-	struct nft_res r;
+	const struct elem_op del = {NFT_MSG_DELSETELEM, 0, 0};
+	char name[ADDR_STRLEN], what[ADDR_STRLEN + 16];
+	struct nl tmp = {0}, *nl;
 	int ret = net_check_table(table, err);
 
 	if (ret)
 		return ret;
-	d = fmt_src(src, a, name);
-	if (asprintf(&cmd, "delete element inet %s ban%c { %s }\n", table, d, a) == -1)
-		return net_set_err(err, -ENOMEM, "out of memory");
-	ret = nft_exec(cmd, &r);
-	free(cmd);
-	if (ret == -EINVAL) {
-		ret = explain(table, r.err, err);
+	snprintf(what, sizeof(what), "cannot unban %s", addr_fmt_source(src, name));
+	nl = sock_for(NULL, &tmp, &ret);
+	if (!nl)
+		return net_set_err(err, ret, "%s: %s", what, strerror(-ret));
+	ret = elem_txn(nl, table, src, &del, 1);
+	if (ret < 0) {
+		ret = explain(nl, table, ret, what, strerror(-ret), err);
 		/* The table is there, so ENOENT is about the element. */
 		if (ret == -ENOENT && err) {
 			free(*err);
 			ret = net_set_err(err, -ENOENT, "%s is not banned", name);
 		}
-	} else if (ret) {
-		ret = net_set_err(err, ret, "cannot unban %s: %s", name, strerror(-ret));
 	}
-	nft_res_free(&r);
+	nl_close(&tmp);
 	return ret;
 }
 
@@ -451,7 +550,8 @@ int ban_list(const char *table, FILE *out, char **err)
 		ret = nft_exec(cmd, &r);
 		free(cmd);
 		if (ret == -EINVAL)
-			ret = explain(table, r.err, err);
+			ret = explain(NULL, table, nft_errno(r.err), "cannot list the bans",
+				      r.err ? r.err : "nftables failed", err);
 		else if (ret)
 			ret = net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
 		if (ret == 0)

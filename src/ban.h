@@ -3,8 +3,8 @@
  * prism's nft table holds two sets, ban4 (ipv4_addr) and ban6 (ipv6_addr,
  * the first address of each banned /64), with per-element timeouts: a ban ends by itself in the
  * kernel even if prism dies. prism adds to them when a source keeps violating its limits; `prism
- * ban list|add|del` edits them by hand. Writes and lists go through libnftables, the lookup of
- * one source's ban through libnftnl (libnftables would fetch the whole set for it).
+ * ban list|add|del` edits them by hand. Adds, deletes and lookups are nf_tables messages
+ * (libnftnl) on a netlink socket the caller may keep; lists go through libnftables.
  */
 #ifndef PRISM_BAN_H
 #define PRISM_BAN_H
@@ -12,6 +12,15 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
+
+struct nl;
+
+/* <keep>, where the functions below take it: a netlink socket (nl.h)
+ * the caller keeps for its bans, zeroed before the first one, or NULL for a
+ * socket of the call's own. Kept, a ban needs no new fd: the ban thread
+ * opens it at start, because the floods that cause bans can take every
+ * fd. It is opened again when a call finds it closed.
+ */
 
 /* Adds (or refreshes) the source of <src> (128-bit, v4-mapped for IPv4; an
  * IPv6 address bans its /64, see addr_source) to the ban set of table
@@ -25,14 +34,14 @@
  * an app's short ban never cuts a longer one short, whoever wrote it;
  * `prism ban add` sets what it is told.
  */
-int ban_add(const char *table, const struct in6_addr *src, uint32_t duration_ms, uint64_t *kept_ms,
-	    char **err);
+int ban_add(struct nl *keep, const char *table, const struct in6_addr *src, uint32_t duration_ms,
+	    uint64_t *kept_ms, char **err);
 
 /* The time left of the ban of <src>'s source in table <table>: 0 and
  * <*left_ms> (UINT64_MAX: it never ends), -ENOENT when the kernel holds
  * none, or another -errno when it cannot be read.
  */
-int ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms);
+int ban_get(struct nl *keep, const char *table, const struct in6_addr *src, uint64_t *left_ms);
 
 /* Removes the source of <src> (an IPv6 address: its /64); -ENOENT (with
  * *err) if it is not banned.

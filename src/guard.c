@@ -12,8 +12,8 @@
  *
  * Process and app caps are single atomic counters, touched only when the
  * cap is set. Bans are decided on the worker but carried out on the guard's
- * own thread: ban_add talks netlink (libnftnl and libnftables) and may
- * block, which a worker must never do.
+ * own thread: ban_add talks netlink and may block, which a worker must
+ * never do.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -33,6 +33,7 @@
 #include "cfg.h"
 #include "guard.h"
 #include "log.h"
+#include "nl.h"
 #include "timer.h"
 
 #define BUCKET_WAYS 8	    /* entries per bucket; two buckets are the eviction window */
@@ -43,9 +44,10 @@
 #define EXPIRY_MAX  4096    /* bans remembered for the "unbanned" line */
 #define FULL_LOG_MS 1000    /* at most one "table full" (or "queue full") line per second */
 
-int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
-		    uint64_t *kept_ms, char **err) = ban_add;
-int (*guard_ban_get_fn)(const char *table, const struct in6_addr *src, uint64_t *left_ms) = ban_get;
+int (*guard_ban_fn)(struct nl *keep, const char *table, const struct in6_addr *src,
+		    uint32_t duration_ms, uint64_t *kept_ms, char **err) = ban_add;
+int (*guard_ban_get_fn)(struct nl *keep, const char *table, const struct in6_addr *src,
+			uint64_t *left_ms) = ban_get;
 
 /* The ban window slides in VIOL_SLOTS steps: a violation counts until the
  * step of the window after its own has begun, i.e. for between 7/8 of the
@@ -110,6 +112,11 @@ struct guard {
 	size_t q_head, q_len;
 
 	int efd; /* wakes the thread: a request or stop */
+	/* The thread's netlink socket for the ban sets, opened here before
+	 * any connection is accepted: a flood that causes bans can hold
+	 * every fd, and a ban must not need one.
+	 */
+	struct nl nl;
 	int stop;
 	bool thread_on;
 	pthread_t thread;
@@ -665,7 +672,7 @@ static void ban_check(struct guard *g, const struct ban_req *req)
 	bool lifted = false;
 	char a[ADDR_STRLEN];
 
-	if (guard_ban_get_fn(table, &req->addr, &left) != -ENOENT)
+	if (guard_ban_get_fn(&g->nl, table, &req->addr, &left) != -ENOENT)
 		return;
 	pthread_mutex_lock(m);
 	e = entry_get(g, h, req->app, &req->addr, 0, false);
@@ -720,7 +727,7 @@ static void ban_do(struct guard *g, const struct ban_req *req)
 		log_kept(a, dur, app, until - now);
 		return;
 	}
-	r = guard_ban_fn(table, &req->addr, req->duration_ms, &kept, &err);
+	r = guard_ban_fn(&g->nl, table, &req->addr, req->duration_ms, &kept, &err);
 	if (r == 1) {
 		log_kept(a, dur, app, kept);
 		return;
@@ -887,6 +894,11 @@ struct guard *guard_new(const struct cfg *cfg)
 			log_err("guard: eventfd: %s", strerror(errno));
 			goto fail;
 		}
+		/* Should it fail, each ban tries to open it again. */
+		r = nl_open(&g->nl, NETLINK_NETFILTER, NULL);
+		if (r < 0)
+			log_warn("guard: cannot open a netlink socket for the ban sets yet: %s",
+				 strerror(-r));
 		r = pthread_create(&g->thread, NULL, guard_main, g);
 		if (r) {
 			log_err("guard: cannot start the ban thread: %s", strerror(r));
@@ -918,6 +930,7 @@ void guard_free(struct guard *g)
 	}
 	if (g->efd != -1)
 		close(g->efd);
+	nl_close(&g->nl);
 	if (g->stripes)
 		for (int i = 0; i < N_STRIPES; i++)
 			pthread_mutex_destroy(&g->stripes[i].m);

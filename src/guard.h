@@ -60,15 +60,19 @@ struct guard_stats {
 };
 void guard_stats(const struct guard *g, struct guard_stats *out);
 
+struct nl;
+
 /* What the ban thread calls to ban a source: ban_add (ban.h) unless a test
- * points it elsewhere before guard_new.
+ * points it elsewhere before guard_new. <keep> is the thread's netlink
+ * socket, opened by guard_new.
  */
-extern int (*guard_ban_fn)(const char *table, const struct in6_addr *src, uint32_t duration_ms,
-			   uint64_t *kept_ms, char **err);
+extern int (*guard_ban_fn)(struct nl *keep, const char *table, const struct in6_addr *src,
+			   uint32_t duration_ms, uint64_t *kept_ms, char **err);
 
 /* What it calls to ask whether a ban it wrote is still in the kernel:
  * ban_get (ban.h), likewise.
  */
-extern int (*guard_ban_get_fn)(const char *table, const struct in6_addr *src, uint64_t *left_ms);
+extern int (*guard_ban_get_fn)(struct nl *keep, const char *table, const struct in6_addr *src,
+			       uint64_t *left_ms);
 
 #endif

@@ -355,7 +355,7 @@ static int cmd_ban(int argc, char **argv)
 	if (!strcmp(verb, "list"))
 		r = ban_list(cfg->nft_table, stdout, &err);
 	else if (!strcmp(verb, "add"))
-		r = ban_add(cfg->nft_table, &p.addr, dur, NULL, &err);
+		r = ban_add(NULL, cfg->nft_table, &p.addr, dur, NULL, &err);
 	else
 		r = ban_del(cfg->nft_table, &p.addr, &err);
 	if (r < 0)

@@ -152,3 +152,33 @@ int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
 	}
 	return -EPROTO;
 }
+
+/* With recvmsg(2), as libmnl reads: the fault-injection tests count and
+ * fail netlink reads there (tests/fault/failsys.c).
+ */
+ssize_t nl_recv_nowait(struct nl *nl, char *buf, size_t len)
+{
+	struct sockaddr_nl addr;
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	struct msghdr msg = {
+	    .msg_name = &addr, .msg_namelen = sizeof(addr), .msg_iov = &iov, .msg_iovlen = 1};
+	ssize_t r;
+
+	do
+		r = recvmsg(mnl_socket_get_fd(nl->sock), &msg, MSG_DONTWAIT);
+	while (r == -1 && errno == EINTR);
+	return r;
+}
+
+int nl_drain(struct nl *nl)
+{
+	char buf[NL_BUFSZ];
+
+	/* Bounded like nl_talk, against a kernel that never stops. */
+	for (int reads = 0; reads < 1000000; reads++) {
+		if (nl_recv_nowait(nl, buf, sizeof(buf)) >= 0 || errno == ENOBUFS)
+			continue;
+		return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+	}
+	return -EPROTO;
+}

@@ -30,6 +30,8 @@ int nl_open(struct nl *nl, int bus, char **err);
 void nl_close(struct nl *nl);
 /* One read from the kernel, EINTR retried: mnl_socket_recvfrom's result. */
 ssize_t nl_recv(struct nl *nl, char *buf, size_t len);
+/* The same without waiting: -1 with EAGAIN when nothing is queued. */
+ssize_t nl_recv_nowait(struct nl *nl, char *buf, size_t len);
 /* Sends <nlh> with NLM_F_ACK and waits for its ack. Returns 0 or -errno;
  * the kernel's extended-ack sentence, if any, is copied to <why>.
  */
@@ -40,8 +42,16 @@ int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len);
  * whether the object exists is all that counts. Returns 0, the kernel's
  * -errno (-ENOENT: no such object), or -errno as <cb> set it when it
  * returned MNL_CB_ERROR. After a failure the rest of the answer may still
- * be queued: close the socket rather than send another request on it.
+ * be queued: nl_drain the socket (or close it) before another request.
  */
 int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data);
+/* Reads and drops whatever the kernel has queued on <nl>: the rest of an
+ * answer that an exchange which failed left behind, before a socket that
+ * is kept open is used again. The kernel answers a request (a get, a
+ * transaction) while sending it, so nothing more comes after. Returns 0,
+ * or -errno when the socket is broken (close it). ENOBUFS (an answer the
+ * kernel could not queue) is not: the socket goes on.
+ */
+int nl_drain(struct nl *nl);
 
 #endif

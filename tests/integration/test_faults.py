@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -617,3 +618,47 @@ def test_ban_commands_read_no_ban_set(failsys, prism_bin, netns, tmp_path):
         assert rc == 0, err
         reads.append((n_del, n_down))
     assert reads[1] == reads[0], reads
+
+
+# The second connection within a minute is one too many, and one violation
+# bans the client.
+RATE_BAN_CFG = DATA_NET.replace("""apps:""", """protection:
+  syn_rate_per_source: 0
+  conn_rate_per_source: 1/m
+  ban: {after: 1, window: 10s, duration: 10s}
+apps:""")
+SHORTAGE_MS = 1500
+
+
+def test_ban_is_written_while_out_of_fds(failsys, topo):
+    """From the first connection's origin socket on, every socket() fails
+    with EMFILE for SHORTAGE_MS, as when connections hold every fd. That
+    first connection is lost (resource), the second one breaks the
+    source's rate limit, and the ban thread bans the source meanwhile: on
+    the netlink socket it opened at start, needing no fd. It used to open
+    one per ban, then hand the failure to libnftables, whose context
+    calls exit(3) when it cannot open its socket: prism was gone."""
+    t = topo
+    srv = peers.ThreadServer(t.o, nstopo.ORIGIN4, 7000, peers.echo_handler)
+    t.on_teardown(srv.close)
+    env = {"FAILSYS_AT": 1, "FAILSYS_FN": "socket", "FAILSYS_SPAN_MS": SHORTAGE_MS}
+    p = preloaded_prism(t, RATE_BAN_CFG, failsys, env, "banfd")
+    # The shortage starts after this, so it lasts until after <short_min>.
+    short_min = time.monotonic() + SHORTAGE_MS / 1000
+    for _ in range(2):
+        try:
+            peers.connect(t.c, "192.0.2.10", 8000).close()
+        except OSError:
+            pass
+    p.wait_log(r"failsys: call 1, socket, fails")
+    short_max = time.monotonic() + SHORTAGE_MS / 1000
+    p.wait_log(rf"warn source {re.escape(nstopo.CLIENT4)} banned for 10s")
+    assert time.monotonic() < short_min, "banned only after the shortage: raise SHORTAGE_MS"
+    assert p.alive(), p.dump()
+    assert [d for d in p.access if d.get("reason") == "resource"], p.dump()
+    b4 = nstopo.run(nstopo.ns_exec(t.e, ["nft", "list", "set", "inet", "prism", "ban4"])).stdout
+    assert nstopo.CLIENT4 in b4, b4
+    # Stopping removes the table, which needs sockets again: after the
+    # shortage (a fault that lasts SHORTAGE_MS, hence the wait).
+    time.sleep(max(0.0, short_max - time.monotonic()) + 0.1)
+    assert p.stop(timeout=10) == 0, p.dump()

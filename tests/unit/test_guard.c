@@ -45,11 +45,12 @@ static bool gate_closed; /* the stub blocks while set */
 static struct in6_addr kernel_addr;
 static uint64_t kernel_left; /* 0: none */
 
-static int stub_ban(const char *table, const struct in6_addr *src, uint32_t duration_ms,
-		    uint64_t *kept_ms, char **err)
+static int stub_ban(struct nl *keep, const char *table, const struct in6_addr *src,
+		    uint32_t duration_ms, uint64_t *kept_ms, char **err)
 {
 	int r = 0;
 
+	(void)keep;
 	pthread_mutex_lock(&stub_lock);
 	while (gate_closed)
 		pthread_cond_wait(&stub_cond, &stub_lock);
@@ -80,10 +81,12 @@ static int stub_ban(const char *table, const struct in6_addr *src, uint32_t dura
 static bool bans_lifted;
 static int n_gets;
 
-static int stub_ban_get(const char *table, const struct in6_addr *src, uint64_t *left_ms)
+static int stub_ban_get(struct nl *keep, const char *table, const struct in6_addr *src,
+			uint64_t *left_ms)
 {
 	int r = -ENOENT;
 
+	(void)keep;
 	(void)table;
 	pthread_mutex_lock(&stub_lock);
 	for (int i = 0; i < n_calls && i < MAX_CALLS && !bans_lifted; i++) {
