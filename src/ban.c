@@ -3,7 +3,7 @@
  * source's ban are nf_tables messages built with libnftnl, on a netlink
  * socket the caller may keep (the ban thread does: a ban then needs no new
  * fd, and connections can hold every fd during the floods that cause
- * bans). Lists go through libnftables, which parses and prints the set.
+ * bans). Lists are dumps of the sets' elements, the same way.
  *
  * The sets themselves are declared by netsetup_nft.c; this file only edits their
  * elements. The kernel expires each element by itself, so a ban ends on time
@@ -23,82 +23,11 @@
 #include <libnftnl/set.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
-#include <nftables/libnftables.h>
 
 #include "addr.h"
 #include "ban.h"
 #include "netsetup.h"
 #include "nl.h"
-
-/* The result of one libnftables run: its output and its error text. */
-struct nft_res {
-	char *out; /* malloc'd, or NULL */
-	char *err; /* malloc'd first error, trimmed, or NULL */
-};
-
-static void nft_res_free(struct nft_res *r)
-{
-	free(r->out);
-	free(r->err);
-	r->out = r->err = NULL;
-}
-
-/* Runs <cmd>. Returns 0, -EINVAL when nft refused it (text in r->err), or
- * -ENOMEM.
- */
-static int nft_exec(const char *cmd, struct nft_res *r)
-{
-	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-	const char *o, *e;
-	int ret = 0;
-
-	r->out = r->err = NULL;
-	if (!ctx)
-		return -ENOMEM;
-	if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	if (nft_run_cmd_from_buffer(ctx, cmd) != 0)
-		ret = -EINVAL;
-	o = nft_ctx_get_output_buffer(ctx);
-	e = nft_ctx_get_error_buffer(ctx);
-	if (o && *o && !(r->out = strdup(o)))
-		ret = -ENOMEM;
-	if (ret == -EINVAL) {
-		size_t n = e ? strlen(e) : 0;
-		const char *next = n ? strstr(e + 1, "\nError:") : NULL;
-
-		/* The first error is the cause; nft follows it with the
-		 * command and a caret line, which say nothing to a user of
-		 * `prism ban`.
-		 */
-		if (next)
-			n = (size_t)(next - e);
-		if (n && memchr(e, '\n', n))
-			n = (size_t)((const char *)memchr(e, '\n', n) - e);
-		if (asprintf(&r->err, "%.*s", (int)n,
-			     n ? e : "nftables failed without a message") == -1)
-			r->err = NULL;
-	}
-out:
-	nft_ctx_free(ctx);
-	return ret;
-}
-
-/* Maps nft's error text to an errno: libnftables reports the kernel's
- * strerror() inside its message and no number.
- */
-static int nft_errno(const char *msg)
-{
-	if (!msg)
-		return -EINVAL;
-	if (strstr(msg, strerror(ENOENT)))
-		return -ENOENT;
-	if (strstr(msg, strerror(EPERM)))
-		return -EPERM;
-	return -EINVAL;
-}
 
 /* The socket of one exchange: <keep>, the caller's, opened now if it is
  * closed and emptied of what an exchange that failed left queued; or, when
@@ -167,62 +96,42 @@ static int explain(struct nl *nl, const char *table, int code, const char *what,
 	return net_set_err(err, code, "%s: %s", what, detail);
 }
 
-/* Parses nft's time format ("1d2h3m4s500ms", as `list set` prints a
- * timeout or an expiry) into milliseconds. Returns the characters read, 0
- * when there is no duration at <s>.
+/* A walk over elements of a ban set as the kernel sends them: <fn> is
+ * called with each one's source and time left, until it returns non-zero
+ * (kept in <stop>).
  */
-static size_t parse_nft_time(const char *s, uint64_t *ms)
-{
-	const char *p = s;
-
-	*ms = 0;
-	while (*p >= '0' && *p <= '9') {
-		uint64_t v = 0, unit;
-
-		while (*p >= '0' && *p <= '9')
-			v = v * 10 + (uint64_t)(*p++ - '0');
-		if (p[0] == 'm' && p[1] == 's') {
-			unit = 1;
-			p += 2;
-		} else if (*p == 'd') {
-			unit = 86400000;
-			p++;
-		} else if (*p == 'h') {
-			unit = 3600000;
-			p++;
-		} else if (*p == 'm') {
-			unit = 60000;
-			p++;
-		} else if (*p == 's') {
-			unit = 1000;
-			p++;
-		} else {
-			break;
-		}
-		*ms += v * unit;
-	}
-	return (size_t)(p - s);
-}
-
-struct ban_seen {
-	uint64_t left;
-	bool found;
+struct elem_walk {
+	bool v4; /* the set: ban4 (4-byte keys) or ban6 (16) */
+	int (*fn)(const struct ban_entry *b, void *arg);
+	void *arg;
+	int stop;
 };
 
-static int elem_left(struct nftnl_set_elem *e, void *data)
+static int elem_visit(struct nftnl_set_elem *e, void *data)
 {
-	struct ban_seen *b = data;
+	struct elem_walk *w = data;
+	struct ban_entry b = {.left_ms = UINT64_MAX};
+	uint32_t len = 0;
+	const void *key = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &len);
 
-	b->found = true;
-	b->left = nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION)
-		      ? nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION)
-		      : UINT64_MAX;
-	return 0;
+	if (!key || len != (w->v4 ? 4u : 16u))
+		return 0;
+	if (w->v4) {
+		b.src.s6_addr[10] = b.src.s6_addr[11] = 0xff;
+		memcpy(&b.src.s6_addr[12], key, 4);
+	} else {
+		memcpy(b.src.s6_addr, key, 16);
+	}
+	if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION))
+		b.left_ms = nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION);
+	w->stop = w->fn(&b, w->arg);
+	return w->stop ? -1 : 0;
 }
 
-static int ban_seen(const struct nlmsghdr *nlh, void *data)
+/* nl_talk's callback for the messages of a get or a dump of elements. */
+static int elems_cb(const struct nlmsghdr *nlh, void *data)
 {
-	struct ban_seen *b = data;
+	struct elem_walk *w = data;
 	struct nftnl_set *s = nftnl_set_alloc();
 
 	if (!s) {
@@ -234,9 +143,19 @@ static int ban_seen(const struct nlmsghdr *nlh, void *data)
 		errno = EBADMSG;
 		return MNL_CB_ERROR;
 	}
-	nftnl_set_elem_foreach(s, elem_left, b);
+	nftnl_set_elem_foreach(s, elem_visit, w);
 	nftnl_set_free(s);
+	if (w->stop) {
+		errno = ECANCELED;
+		return MNL_CB_ERROR;
+	}
 	return MNL_CB_OK;
+}
+
+static int left_of(const struct ban_entry *b, void *arg)
+{
+	*(uint64_t *)arg = b->left_ms;
+	return 1;
 }
 
 /* The time left of the ban of <src>'s source, asked on <nl>: 0 and
@@ -251,7 +170,7 @@ static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src
 {
 	struct in6_addr k = addr_source(src);
 	bool v4 = addr_is_v4(&k);
-	struct ban_seen seen = {.left = UINT64_MAX};
+	struct elem_walk w = {.v4 = v4, .fn = left_of, .arg = left};
 	struct nftnl_set *s = nftnl_set_alloc();
 	struct nftnl_set_elem *e = nftnl_set_elem_alloc();
 	char buf[NL_BUFSZ];
@@ -268,11 +187,12 @@ static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src
 	e = NULL;
 	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_ACK, 0);
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
-	ret = nl_talk(nl, nlh, ban_seen, &seen);
-	if (ret == 0 && !seen.found)
+	ret = nl_talk(nl, nlh, elems_cb, &w);
+	/* left_of stops the walk at the one element asked for. */
+	if (w.stop)
+		ret = 0;
+	else if (ret == 0)
 		ret = -ENOENT;
-	if (ret == 0)
-		*left = seen.left;
 out:
 	if (e)
 		nftnl_set_elem_free(e);
@@ -482,87 +402,74 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 	return ret;
 }
 
-/* Prints the elements of one `list set` output: "elements = { ADDR timeout
- * T expires E, ... }", over several lines when long, each address followed
- * by <suffix> ("/64" for ban6, whose elements are /64s). Returns the count.
- */
-static int print_elems(const char *text, const char *suffix, FILE *out)
+int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg), void *arg,
+	     char **err)
 {
-	const char *p = text ? strstr(text, "elements = {") : NULL;
-	char addr[INET6_ADDRSTRLEN];
-	bool have = false, exp = false;
-	uint64_t expires = 0;
-	int count = 0;
+	struct nl tmp = {0}, *nl;
+	int ret = net_check_table(table, err);
 
-	if (!p)
-		return 0;
-	p += strlen("elements = {");
-	for (;;) {
-		size_t n;
+	if (ret)
+		return ret;
+	nl = sock_for(NULL, &tmp, &ret);
+	if (!nl)
+		return net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
+	for (int v4 = 1; v4 >= 0 && ret == 0; v4--) {
+		struct elem_walk w = {.v4 = v4, .fn = fn, .arg = arg};
+		struct nftnl_set *s = nftnl_set_alloc();
+		char buf[NL_BUFSZ];
+		struct nlmsghdr *nlh;
 
-		while (*p == ' ' || *p == '\t' || *p == '\n')
-			p++;
-		if (*p == ',' || *p == '}' || *p == '\0') {
-			/* The end of one element: print it. */
-			if (have) {
-				if (exp)
-					fprintf(out, "%s%s expires in %llus\n", addr, suffix,
-						(unsigned long long)((expires + 999) / 1000));
-				else
-					fprintf(out, "%s%s never expires\n", addr, suffix);
-				count++;
-			}
-			have = exp = false;
-			if (*p != ',')
-				break;
-			p++;
-			continue;
+		if (!s || nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
+		    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6")) {
+			if (s)
+				nftnl_set_free(s);
+			ret = net_set_err(err, -ENOMEM, "out of memory");
+			break;
 		}
-		n = strcspn(p, " \t\n,}");
-		if (!have) {
-			snprintf(addr, sizeof(addr), "%.*s", (int)n, p);
-			have = true;
-		} else if (n == 7 && !strncmp(p, "expires", 7)) {
-			p += n;
-			while (*p == ' ')
-				p++;
-			n = parse_nft_time(p, &expires);
-			exp = true;
-		}
-		/* "timeout T" and anything newer nft prints are skipped. */
-		p += n ? n : 1;
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, 0);
+		nftnl_set_elems_nlmsg_build_payload(nlh, s);
+		nftnl_set_free(s);
+		ret = nl_talk(nl, nlh, elems_cb, &w);
+		if (w.stop)
+			ret = w.stop;
+		else if (ret < 0)
+			ret = explain(nl, table, ret, "cannot list the bans", strerror(-ret), err);
 	}
-	return count;
+	nl_close(&tmp);
+	return ret;
+}
+
+struct ban_print {
+	FILE *out;
+	int count;
+};
+
+static int print_ban(const struct ban_entry *b, void *arg)
+{
+	struct ban_print *p = arg;
+	char a[ADDR_STRLEN];
+	const char *suffix = addr_is_v4(&b->src) ? "" : "/64";
+
+	addr_fmt(&b->src, a);
+	if (b->left_ms == UINT64_MAX)
+		fprintf(p->out, "%s%s never expires\n", a, suffix);
+	else
+		fprintf(p->out, "%s%s expires in %llus\n", a, suffix,
+			(unsigned long long)((b->left_ms + 999) / 1000));
+	p->count++;
+	return 0;
 }
 
 int ban_list(const char *table, FILE *out, char **err)
 {
-	int count = 0, ret = net_check_table(table, err);
+	struct ban_print p = {.out = out};
+	int ret = ban_each(table, print_ban, &p, err);
 
-	if (ret)
+	if (ret < 0)
 		return ret;
-	for (char d = '4'; d <= '6'; d += 2) {
-		char *cmd = NULL;
-		struct nft_res r;
-
-		if (asprintf(&cmd, "list set inet %s ban%c", table, d) == -1)
-			return net_set_err(err, -ENOMEM, "out of memory");
-		ret = nft_exec(cmd, &r);
-		free(cmd);
-		if (ret == -EINVAL)
-			ret = explain(NULL, table, nft_errno(r.err), "cannot list the bans",
-				      r.err ? r.err : "nftables failed", err);
-		else if (ret)
-			ret = net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
-		if (ret == 0)
-			count += print_elems(r.out, d == '6' ? "/64" : "", out);
-		nft_res_free(&r);
-		if (ret)
-			return ret;
-	}
 	errno = 0; /* what a failed write sets, not what came before */
 	if (fflush(out) != 0 || ferror(out))
 		return net_set_err(err, errno ? -errno : -EIO, "cannot write the list: %s",
 				   strerror(errno ? errno : EIO));
-	return count;
+	return p.count;
 }

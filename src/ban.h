@@ -3,8 +3,8 @@
  * prism's nft table holds two sets, ban4 (ipv4_addr) and ban6 (ipv6_addr,
  * the first address of each banned /64), with per-element timeouts: a ban ends by itself in the
  * kernel even if prism dies. prism adds to them when a source keeps violating its limits; `prism
- * ban list|add|del` edits them by hand. Adds, deletes and lookups are nf_tables messages
- * (libnftnl) on a netlink socket the caller may keep; lists go through libnftables.
+ * ban list|add|del` edits them by hand. Adds, deletes, lookups and lists are nf_tables messages
+ * (libnftnl) on a netlink socket the caller may keep.
  */
 #ifndef PRISM_BAN_H
 #define PRISM_BAN_H
@@ -47,6 +47,22 @@ int ban_get(struct nl *keep, const char *table, const struct in6_addr *src, uint
  * *err) if it is not banned.
  */
 int ban_del(const char *table, const struct in6_addr *src, char **err);
+
+/* A ban in force: its element's address (v4-mapped for ban4; for ban6
+ * the /64's first address, or a single address a table from before
+ * IPv6 bans were /64s holds) and its time left (UINT64_MAX: never ends).
+ */
+struct ban_entry {
+	struct in6_addr src;
+	uint64_t left_ms;
+};
+
+/* Calls <fn> for each ban of table <table>, ban4's then ban6's, until it
+ * returns non-zero, which is then returned. Returns 0, or -errno with
+ * *err (-ESRCH: the table or its ban sets are not loaded).
+ */
+int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg), void *arg,
+	     char **err);
 
 /* Prints one line per banned source: "ADDR expires in Ns" (IPv6:
  * "ADDR/64 ..."). Returns the count or -errno with *err.

@@ -867,8 +867,31 @@ static int saved_ban_cmp(const void *pa, const void *pb)
 	return a->secs > b->secs ? -1 : a->secs < b->secs;
 }
 
+struct saved_bans {
+	struct saved_ban *v;
+	size_t n, cap;
+};
+
+static int save_ban(const struct ban_entry *b, void *arg)
+{
+	struct saved_bans *s = arg;
+
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 64;
+		struct saved_ban *v = realloc(s->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		s->v = v;
+		s->cap = cap;
+	}
+	s->v[s->n].src = addr_source(&b->src);
+	s->v[s->n++].secs = b->left_ms == UINT64_MAX ? UINT64_MAX : (b->left_ms + 999) / 1000;
+	return 0;
+}
+
 /* Replacing the table empties its ban sets. The bans in force are read
- * (ban_list's lines) right before the load (load_table) and put back, each
+ * (ban_each) right before the load (load_table) and put back, each
  * with what is left of its time rounded up to a second, in the same
  * transaction that replaces the table. A ban added between the read and
  * the load is lost: the window is the script's build and one nft round
@@ -881,59 +904,24 @@ static int saved_ban_cmp(const void *pa, const void *pb)
  */
 static void saved_bans(const char *table, char *out[2])
 {
-	char *text = NULL, *line, *save = NULL, *e = NULL;
-	size_t len = 0, nv = 0, cap = 0;
-	FILE *f = open_memstream(&text, &len);
+	struct saved_bans sb = {0};
 	FILE *b[2] = {NULL, NULL};
-	char *bbuf[2] = {NULL, NULL};
-	size_t blen[2] = {0, 0}, n[2] = {0, 0};
-	struct saved_ban *v = NULL;
+	char *bbuf[2] = {NULL, NULL}, *e = NULL;
+	size_t blen[2] = {0, 0}, n[2] = {0, 0}, nv;
+	struct saved_ban *v;
+	/* No table yet, or one without ban sets: nothing to keep. */
+	int got = ban_each(table, save_ban, &sb, &e);
 
 	out[0] = out[1] = NULL;
-	if (!f)
-		return;
-	/* No table yet, or one without ban sets: nothing to keep. */
-	int got = ban_list(table, f, &e);
-
 	if (got < 0 && got != -ESRCH)
 		log_warn("cannot read the bans in force, so the new table starts without them: %s",
 			 e ? e : strerror(-got));
-	if (got <= 0) {
-		free(e);
-		fclose(f);
-		free(text);
+	free(e);
+	v = sb.v;
+	nv = got < 0 ? 0 : sb.n;
+	if (nv == 0) {
+		free(v);
 		return;
-	}
-	if (fclose(f) != 0 || !text)
-		goto out;
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char addr[INET6_ADDRSTRLEN + 4], *slash;
-		struct addr_prefix p;
-		const char *why;
-		unsigned long secs;
-		uint64_t left;
-
-		if (sscanf(line, "%49s expires in %lus", addr, &secs) == 2)
-			left = secs ? secs : 1;
-		else if (sscanf(line, "%49s never expires", addr) == 1)
-			left = UINT64_MAX;
-		else
-			continue;
-		slash = strchr(addr, '/');
-		if (slash)
-			*slash = '\0';
-		if (addr_parse_prefix(addr, &p, &why) < 0)
-			continue;
-		if (nv == cap) {
-			struct saved_ban *nvv = realloc(v, (cap ? cap * 2 : 64) * sizeof(*v));
-
-			if (!nvv)
-				goto out;
-			v = nvv;
-			cap = cap ? cap * 2 : 64;
-		}
-		v[nv].src = addr_source(&p.addr);
-		v[nv++].secs = left;
 	}
 	qsort(v, nv, sizeof(*v), saved_ban_cmp);
 	for (int i = 0; i < 2; i++) {
@@ -968,7 +956,6 @@ out:
 			free(bbuf[i]);
 		}
 	free(v);
-	free(text);
 }
 
 /* prism replaces and deletes its table whole: a table of the same name it

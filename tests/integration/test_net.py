@@ -988,6 +988,24 @@ def test_ban_add_list_del(ns, cfg):
     net(ns, "down", cfg)
 
 
+def test_ban_list_shows_each_element_once(ns, cfg):
+    """`ban list` reads the elements themselves, whatever else an operator
+    put on them: it used to parse nft's text, where an element's comment
+    with a comma in it ("abuse, ticket 7") became a ban of its own ("ticket
+    never expires")."""
+    net(ns, "up", cfg)
+    run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban4",
+        '{ 192.0.2.9 timeout 1h comment "abuse, ticket 7", 192.0.2.10 }')
+    run("ip", "netns", "exec", ns, "nft", "add", "element", "inet", "prism", "ban6",
+        '{ 2001:db8:7:: timeout 2m comment "scan, 2001:db8:8::" }')
+    lines = sorted(ban_list(ns, cfg).splitlines())
+    assert len(lines) == 3, lines
+    assert lines[0] == "192.0.2.10 never expires", lines
+    assert re.fullmatch(r"192\.0\.2\.9 expires in 3[56]\d\ds", lines[1]), lines
+    assert re.fullmatch(r"2001:db8:7::/64 expires in 1[12]\ds", lines[2]), lines
+    net(ns, "down", cfg)
+
+
 def test_full_ban_set_says_so(ns, cfg):
     """The kernel refuses an element past the set's size with ENFILE ("Too
     many open files in system"), which is no fd shortage: say the set is
