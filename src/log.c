@@ -229,16 +229,23 @@ static uint64_t ring_lines(size_t off, size_t n)
 
 /* A line written directly (the writer not running): through a description
  * of its own each time, as stderr may have been redirected meanwhile. After
- * a write that gave up on a stalled reader, only what fits at once is
- * written: the last lines at exit (the count of lines lost, "stopped")
- * would otherwise wait LOG_STALL_MS each for a reader already given up on.
- * A line written whole ends that.
+ * a write that gave up on a stalled reader, a line is written only if the
+ * reader takes some of it at once: the last lines at exit (the count of
+ * lines lost, "stopped") would otherwise wait LOG_STALL_MS each for a
+ * reader already given up on. A line written whole ends that.
  */
 static void write_direct(const char *p, size_t n)
 {
 	struct out o = out_open();
 	bool stalled = __atomic_load_n(&lg.stalled, __ATOMIC_RELAXED);
 	size_t done = write_out(&o, p, n, NULL, n, NULL, stalled ? 0 : LOG_STALL_MS);
+
+	/* A terminal or a socket may take part of a line: a reader that took
+	 * it is back, and gets the rest of the line, not half of it glued to
+	 * the next one.
+	 */
+	if (stalled && done > 0 && done < n)
+		done += write_out(&o, p + done, n - done, NULL, n - done, NULL, LOG_STALL_MS);
 
 	__atomic_store_n(&lg.stalled, done < n, __ATOMIC_RELAXED);
 	out_close(&o);

@@ -297,6 +297,88 @@ static void test_stop_gives_up_on_stalled_terminal(void **state)
 	assert_true(lost < LINES);
 }
 
+/* The reader of a terminal given up on at exit comes back, slowly: it
+ * takes a few bytes at a time. A line written directly after the give-up
+ * that the terminal takes part of is written whole, not cut where the
+ * terminal was full and glued to the next line.
+ */
+static int slow_master = -1;
+static int slow_go, slow_stop; /* atomic */
+static char slow_got[1 << 20];
+static size_t slow_len;
+
+static void *slow_reader(void *arg)
+{
+	(void)arg;
+	while (!__atomic_load_n(&slow_go, __ATOMIC_ACQUIRE))
+		usleep(100);
+	for (int idle = 0; idle < 200;) {
+		int stop = __atomic_load_n(&slow_stop, __ATOMIC_ACQUIRE);
+		size_t room = sizeof(slow_got) - 1 - slow_len;
+		ssize_t n = read(slow_master, slow_got + slow_len, stop || room < 32 ? room : 32);
+
+		if (n > 0) {
+			slow_len += (size_t)n;
+			idle = 0;
+		} else if (stop) {
+			idle++;
+		}
+		usleep(500);
+	}
+	return NULL;
+}
+
+static void test_terminal_back_gets_whole_lines(void **state)
+{
+	char big[900], start[16], whole[1024];
+	int slave, seen = 0;
+	pthread_t t;
+
+	(void)state;
+	slow_master = posix_openpt(O_RDWR | O_NOCTTY);
+	if (slow_master < 0)
+		skip();
+	assert_int_equal(grantpt(slow_master), 0);
+	assert_int_equal(unlockpt(slow_master), 0);
+	slave = open(ptsname(slow_master), O_RDWR | O_NOCTTY);
+	assert_true(slave >= 0);
+	assert_int_equal(fcntl(slow_master, F_SETFL, O_NONBLOCK), 0);
+	saved_stderr = dup(STDERR_FILENO);
+	assert_int_equal(dup2(slave, STDERR_FILENO), STDERR_FILENO);
+	close(slave);
+	assert_int_equal(pthread_create(&t, NULL, slow_reader, NULL), 0);
+	assert_int_equal(log_start(1 << 20), 0);
+	alarm(20);
+	for (int i = 0; i < LINES; i++)
+		log_access("conn=%d pad=%0120d", i, 0);
+	assert_true(log_stop() > 0);
+	__atomic_store_n(&slow_go, 1, __ATOMIC_RELEASE);
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	for (int i = 0; i < 40; i++) {
+		log_err("LINE%d %s END%d", i, big, i);
+		usleep(7000);
+	}
+	__atomic_store_n(&slow_stop, 1, __ATOMIC_RELEASE);
+	pthread_join(t, NULL);
+	alarm(0);
+	stderr_back();
+	close(slow_master);
+	slow_got[slow_len] = '\0';
+	/* Lines the terminal had no room for at all are not written; every
+	 * one that was begun is whole (the terminal writes \r\n).
+	 */
+	for (int i = 0; i < 40; i++) {
+		snprintf(start, sizeof(start), "LINE%d ", i);
+		if (!strstr(slow_got, start))
+			continue;
+		snprintf(whole, sizeof(whole), "LINE%d %s END%d\r\n", i, big, i);
+		assert_non_null(strstr(slow_got, whole));
+		seen++;
+	}
+	assert_true(seen > 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +387,7 @@ int main(void)
 	    cmocka_unit_test(test_slow_reader_every_drop_reported),
 	    cmocka_unit_test(test_stop_gives_up_on_stalled_reader),
 	    cmocka_unit_test(test_stop_gives_up_on_stalled_terminal),
+	    cmocka_unit_test(test_terminal_back_gets_whole_lines),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
