@@ -122,8 +122,14 @@ static int elem_visit(struct nftnl_set_elem *e, void *data)
 	} else {
 		memcpy(b.src.s6_addr, key, 16);
 	}
-	if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION))
+	if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION)) {
 		b.left_ms = nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION);
+		/* Expired while the kernel wrote it: put back with "timeout
+		 * 0s", it would never end.
+		 */
+		if (b.left_ms == 0)
+			return 0;
+	}
 	w->stop = w->fn(&b, w->arg);
 	return w->stop ? -1 : 0;
 }
@@ -152,10 +158,21 @@ static int elems_cb(const struct nlmsghdr *nlh, void *data)
 	return MNL_CB_OK;
 }
 
-static int left_of(const struct ban_entry *b, void *arg)
+struct ban_seen {
+	uint64_t left;
+	bool found;
+};
+
+/* Keeps the walk going: the answer holds the one element asked for, and
+ * nl_talk then reads on to the ack, leaving nothing queued.
+ */
+static int seen_left(const struct ban_entry *b, void *arg)
 {
-	*(uint64_t *)arg = b->left_ms;
-	return 1;
+	struct ban_seen *seen = arg;
+
+	seen->left = b->left_ms;
+	seen->found = true;
+	return 0;
 }
 
 /* The time left of the ban of <src>'s source, asked on <nl>: 0 and
@@ -170,7 +187,8 @@ static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src
 {
 	struct in6_addr k = addr_source(src);
 	bool v4 = addr_is_v4(&k);
-	struct elem_walk w = {.v4 = v4, .fn = left_of, .arg = left};
+	struct ban_seen seen = {0};
+	struct elem_walk w = {.v4 = v4, .fn = seen_left, .arg = &seen};
 	struct nftnl_set *s = nftnl_set_alloc();
 	struct nftnl_set_elem *e = nftnl_set_elem_alloc();
 	char buf[NL_BUFSZ];
@@ -188,11 +206,10 @@ static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src
 	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_ACK, 0);
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
 	ret = nl_talk(nl, nlh, elems_cb, &w);
-	/* left_of stops the walk at the one element asked for. */
-	if (w.stop)
-		ret = 0;
-	else if (ret == 0)
+	if (ret == 0 && !seen.found)
 		ret = -ENOENT;
+	if (ret == 0)
+		*left = seen.left;
 out:
 	if (e)
 		nftnl_set_elem_free(e);
@@ -439,37 +456,74 @@ int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg),
 	return ret;
 }
 
-struct ban_print {
-	FILE *out;
-	int count;
+struct ban_vec {
+	struct ban_entry *v;
+	size_t n, cap;
 };
 
-static int print_ban(const struct ban_entry *b, void *arg)
+static int collect_ban(const struct ban_entry *b, void *arg)
 {
-	struct ban_print *p = arg;
-	char a[ADDR_STRLEN];
-	const char *suffix = addr_is_v4(&b->src) ? "" : "/64";
+	struct ban_vec *bv = arg;
 
-	addr_fmt(&b->src, a);
-	if (b->left_ms == UINT64_MAX)
-		fprintf(p->out, "%s%s never expires\n", a, suffix);
-	else
-		fprintf(p->out, "%s%s expires in %llus\n", a, suffix,
-			(unsigned long long)((b->left_ms + 999) / 1000));
-	p->count++;
+	if (bv->n == bv->cap) {
+		size_t cap = bv->cap ? bv->cap * 2 : 256;
+		struct ban_entry *v = realloc(bv->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		bv->v = v;
+		bv->cap = cap;
+	}
+	bv->v[bv->n++] = *b;
 	return 0;
+}
+
+/* By address (IPv4 first), the longest ban first. */
+static int entry_cmp(const void *pa, const void *pb)
+{
+	const struct ban_entry *a = pa, *b = pb;
+	int c = memcmp(&a->src, &b->src, sizeof(a->src));
+
+	if (c)
+		return c;
+	return a->left_ms > b->left_ms ? -1 : a->left_ms < b->left_ms;
 }
 
 int ban_list(const char *table, FILE *out, char **err)
 {
-	struct ban_print p = {.out = out};
-	int ret = ban_each(table, print_ban, &p, err);
+	struct ban_vec bv = {0};
+	int count = 0, ret = ban_each(table, collect_ban, &bv, err);
 
-	if (ret < 0)
+	if (ret == -ENOMEM && err && !*err)
+		ret = net_set_err(err, ret, "cannot list the bans: out of memory");
+	if (ret < 0) {
+		free(bv.v);
 		return ret;
+	}
+	/* Sorted, as nft lists them. A dump that runs while the kernel
+	 * resizes the set's hash table can hold an element twice.
+	 */
+	if (bv.n)
+		qsort(bv.v, bv.n, sizeof(*bv.v), entry_cmp);
+	for (size_t i = 0; i < bv.n; i++) {
+		const struct ban_entry *b = &bv.v[i];
+		const char *suffix = addr_is_v4(&b->src) ? "" : "/64";
+		char a[ADDR_STRLEN];
+
+		if (i && !memcmp(&b->src, &bv.v[i - 1].src, sizeof(b->src)))
+			continue;
+		addr_fmt(&b->src, a);
+		if (b->left_ms == UINT64_MAX)
+			fprintf(out, "%s%s never expires\n", a, suffix);
+		else
+			fprintf(out, "%s%s expires in %llus\n", a, suffix,
+				(unsigned long long)((b->left_ms + 999) / 1000));
+		count++;
+	}
+	free(bv.v);
 	errno = 0; /* what a failed write sets, not what came before */
 	if (fflush(out) != 0 || ferror(out))
 		return net_set_err(err, errno ? -errno : -EIO, "cannot write the list: %s",
 				   strerror(errno ? errno : EIO));
-	return p.count;
+	return count;
 }

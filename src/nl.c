@@ -126,8 +126,47 @@ int nl_request(struct nl *nl, struct nlmsghdr *nlh, char *why, size_t why_len)
 	return -EPROTO;
 }
 
+/* The end of a dump: libmnl's own handler stops there whatever it says,
+ * but a dump the kernel could not finish (the set or table went away
+ * between two of its parts) ends with an NLMSG_DONE that carries the error.
+ */
+static int dump_done(const struct nlmsghdr *nlh, void *data)
+{
+	int err;
+
+	(void)data;
+	if (mnl_nlmsg_get_payload_len(nlh) >= sizeof(err)) {
+		memcpy(&err, mnl_nlmsg_get_payload(nlh), sizeof(err));
+		if (err < 0) {
+			errno = -err;
+			return MNL_CB_ERROR;
+		}
+	}
+	return MNL_CB_STOP;
+}
+
+/* An ack ends the answer, an error fails it: libmnl's own handler, which
+ * a table of control handlers (nl_talk's) replaces.
+ */
+static int ack_or_error(const struct nlmsghdr *nlh, void *data)
+{
+	const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+
+	(void)data;
+	if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*e))) {
+		errno = EBADMSG;
+		return MNL_CB_ERROR;
+	}
+	if (e->error == 0)
+		return MNL_CB_STOP;
+	errno = e->error < 0 ? -e->error : e->error;
+	return MNL_CB_ERROR;
+}
+
 int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
 {
+	/* The others (NOOP, OVERRUN) are skipped, as libmnl does. */
+	mnl_cb_t ctl[NLMSG_MIN_TYPE] = {[NLMSG_ERROR] = ack_or_error, [NLMSG_DONE] = dump_done};
 	char buf[NL_BUFSZ];
 	ssize_t r;
 	int ret;
@@ -144,7 +183,8 @@ int nl_talk(struct nl *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
 		if (r == -1)
 			return -errno;
 		errno = 0;
-		ret = mnl_cb_run(buf, (size_t)r, nl->seq, nl->portid, cb, data);
+		ret =
+		    mnl_cb_run2(buf, (size_t)r, nl->seq, nl->portid, cb, data, ctl, NLMSG_MIN_TYPE);
 		if (ret == MNL_CB_STOP)
 			return 0;
 		if (ret == MNL_CB_ERROR)
