@@ -419,8 +419,12 @@ int ban_del(const char *table, const struct in6_addr *src, char **err)
 	return ret;
 }
 
-int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg), void *arg,
-	     char **err)
+/* Calls <fn> for each ban of table <table>, ban4's then ban6's, until it
+ * returns non-zero, which is then returned. Returns 0, or -errno with
+ * *err (-ESRCH: the table or its ban sets are not loaded).
+ */
+static int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg), void *arg,
+		    char **err)
 {
 	struct nl tmp = {0}, *nl;
 	int ret = net_check_table(table, err);
@@ -478,8 +482,7 @@ static int collect_ban(const struct ban_entry *b, void *arg)
 	return 0;
 }
 
-/* By address (IPv4 first), the longest ban first. */
-static int entry_cmp(const void *pa, const void *pb)
+int ban_entry_cmp(const void *pa, const void *pb)
 {
 	const struct ban_entry *a = pa, *b = pb;
 	int c = memcmp(&a->src, &b->src, sizeof(a->src));
@@ -489,10 +492,10 @@ static int entry_cmp(const void *pa, const void *pb)
 	return a->left_ms > b->left_ms ? -1 : a->left_ms < b->left_ms;
 }
 
-int ban_list(const char *table, FILE *out, char **err)
+int ban_read(const char *table, struct ban_entry **out, size_t *n, char **err)
 {
 	struct ban_vec bv = {0};
-	int count = 0, ret = ban_each(table, collect_ban, &bv, err);
+	int ret = ban_each(table, collect_ban, &bv, err);
 
 	if (ret == -ENOMEM && err && !*err)
 		ret = net_set_err(err, ret, "cannot list the bans: out of memory");
@@ -500,17 +503,27 @@ int ban_list(const char *table, FILE *out, char **err)
 		free(bv.v);
 		return ret;
 	}
-	/* Sorted, as nft lists them. A dump that runs while the kernel
-	 * resizes the set's hash table can hold an element twice.
-	 */
 	if (bv.n)
-		qsort(bv.v, bv.n, sizeof(*bv.v), entry_cmp);
-	for (size_t i = 0; i < bv.n; i++) {
-		const struct ban_entry *b = &bv.v[i];
+		qsort(bv.v, bv.n, sizeof(*bv.v), ban_entry_cmp);
+	*out = bv.v;
+	*n = bv.n;
+	return 0;
+}
+
+int ban_list(const char *table, FILE *out, char **err)
+{
+	struct ban_entry *v = NULL;
+	size_t n = 0;
+	int count = 0, ret = ban_read(table, &v, &n, err);
+
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++) {
+		const struct ban_entry *b = &v[i];
 		const char *suffix = addr_is_v4(&b->src) ? "" : "/64";
 		char a[ADDR_STRLEN];
 
-		if (i && !memcmp(&b->src, &bv.v[i - 1].src, sizeof(b->src)))
+		if (i && !memcmp(&b->src, &v[i - 1].src, sizeof(b->src)))
 			continue;
 		addr_fmt(&b->src, a);
 		if (b->left_ms == UINT64_MAX)
@@ -520,7 +533,7 @@ int ban_list(const char *table, FILE *out, char **err)
 				(unsigned long long)((b->left_ms + 999) / 1000));
 		count++;
 	}
-	free(bv.v);
+	free(v);
 	errno = 0; /* what a failed write sets, not what came before */
 	if (fflush(out) != 0 || ferror(out))
 		return net_set_err(err, errno ? -errno : -EIO, "cannot write the list: %s",

@@ -57,12 +57,18 @@ struct ban_entry {
 	uint64_t left_ms;
 };
 
-/* Calls <fn> for each ban of table <table>, ban4's then ban6's, until it
- * returns non-zero, which is then returned. Returns 0, or -errno with
- * *err (-ESRCH: the table or its ban sets are not loaded).
+/* Reads every ban of table <table> into a malloc'd array <*out> of <*n>,
+ * in ban_entry_cmp's order. A dump that runs while the kernel resizes a
+ * set's hash table can hold an element twice: then next to each other.
+ * Returns 0, or -errno with *err (-ESRCH: the table or its ban sets are
+ * not loaded).
  */
-int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void *arg), void *arg,
-	     char **err);
+int ban_read(const char *table, struct ban_entry **out, size_t *n, char **err);
+
+/* qsort order of struct ban_entry: by address (IPv4 first), the longest
+ * ban first.
+ */
+int ban_entry_cmp(const void *a, const void *b);
 
 /* Prints one line per banned source: "ADDR expires in Ns" (IPv6:
  * "ADDR/64 ..."). Returns the count or -errno with *err.

@@ -848,50 +848,8 @@ static void check_host_addrs(const struct cfg *cfg)
 
 /* ---- bans across a reload ------------------------------------------------ */
 
-/* A ban read back from the table: its element, and its seconds left
- * (UINT64_MAX: it never expires).
- */
-struct saved_ban {
-	struct in6_addr src; /* addr_source of the element */
-	uint64_t secs;
-};
-
-/* By element, the longest first. */
-static int saved_ban_cmp(const void *pa, const void *pb)
-{
-	const struct saved_ban *a = pa, *b = pb;
-	int c = memcmp(&a->src, &b->src, sizeof(a->src));
-
-	if (c)
-		return c;
-	return a->secs > b->secs ? -1 : a->secs < b->secs;
-}
-
-struct saved_bans {
-	struct saved_ban *v;
-	size_t n, cap;
-};
-
-static int save_ban(const struct ban_entry *b, void *arg)
-{
-	struct saved_bans *s = arg;
-
-	if (s->n == s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 64;
-		struct saved_ban *v = realloc(s->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		s->v = v;
-		s->cap = cap;
-	}
-	s->v[s->n].src = addr_source(&b->src);
-	s->v[s->n++].secs = b->left_ms == UINT64_MAX ? UINT64_MAX : (b->left_ms + 999) / 1000;
-	return 0;
-}
-
 /* Replacing the table empties its ban sets. The bans in force are read
- * (ban_each) right before the load (load_table) and put back, each
+ * (ban_read) right before the load (load_table) and put back, each
  * with what is left of its time rounded up to a second, in the same
  * transaction that replaces the table. A ban added between the read and
  * the load is lost: the window is the script's build and one nft round
@@ -904,26 +862,25 @@ static int save_ban(const struct ban_entry *b, void *arg)
  */
 static void saved_bans(const char *table, char *out[2])
 {
-	struct saved_bans sb = {0};
 	FILE *b[2] = {NULL, NULL};
 	char *bbuf[2] = {NULL, NULL}, *e = NULL;
-	size_t blen[2] = {0, 0}, n[2] = {0, 0}, nv;
-	struct saved_ban *v;
+	size_t blen[2] = {0, 0}, n[2] = {0, 0}, nv = 0;
+	struct ban_entry *v = NULL;
 	/* No table yet, or one without ban sets: nothing to keep. */
-	int got = ban_each(table, save_ban, &sb, &e);
+	int got = ban_read(table, &v, &nv, &e);
 
 	out[0] = out[1] = NULL;
 	if (got < 0 && got != -ESRCH)
 		log_warn("cannot read the bans in force, so the new table starts without them: %s",
 			 e ? e : strerror(-got));
 	free(e);
-	v = sb.v;
-	nv = got < 0 ? 0 : sb.n;
-	if (nv == 0) {
+	if (got < 0 || nv == 0) {
 		free(v);
 		return;
 	}
-	qsort(v, nv, sizeof(*v), saved_ban_cmp);
+	for (size_t i = 0; i < nv; i++)
+		v[i].src = addr_source(&v[i].src);
+	qsort(v, nv, sizeof(*v), ban_entry_cmp);
 	for (int i = 0; i < 2; i++) {
 		b[i] = open_memstream(&bbuf[i], &blen[i]);
 		if (!b[i])
@@ -936,11 +893,11 @@ static void saved_bans(const char *table, char *out[2])
 		if (i && !memcmp(&v[i].src, &v[i - 1].src, sizeof(v[i].src)))
 			continue; /* a shorter ban of the same /64 */
 		addr_fmt(&v[i].src, a);
-		if (v[i].secs == UINT64_MAX)
+		if (v[i].left_ms == UINT64_MAX)
 			fprintf(b[v6], "%s%s", n[v6]++ ? ",\n\t\t\t" : "", a);
 		else
 			fprintf(b[v6], "%s%s timeout %" PRIu64 "s", n[v6]++ ? ",\n\t\t\t" : "", a,
-				v[i].secs);
+				(v[i].left_ms + 999) / 1000);
 	}
 	for (int i = 0; i < 2; i++) {
 		if (fclose(b[i]) == 0 && n[i])
