@@ -330,7 +330,7 @@ static void *slow_reader(void *arg)
 
 static void test_terminal_back_gets_whole_lines(void **state)
 {
-	char big[900], start[16], whole[1024];
+	char big[900], start[24], whole[1024];
 	int slave, seen = 0;
 	pthread_t t;
 
