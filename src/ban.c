@@ -46,26 +46,54 @@ static struct nl *sock_for(struct nl *keep, struct nl *tmp, int *ret)
 	return nl;
 }
 
-/* Whether table <table> has set <set>: 0, -ENOENT, or another -errno. The
- * set alone, without its elements (which `list set` would fetch).
+/* Ban set ban4 (<v4>) or ban6 of table <table> as a message names it,
+ * holding the element of <src>'s source with <timeout_ms> (0: none) when
+ * <src> is not NULL. NULL: out of memory.
  */
-static int set_get(struct nl *nl, const char *table, const char *set)
+static struct nftnl_set *ban_set(const char *table, bool v4, const struct in6_addr *src,
+				 uint64_t timeout_ms)
 {
 	struct nftnl_set *s = nftnl_set_alloc();
+	struct nftnl_set_elem *e = NULL;
+	struct in6_addr k;
+
+	if (!s || nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
+	    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6"))
+		goto fail;
+	if (!src)
+		return s;
+	k = addr_source(src);
+	e = nftnl_set_elem_alloc();
+	if (!e ||
+	    nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, v4 ? &k.s6_addr[12] : k.s6_addr, v4 ? 4 : 16))
+		goto fail;
+	if (timeout_ms)
+		nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, timeout_ms);
+	nftnl_set_elem_add(s, e);
+	return s;
+fail:
+	if (e)
+		nftnl_set_elem_free(e);
+	if (s)
+		nftnl_set_free(s);
+	return NULL;
+}
+
+/* Whether table <table> has set ban4: 0, -ENOENT, or another -errno. The
+ * set alone, without its elements (which `list set` would fetch).
+ */
+static int set_get(struct nl *nl, const char *table)
+{
+	struct nftnl_set *s = ban_set(table, true, NULL, 0);
 	char buf[NL_BUFSZ];
 	struct nlmsghdr *nlh;
-	int ret = -ENOMEM;
 
 	if (!s)
-		return ret;
-	if (nftnl_set_set_str(s, NFTNL_SET_TABLE, table) == 0 &&
-	    nftnl_set_set_str(s, NFTNL_SET_NAME, set) == 0) {
-		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSET, NFPROTO_INET, NLM_F_ACK, 0);
-		nftnl_set_nlmsg_build_payload(nlh, s);
-		ret = nl_talk(nl, nlh, NULL, NULL);
-	}
+		return -ENOMEM;
+	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSET, NFPROTO_INET, NLM_F_ACK, 0);
+	nftnl_set_nlmsg_build_payload(nlh, s);
 	nftnl_set_free(s);
-	return ret;
+	return nl_talk(nl, nlh, NULL, NULL);
 }
 
 /* After a failed edit or list of the ban sets (<code>: -errno; <detail>:
@@ -84,7 +112,7 @@ static int explain(struct nl *nl, const char *table, int code, const char *what,
 				   what, detail);
 	if (code == -ENOENT || code == -EINVAL) {
 		nl = sock_for(nl, &tmp, &r);
-		r = nl ? set_get(nl, table, "ban4") : r;
+		r = nl ? set_get(nl, table) : r;
 		nl_close(&tmp);
 		if (r == -ENOENT)
 			return net_set_err(
@@ -185,36 +213,24 @@ static int seen_left(const struct ban_entry *b, void *arg)
  */
 static int ban_left(struct nl *nl, const char *table, const struct in6_addr *src, uint64_t *left)
 {
-	struct in6_addr k = addr_source(src);
-	bool v4 = addr_is_v4(&k);
+	bool v4 = addr_is_v4(src);
 	struct ban_seen seen = {0};
 	struct elem_walk w = {.v4 = v4, .fn = seen_left, .arg = &seen};
-	struct nftnl_set *s = nftnl_set_alloc();
-	struct nftnl_set_elem *e = nftnl_set_elem_alloc();
+	struct nftnl_set *s = ban_set(table, v4, src, 0);
 	char buf[NL_BUFSZ];
 	struct nlmsghdr *nlh;
-	int ret = -ENOMEM;
+	int ret;
 
-	if (!s || !e)
-		goto out;
-	if (nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
-	    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6") ||
-	    nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, v4 ? &k.s6_addr[12] : k.s6_addr, v4 ? 4 : 16))
-		goto out;
-	nftnl_set_elem_add(s, e);
-	e = NULL;
+	if (!s)
+		return -ENOMEM;
 	nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_ACK, 0);
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
+	nftnl_set_free(s);
 	ret = nl_talk(nl, nlh, elems_cb, &w);
 	if (ret == 0 && !seen.found)
 		ret = -ENOENT;
 	if (ret == 0)
 		*left = seen.left;
-out:
-	if (e)
-		nftnl_set_elem_free(e);
-	if (s)
-		nftnl_set_free(s);
 	return ret;
 }
 
@@ -240,8 +256,7 @@ struct elem_op {
 static int elem_txn(struct nl *nl, const char *table, const struct in6_addr *src,
 		    const struct elem_op *ops, unsigned n)
 {
-	struct in6_addr k = addr_source(src);
-	bool v4 = addr_is_v4(&k);
+	bool v4 = addr_is_v4(src);
 	char out[TXN_SIZE], buf[NL_BUFSZ];
 	struct nlmsghdr *nlh;
 	unsigned seq0, acked = 0;
@@ -254,22 +269,10 @@ static int elem_txn(struct nl *nl, const char *table, const struct in6_addr *src
 	nlh = nftnl_batch_begin(out, seq0);
 	len = nlh->nlmsg_len;
 	for (unsigned i = 0; i < n; i++) {
-		struct nftnl_set *s = nftnl_set_alloc();
-		struct nftnl_set_elem *e = nftnl_set_elem_alloc();
+		struct nftnl_set *s = ban_set(table, v4, src, ops[i].timeout_ms);
 
-		if (!s || !e || nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
-		    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6") ||
-		    nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, v4 ? &k.s6_addr[12] : k.s6_addr,
-				       v4 ? 4 : 16)) {
-			if (e)
-				nftnl_set_elem_free(e);
-			if (s)
-				nftnl_set_free(s);
+		if (!s)
 			return -ENOMEM;
-		}
-		if (ops[i].timeout_ms)
-			nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, ops[i].timeout_ms);
-		nftnl_set_elem_add(s, e);
 		/* An ack for each message: the transaction is answered when
 		 * every one has its own.
 		 */
@@ -436,14 +439,11 @@ static int ban_each(const char *table, int (*fn)(const struct ban_entry *b, void
 		return net_set_err(err, ret, "cannot list the bans: %s", strerror(-ret));
 	for (int v4 = 1; v4 >= 0 && ret == 0; v4--) {
 		struct elem_walk w = {.v4 = v4, .fn = fn, .arg = arg};
-		struct nftnl_set *s = nftnl_set_alloc();
+		struct nftnl_set *s = ban_set(table, v4, NULL, 0);
 		char buf[NL_BUFSZ];
 		struct nlmsghdr *nlh;
 
-		if (!s || nftnl_set_set_str(s, NFTNL_SET_TABLE, table) ||
-		    nftnl_set_set_str(s, NFTNL_SET_NAME, v4 ? "ban4" : "ban6")) {
-			if (s)
-				nftnl_set_free(s);
+		if (!s) {
 			ret = net_set_err(err, -ENOMEM, "out of memory");
 			break;
 		}
